@@ -1,0 +1,26 @@
+# Environment for running the pipeline on one machine. Sourced by demo.sh and test.sh.
+# Everything here is a local default; on a real deployment these come from Airflow
+# connections/variables (see README "Configuration").
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+export REPO_ROOT
+export VENV="${MUSIC_RECS_VENV:-$REPO_ROOT/.venv}"
+export PATH="$VENV/bin:$PATH"
+export LOCAL_STATE="${MUSIC_RECS_LOCAL_STATE:-$REPO_ROOT/.local}"
+
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$REPO_ROOT/.airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="$REPO_ROOT/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$REPO_ROOT/plugins"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
+export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}"
+
+# Local S3-compatible server (moto in server mode) on loopback. The credentials are
+# moto's dummy values, not secrets: moto accepts any key.
+export MUSIC_RECS_S3_PORT="${MUSIC_RECS_S3_PORT:-5055}"
+export AIRFLOW_CONN_AWS_DEFAULT="${AIRFLOW_CONN_AWS_DEFAULT:-{\"conn_type\": \"aws\", \"login\": \"testing\", \"password\": \"testing\", \"extra\": {\"endpoint_url\": \"http://127.0.0.1:${MUSIC_RECS_S3_PORT}\", \"region_name\": \"us-east-1\"}}}"
+export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-{\"conn_type\": \"spark\", \"host\": \"local[*]\"}}"
+
+export MUSIC_RECS_LAKE_URI="${MUSIC_RECS_LAKE_URI:-$LOCAL_STATE/lake}"
+export PYSPARK_PYTHON="$VENV/bin/python"
+export PYSPARK_DRIVER_PYTHON="$VENV/bin/python"
+export OPENBLAS_NUM_THREADS=1

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment with the pinned dependencies.
+# Idempotent: a second run with an unchanged requirements.lock does nothing.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+fail() { echo "setup: $*" >&2; exit 1; }
+say() { echo "==> $*"; }
+
+# --- prerequisites: fail with one readable line each -----------------------------
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+command -v "$PY" >/dev/null 2>&1 || fail "Python 3.11 is required but no python3 was found; install it (Debian: apt-get install python3.11 python3.11-venv)."
+pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+[ "$pyver" = "3.11" ] || fail "Python 3.11 is required (found $pyver at $(command -v "$PY")); install python3.11 or set PYTHON=/path/to/python3.11."
+
+command -v java >/dev/null 2>&1 || fail "Java 17 is required by Spark but 'java' is not on PATH; install it (Debian: apt-get install openjdk-17-jre-headless)."
+javaver=$(java -version 2>&1 | awk -F'"' '/version/ {print $2; exit}')
+javamajor=${javaver%%.*}
+{ [ -n "$javamajor" ] && [ "$javamajor" -ge 17 ] 2>/dev/null; } || fail "Java 17 or newer is required by Spark 4 (found '${javaver:-unknown}'); install it (Debian: apt-get install openjdk-17-jre-headless) and put it first on PATH."
+
+if ! ldconfig -p 2>/dev/null | grep -q 'libopenblas'; then
+  echo "setup: note: OpenBLAS not found; Spark's ALS falls back to pure-Java BLAS (about 2x slower). Install it with: apt-get install libopenblas0-pthread" >&2
+fi
+
+# --- virtual environment -----------------------------------------------------------
+stamp="$VENV/.music_recs_installed"
+want=$(cat "$REPO_ROOT/requirements.lock" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -c1-64)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  say "environment up to date ($VENV)"
+  exit 0
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating virtual environment $VENV"
+  "$PY" -m venv "$VENV" || fail "could not create a virtual environment; install the venv module (Debian: apt-get install python3.11-venv)."
+fi
+say "installing pinned dependencies from requirements.lock (first time: about a minute)"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
+"$VENV/bin/uv" pip sync --quiet --python "$VENV/bin/python" "$REPO_ROOT/requirements.lock"
+"$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e "$REPO_ROOT"
+"$VENV/bin/python" -c "import pyspark, airflow, great_expectations, boto3, music_recs" \
+  || fail "the environment was installed but a core package does not import; delete $VENV and run again."
+echo "$want" > "$stamp"
+say "environment ready ($VENV)"
