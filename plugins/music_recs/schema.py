@@ -1,0 +1,48 @@
+"""Column names and schemas shared by every stage.
+
+Names are constants so a rename is one edit and a typo is an ImportError, not a
+silently empty column.
+"""
+
+from __future__ import annotations
+
+# --- stream log (landing and lake) ---------------------------------------------------
+EVENT_ID = "event_id"
+TS = "ts"  # ISO-8601 UTC timestamp of the play start
+USER_ID = "user_id"
+TRACK_ID = "track_id"
+ARTIST_ID = "artist_id"
+MS_PLAYED = "ms_played"
+DT = "dt"  # lake partition column, YYYY-MM-DD
+
+# Required in every landing record; more fields are allowed and ignored.
+REQUIRED_LOG_COLUMNS = (EVENT_ID, TS, USER_ID, TRACK_ID, ARTIST_ID, MS_PLAYED)
+# Optional columns kept when present.
+TRACK_NAME = "track_name"
+ARTIST_NAME = "artist_name"
+OPTIONAL_LOG_COLUMNS = (TRACK_NAME, ARTIST_NAME)
+
+# --- quarantine ------------------------------------------------------------------------
+RAW_LINE = "raw_line"
+REASON = "reason"
+SOURCE_FILE = "source_file"
+
+# --- confidence matrix -------------------------------------------------------------------
+USER_IDX = "user_idx"  # int32 id used by ALS
+ITEM_IDX = "item_idx"
+ITEM_ID = "item_id"  # string id of the item (track or artist, by granularity)
+PLAYS = "plays"
+SKIPS = "skips"
+CONFIDENCE = "confidence"
+
+# --- model outputs ---------------------------------------------------------------------
+FEATURES = "features"
+SCORE = "score"
+RANK = "rank"
+
+
+def require_columns(columns, required, what: str) -> None:
+    """Fail fast, naming every missing column, instead of failing later on a null."""
+    missing = [c for c in required if c not in set(columns)]
+    if missing:
+        raise ValueError(f"{what} is missing required column(s): {', '.join(missing)}")

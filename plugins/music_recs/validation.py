@@ -1,0 +1,49 @@
+"""Validation of values that come from outside: UI params, run conf, configuration.
+
+Each check raises ``ValueError`` with one readable line naming the offending value,
+before any work starts.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9._=/-]+$")
+_RUN_ID_SAFE_RE = re.compile(r"[^A-Za-z0-9._=-]")
+
+
+def parse_day(value: str, what: str = "date") -> _dt.date:
+    """Parse ``YYYY-MM-DD`` strictly (no times, no other formats)."""
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError(f"{what} must look like YYYY-MM-DD, got {value!r}")
+    try:
+        return _dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"{what} {value!r} is not a calendar date: {exc}") from None
+
+
+def check_bucket(name: str, what: str = "bucket") -> str:
+    if not isinstance(name, str) or not _BUCKET_RE.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what} {name!r} is not a valid S3 bucket name")
+    return name
+
+
+def check_prefix(prefix: str, what: str = "prefix") -> str:
+    """A relative key prefix inside a bucket: no '..', no absolute path, no scheme."""
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError(f"{what} must be a non-empty string, got {prefix!r}")
+    if prefix.startswith("/") or "://" in prefix:
+        raise ValueError(f"{what} {prefix!r} must be relative to its bucket (no leading '/' or scheme)")
+    parts = prefix.strip("/").split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{what} {prefix!r} must not contain '..', '.' or empty path segments")
+    if not _PREFIX_RE.fullmatch(prefix):
+        raise ValueError(f"{what} {prefix!r} may only contain letters, digits and . _ = / -")
+    return prefix.strip("/")
+
+
+def safe_key_part(value: str) -> str:
+    """Make a run id usable as one S3 key segment (run ids contain ':' and '+')."""
+    return _RUN_ID_SAFE_RE.sub("_", value)

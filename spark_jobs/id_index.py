@@ -1,0 +1,71 @@
+"""Persisted, append-only maps from string ids to the int32 ids ALS needs.
+
+Layout: ``{lake}/ids/{entity}/chunk=NNNNNN/`` Parquet with ``(id, idx)``. Each chunk holds
+the ids first seen by one run; the index is the union of all chunks. An id, once given
+an int, keeps it for ever (across days, reruns and backfills): a run only ever adds a
+chunk for ids no chunk holds yet, numbered after the largest int in use, in sorted id
+order (so the same input assigns the same ints). A rerun of the same input finds nothing
+new and writes nothing.
+
+Chunks are written by one run at a time (the DAG runs with ``max_active_runs=1``).
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+INT32_MAX = 2**31 - 1
+ID = "id"
+IDX = "idx"
+
+
+def _chunks(spark: SparkSession, root: str) -> list[str]:
+    if urlparse(root).scheme in ("", "file"):
+        path = urlparse(root).path if root.startswith("file:") else root
+        if not os.path.isdir(path):
+            return []
+        return sorted(d for d in os.listdir(path) if d.startswith("chunk="))
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(root)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(hpath):
+        return []
+    return sorted(s.getPath().getName() for s in fs.listStatus(hpath) if s.getPath().getName().startswith("chunk="))
+
+
+def load_index(spark: SparkSession, lake_uri: str, entity: str) -> DataFrame:
+    root = f"{lake_uri.rstrip('/')}/ids/{entity}"
+    chunks = _chunks(spark, root)
+    if not chunks:
+        return spark.createDataFrame([], f"{ID} string, {IDX} int")
+    return spark.read.parquet(*[f"{root}/{c}" for c in chunks]).select(ID, IDX)
+
+
+def extend_index(spark: SparkSession, lake_uri: str, entity: str, ids: DataFrame) -> tuple[DataFrame, int]:
+    """Give every id in ``ids`` (column ``id``) an int; return the full index and how many were new."""
+    root = f"{lake_uri.rstrip('/')}/ids/{entity}"
+    existing = load_index(spark, lake_uri, entity).cache()
+    top = existing.agg(F.max(IDX)).first()[0]
+    next_idx = 0 if top is None else top + 1
+    new = ids.select(ID).distinct().join(existing, ID, "left_anti")
+    # Sorting the new ids makes the assignment a function of the input alone.
+    w = Window.orderBy(ID)
+    new = new.withColumn(IDX, (F.row_number().over(w) - 1 + F.lit(next_idx)).cast("long")).cache()
+    n_new = new.count()
+    if n_new:
+        last = next_idx + n_new - 1
+        if last > INT32_MAX:
+            raise OverflowError(
+                f"id index '{entity}' would need int {last}, past int32 max {INT32_MAX}: ALS ids are 32-bit; "
+                "compact the index (re-number from active ids) before training"
+            )
+        chunk = f"{root}/chunk={len(_chunks(spark, root)):06d}"
+        new.select(ID, F.col(IDX).cast("int").alias(IDX)).coalesce(1).sortWithinPartitions(IDX) \
+            .write.mode("errorifexists").parquet(chunk)
+    new.unpersist()
+    existing.unpersist()
+    return load_index(spark, lake_uri, entity), n_new
