@@ -42,17 +42,24 @@ def window_days(day: dt.date, n_days: int) -> list[dt.date]:
     return [day - dt.timedelta(days=i) for i in range(n_days - 1, -1, -1)]
 
 
-def read_plays(spark: SparkSession, lake_uri: str, days: list[dt.date]) -> DataFrame:
-    """Only the window's partitions are listed, so older days cost nothing."""
+def present_days(spark: SparkSession, lake_uri: str, days: list[dt.date]) -> list[dt.date]:
+    """The days of ``days`` that have an accepted-plays partition in the lake."""
     root = f"{lake_uri.rstrip('/')}/plays"
-    paths = [f"{root}/dt={d.isoformat()}" for d in days]
     jvm = spark.sparkContext._jvm
     conf = spark.sparkContext._jsc.hadoopConfiguration()
-    present = [p for p in paths if jvm.org.apache.hadoop.fs.Path(p).getFileSystem(conf).exists(
-        jvm.org.apache.hadoop.fs.Path(p))]
-    if not present:
-        raise FileNotFoundError(f"no accepted plays under {root} for {days[0]}..{days[-1]}")
-    return spark.read.option("basePath", root).parquet(*present).withColumn(S.DT, F.col(S.DT).cast("string"))
+    out = []
+    for d in days:
+        path = jvm.org.apache.hadoop.fs.Path(f"{root}/dt={d.isoformat()}/_SUCCESS")
+        if path.getFileSystem(conf).exists(path):
+            out.append(d)
+    return out
+
+
+def read_plays(spark: SparkSession, lake_uri: str, days: list[dt.date]) -> DataFrame:
+    """Only the listed days' partitions are read, so older days cost nothing."""
+    root = f"{lake_uri.rstrip('/')}/plays"
+    return (spark.read.option("basePath", root).parquet(*[f"{root}/dt={d.isoformat()}" for d in days])
+            .withColumn(S.DT, F.col(S.DT).cast("string")))
 
 
 def aggregate(plays: DataFrame, item_col: str, day: dt.date, params: ConfidenceParams) -> DataFrame:
@@ -160,7 +167,14 @@ def run(spark: SparkSession, day: dt.date, lake_uri: str, params: ConfidencePara
     timer = PhaseTimer()
     days = window_days(day, window)
     train_days, held_days = days[: window - holdout_days], days[window - holdout_days:]
-    plays = read_plays(spark, lake_uri, days).cache()
+    present = present_days(spark, lake_uri, days)
+    if not any(d in present for d in train_days):
+        raise FileNotFoundError(
+            f"no accepted plays in the lake for the training days {train_days[0]}..{train_days[-1]} "
+            f"(present: {', '.join(map(str, present)) or 'none'}); ingest earlier days first "
+            "(music-recs ingest --from-day ... --to-day ...)"
+        )
+    plays = read_plays(spark, lake_uri, present).cache()
     cutoff = train_days[-1].isoformat()
     plays_train = plays.filter(F.col(S.DT) <= cutoff)
     plays_holdout = plays.filter(F.col(S.DT) > cutoff)
@@ -175,7 +189,8 @@ def run(spark: SparkSession, day: dt.date, lake_uri: str, params: ConfidencePara
     return {
         "day": day.isoformat(),
         "window": {"first_day": days[0].isoformat(), "last_train_day": cutoff,
-                   "holdout_days": [d.isoformat() for d in held_days]},
+                   "holdout_days": [d.isoformat() for d in held_days],
+                   "days_present": [d.isoformat() for d in present]},
         "params": params.__dict__,
         "min_user_items": min_user_items,
         "min_item_users": min_item_users,

@@ -86,8 +86,13 @@ def run(spark: SparkSession, matrix_uri: str, out_uri: str, rank: int = 32, max_
         check_finite(user_factors, item_factors)
     out = out_uri.rstrip("/")
     with timer.phase("write"):
-        user_factors.orderBy("id").coalesce(1).write.mode("overwrite").parquet(f"{out}/user_factors")
-        item_factors.orderBy("id").coalesce(1).write.mode("overwrite").parquet(f"{out}/item_factors")
+        # Published factors carry the original string ids next to the ALS ints.
+        names = spark.read.parquet(f"{matrix_uri.rstrip('/')}/train")
+        for side, idx, sid in (("user", S.USER_IDX, S.USER_ID), ("item", S.ITEM_IDX, S.ITEM_ID)):
+            factors = user_factors if side == "user" else item_factors
+            ids = names.select(F.col(idx).alias("id"), F.col(sid)).distinct()
+            (factors.join(ids, "id").select("id", sid, S.FEATURES).orderBy("id").coalesce(1)
+             .write.mode("overwrite").parquet(f"{out}/{side}_factors"))
         model.write().overwrite().save(f"{out}/model")
     conf = {k: v for k, v in sc.getConf().getAll()
             if k.startswith("spark.") and not any(s in k.lower() for s in ("secret", "password", "token", "key"))}

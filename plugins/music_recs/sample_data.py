@@ -161,9 +161,10 @@ def to_jsonl_gz(frame: pd.DataFrame) -> bytes:
 def day_files(day: dt.date, plays: int, catalogue: Catalogue, files: int = 2) -> dict[str, bytes]:
     """The landing files of one day: ``{file name: gzip'd JSON lines}``."""
     frame = generate_day(day, plays, catalogue)
+    bounds = np.linspace(0, len(frame), files + 1).astype(int)
     return {
-        f"part-{i:04d}.jsonl.gz": to_jsonl_gz(chunk)
-        for i, chunk in enumerate(np.array_split(frame, files))
+        f"part-{i:04d}.jsonl.gz": to_jsonl_gz(frame.iloc[bounds[i]:bounds[i + 1]])
+        for i in range(files)
     }
 
 

@@ -1,0 +1,169 @@
+"""``music-recs``: the command line around the pipeline.
+
+    music-recs s3 start|stop|status          local S3-compatible server (moto) on 127.0.0.1
+    music-recs seed --end-day D --days N     create buckets, write N days of sample logs to landing
+    music-recs ingest --from-day D1 --to-day D2   ingest + validate days into the lake (no training)
+    music-recs latest                        where the latest model is and its headline metrics
+    music-recs recommend --user USER_ID      top recommendations of the latest model for a user
+
+S3 is reached through the Airflow connection ``aws_default`` (environment variable
+``AIRFLOW_CONN_AWS_DEFAULT`` outside Airflow), like the DAG does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import os
+import sys
+
+from music_recs import local_s3
+from music_recs.config import load_config
+from music_recs.publish import PublishError, read_latest
+from music_recs.s3 import S3Store
+from music_recs.sample_data import Catalogue, CatalogueSpec, upload_days
+from music_recs.validation import parse_day
+
+
+def _state_dir() -> str:
+    return os.environ.get("MUSIC_RECS_LOCAL_STATE", os.path.join(os.getcwd(), ".local"))
+
+
+def _store() -> S3Store:
+    return S3Store.from_airflow(load_config(use_airflow=False).aws_conn_id)
+
+
+def cmd_s3(args) -> int:
+    port = int(os.environ.get("MUSIC_RECS_S3_PORT", "5055"))
+    pid_path = os.path.join(_state_dir(), "s3.pid")
+    if args.action == "start":
+        proc = local_s3.start(port, os.path.join(_state_dir(), "s3.log"), pid_path)
+        print(f"S3 server {'started' if proc else 'already running'} at {local_s3.endpoint(port)}")
+    elif args.action == "stop":
+        print("S3 server stopped" if local_s3.stop(pid_path) else "no S3 server started from here")
+    else:
+        up = local_s3.is_up(port)
+        print(f"S3 server at {local_s3.endpoint(port)}: {'up' if up else 'down'}")
+        return 0 if up else 1
+    return 0
+
+
+def cmd_seed(args) -> int:
+    cfg = load_config(use_airflow=False)
+    store = _store()
+    for bucket in (cfg.raw_bucket, cfg.models_bucket):
+        store.ensure_bucket(bucket)
+    end = parse_day(args.end_day, "--end-day")
+    days = [end - dt.timedelta(days=i) for i in range(args.days - 1, -1, -1)]
+    spec = CatalogueSpec.for_plays_per_day(args.plays, seed=args.seed)
+    rows = upload_days(store, cfg.raw_bucket, cfg.landing_prefix, days, args.plays, Catalogue(spec))
+    print(f"wrote {rows} plays ({args.plays}/day, {spec.users} users, {spec.artists * spec.tracks_per_artist} tracks) "
+          f"to s3://{cfg.raw_bucket}/{cfg.landing_prefix}/ for {days[0]}..{days[-1]}")
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    """Load history into the lake with the DAG's own ingest and validate steps (first deployment)."""
+    from music_recs import tasks
+
+    cfg = load_config(use_airflow=False)
+    store = _store()
+    first, last = parse_day(args.from_day, "--from-day"), parse_day(args.to_day, "--to-day")
+    if last < first:
+        raise ValueError(f"--to-day {last} is before --from-day {first}")
+    day = first
+    while day <= last:
+        start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+        plan = tasks.plan_run({}, start, f"cli_ingest__{day.isoformat()}", cfg)
+        result = tasks.ingest(store, plan)
+        tasks.validate(plan)
+        print(f"dt={day}: read {result['rows_read']}, accepted {result['rows_accepted']}, "
+              f"quarantined {result['rows_quarantined']}, duplicates {result['duplicates_removed']}; valid")
+        day += dt.timedelta(days=1)
+    return 0
+
+
+def cmd_latest(args) -> int:
+    cfg = load_config(use_airflow=False)
+    pointer, manifest = read_latest(_store(), cfg.models_bucket, cfg.pointer_key)
+    m, b = manifest["metrics"]["model"], manifest["metrics"]["baseline_popularity"]
+    k = manifest["metrics"]["k"]
+    print(f"latest model: day {pointer['day']}, run {pointer['run_id']}")
+    print(f"  published at s3://{cfg.models_bucket}/{pointer['prefix']}")
+    print(f"  rows read {manifest['rows']['rows_read']}, accepted {manifest['rows']['rows_accepted']}, "
+          f"quarantined {manifest['rows']['rows_quarantined']}")
+    print(f"  matrix {manifest['matrix']['users']} users x {manifest['matrix']['items']} items, "
+          f"{manifest['matrix']['nnz']} non-zeros")
+    print(f"  precision@{k} {m['precision']:.4f} (popularity {b['precision']:.4f}), "
+          f"MAP@{k} {m['map']:.4f} (popularity {b['map']:.4f}), NDCG@{k} {m['ndcg']:.4f}, "
+          f"recall@{k} {m['recall']:.4f}, coverage {m['coverage']:.3f}")
+    return 0
+
+
+def load_recommendations(store: S3Store, bucket: str, manifest: dict, user_id: str):
+    import pyarrow.parquet as pq
+    import pyarrow.compute as pc
+    import pyarrow as pa
+
+    tables = []
+    for obj in manifest["objects"]:
+        if obj["artifact"] != "recommendations":
+            continue
+        data, _ = store.get_bytes(bucket, obj["key"])
+        table = pq.read_table(io.BytesIO(data), filters=[("user_id", "=", user_id)])
+        if table.num_rows:
+            tables.append(table)
+    if not tables:
+        return None
+    table = pa.concat_tables(tables)
+    return table.take(pc.sort_indices(table, sort_keys=[("rank", "ascending")]))
+
+
+def cmd_recommend(args) -> int:
+    cfg = load_config(use_airflow=False)
+    store = _store()
+    pointer, manifest = read_latest(store, cfg.models_bucket, cfg.pointer_key)
+    recs = load_recommendations(store, cfg.models_bucket, manifest, args.user)
+    if recs is None:
+        print(f"no recommendations for user {args.user!r} in the model of {pointer['day']}", file=sys.stderr)
+        return 1
+    granularity = manifest["params"]["granularity"]
+    print(f"top {min(args.n, recs.num_rows)} {granularity}s for {args.user} (model of {pointer['day']}):")
+    for row in recs.slice(0, args.n).to_pylist():
+        print(f"  {row['rank']:>3}. {row['item_id']:<14} score {row['score']:.3f}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="music-recs", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s3 = sub.add_parser("s3", help="local S3 server")
+    s3.add_argument("action", choices=["start", "stop", "status"])
+    s3.set_defaults(func=cmd_s3)
+    seed = sub.add_parser("seed", help="write sample stream logs to the landing prefix")
+    seed.add_argument("--end-day", required=True)
+    seed.add_argument("--days", type=int, default=3)
+    seed.add_argument("--plays", type=int, default=5000, help="plays per day")
+    seed.add_argument("--seed", type=int, default=7)
+    seed.set_defaults(func=cmd_seed)
+    ing = sub.add_parser("ingest", help="ingest and validate a range of days into the lake")
+    ing.add_argument("--from-day", required=True)
+    ing.add_argument("--to-day", required=True)
+    ing.set_defaults(func=cmd_ingest)
+    latest = sub.add_parser("latest", help="show the latest published model")
+    latest.set_defaults(func=cmd_latest)
+    rec = sub.add_parser("recommend", help="recommendations of the latest model for a user")
+    rec.add_argument("--user", required=True)
+    rec.add_argument("-n", type=int, default=10)
+    rec.set_defaults(func=cmd_recommend)
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except (PublishError, ValueError, RuntimeError) as exc:
+        print(f"music-recs: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Publish a trained model to S3: immutable per-run prefix, manifest, verified, pointer last.
+
+Layout under the models bucket::
+
+    {models_prefix}/dt=YYYY-MM-DD/run={run key}/user_factors/part-00000.parquet
+                                               /item_factors/part-00000.parquet
+                                               /recommendations/part-00000.parquet
+                                               /manifest.json
+    {models_prefix}/latest.json        <- the pointer, written last
+
+Order matters: objects, then their verification (size and SHA-256 read back from the
+server), then the manifest, then the pointer. A run that dies anywhere before the pointer
+leaves readers on the previous model. Object names are deterministic, so a rerun of the
+same run overwrites its own prefix instead of adding a second copy.
+
+The pointer only moves forward in logical day (a rerun of the same day replaces it),
+unless the run explicitly allows a rewind (backfills). It is replaced with a
+compare-and-swap on its ETag (S3 conditional writes, ``If-Match``/``If-None-Match``), so
+two runs racing cannot leave it pointing at a model that is not complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import hashlib
+import logging
+import os
+
+from music_recs.s3 import PreconditionFailed, S3Store
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+ARTIFACTS = ("user_factors", "item_factors", "recommendations")
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+def artifact_files(local_dir: str) -> list[str]:
+    """Parquet part files of one Spark output folder, in a stable order."""
+    files = sorted(glob.glob(os.path.join(local_dir, "*.parquet")))
+    if not files:
+        raise PublishError(f"no Parquet files in {local_dir}: nothing to publish")
+    return files
+
+
+def upload_artifacts(store: S3Store, bucket: str, prefix: str, artifacts: dict[str, str]) -> list[dict]:
+    uploaded = []
+    for name, local_dir in artifacts.items():
+        for i, path in enumerate(artifact_files(local_dir)):
+            info = store.upload_file(path, bucket, f"{prefix}{name}/part-{i:05d}.parquet")
+            uploaded.append({**info, "artifact": name})
+            log.info("uploaded s3://%s/%s (%d bytes)", bucket, info["key"], info["size"])
+    return uploaded
+
+
+def verify_objects(store: S3Store, bucket: str, objects: list[dict]) -> None:
+    """Read every object back and compare size and SHA-256 with what was uploaded."""
+    for obj in objects:
+        got = store.get_bytes(bucket, obj["key"])
+        if got is None:
+            raise PublishError(f"s3://{bucket}/{obj['key']} is missing after upload")
+        data = got[0]
+        if len(data) != obj["size"] or hashlib.sha256(data).hexdigest() != obj["sha256"]:
+            raise PublishError(
+                f"s3://{bucket}/{obj['key']} does not match what was uploaded "
+                f"(size {len(data)} vs {obj['size']}); the pointer was not moved"
+            )
+
+
+def move_pointer(store: S3Store, bucket: str, key: str, pointer: dict, allow_rewind: bool,
+                 attempts: int = 5) -> dict:
+    """Compare-and-swap the pointer. Returns ``{"moved": bool, "reason": str, "previous": ...}``."""
+    for _ in range(attempts):
+        current = store.get_json(bucket, key)
+        previous, etag = (current if current else (None, None))
+        if previous and previous.get("day", "") > pointer["day"] and not allow_rewind:
+            return {"moved": False, "previous": previous,
+                    "reason": f"pointer is on a later day ({previous['day']} > {pointer['day']}); "
+                              "set allow_pointer_rewind to replace it"}
+        try:
+            store.put_json(bucket, key, pointer, if_match=etag, if_none_match=etag is None)
+        except PreconditionFailed:
+            log.warning("pointer s3://%s/%s changed under us; retrying", bucket, key)
+            continue
+        return {"moved": True, "previous": previous, "reason": "moved"}
+    raise PublishError(f"could not update s3://{bucket}/{key}: it kept changing ({attempts} attempts)")
+
+
+def publish(store: S3Store, bucket: str, prefix: str, pointer_key: str, day: str, run_id: str,
+            artifacts: dict[str, str], manifest: dict, allow_rewind: bool = False) -> dict:
+    """Upload, verify, write the manifest, then move the pointer. Returns the pointer decision."""
+    objects = upload_artifacts(store, bucket, prefix, artifacts)
+    verify_objects(store, bucket, objects)
+    full_manifest = {
+        **manifest,
+        "day": day,
+        "run_id": run_id,
+        "prefix": f"s3://{bucket}/{prefix}",
+        "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "objects": objects,
+    }
+    store.put_json(bucket, prefix + MANIFEST, full_manifest)
+    manifest_bytes, _ = store.get_bytes(bucket, prefix + MANIFEST)
+    pointer = {
+        "day": day,
+        "run_id": run_id,
+        "prefix": prefix,
+        "manifest_key": prefix + MANIFEST,
+        "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+    }
+    decision = move_pointer(store, bucket, pointer_key, pointer, allow_rewind)
+    log.info("pointer s3://%s/%s: %s", bucket, pointer_key, decision["reason"])
+    return {"manifest_key": prefix + MANIFEST, "objects": len(objects), "pointer": pointer, **decision}
+
+
+def read_latest(store: S3Store, bucket: str, pointer_key: str) -> tuple[dict, dict]:
+    """The pointer and the manifest it names; the manifest's checksum is checked."""
+    got = store.get_json(bucket, pointer_key)
+    if got is None:
+        raise PublishError(f"no model published yet: s3://{bucket}/{pointer_key} does not exist")
+    pointer = got[0]
+    raw = store.get_bytes(bucket, pointer["manifest_key"])
+    if raw is None or hashlib.sha256(raw[0]).hexdigest() != pointer["manifest_sha256"]:
+        raise PublishError(f"the manifest named by s3://{bucket}/{pointer_key} is missing or altered")
+    import json
+
+    return pointer, json.loads(raw[0])

@@ -1,0 +1,133 @@
+"""Launch the pipeline's Spark jobs with spark-submit, through Airflow's Spark provider.
+
+``PipelineSparkSubmitHook`` is the provider's ``SparkSubmitHook`` with the defaults this
+pipeline needs: the Spark master comes from the ``spark_default`` connection (``local[*]``
+when it does not exist, instead of the provider's ``yarn``), every job gets
+``infra/spark/spark-defaults.conf`` and the quiet log4j2 configuration, and the project's
+packages are shipped as ``--py-files`` so executors on a cluster can import them.
+
+``run_spark_job`` submits one job and returns the JSON result the job wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent.parent
+JOBS_DIR = REPO_ROOT / "spark_jobs"
+SPARK_DEFAULTS = REPO_ROOT / "infra" / "spark" / "spark-defaults.conf"
+LOG4J2 = REPO_ROOT / "infra" / "spark" / "log4j2.properties"
+DEFAULT_MASTER = "local[*]"
+
+
+class SparkJobError(RuntimeError):
+    """A Spark job failed; the message carries the last lines of its output."""
+
+
+class PipelineSparkSubmitHook(SparkSubmitHook):
+    def _resolve_connection(self):
+        data = super()._resolve_connection()
+        try:
+            self.get_connection(self._conn_id)
+        except Exception:
+            # The provider falls back to YARN; on one machine local mode is what works.
+            log.info("connection %s not found: using Spark master %s", self._conn_id, DEFAULT_MASTER)
+            data["master"] = DEFAULT_MASTER
+        return data
+
+    @property
+    def master(self) -> str:
+        return self._connection["master"]
+
+    @property
+    def output_tail(self) -> list[str]:
+        return list(self._last_submit_log_lines)
+
+
+def package_zip(dest_dir: str) -> str:
+    """Zip ``music_recs`` and ``spark_jobs`` for ``--py-files`` (rebuilt when sources change)."""
+    sources = sorted(p for d in (PACKAGE_DIR, JOBS_DIR) for p in d.rglob("*.py"))
+    stamp = str(max((p.stat().st_mtime_ns for p in sources), default=0))
+    path = os.path.join(dest_dir, f"music_recs_pyfiles_{stamp}.zip")
+    if not os.path.exists(path):
+        os.makedirs(dest_dir, exist_ok=True)
+        tmp = path + ".tmp"
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for p in sources:
+                base = PACKAGE_DIR.parent if PACKAGE_DIR in p.parents else REPO_ROOT
+                zf.write(p, p.relative_to(base).as_posix())
+        os.replace(tmp, path)
+    return path
+
+
+def job_path(job: str) -> str:
+    path = JOBS_DIR / f"{job}.py"
+    if not path.exists():
+        raise ValueError(f"unknown Spark job {job!r}: no {path}")
+    return str(path)
+
+
+def base_conf(master: str | None = None) -> dict[str, str]:
+    log4j = f"-Dlog4j2.configurationFile=file:{LOG4J2}"
+    return {
+        "spark.driver.extraJavaOptions": log4j,
+        "spark.executor.extraJavaOptions": log4j,
+        # Executors use the same interpreter as the driver (the project's environment).
+        "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable),
+    }
+
+
+def run_spark_job(
+    job: str,
+    args: list[str],
+    result_path: str,
+    conn_id: str = "spark_default",
+    conf: dict[str, str] | None = None,
+    driver_memory: str | None = None,
+    executor_memory: str | None = None,
+    executor_cores: int | None = None,
+    num_executors: int | None = None,
+    work_dir: str | None = None,
+) -> dict:
+    """Submit ``spark_jobs/<job>.py`` and return the JSON result it wrote to ``result_path``."""
+    work_dir = work_dir or os.path.join(tempfile.gettempdir(), "music_recs_submit")
+    if os.path.exists(result_path):
+        os.remove(result_path)  # never read a previous attempt's result
+    os.makedirs(os.path.dirname(result_path), exist_ok=True)
+    env = {"PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
+           "GX_ANALYTICS_ENABLED": "false"}
+    hook = PipelineSparkSubmitHook(
+        conn_id=conn_id,
+        conf={**base_conf(), **(conf or {})},
+        properties_file=str(SPARK_DEFAULTS),
+        py_files=package_zip(work_dir),
+        name=f"music_recs.{job}",
+        application_args=[*args, "--result", result_path],
+        driver_memory=driver_memory,
+        executor_memory=executor_memory,
+        executor_cores=executor_cores,
+        num_executors=num_executors,
+        env_vars=env,
+        verbose=False,
+    )
+    log.info("spark-submit %s on %s", job, hook.master)
+    try:
+        hook.submit(application=job_path(job))
+    except Exception as exc:
+        tail = "\n".join(hook.output_tail[-40:])
+        raise SparkJobError(f"Spark job {job} failed: {str(exc).splitlines()[0]}\n{tail}") from exc
+    if not os.path.exists(result_path):
+        raise SparkJobError(f"Spark job {job} finished but wrote no result at {result_path}")
+    with open(result_path) as fh:
+        return json.loads(fh.read())

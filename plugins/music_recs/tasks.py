@@ -1,0 +1,226 @@
+"""What each task of ``music_recs_daily`` does. The DAG file only wires these together.
+
+Every function takes plain values (the run plan, a store) so it can be called and tested
+without a scheduler. The run plan is a JSON-able dict made once by ``plan_run`` and handed
+to every later task through XCom, so all tasks of a run agree on the day, paths and params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import glob
+import logging
+import os
+import shutil
+import subprocess
+from urllib.parse import urlparse
+
+from music_recs import __version__
+from music_recs.config import PipelineConfig
+from music_recs.params import RunParams
+from music_recs.publish import publish
+from music_recs.s3 import S3Store
+from music_recs.sizing import shuffle_partitions
+from music_recs.spark_submit import REPO_ROOT, run_spark_job
+from music_recs.validation import safe_key_part
+
+log = logging.getLogger(__name__)
+
+
+class NoLandingData(RuntimeError):
+    pass
+
+
+class ValidationFailed(RuntimeError):
+    pass
+
+
+def logical_day(data_interval_start: dt.datetime) -> dt.date:
+    """The partition a run processes: the day its data interval starts (UTC), never "now"."""
+    if data_interval_start is None:
+        raise ValueError("the run has no data interval; this DAG needs an interval timetable")
+    return data_interval_start.astimezone(dt.timezone.utc).date()
+
+
+def plan_run(params: dict, data_interval_start: dt.datetime, run_id: str, cfg: PipelineConfig) -> dict:
+    run = RunParams.from_params(dict(params))
+    day = logical_day(data_interval_start).isoformat()
+    run_key = safe_key_part(run_id)
+    lake = cfg.lake_uri.rstrip("/")
+    if urlparse(lake).scheme not in ("", "file"):
+        raise ValueError(f"lake_uri {lake!r}: this version stages landing files and publishes from a local lake; "
+                         "set MUSIC_RECS_LAKE_URI to a local folder")
+    run_dir = f"{lake}/runs/dt={day}/run={run_key}"
+    plan = {
+        "day": day,
+        "run_id": run_id,
+        "run_key": run_key,
+        "params": run.as_dict(),
+        "config": dataclasses.asdict(cfg),
+        "paths": {
+            "lake": lake,
+            "landing_staging": f"{lake}/_landing/dt={day}",
+            "quarantine": f"{lake}/quarantine/dt={day}",
+            "matrix": f"{lake}/matrix/dt={day}/granularity={run.granularity}",
+            "run_dir": run_dir,
+            "model": f"{run_dir}/model",
+            "results": f"{run_dir}/results",
+            "checkpoints": f"{lake}/_checkpoints/dt={day}/run={run_key}",
+        },
+        "landing": f"s3://{cfg.raw_bucket}/{cfg.landing_key_prefix(day)}",
+        "publish_prefix": f"s3://{cfg.models_bucket}/{cfg.model_key_prefix(day, run_key)}",
+    }
+    log.info("run %s processes dt=%s with %s", run_id, day, run.as_dict())
+    return plan
+
+
+def config_of(plan: dict) -> PipelineConfig:
+    return PipelineConfig(**plan["config"])
+
+
+def landing_files(store: S3Store, cfg: PipelineConfig, day: str) -> list:
+    return [o for o in store.list_objects(cfg.raw_bucket, cfg.landing_key_prefix(day)) if not o.key.endswith("/")]
+
+
+def stage_landing(store: S3Store, plan: dict) -> list[str]:
+    """Copy the day's landing files next to the lake for Spark (no S3 connector in local mode)."""
+    cfg = config_of(plan)
+    dest = plan["paths"]["landing_staging"]
+    shutil.rmtree(dest, ignore_errors=True)  # a rerun must not see a previous copy
+    files = store.download_prefix(cfg.raw_bucket, cfg.landing_key_prefix(plan["day"]), dest)
+    if not files:
+        raise NoLandingData(f"no stream logs under {plan['landing']}; nothing to ingest")
+    log.info("staged %d landing file(s) from %s", len(files), plan["landing"])
+    return files
+
+
+def _result(plan: dict, stage: str) -> str:
+    return os.path.join(plan["paths"]["results"], f"{stage}.json")
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _spark(plan: dict, job: str, args: list[str], input_bytes: int = 0, conf: dict | None = None, **kwargs) -> dict:
+    cfg = config_of(plan)
+    conf = {"spark.sql.shuffle.partitions": str(shuffle_partitions(input_bytes)), **(conf or {})}
+    return run_spark_job(job, args, _result(plan, job), conn_id=cfg.spark_conn_id, conf=conf,
+                         work_dir=os.path.join(plan["paths"]["lake"], "_submit"), **kwargs)
+
+
+def ingest(store: S3Store, plan: dict) -> dict:
+    stage_landing(store, plan)
+    staged = plan["paths"]["landing_staging"]
+    # gzip'd JSON expands about 8x in memory
+    result = _spark(plan, "ingest", ["--day", plan["day"], "--input", staged, "--lake", plan["paths"]["lake"]],
+                    input_bytes=8 * _folder_bytes(staged))
+    log.info("ingest dt=%s: read %d, accepted %d, quarantined %d, duplicates %d", plan["day"],
+             result["rows_read"], result["rows_accepted"], result["rows_quarantined"], result["duplicates_removed"])
+    result["quarantine_uri"] = upload_quarantine(store, plan)
+    return result
+
+
+def upload_quarantine(store: S3Store, plan: dict) -> str:
+    """Quarantined rows go to S3 under a fixed name per day, so a rerun replaces them."""
+    cfg = config_of(plan)
+    parts = sorted(glob.glob(os.path.join(plan["paths"]["quarantine"], "part-*")))
+    body = b"".join(open(p, "rb").read() for p in parts)
+    key = f"{cfg.quarantine_key_prefix(plan['day'])}quarantine.jsonl"
+    store.client.put_object(Bucket=cfg.raw_bucket, Key=key, Body=body)
+    return f"s3://{cfg.raw_bucket}/{key}"
+
+
+def validate(plan: dict) -> dict:
+    result = _spark(plan, "validate", ["--day", plan["day"], "--lake", plan["paths"]["lake"],
+                                       "--suite", str(REPO_ROOT / "expectations" / "stream_logs_daily.json")],
+                    input_bytes=_folder_bytes(f"{plan['paths']['lake']}/plays/dt={plan['day']}"))
+    if not result["success"]:
+        failed = "; ".join(
+            f"{c['expectation']}({c['column'] or ''}): {c['unexpected_count'] if c['unexpected_count'] is not None else c['observed_value']}"
+            for c in result["failed"]
+        )
+        raise ValidationFailed(f"dt={plan['day']} failed {len(result['failed'])} expectation(s): {failed}")
+    log.info("validation dt=%s: %d expectations passed", plan["day"], len(result["checks"]))
+    return result
+
+
+def build_confidence(plan: dict) -> dict:
+    p = plan["params"]
+    result = _spark(plan, "confidence", [
+        "--day", plan["day"], "--lake", plan["paths"]["lake"],
+        "--window-days", str(p["window_days"]), "--holdout-days", str(p["holdout_days"]),
+        "--function", p["confidence_function"], "--alpha", str(p["alpha"]), "--epsilon", str(p["epsilon"]),
+        "--half-life-days", str(p["half_life_days"]), "--skip-ms", str(p["skip_seconds"] * 1000),
+        "--min-user-items", str(p["min_user_items"]), "--min-item-users", str(p["min_item_users"]),
+    ], input_bytes=_folder_bytes(f"{plan['paths']['lake']}/plays"))
+    stats = result["stats"][p["granularity"]]
+    if stats["nnz"] == 0:
+        raise ValueError(f"the {p['granularity']} matrix for dt={plan['day']} is empty after filtering; "
+                         "lower min_user_items/min_item_users or widen window_days")
+    log.info("matrix %s dt=%s: %d users x %d items, %d non-zeros", p["granularity"], plan["day"],
+             stats["users"], stats["items"], stats["nnz"])
+    return result
+
+
+def train(plan: dict) -> dict:
+    p = plan["params"]
+    result = _spark(plan, "train_als", [
+        "--matrix", plan["paths"]["matrix"], "--out", plan["paths"]["model"],
+        "--rank", str(p["rank"]), "--max-iter", str(p["max_iter"]), "--reg", str(p["reg"]),
+        "--alpha", str(p["alpha"]), "--checkpoint-dir", plan["paths"]["checkpoints"],
+    ], input_bytes=_folder_bytes(f"{plan['paths']['matrix']}/train"), driver_memory="2g")
+    log.info("ALS rank %d: %d users, %d items in %.1fs (%.2fs/iteration)", p["rank"], result["data"]["users"],
+             result["data"]["items"], result["seconds"]["fit"], result["seconds_per_iteration"])
+    return result
+
+
+def evaluate(plan: dict) -> dict:
+    p = plan["params"]
+    result = _spark(plan, "evaluate", [
+        "--model", plan["paths"]["model"], "--matrix", plan["paths"]["matrix"], "--out", plan["paths"]["model"],
+        "--k", str(p["k"]), "--top-n", str(p["top_n"]),
+    ], input_bytes=_folder_bytes(f"{plan['paths']['matrix']}/train"))
+    m, b = result["model"], result["baseline_popularity"]
+    log.info("evaluation @%d: MAP %.4f (popularity %.4f), precision %.4f (popularity %.4f), %d users",
+             p["k"], m["map"], b["map"], m["precision"], b["precision"], m["users_evaluated"])
+    return result
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def publish_run(store: S3Store, plan: dict, ingested: dict, validated: dict, matrix: dict,
+                trained: dict, evaluated: dict) -> dict:
+    cfg = config_of(plan)
+    p = plan["params"]
+    model_dir = plan["paths"]["model"]
+    manifest = {
+        "code_version": code_version(),
+        "params": p,
+        "data_window": matrix["window"],
+        "rows": {k: ingested[k] for k in ("rows_read", "rows_accepted", "rows_quarantined", "duplicates_removed")},
+        "quarantine": {"uri": ingested.get("quarantine_uri"), "reasons": ingested.get("quarantine_reasons", {})},
+        "validation": {"suite": validated["suite"], "statistics": validated["statistics"]},
+        "matrix": matrix["stats"][p["granularity"]],
+        "training": {k: trained[k] for k in ("params", "data", "seconds", "seconds_per_iteration", "spark_conf")},
+        "metrics": {"k": evaluated["k"], "model": evaluated["model"], "baseline_popularity": evaluated["baseline_popularity"]},
+    }
+    decision = publish(
+        store, cfg.models_bucket, cfg.model_key_prefix(plan["day"], plan["run_key"]), cfg.pointer_key,
+        plan["day"], plan["run_id"], {name: f"{model_dir}/{name}" for name in ("user_factors", "item_factors", "recommendations")},
+        manifest, allow_rewind=p["allow_pointer_rewind"],
+    )
+    m = evaluated["model"]
+    log.info("published %s (pointer %s); MAP@%d %.4f, precision@%d %.4f", plan["publish_prefix"],
+             "moved" if decision["moved"] else "kept: " + decision["reason"], evaluated["k"], m["map"],
+             evaluated["k"], m["precision"])
+    return {"prefix": plan["publish_prefix"], "manifest": f"s3://{cfg.models_bucket}/{decision['manifest_key']}",
+            "pointer_moved": decision["moved"], "pointer_reason": decision["reason"], "metrics": m}
