@@ -1,0 +1,103 @@
+"""Shared fixtures: a real local Spark, a real S3-compatible server on 127.0.0.1, an isolated Airflow home."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="music_recs_tests_"))
+
+# Airflow reads its configuration at import: isolate it before anything imports airflow.
+os.environ["AIRFLOW_HOME"] = str(_SESSION_TMP / "airflow")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+os.environ["MUSIC_RECS_LAKE_URI"] = str(_SESSION_TMP / "lake")
+os.environ["MUSIC_RECS_TASK_RETRIES"] = "0"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def session_tmp() -> Path:
+    return _SESSION_TMP
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from spark_jobs.common import BASE_CONF
+    from pyspark.sql import SparkSession
+
+    builder = (SparkSession.builder.master("local[2]").appName("music_recs_tests")
+               .config("spark.ui.enabled", "false")
+               .config("spark.sql.shuffle.partitions", "4")
+               .config("spark.default.parallelism", "2")
+               .config("spark.driver.memory", "2g"))
+    for key, value in BASE_CONF.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(session_tmp):
+    """A moto S3 server in its own process on a free loopback port."""
+    from music_recs import local_s3
+
+    port = free_port()
+    proc = local_s3.start(port, str(session_tmp / "s3.log"))
+    endpoint = local_s3.endpoint(port)
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = (
+        '{"conn_type": "aws", "login": "testing", "password": "testing", '
+        f'"extra": {{"endpoint_url": "{endpoint}", "region_name": "us-east-1"}}}}'
+    )
+    yield endpoint
+    if proc is not None:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def store(s3_endpoint):
+    from music_recs.s3 import S3Store
+
+    return S3Store.from_endpoint(s3_endpoint, "testing", "testing")
+
+
+@pytest.fixture
+def bucket(store, request):
+    """A fresh bucket per test, so tests do not see each other's objects."""
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid()}"
+    store.ensure_bucket(name)
+    return name
+
+
+def airflow_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """An initialised metadata database (SQLite) in the session's AIRFLOW_HOME."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=airflow_env(), check=True,
+                   capture_output=True, timeout=300)
+    return os.environ["AIRFLOW_HOME"]

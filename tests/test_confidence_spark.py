@@ -1,0 +1,112 @@
+"""The confidence job on small hand-built plays with known answers."""
+
+import datetime as dt
+import json
+import math
+
+import pytest
+
+from music_recs.confidence import ConfidenceParams
+from spark_jobs import confidence
+from spark_jobs.id_index import extend_index, load_index
+
+pytestmark = pytest.mark.spark
+
+D = dt.date(2026, 11, 20)
+
+
+def write_plays(spark, lake, rows):
+    """rows: (day, user, track, artist, ms_played)"""
+    by_day = {}
+    for i, (day, user, track, artist, ms) in enumerate(rows):
+        by_day.setdefault(day, []).append((f"e{i}", dt.datetime.combine(day, dt.time(12)), user, track, artist, ms,
+                                           None, None))
+    for day, data in by_day.items():
+        spark.createDataFrame(data, "event_id string, ts timestamp, user_id string, track_id string, "
+                                    "artist_id string, ms_played long, track_name string, artist_name string") \
+            .write.mode("overwrite").parquet(f"{lake}/plays/dt={day}")
+
+
+def matrix(spark, lake, granularity="track", part="train"):
+    df = spark.read.parquet(f"{lake}/matrix/dt={D}/granularity={granularity}/{part}")
+    return {(r.user_id, r.item_id): r for r in df.collect()}
+
+
+def test_skips_windows_and_confidence(spark, tmp_path):
+    lake = str(tmp_path / "lake")
+    d = lambda n: D - dt.timedelta(days=n)  # noqa: E731
+    write_plays(spark, lake, [
+        (d(1), "u1", "t1", "a1", 200_000), (d(1), "u1", "t1", "a1", 200_000), (d(2), "u1", "t1", "a1", 10_000),
+        (d(1), "u1", "t2", "a1", 60_000),
+        (d(1), "u2", "t1", "a1", 31_000), (d(1), "u2", "t2", "a1", 29_999),  # the second is a skip
+        (d(2), "u2", "t2", "a1", 30_000),
+        (d(3), "u1", "t2", "a1", 200_000),  # outside a 3-day window (first day = D-2)
+        (D, "u1", "t3", "a1", 200_000), (D, "u2", "t1", "a1", 200_000),  # held out (last day)
+    ])
+    params = ConfidenceParams(function="linear", alpha=2.0, skip_ms=30_000)
+    result = confidence.run(spark, D, lake, params, window=3, holdout_days=1, min_user_items=1, min_item_users=1)
+    assert result["window"] == {"first_day": str(d(2)), "last_train_day": str(d(1)), "holdout_days": [str(D)],
+                                "days_present": [str(d(2)), str(d(1)), str(D)]}
+    m = matrix(spark, lake)
+    assert (m["u1", "t1"].plays, m["u1", "t1"].skips) == (2, 1)
+    assert m["u1", "t1"].confidence == pytest.approx(1 + 2 * 2)
+    assert m["u1", "t2"].plays == 1  # the D-3 play is outside the window
+    assert (m["u2", "t2"].plays, m["u2", "t2"].skips) == (1, 1)  # exactly 30 s counts as a play
+    # Held out: u1's new track t3; u2's t1 was already in training so it is not "next".
+    held = matrix(spark, lake, part="holdout")
+    assert set(held) == set()  # t3 is unknown to the training matrix, so it cannot be judged
+    stats = json.loads(open(f"{lake}/matrix/dt={D}/granularity=track/stats.json").read())
+    assert (stats["users"], stats["items"], stats["nnz"]) == (2, 2, 4)
+    assert stats["density"] == pytest.approx(1.0)
+    artist = matrix(spark, lake, "artist")
+    assert artist["u1", "a1"].plays == 3
+
+
+def test_log_function_decay_and_min_support(spark, tmp_path):
+    lake = str(tmp_path / "lake")
+    rows = [(D - dt.timedelta(days=1), "u1", "t1", "a1", 100_000), (D - dt.timedelta(days=3), "u1", "t1", "a1", 100_000)]
+    rows += [(D - dt.timedelta(days=1), "u2", "t1", "a1", 100_000), (D - dt.timedelta(days=1), "u2", "t2", "a2", 100_000),
+             (D - dt.timedelta(days=1), "u3", "t3", "a3", 100_000), (D, "u2", "t9", "a9", 100_000)]
+    write_plays(spark, lake, rows)
+    params = ConfidenceParams(function="log", alpha=1.0, epsilon=1.0, half_life_days=2.0)
+    confidence.run(spark, D, lake, params, window=5, holdout_days=1, min_user_items=1, min_item_users=2)
+    m = matrix(spark, lake)
+    # t1 has 2 listeners and survives; t2 and t3 have 1 and are dropped, and u3 with them.
+    assert set(m) == {("u1", "t1"), ("u2", "t1")}
+    r = 0.5 ** (1 / 2) + 0.5 ** (3 / 2)  # plays 1 and 3 days old, half-life 2 days
+    assert m["u1", "t1"].confidence == pytest.approx(1 + math.log1p(r), rel=1e-9)
+
+
+def test_missing_history_fails_with_a_readable_message(spark, tmp_path):
+    lake = str(tmp_path / "lake")
+    write_plays(spark, lake, [(D, "u1", "t1", "a1", 100_000)])
+    with pytest.raises(FileNotFoundError, match="no accepted plays in the lake for the training days"):
+        confidence.run(spark, D, lake, ConfidenceParams(), window=3)
+
+
+def test_ids_stay_stable_across_days_and_reruns(spark, tmp_path):
+    lake = str(tmp_path / "lake")
+    day1 = spark.createDataFrame([("b",), ("a",), ("c",)], "id string")
+    index1, new1 = extend_index(spark, lake, "user", day1)
+    first = {r.id: r.idx for r in index1.collect()}
+    assert first == {"a": 0, "b": 1, "c": 2} and new1 == 3
+    # Next day: "a" disappears, "d" and "0" are new; the old ones keep their ints.
+    day2 = spark.createDataFrame([("b",), ("d",), ("0",), ("c",)], "id string")
+    index2, new2 = extend_index(spark, lake, "user", day2)
+    second = {r.id: r.idx for r in index2.collect()}
+    assert new2 == 2 and {k: second[k] for k in first} == first
+    assert second["0"] == 3 and second["d"] == 4
+    # Rerun of day 2: nothing new, nothing changes.
+    index3, new3 = extend_index(spark, lake, "user", day2)
+    assert new3 == 0 and {r.id: r.idx for r in index3.collect()} == second
+    assert len(set(second.values())) == len(second)  # no collisions
+    assert load_index(spark, lake, "track").count() == 0
+
+
+def test_index_overflow_is_detected(spark, tmp_path, monkeypatch):
+    from spark_jobs import id_index
+
+    monkeypatch.setattr(id_index, "INT32_MAX", 2)
+    lake = str(tmp_path / "lake")
+    with pytest.raises(OverflowError, match="past int32 max"):
+        extend_index(spark, lake, "user", spark.createDataFrame([("a",), ("b",), ("c",), ("d",)], "id string"))

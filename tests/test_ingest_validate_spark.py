@@ -1,0 +1,95 @@
+"""Ingest and validation on a real local Spark, with deliberately broken input."""
+
+import datetime as dt
+import gzip
+import json
+
+import pytest
+
+from spark_jobs import ingest, validate
+
+pytestmark = pytest.mark.spark
+
+DAY = dt.date(2026, 11, 20)
+
+
+def good(i, **overrides):
+    row = {"event_id": f"e{i}", "ts": f"2026-11-20T10:{i % 60:02d}:00Z", "user_id": f"u{i % 3}",
+           "track_id": f"t{i % 5}", "artist_id": "a1", "ms_played": 120000, "extra_field": "ignored"}
+    row.update(overrides)
+    return json.dumps(row)
+
+
+BROKEN = {
+    "this is not json": "not_json_object",
+    "[1, 2, 3]": "not_json_object",
+    good(100, user_id=None): "missing_user_id",
+    json.dumps({"event_id": "e101", "ts": "2026-11-20T10:00:00Z", "user_id": "u1", "artist_id": "a1",
+                "ms_played": 1}): "missing_track_id",
+    good(102, ts="yesterday-ish"): "unparseable_ts",
+    good(103, ts="2026-10-01T00:00:00Z"): "ts_outside_day",
+    good(104, ms_played="lots"): "ms_played_not_integer",
+    good(105, ms_played=12.5): "ms_played_not_integer",
+    good(106, ms_played=-1): "ms_played_out_of_range",
+    good(107, user_id="bad user/../x"): "malformed_user_id",
+}
+
+
+@pytest.fixture
+def landing(tmp_path):
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    lines = [good(i) for i in range(20)]
+    # gzip'd file with a BOM and CRLF line ends, a replay of e1, a float ms_played that is integral
+    with gzip.open(folder / "a.jsonl.gz", "wt", encoding="utf-8", newline="") as fh:
+        fh.write("\ufeff" + "\r\n".join(lines[:10]) + "\r\n")
+    (folder / "b.jsonl").write_text("\n".join(lines[10:] + [good(1), good(50, ms_played=1000.0)] + list(BROKEN)) + "\n\n")
+    (folder / "empty.jsonl").write_text("")
+    return folder
+
+
+def test_every_row_is_accepted_quarantined_or_a_counted_duplicate(spark, landing, tmp_path):
+    lake = str(tmp_path / "lake")
+    result = ingest.run(spark, DAY, str(landing), lake)
+    assert result["rows_read"] == 20 + 2 + len(BROKEN)
+    assert result["rows_accepted"] == 21
+    assert result["duplicates_removed"] == 1
+    assert result["rows_quarantined"] == len(BROKEN)
+    assert result["rows_read"] == result["rows_accepted"] + result["rows_quarantined"] + result["duplicates_removed"]
+
+    quarantined = {r["raw_line"]: r["reason"] for r in spark.read.json(f"{lake}/quarantine/dt={DAY}").collect()}
+    assert quarantined == BROKEN
+
+    plays = spark.read.parquet(f"{lake}/plays/dt={DAY}")
+    assert dict(plays.dtypes)["ms_played"] == "bigint" and dict(plays.dtypes)["ts"] == "timestamp"
+    assert plays.select("event_id").distinct().count() == 21
+
+
+def test_rerun_gives_the_same_partition_and_quarantine(spark, landing, tmp_path):
+    lake = str(tmp_path / "lake")
+    first = ingest.run(spark, DAY, str(landing), lake)
+    rows1 = sorted(map(tuple, spark.read.parquet(f"{lake}/plays/dt={DAY}").collect()))
+    q1 = sorted(map(tuple, spark.read.json(f"{lake}/quarantine/dt={DAY}").collect()))
+    second = ingest.run(spark, DAY, str(landing), lake)
+    assert {k: v for k, v in first.items() if k != "seconds"} == {k: v for k, v in second.items() if k != "seconds"}
+    assert sorted(map(tuple, spark.read.parquet(f"{lake}/plays/dt={DAY}").collect())) == rows1
+    assert sorted(map(tuple, spark.read.json(f"{lake}/quarantine/dt={DAY}").collect())) == q1
+
+
+def test_gx_suite_passes_on_ingested_day_and_fails_on_bad_data(spark, landing, tmp_path):
+    lake = str(tmp_path / "lake")
+    ingest.run(spark, DAY, str(landing), lake)
+    verdict = validate.run(spark, DAY, lake)
+    assert verdict["success"], verdict["failed"]
+    assert verdict["statistics"]["evaluated_expectations"] >= 15
+
+    # A partition written around ingest (duplicate ids, negative ms_played) must fail the suite.
+    bad = spark.read.parquet(f"{lake}/plays/dt={DAY}")
+    from pyspark.sql import functions as F
+    broken = bad.unionByName(bad.limit(2)).withColumn("ms_played", F.lit(-5).cast("long"))
+    broken.write.mode("overwrite").parquet(str(tmp_path / "bad" / "plays" / f"dt={DAY}"))
+    verdict = validate.run(spark, DAY, str(tmp_path / "bad"))
+    assert not verdict["success"]
+    failed = {(c["expectation"], c["column"]) for c in verdict["failed"]}
+    assert ("expect_column_values_to_be_unique", "event_id") in failed
+    assert ("expect_column_values_to_be_between", "ms_played") in failed
