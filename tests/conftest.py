@@ -25,6 +25,11 @@ os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ["MUSIC_RECS_LAKE_URI"] = str(_SESSION_TMP / "lake")
 os.environ["MUSIC_RECS_TASK_RETRIES"] = "0"
 
+# py4j logs "closing down" from finalizers after pytest closed its streams.
+import logging  # noqa: E402
+
+logging.getLogger("py4j").setLevel(logging.WARNING)
+
 
 def free_port() -> int:
     with socket.socket() as sock:

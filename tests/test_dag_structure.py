@@ -1,0 +1,63 @@
+"""The DAG folder imports cleanly and music_recs_daily is wired as documented."""
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(Path(__file__).resolve().parent.parent / "dags"))
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag):
+    return dagbag.dags["music_recs_daily"]
+
+
+def test_dag_folder_imports_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert "music_recs_daily" in dagbag.dag_ids
+
+
+def test_stages_run_in_order(dag):
+    order = ["plan_run", "wait_for_logs", "ingest", "validate", "build_confidence", "train_als", "evaluate", "publish"]
+    assert set(dag.task_ids) == set(order)
+    for upstream, downstream in zip(order, order[1:]):
+        assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
+
+
+def test_run_settings(dag):
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+    assert dag.doc_md and "music_recs_daily" in dag.doc_md
+    assert {"music-recs", "spark", "als"} <= set(dag.tags)
+    for task in dag.tasks:
+        assert task.execution_timeout is not None, task.task_id
+    assert dag.get_task("ingest").retries == 0  # tests set MUSIC_RECS_TASK_RETRIES=0
+    assert dag.get_task("ingest").retry_exponential_backoff
+    assert dag.get_task("wait_for_logs").mode == "reschedule"
+
+
+def test_params_are_typed_and_bounded(dag):
+    params = dag.params
+    for name in ("rank", "max_iter", "reg", "alpha", "window_days"):
+        assert params.get_param(name).description, name
+        assert "minimum" in params.get_param(name).schema or "exclusiveMinimum" in params.get_param(name).schema
+    with pytest.raises(Exception):
+        params.get_param("rank").resolve(-3)
+
+
+def test_each_run_covers_one_day_from_its_data_interval(dag):
+    from airflow.sdk import CronDataIntervalTimetable
+    from music_recs.tasks import logical_day
+
+    assert isinstance(dag.timetable, CronDataIntervalTimetable)
+    start = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+    # The interval a scheduled run covers is one whole day, never empty.
+    assert logical_day(start) == dt.date(2026, 11, 20)
+    with pytest.raises(ValueError, match="no data interval"):
+        logical_day(None)

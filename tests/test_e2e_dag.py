@@ -1,0 +1,107 @@
+"""music_recs_daily end to end: `airflow dags test` on real Spark, publishing to a real local S3 server."""
+
+import datetime as dt
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from music_recs import cli
+from music_recs.publish import read_latest
+from music_recs.sample_data import Catalogue, CatalogueSpec, upload_days, write_days_local
+from spark_jobs import ingest
+from tests.conftest import airflow_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.spark]
+
+DAY = dt.date(2026, 11, 20)
+PLAYS = 2000
+RAW, MODELS = "e2e-raw", "e2e-models"
+CONF = {"window_days": 4, "rank": 8, "max_iter": 5, "top_n": 10}
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, s3_endpoint, airflow_db, spark):
+    from music_recs.s3 import S3Store
+
+    root = tmp_path_factory.mktemp("e2e")
+    env = {"MUSIC_RECS_RAW_BUCKET": RAW, "MUSIC_RECS_MODELS_BUCKET": MODELS, "MUSIC_RECS_LAKE_URI": str(root / "lake")}
+    store = S3Store.from_endpoint(s3_endpoint, "testing", "testing")
+    for b in (RAW, MODELS):
+        store.ensure_bucket(b)
+    catalogue = Catalogue(CatalogueSpec.for_plays_per_day(PLAYS))
+    days = [DAY - dt.timedelta(days=i) for i in range(3, -1, -1)]
+    upload_days(store, RAW, "stream_logs", days, PLAYS, catalogue)
+    # History: the three days before DAY are already in the lake (as earlier daily runs leave them).
+    write_days_local(str(root / "landing"), days[:-1], PLAYS, catalogue)
+    for d in days[:-1]:
+        ingest.run(spark, d, str(root / "landing" / f"dt={d}"), env["MUSIC_RECS_LAKE_URI"])
+    return {"env": env, "store": store, "root": root}
+
+
+def dags_test(e2e, conf):
+    # A manual run at D+1 00:00 covers the interval [D, D+1): it processes dt=D.
+    logical = (DAY + dt.timedelta(days=1)).isoformat()
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", "-c", json.dumps(conf), "music_recs_daily", logical],
+        env=airflow_env(e2e["env"]), capture_output=True, text=True, timeout=900,
+    )
+    out = proc.stdout + proc.stderr
+    (e2e["root"] / f"dags_test_{len(list(e2e['root'].glob('dags_test_*')))}.log").write_text(out)
+    assert proc.returncode == 0, out[-5000:]
+    assert "DagRun Finished" in out and "state=success" in out, out[-5000:]
+    return out
+
+
+def check_consistent(store, pointer_key="music_recs/latest.json"):
+    pointer, manifest = read_latest(store, MODELS, pointer_key)
+    for obj in manifest["objects"]:
+        data, _ = store.get_bytes(MODELS, obj["key"])
+        assert len(data) == obj["size"] and hashlib.sha256(data).hexdigest() == obj["sha256"], obj["key"]
+    return pointer, manifest
+
+
+def test_daily_run_publishes_a_verified_model_and_a_rerun_replaces_it_cleanly(e2e, capsys):
+    store = e2e["store"]
+    dags_test(e2e, CONF)
+    pointer, manifest = check_consistent(store)
+    assert pointer["day"] == DAY.isoformat()
+    assert manifest["rows"]["rows_read"] == PLAYS
+    assert manifest["rows"]["rows_read"] == (manifest["rows"]["rows_accepted"] + manifest["rows"]["rows_quarantined"]
+                                             + manifest["rows"]["duplicates_removed"])
+    assert manifest["params"]["rank"] == 8 and manifest["training"]["params"]["rank"] == 8
+    assert manifest["data_window"]["first_day"] == (DAY - dt.timedelta(days=3)).isoformat()
+    m, b = manifest["metrics"]["model"], manifest["metrics"]["baseline_popularity"]
+    assert m["users_evaluated"] > 0 and 0 <= m["precision"] <= 1
+    assert m["map"] > b["map"]  # the planted taste structure is learnable
+    assert {o["artifact"] for o in manifest["objects"]} == {"user_factors", "item_factors", "recommendations"}
+
+    # Rerun of the same date: one consistent model behind the pointer, every prefix complete.
+    dags_test(e2e, CONF)
+    pointer2, manifest2 = check_consistent(store)
+    assert pointer2["day"] == DAY.isoformat() and pointer2["run_id"] != pointer["run_id"]
+    runs = {o.key.split("/")[2] for o in store.list_objects(MODELS, f"music_recs/dt={DAY}/")}
+    assert len(runs) == 2
+    for run in runs:
+        raw, _ = store.get_bytes(MODELS, f"music_recs/dt={DAY}/{run}/manifest.json")
+        for obj in json.loads(raw)["objects"]:
+            assert store.get_bytes(MODELS, obj["key"]) is not None
+
+    # A person can read the result: the CLI prints recommendations from the published model.
+    from music_recs.cli import load_recommendations
+    import pyarrow.parquet as pq, io  # noqa: E401
+
+    first_rec = next(o for o in manifest2["objects"] if o["artifact"] == "recommendations")
+    user = pq.read_table(io.BytesIO(store.get_bytes(MODELS, first_rec["key"])[0])).column("user_id")[0].as_py()
+    os.environ.update(e2e["env"])
+    try:
+        assert cli.main(["recommend", "--user", user, "-n", "3"]) == 0
+    finally:
+        for k in e2e["env"]:
+            os.environ.pop(k)
+    printed = capsys.readouterr().out
+    assert f"for {user}" in printed and "  1. t" in printed
+    assert load_recommendations(store, MODELS, manifest2, "no-such-user") is None

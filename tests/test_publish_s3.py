@@ -1,0 +1,127 @@
+"""Publishing against a real S3-compatible server (moto, over HTTP on 127.0.0.1)."""
+
+import hashlib
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from music_recs import publish as P
+from music_recs.s3 import S3Store, check_endpoint
+
+POINTER = "music_recs/latest.json"
+
+
+@pytest.fixture
+def artifacts(tmp_path):
+    out = {}
+    for name in P.ARTIFACTS:
+        folder = tmp_path / name
+        folder.mkdir()
+        for part in range(2):
+            pq.write_table(pa.table({"user_id": [f"u{part}"], "rank": [1], "item_id": [f"t{part}"], "score": [0.5]}),
+                           folder / f"part-{part:05d}-abc.snappy.parquet")
+        out[name] = str(folder)
+    return out
+
+
+def prefix(day, run):
+    return f"music_recs/dt={day}/run={run}/"
+
+
+def test_layout_manifest_checksums_and_pointer(store, bucket, artifacts):
+    decision = P.publish(store, bucket, prefix("2026-11-20", "r1"), POINTER, "2026-11-20", "r1", artifacts,
+                         {"metrics": {"map": 0.1}})
+    assert decision["moved"]
+    keys = sorted(o.key for o in store.list_objects(bucket, "music_recs/"))
+    assert keys == sorted(
+        [f"music_recs/dt=2026-11-20/run=r1/{n}/part-{i:05d}.parquet" for n in P.ARTIFACTS for i in range(2)]
+        + ["music_recs/dt=2026-11-20/run=r1/manifest.json", POINTER]
+    )
+    pointer, manifest = P.read_latest(store, bucket, POINTER)
+    assert pointer["day"] == "2026-11-20" and manifest["metrics"] == {"map": 0.1}
+    for obj in manifest["objects"]:
+        data, _ = store.get_bytes(bucket, obj["key"])
+        assert hashlib.sha256(data).hexdigest() == obj["sha256"] and len(data) == obj["size"]
+
+
+def test_pointer_only_moves_forward_unless_rewind_is_allowed(store, bucket, artifacts):
+    P.publish(store, bucket, prefix("2026-11-21", "r"), POINTER, "2026-11-21", "r", artifacts, {})
+    older = P.publish(store, bucket, prefix("2026-11-20", "b"), POINTER, "2026-11-20", "b", artifacts, {})
+    assert not older["moved"] and "later day" in older["reason"]
+    assert P.read_latest(store, bucket, POINTER)[0]["day"] == "2026-11-21"
+    # the older model is still complete under its own prefix
+    assert store.get_json(bucket, prefix("2026-11-20", "b") + "manifest.json") is not None
+    rewound = P.publish(store, bucket, prefix("2026-11-20", "b"), POINTER, "2026-11-20", "b", artifacts, {},
+                        allow_rewind=True)
+    assert rewound["moved"] and P.read_latest(store, bucket, POINTER)[0]["day"] == "2026-11-20"
+
+
+def test_rerun_of_the_same_run_replaces_its_prefix_without_extra_objects(store, bucket, artifacts):
+    for _ in range(2):
+        P.publish(store, bucket, prefix("2026-11-20", "r1"), POINTER, "2026-11-20", "r1", artifacts, {})
+    assert len(store.list_objects(bucket, prefix("2026-11-20", "r1"))) == 3 * 2 + 1
+
+
+def test_crash_before_the_pointer_leaves_readers_on_the_previous_model(store, bucket, artifacts, monkeypatch):
+    P.publish(store, bucket, prefix("2026-11-20", "r1"), POINTER, "2026-11-20", "r1", artifacts, {})
+
+    def die(*args, **kwargs):
+        raise ConnectionError("process killed between objects and pointer")
+
+    monkeypatch.setattr(P, "move_pointer", die)
+    with pytest.raises(ConnectionError):
+        P.publish(store, bucket, prefix("2026-11-21", "r2"), POINTER, "2026-11-21", "r2", artifacts, {})
+    pointer, manifest = P.read_latest(store, bucket, POINTER)
+    assert pointer["run_id"] == "r1" and manifest["run_id"] == "r1"
+
+
+def test_corrupted_upload_is_detected_before_the_pointer_moves(store, bucket, artifacts, monkeypatch):
+    real_upload = store.upload_file
+
+    def flip_a_byte(path, b, key):
+        info = real_upload(path, b, key)
+        store.client.put_object(Bucket=b, Key=key, Body=b"garbage")
+        return info
+
+    monkeypatch.setattr(store, "upload_file", flip_a_byte)
+    with pytest.raises(P.PublishError, match="does not match"):
+        P.publish(store, bucket, prefix("2026-11-20", "r1"), POINTER, "2026-11-20", "r1", artifacts, {})
+    assert store.get_json(bucket, POINTER) is None
+
+
+def test_pointer_compare_and_swap_retries_when_it_changed(store, bucket):
+    store.put_json(bucket, POINTER, {"day": "2026-11-19"})
+    calls = {"n": 0}
+    real_get = store.get_json
+
+    def racing_get(b, k):
+        got = real_get(b, k)
+        if calls["n"] == 0:  # another run moves the pointer between our read and our write
+            calls["n"] += 1
+            store.put_json(b, k, {"day": "2026-11-20", "run_id": "other"})
+        return got
+
+    store.get_json = racing_get
+    decision = P.move_pointer(store, bucket, POINTER, {"day": "2026-11-21", "run_id": "me"}, allow_rewind=False)
+    assert decision["moved"] and decision["previous"]["run_id"] == "other"
+    assert real_get(bucket, POINTER)[0]["run_id"] == "me"
+
+
+def test_plain_http_is_refused_for_non_loopback_endpoints():
+    check_endpoint("http://127.0.0.1:5055")
+    check_endpoint("http://localhost:9000")
+    check_endpoint("https://s3.eu-west-1.amazonaws.com")
+    with pytest.raises(ValueError, match="not TLS"):
+        check_endpoint("http://s3.example.com")
+    with pytest.raises(ValueError):
+        S3Store.from_endpoint("http://10.1.2.3:9000")
+
+
+def test_manifest_is_valid_json_with_objects(store, bucket, artifacts):
+    P.publish(store, bucket, prefix("2026-11-20", "r1"), POINTER, "2026-11-20", "r1", artifacts, {"params": {"rank": 8}})
+    raw, _ = store.get_bytes(bucket, prefix("2026-11-20", "r1") + "manifest.json")
+    manifest = json.loads(raw)
+    assert manifest["params"] == {"rank": 8} and len(manifest["objects"]) == 6
+    assert {o["artifact"] for o in manifest["objects"]} == set(P.ARTIFACTS)
