@@ -149,14 +149,13 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake_
         "items_per_user": percentiles(per_user, "items"),
         "max_user_idx": int(train.agg(F.max(S.USER_IDX)).first()[0] or 0),
         "max_item_idx": int(train.agg(F.max(S.ITEM_IDX)).first()[0] or 0),
-        "new_users_indexed": new_users,
-        "new_items_indexed": new_items,
         "holdout_users": held.select(S.USER_IDX).distinct().count(),
         "holdout_pairs": held.count(),
     }
     positive.unpersist()
+    # Only properties of the matrix: a rerun writes the same file.
     write_text(spark, f"{out_root}/stats.json", json.dumps(stats, indent=2, sort_keys=True))
-    return stats
+    return stats, {"new_users": new_users, "new_items": new_items}
 
 
 def run(spark: SparkSession, day: dt.date, lake_uri: str, params: ConfidenceParams, window: int = 90,
@@ -178,10 +177,10 @@ def run(spark: SparkSession, day: dt.date, lake_uri: str, params: ConfidencePara
     cutoff = train_days[-1].isoformat()
     plays_train = plays.filter(F.col(S.DT) <= cutoff)
     plays_holdout = plays.filter(F.col(S.DT) > cutoff)
-    out = {}
+    out, indexed = {}, {}
     for g in granularities:
         with timer.phase(f"matrix_{g}"):
-            out[g] = build_granularity(
+            out[g], indexed[g] = build_granularity(
                 spark, plays_train, plays_holdout, g, day, lake_uri, params, min_user_items, min_item_users,
                 f"{lake_uri.rstrip('/')}/matrix/dt={day.isoformat()}/granularity={g}",
             )
@@ -195,6 +194,7 @@ def run(spark: SparkSession, day: dt.date, lake_uri: str, params: ConfidencePara
         "min_user_items": min_user_items,
         "min_item_users": min_item_users,
         "stats": out,
+        "ids_added": indexed,
         "seconds": timer.seconds,
     }
 
