@@ -51,5 +51,5 @@ fi
 say "published model"
 music-recs latest
 echo
-echo "Try: music-recs recommend --user <user id>   (after: source infra/local/env.sh)"
+echo "(In a new shell, first: source infra/local/env.sh)"
 echo "Stop the S3 server with: music-recs s3 stop   (its objects live in memory only)"

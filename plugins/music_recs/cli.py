@@ -86,7 +86,8 @@ def cmd_ingest(args) -> int:
 
 def cmd_latest(args) -> int:
     cfg = load_config(use_airflow=False)
-    pointer, manifest = read_latest(_store(), cfg.models_bucket, cfg.pointer_key)
+    store = _store()
+    pointer, manifest = read_latest(store, cfg.models_bucket, cfg.pointer_key)
     m, b = manifest["metrics"]["model"], manifest["metrics"]["baseline_popularity"]
     k = manifest["metrics"]["k"]
     print(f"latest model: day {pointer['day']}, run {pointer['run_id']}")
@@ -98,7 +99,21 @@ def cmd_latest(args) -> int:
     print(f"  precision@{k} {m['precision']:.4f} (popularity {b['precision']:.4f}), "
           f"MAP@{k} {m['map']:.4f} (popularity {b['map']:.4f}), NDCG@{k} {m['ndcg']:.4f}, "
           f"recall@{k} {m['recall']:.4f}, coverage {m['coverage']:.3f}")
+    user = first_user(store, cfg.models_bucket, manifest)
+    if user:
+        print(f"  try: music-recs recommend --user {user}")
     return 0
+
+
+def first_user(store: S3Store, bucket: str, manifest: dict) -> str | None:
+    import pyarrow.parquet as pq
+
+    for obj in manifest["objects"]:
+        if obj["artifact"] == "recommendations":
+            table = pq.read_table(io.BytesIO(store.get_bytes(bucket, obj["key"])[0]), columns=["user_id"])
+            if table.num_rows:
+                return table.column("user_id")[0].as_py()
+    return None
 
 
 def load_recommendations(store: S3Store, bucket: str, manifest: dict, user_id: str):
