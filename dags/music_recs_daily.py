@@ -36,6 +36,9 @@ from music_recs.s3 import S3Store
 SENSOR_TIMEOUT_S = int(os.environ.get("MUSIC_RECS_SENSOR_TIMEOUT_S", 6 * 3600))
 SENSOR_POKE_S = int(os.environ.get("MUSIC_RECS_SENSOR_POKE_S", 300))
 TASK_RETRIES = int(os.environ.get("MUSIC_RECS_TASK_RETRIES", 2))
+# Every Spark stage takes a slot of this pool (infra/airflow/pools.json, one slot), so a
+# backfill and the daily run never train at the same time or extend the id index together.
+SPARK_POOL = os.environ.get("MUSIC_RECS_SPARK_POOL", "music_recs_spark")
 
 
 def _store(plan: dict) -> S3Store:
@@ -76,23 +79,23 @@ def music_recs_daily():
             print(f"waiting for stream logs under {plan['landing']}")
         return PokeReturnValue(is_done=bool(files), xcom_value=len(files))
 
-    @task
+    @task(pool=SPARK_POOL)
     def ingest(plan: dict) -> dict:
         return tasks.ingest(_store(plan), plan)
 
-    @task
+    @task(pool=SPARK_POOL)
     def validate(plan: dict) -> dict:
         return tasks.validate(plan)
 
-    @task
+    @task(pool=SPARK_POOL)
     def build_confidence(plan: dict) -> dict:
         return tasks.build_confidence(plan)
 
-    @task(execution_timeout=dt.timedelta(hours=4))
+    @task(pool=SPARK_POOL, execution_timeout=dt.timedelta(hours=4))
     def train_als(plan: dict) -> dict:
         return tasks.train(plan)
 
-    @task
+    @task(pool=SPARK_POOL)
     def evaluate(plan: dict) -> dict:
         return tasks.evaluate(plan)
 

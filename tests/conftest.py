@@ -103,6 +103,7 @@ def airflow_env(extra: dict | None = None) -> dict:
 @pytest.fixture(scope="session")
 def airflow_db():
     """An initialised metadata database (SQLite) in the session's AIRFLOW_HOME."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=airflow_env(), check=True,
-                   capture_output=True, timeout=300)
+    for cmd in (["db", "migrate"], ["pools", "import", str(REPO / "infra" / "airflow" / "pools.json")]):
+        subprocess.run([sys.executable, "-m", "airflow", *cmd], env=airflow_env(), check=True,
+                       capture_output=True, timeout=300)
     return os.environ["AIRFLOW_HOME"]

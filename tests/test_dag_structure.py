@@ -40,6 +40,15 @@ def test_run_settings(dag):
     assert dag.get_task("ingest").retries == 0  # tests set MUSIC_RECS_TASK_RETRIES=0
     assert dag.get_task("ingest").retry_exponential_backoff
     assert dag.get_task("wait_for_logs").mode == "reschedule"
+    spark_tasks = {"ingest", "validate", "build_confidence", "train_als", "evaluate"}
+    assert {t.task_id for t in dag.tasks if t.pool == "music_recs_spark"} == spark_tasks
+
+
+def test_the_spark_pool_is_defined_with_one_slot():
+    import json
+
+    pools = json.loads((Path(__file__).resolve().parent.parent / "infra/airflow/pools.json").read_text())
+    assert pools["music_recs_spark"]["slots"] == 1
 
 
 def test_params_are_typed_and_bounded(dag):

@@ -29,6 +29,7 @@ music-recs seed --end-day "$DAY" --days $((HISTORY_DAYS + 1)) --plays "$PLAYS"
 say "Airflow metadata database ($AIRFLOW_HOME)"
 airflow db migrate > "$LOCAL_STATE/logs/airflow-db-migrate.log" 2>&1 \
   || { echo "demo: 'airflow db migrate' failed; see $LOCAL_STATE/logs/airflow-db-migrate.log" >&2; exit 1; }
+airflow pools import "$REPO_ROOT/infra/airflow/pools.json" >> "$LOCAL_STATE/logs/airflow-db-migrate.log" 2>&1
 
 say "lake history: ingest + validate $first_day .. $last_history_day (what earlier daily runs would have left)"
 music-recs ingest --from-day "$first_day" --to-day "$last_history_day" 2>&1 \
