@@ -14,7 +14,8 @@ of the run's data interval (a scheduled run at 00:00 UTC on D+1 processes D).
 | `validate` | Spark + Great Expectations suite `expectations/stream_logs_daily.json` |
 | `build_confidence` | Spark: plays -> (user, item, confidence) over the window, last days held out |
 | `train_als` | spark-submit of Spark MLlib implicit ALS |
-| `evaluate` | Spark: precision/recall/MAP/NDCG@k vs a popularity baseline; top-N recommendations |
+| `evaluate` | Spark: precision/recall/MAP/NDCG@k vs a popularity baseline; top-N recommendations, similar items |
+| `quality_gate` | publishes only if the model beats popularity and did not collapse vs the published model |
 | `publish` | S3: factors + recommendations + `manifest.json`, verified, then the `latest.json` pointer |
 
 Trigger with params to change rank, iterations, alpha, regularization or the window.
@@ -99,9 +100,14 @@ def music_recs_daily():
     def evaluate(plan: dict) -> dict:
         return tasks.evaluate(plan)
 
+    @task(retries=0)
+    def quality_gate(plan: dict, evaluated: dict) -> dict:
+        return tasks.quality_gate(_store(plan), plan, evaluated)
+
     @task
-    def publish(plan: dict, ingested: dict, validated: dict, matrix: dict, trained: dict, evaluated: dict) -> dict:
-        return tasks.publish_run(_store(plan), plan, ingested, validated, matrix, trained, evaluated)
+    def publish(plan: dict, ingested: dict, validated: dict, matrix: dict, trained: dict, evaluated: dict,
+                gate: dict) -> dict:
+        return tasks.publish_run(_store(plan), plan, ingested, validated, matrix, trained, evaluated, gate)
 
     plan = plan_run()
     ingested = ingest(plan)
@@ -109,8 +115,9 @@ def music_recs_daily():
     matrix = build_confidence(plan)
     trained = train_als(plan)
     evaluated = evaluate(plan)
-    wait_for_logs(plan) >> ingested >> validated >> matrix >> trained >> evaluated
-    publish(plan, ingested, validated, matrix, trained, evaluated)
+    gate = quality_gate(plan, evaluated)
+    wait_for_logs(plan) >> ingested >> validated >> matrix >> trained >> evaluated >> gate
+    publish(plan, ingested, validated, matrix, trained, evaluated, gate)
 
 
 music_recs_daily()

@@ -16,8 +16,8 @@ Two granularities come from the same plays: ``track`` (user x track) and ``artis
 distinct items per user, ``min_item_users`` distinct users per item), then string ids
 get stable int32 ids from the persisted index (``spark_jobs.id_index``).
 
-Output, per granularity G: ``{lake}/matrix/dt=D/granularity=G/{train,holdout}/`` Parquet and
-``stats.json``. Output is deterministic: same input, same rows in the same files.
+Output, per granularity G: ``{lake}/matrix/dt=D/granularity=G/{train,holdout,items}/`` Parquet
+(``items`` holds display names) and ``stats.json``. Output is deterministic: same input, same rows in the same files.
 """
 
 from __future__ import annotations
@@ -110,6 +110,17 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake_
     u = users_index.select(F.col(ID).alias(S.USER_ID), F.col(IDX).alias(S.USER_IDX))
     i = items_index.select(F.col(ID).alias(S.ITEM_ID), F.col(IDX).alias(S.ITEM_IDX))
 
+    # Display names for people (the CLI, reports): the smallest name seen in the window, so
+    # reruns agree; ids without a name keep a null.
+    if granularity == "track":
+        names = plays_train.unionByName(plays_holdout).groupBy(F.col(S.TRACK_ID).alias(S.ITEM_ID)).agg(
+            F.min(S.TRACK_NAME).alias(S.ITEM_NAME), F.min(S.ARTIST_ID).alias(S.ARTIST_ID),
+            F.min(S.ARTIST_NAME).alias(S.ARTIST_NAME))
+    else:
+        names = (plays_train.unionByName(plays_holdout).groupBy(F.col(S.ARTIST_ID).alias(S.ITEM_ID))
+                 .agg(F.min(S.ARTIST_NAME).alias(S.ARTIST_NAME))
+                 .withColumn(S.ITEM_NAME, F.col(S.ARTIST_NAME)).withColumn(S.ARTIST_ID, F.col(S.ITEM_ID)))
+
     n_parts = max(1, positive.rdd.getNumPartitions() // 8)
     train = (
         positive.join(u, S.USER_ID).join(i, S.ITEM_ID)
@@ -130,6 +141,10 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake_
         .repartition(max(1, n_parts // 4), S.USER_IDX).sortWithinPartitions(S.USER_IDX, S.ITEM_IDX)
     )
     held.write.mode("overwrite").parquet(f"{out_root}/holdout")
+    (i.join(names, S.ITEM_ID).join(train.select(S.ITEM_IDX).distinct(), S.ITEM_IDX, "left_semi")
+     .select(S.ITEM_IDX, S.ITEM_ID, S.ITEM_NAME, S.ARTIST_ID, S.ARTIST_NAME)
+     .repartition(1).sortWithinPartitions(S.ITEM_IDX)
+     .write.mode("overwrite").parquet(f"{out_root}/items"))
     held = spark.read.parquet(f"{out_root}/holdout")
 
     per_user = train.groupBy(S.USER_IDX).agg(F.count("*").alias("items"), F.sum(S.PLAYS).alias(S.PLAYS))

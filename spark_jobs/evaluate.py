@@ -10,7 +10,9 @@ users (those with held-out items), plus catalogue coverage of the top-k lists an
 share of users evaluated. A most-popular baseline (again excluding played items) is
 scored the same way in the same run.
 
-Output under ``--out``: ``recommendations/`` (``user_id, rank, item_id, score``, top-N per user).
+Output under ``--out``: ``recommendations/`` (``user_id, rank, item_id, score`` and display
+names, top-N per user) and ``similar_items/`` (``item_id, rank, similar_item_id, similarity``:
+the most similar items by cosine similarity of item factors, the "related artists" use case).
 """
 
 from __future__ import annotations
@@ -81,7 +83,35 @@ def popularity_candidates(train: DataFrame, users: DataFrame, n: int) -> DataFra
     return users.crossJoin(F.broadcast(popular)).select(S.USER_IDX, S.ITEM_IDX, F.col(S.SCORE).cast("double"))
 
 
-def run(spark: SparkSession, model_uri: str, matrix_uri: str, out_uri: str, k: int = 10, top_n: int = 50) -> dict:
+def normalized(factors: DataFrame) -> DataFrame:
+    """Unit-length factor vectors (a zero vector stays zero): dot products become cosines."""
+    norm = F.sqrt(F.aggregate(S.FEATURES, F.lit(0.0), lambda acc, x: acc + x * x))
+    safe = F.when(norm > 0, norm).otherwise(F.lit(1.0))
+    return factors.select("id", F.transform(S.FEATURES, lambda x: x / safe).cast("array<float>").alias(S.FEATURES))
+
+
+def similar_items(spark: SparkSession, item_factors: DataFrame, rank: int, n: int) -> DataFrame:
+    """Top-n most similar items per item by cosine similarity, computed on the executors.
+
+    An ALSModel whose user and item factors are both the normalized item factors scores every
+    item against every other with the same blocked matrix products (and per-block top-k) that
+    MLlib's ``recommendForAllUsers`` uses, so no factor matrix is collected to the driver and
+    no item x item table of rows is ever materialized.
+    """
+    unit = normalized(item_factors).cache()
+    jmodel = spark._jvm.org.apache.spark.ml.recommendation.ALSModel("similar_items", rank, unit._jdf, unit._jdf)
+    jmodel.setUserCol(S.ITEM_IDX)
+    jmodel.setItemCol("other_idx")
+    recs = DataFrame(jmodel.recommendForAllUsers(n + 1), spark)  # +1: every item is most similar to itself
+    pairs = recs.select(S.ITEM_IDX, F.explode("recommendations").alias("r")).select(
+        S.ITEM_IDX, F.col("r.other_idx").alias("other_idx"), F.col("r.rating").alias(S.SIMILARITY)
+    ).filter(F.col("other_idx") != F.col(S.ITEM_IDX))
+    w = Window.partitionBy(S.ITEM_IDX).orderBy(F.col(S.SIMILARITY).desc(), F.col("other_idx"))
+    return pairs.withColumn(S.RANK, F.row_number().over(w)).filter(F.col(S.RANK) <= n)
+
+
+def run(spark: SparkSession, model_uri: str, matrix_uri: str, out_uri: str, k: int = 10, top_n: int = 50,
+        similar_n: int = 20) -> dict:
     timer = PhaseTimer()
     matrix = matrix_uri.rstrip("/")
     train = spark.read.parquet(f"{matrix}/train").cache()
@@ -105,13 +135,24 @@ def run(spark: SparkSession, model_uri: str, matrix_uri: str, out_uri: str, k: i
         baseline = ranking_metrics(pop, holdout, k)
     with timer.phase("write"):
         users = train.select(S.USER_IDX, S.USER_ID).distinct()
-        items = train.select(S.ITEM_IDX, S.ITEM_ID).distinct()
+        items = spark.read.parquet(f"{matrix}/items")
         out = (
             recs.filter(F.col(S.RANK) <= top_n).join(users, S.USER_IDX).join(items, S.ITEM_IDX)
-            .select(S.USER_ID, S.RANK, S.ITEM_ID, S.SCORE, S.USER_IDX, S.ITEM_IDX)
+            .select(S.USER_ID, S.RANK, S.ITEM_ID, S.SCORE, S.ITEM_NAME, S.ARTIST_NAME, S.USER_IDX, S.ITEM_IDX)
             .repartition(max(1, n_recs // 2_000_000 + 1), S.USER_ID).sortWithinPartitions(S.USER_ID, S.RANK)
         )
         out.write.mode("overwrite").parquet(f"{out_uri.rstrip('/')}/recommendations")
+    with timer.phase("similar_items"):
+        names = items.select(S.ITEM_IDX, S.ITEM_ID)
+        other = items.select(F.col(S.ITEM_IDX).alias("other_idx"), F.col(S.ITEM_ID).alias(S.SIMILAR_ITEM_ID))
+        similar = (
+            similar_items(spark, model.itemFactors, model.rank, min(similar_n, max(n_items - 1, 1)))
+            .join(names, S.ITEM_IDX).join(other, "other_idx")
+            .select(S.ITEM_ID, S.RANK, S.SIMILAR_ITEM_ID, S.SIMILARITY)
+            .repartition(max(1, n_items * similar_n // 2_000_000 + 1), S.ITEM_ID)
+            .sortWithinPartitions(S.ITEM_ID, S.RANK)
+        )
+        similar.write.mode("overwrite").parquet(f"{out_uri.rstrip('/')}/similar_items")
     recs.unpersist()
     train.unpersist()
     return {
@@ -121,6 +162,7 @@ def run(spark: SparkSession, model_uri: str, matrix_uri: str, out_uri: str, k: i
                   "share_users_evaluated": model_metrics["users_evaluated"] / max(n_users, 1)},
         "baseline_popularity": baseline,
         "recommendation_rows": n_recs,
+        "similar_items_per_item": similar_n,
         "seconds": timer.seconds,
     }
 
@@ -133,10 +175,11 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--top-n", type=int, default=50)
+    p.add_argument("--similar-n", type=int, default=20)
     p.add_argument("--result")
     a = p.parse_args(argv)
     spark = get_spark("music_recs.evaluate")
-    write_result(spark, a.result, run(spark, a.model, a.matrix, a.out, a.k, a.top_n))
+    write_result(spark, a.result, run(spark, a.model, a.matrix, a.out, a.k, a.top_n, a.similar_n))
 
 
 if __name__ == "__main__":

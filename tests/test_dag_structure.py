@@ -24,7 +24,8 @@ def test_dag_folder_imports_without_errors(dagbag):
 
 
 def test_stages_run_in_order(dag):
-    order = ["plan_run", "wait_for_logs", "ingest", "validate", "build_confidence", "train_als", "evaluate", "publish"]
+    order = ["plan_run", "wait_for_logs", "ingest", "validate", "build_confidence", "train_als", "evaluate", "quality_gate",
+             "publish"]
     assert set(dag.task_ids) == set(order)
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)

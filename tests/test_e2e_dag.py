@@ -77,7 +77,10 @@ def test_daily_run_publishes_a_verified_model_and_a_rerun_replaces_it_cleanly(e2
     m, b = manifest["metrics"]["model"], manifest["metrics"]["baseline_popularity"]
     assert m["users_evaluated"] > 0 and 0 <= m["precision"] <= 1
     assert m["map"] > b["map"]  # the planted taste structure is learnable
-    assert {o["artifact"] for o in manifest["objects"]} == {"user_factors", "item_factors", "recommendations"}
+    assert {o["artifact"] for o in manifest["objects"]} == {"user_factors", "item_factors", "recommendations",
+                                                           "similar_items"}
+    assert manifest["quality_gate"]["passed"] and manifest["quality_gate"]["metric"] == "map"
+    assert manifest["training"]["submission"]["attempts"][0]["outcome"] == "success"
 
     # Rerun of the same date: one consistent model behind the pointer, every prefix complete.
     dags_test(e2e, CONF)
@@ -103,5 +106,5 @@ def test_daily_run_publishes_a_verified_model_and_a_rerun_replaces_it_cleanly(e2
         for k in e2e["env"]:
             os.environ.pop(k)
     printed = capsys.readouterr().out
-    assert f"for {user}" in printed and "  1. t" in printed
+    assert f"for {user}" in printed and "  1. Track " in printed and " by Artist " in printed
     assert load_recommendations(store, MODELS, manifest2, "no-such-user") is None

@@ -32,6 +32,9 @@ def planted(spark, path, users=60, items=40, groups=4, seed=3):
     t.write.mode("overwrite").parquet(f"{path}/train")
     spark.createDataFrame(held, "user_idx int, item_idx int, user_id string, item_id string") \
         .write.mode("overwrite").parquet(f"{path}/holdout")
+    spark.createDataFrame([(i, f"i{i}", f"Song {i}", f"a{i % groups}", f"Band {i % groups}") for i in range(items)],
+                          "item_idx int, item_id string, item_name string, artist_id string, artist_name string") \
+        .write.mode("overwrite").parquet(f"{path}/items")
     return train, held
 
 
@@ -55,6 +58,24 @@ def test_als_finds_planted_blocks_and_beats_popularity(spark, tmp_path):
     rows = recs.collect()
     assert rows and not any((r.user_idx, r.item_idx) in played for r in rows)  # played items excluded
     assert recs.groupBy(S.USER_ID).count().agg(F.max("count")).first()[0] == 5
+    assert rows[0].item_name.startswith("Song ") and rows[0].artist_name.startswith("Band ")
+
+    # Related items: an item's nearest neighbours by cosine of factors are from its own block.
+    similar = spark.read.parquet(f"{out}/similar_items").collect()
+    assert {r.item_id for r in similar} == {f"i{i}" for i in range(40)}
+    assert not any(r.item_id == r.similar_item_id for r in similar)
+    top3 = [r for r in similar if r.rank <= 3]
+    same_block = sum(int(r.item_id[1:]) % 4 == int(r.similar_item_id[1:]) % 4 for r in top3)
+    assert same_block / len(top3) > 0.95
+    assert all(-1.0001 <= r.similarity <= 1.0001 for r in similar)
+
+
+def test_similar_items_are_cosine_neighbours(spark):
+    factors = spark.createDataFrame([(0, [1.0, 0.0]), (1, [10.0, 1.0]), (2, [0.0, 3.0]), (3, [0.2, 2.0])],
+                                    "id int, features array<float>")
+    got = {(r.item_idx, r.rank): (r.other_idx, r.similarity) for r in evaluate.similar_items(spark, factors, 2, 1).collect()}
+    assert got[(0, 1)][0] == 1 and got[(2, 1)][0] == 3 and got[(3, 1)][0] == 2
+    assert got[(0, 1)][1] == pytest.approx(10 / (101 ** 0.5), rel=1e-5)
 
 
 def test_spark_metrics_agree_with_the_python_reference(spark):

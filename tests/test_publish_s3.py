@@ -61,7 +61,7 @@ def test_pointer_only_moves_forward_unless_rewind_is_allowed(store, bucket, arti
 def test_rerun_of_the_same_run_replaces_its_prefix_without_extra_objects(store, bucket, artifacts):
     for _ in range(2):
         P.publish(store, bucket, prefix("2026-11-20", "r1"), POINTER, "2026-11-20", "r1", artifacts, {})
-    assert len(store.list_objects(bucket, prefix("2026-11-20", "r1"))) == 3 * 2 + 1
+    assert len(store.list_objects(bucket, prefix("2026-11-20", "r1"))) == len(P.ARTIFACTS) * 2 + 1
 
 
 def test_crash_before_the_pointer_leaves_readers_on_the_previous_model(store, bucket, artifacts, monkeypatch):
@@ -123,5 +123,27 @@ def test_manifest_is_valid_json_with_objects(store, bucket, artifacts):
     P.publish(store, bucket, prefix("2026-11-20", "r1"), POINTER, "2026-11-20", "r1", artifacts, {"params": {"rank": 8}})
     raw, _ = store.get_bytes(bucket, prefix("2026-11-20", "r1") + "manifest.json")
     manifest = json.loads(raw)
-    assert manifest["params"] == {"rank": 8} and len(manifest["objects"]) == 6
+    assert manifest["params"] == {"rank": 8} and len(manifest["objects"]) == 2 * len(P.ARTIFACTS)
     assert {o["artifact"] for o in manifest["objects"]} == set(P.ARTIFACTS)
+
+
+def test_quality_gate_task_compares_with_the_published_model(store, bucket, artifacts):
+    from music_recs import tasks
+    from music_recs.config import PipelineConfig
+    from music_recs.quality_gate import QualityGateFailed
+
+    cfg = PipelineConfig(models_bucket=bucket)
+    P.publish(store, bucket, cfg.model_key_prefix("2026-11-19", "r0"), cfg.pointer_key, "2026-11-19", "r0", artifacts,
+              {"params": {"granularity": "track", "k": 10}, "metrics": {"k": 10, "model": {"map": 0.30}}})
+    plan = {"day": "2026-11-20", "config": {**cfg.__dict__},
+            "params": {"granularity": "track", "k": 10, "primary_metric": "map", "gate_min_lift": 0.05,
+                       "gate_max_drop": 0.2, "override_quality_gate": False}}
+    evaluated = {"model": {"map": 0.15}, "baseline_popularity": {"map": 0.05}}
+    with pytest.raises(QualityGateFailed, match=r"model 0\.1500.*baseline 0\.0500.*published model 0\.3000"):
+        tasks.quality_gate(store, plan, evaluated)
+    plan["params"]["override_quality_gate"] = True
+    decision = tasks.quality_gate(store, plan, evaluated)
+    assert decision["overridden"] and decision["publish"] and decision["published"] == 0.30
+    # another granularity is not comparable: only the baseline counts
+    plan["params"].update(granularity="artist", override_quality_gate=False)
+    assert tasks.quality_gate(store, plan, evaluated)["passed"]

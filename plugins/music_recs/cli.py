@@ -146,7 +146,9 @@ def cmd_recommend(args) -> int:
     granularity = manifest["params"]["granularity"]
     print(f"top {min(args.n, recs.num_rows)} {granularity}s for {args.user} (model of {pointer['day']}):")
     for row in recs.slice(0, args.n).to_pylist():
-        print(f"  {row['rank']:>3}. {row['item_id']:<14} score {row['score']:.3f}")
+        name = row.get("item_name") or row["item_id"]
+        by = f" by {row['artist_name']}" if granularity == "track" and row.get("artist_name") else ""
+        print(f"  {row['rank']:>3}. {name}{by}  ({row['item_id']}, score {row['score']:.3f})")
     return 0
 
 

@@ -43,6 +43,14 @@ PARAM_SPECS: dict[str, tuple] = {
           "Cut-off of the ranking metrics (precision@k, MAP@k, ...)."),
     "top_n": (50, {"type": "integer", "minimum": 1, "maximum": 500},
               "Recommendations published per user."),
+    "primary_metric": ("map", {"type": "string", "enum": ["map", "ndcg", "precision", "recall"]},
+                       "Metric the quality gate compares (at k)."),
+    "gate_min_lift": (0.05, {"type": "number", "minimum": 0, "maximum": 10},
+                      "Publish only if the model beats the popularity baseline by this relative margin."),
+    "gate_max_drop": (0.2, {"type": "number", "minimum": 0, "maximum": 1},
+                      "Publish only if the model is at most this much (relative) below the published one."),
+    "override_quality_gate": (False, {"type": "boolean"},
+                              "Publish even if the quality gate fails (recorded in the manifest)."),
     "allow_pointer_rewind": (False, {"type": "boolean"},
                              "Let this run move the 'latest' pointer back to an older day (backfills)."),
 }
@@ -74,6 +82,10 @@ class RunParams:
     min_item_users: int
     k: int
     top_n: int
+    primary_metric: str
+    gate_min_lift: float
+    gate_max_drop: float
+    override_quality_gate: bool
     allow_pointer_rewind: bool
 
     @classmethod

@@ -5,6 +5,7 @@ Layout under the models bucket::
     {models_prefix}/dt=YYYY-MM-DD/run={run key}/user_factors/part-00000.parquet
                                                /item_factors/part-00000.parquet
                                                /recommendations/part-00000.parquet
+                                               /similar_items/part-00000.parquet
                                                /manifest.json
     {models_prefix}/latest.json        <- the pointer, written last
 
@@ -32,7 +33,7 @@ from music_recs.s3 import PreconditionFailed, S3Store
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-ARTIFACTS = ("user_factors", "item_factors", "recommendations")
+ARTIFACTS = ("user_factors", "item_factors", "recommendations", "similar_items")
 
 
 class PublishError(RuntimeError):

@@ -31,6 +31,7 @@ SOURCE_FILE = "source_file"
 USER_IDX = "user_idx"  # int32 id used by ALS
 ITEM_IDX = "item_idx"
 ITEM_ID = "item_id"  # string id of the item (track or artist, by granularity)
+ITEM_NAME = "item_name"
 PLAYS = "plays"
 SKIPS = "skips"
 CONFIDENCE = "confidence"
@@ -39,6 +40,8 @@ CONFIDENCE = "confidence"
 FEATURES = "features"
 SCORE = "score"
 RANK = "rank"
+SIMILAR_ITEM_ID = "similar_item_id"
+SIMILARITY = "similarity"
 
 
 def require_columns(columns, required, what: str) -> None:

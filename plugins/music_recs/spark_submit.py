@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -122,6 +123,7 @@ def run_spark_job(
         verbose=False,
     )
     log.info("spark-submit %s on %s", job, hook.master)
+    started = time.time()
     try:
         hook.submit(application=job_path(job))
     except Exception as exc:
@@ -130,4 +132,9 @@ def run_spark_job(
     if not os.path.exists(result_path):
         raise SparkJobError(f"Spark job {job} finished but wrote no result at {result_path}")
     with open(result_path) as fh:
-        return json.loads(fh.read())
+        result = json.loads(fh.read())
+    settings = {"master": hook.master, "driver_memory": driver_memory, "executor_memory": executor_memory,
+                "executor_cores": executor_cores, "num_executors": num_executors, "conf": conf or {}}
+    result["submission"] = {"settings": settings, "attempts": [
+        {"attempt": 1, "seconds": round(time.time() - started, 1), "outcome": "success"}]}
+    return result

@@ -19,13 +19,17 @@ from urllib.parse import urlparse
 from music_recs import __version__
 from music_recs.config import PipelineConfig
 from music_recs.params import RunParams
-from music_recs.publish import publish
+from music_recs.publish import ARTIFACTS, PublishError, publish, read_latest
+from music_recs.quality_gate import QualityGateFailed, decide
 from music_recs.s3 import S3Store
 from music_recs.sizing import shuffle_partitions
 from music_recs.spark_submit import REPO_ROOT, run_spark_job
 from music_recs.validation import safe_key_part
 
 log = logging.getLogger(__name__)
+
+
+SIMILAR_ITEMS = 20  # most similar items published per item
 
 
 class NoLandingData(RuntimeError):
@@ -180,12 +184,38 @@ def evaluate(plan: dict) -> dict:
     p = plan["params"]
     result = _spark(plan, "evaluate", [
         "--model", plan["paths"]["model"], "--matrix", plan["paths"]["matrix"], "--out", plan["paths"]["model"],
-        "--k", str(p["k"]), "--top-n", str(p["top_n"]),
+        "--k", str(p["k"]), "--top-n", str(p["top_n"]), "--similar-n", str(SIMILAR_ITEMS),
     ], input_bytes=_folder_bytes(f"{plan['paths']['matrix']}/train"))
     m, b = result["model"], result["baseline_popularity"]
     log.info("evaluation @%d: MAP %.4f (popularity %.4f), precision %.4f (popularity %.4f), %d users",
              p["k"], m["map"], b["map"], m["precision"], b["precision"], m["users_evaluated"])
     return result
+
+
+def published_metrics(store: S3Store, plan: dict) -> dict | None:
+    """Metrics of the model behind the pointer, if it is comparable (same granularity and k)."""
+    cfg = config_of(plan)
+    try:
+        _, manifest = read_latest(store, cfg.models_bucket, cfg.pointer_key)
+    except PublishError as exc:
+        log.info("no published model to compare with: %s", exc)
+        return None
+    p = plan["params"]
+    if manifest["params"].get("granularity") != p["granularity"] or manifest["metrics"].get("k") != p["k"]:
+        log.info("the published model has another granularity or k; comparing with the baseline only")
+        return None
+    return manifest["metrics"]["model"]
+
+
+def quality_gate(store: S3Store, plan: dict, evaluated: dict) -> dict:
+    p = plan["params"]
+    decision = decide(p["primary_metric"], evaluated["model"], evaluated["baseline_popularity"],
+                      published_metrics(store, plan), p["gate_min_lift"], p["gate_max_drop"],
+                      p["override_quality_gate"])
+    if not decision.publish:
+        raise QualityGateFailed(f"dt={plan['day']}: {decision.message()}; not published")
+    (log.warning if decision.overridden else log.info)("dt=%s: %s", plan["day"], decision.message())
+    return decision.as_dict()
 
 
 def code_version() -> str:
@@ -198,7 +228,7 @@ def code_version() -> str:
 
 
 def publish_run(store: S3Store, plan: dict, ingested: dict, validated: dict, matrix: dict,
-                trained: dict, evaluated: dict) -> dict:
+                trained: dict, evaluated: dict, gate: dict) -> dict:
     cfg = config_of(plan)
     p = plan["params"]
     model_dir = plan["paths"]["model"]
@@ -210,12 +240,14 @@ def publish_run(store: S3Store, plan: dict, ingested: dict, validated: dict, mat
         "quarantine": {"uri": ingested.get("quarantine_uri"), "reasons": ingested.get("quarantine_reasons", {})},
         "validation": {"suite": validated["suite"], "statistics": validated["statistics"]},
         "matrix": matrix["stats"][p["granularity"]],
-        "training": {k: trained[k] for k in ("params", "data", "seconds", "seconds_per_iteration", "spark_conf")},
+        "training": {k: trained[k] for k in ("params", "data", "seconds", "seconds_per_iteration", "spark_conf",
+                                              "submission")},
         "metrics": {"k": evaluated["k"], "model": evaluated["model"], "baseline_popularity": evaluated["baseline_popularity"]},
+        "quality_gate": gate,
     }
     decision = publish(
         store, cfg.models_bucket, cfg.model_key_prefix(plan["day"], plan["run_key"]), cfg.pointer_key,
-        plan["day"], plan["run_id"], {name: f"{model_dir}/{name}" for name in ("user_factors", "item_factors", "recommendations")},
+        plan["day"], plan["run_id"], {name: f"{model_dir}/{name}" for name in ARTIFACTS},
         manifest, allow_rewind=p["allow_pointer_rewind"],
     )
     m = evaluated["model"]
