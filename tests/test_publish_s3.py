@@ -147,3 +147,22 @@ def test_quality_gate_task_compares_with_the_published_model(store, bucket, arti
     # another granularity is not comparable: only the baseline counts
     plan["params"].update(granularity="artist", override_quality_gate=False)
     assert tasks.quality_gate(store, plan, evaluated)["passed"]
+
+
+def test_objects_then_manifest_then_pointer(store, bucket, artifacts):
+    writes = []
+    real_upload, real_put_json = store.upload_file, store.put_json
+
+    def upload(path, b, key):
+        writes.append(key)
+        return real_upload(path, b, key)
+
+    def put_json(b, key, value, **kwargs):
+        writes.append(key)
+        return real_put_json(b, key, value, **kwargs)
+
+    store.upload_file, store.put_json = upload, put_json
+    P.publish(store, bucket, prefix("2026-11-20", "r1"), POINTER, "2026-11-20", "r1", artifacts, {})
+    assert writes[-1] == POINTER
+    assert writes[-2].endswith("/manifest.json")
+    assert len(writes) == 2 * len(P.ARTIFACTS) + 2
