@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from music_recs import schema as S
+from music_recs.landing import FORMATS, iter_records
 from spark_jobs.common import PhaseTimer, get_spark, setup_logging, write_result
 
 # Events may arrive late (offline listening syncs later): a play up to this many hours
@@ -41,44 +42,152 @@ R_BAD_TS = "unparseable_ts"
 R_TS_OUTSIDE_DAY = "ts_outside_day"
 R_BAD_MS = "ms_played_not_integer"
 R_MS_RANGE = "ms_played_out_of_range"
+R_PODCAST = "podcast_not_music"
+R_FIELD_COUNT = "wrong_field_count"
+# Last.fm and ListenBrainz record listens, not play time. A scrobble means at least 30 s
+# (or half the track) was played, so a listen counts as a play of exactly that minimum.
+SCROBBLE_MS = 30_000
+FORMAT = "format"
+PRE_REASON = "pre_reason"
 
 _RAW_FIELDS = (*S.REQUIRED_LOG_COLUMNS, *S.OPTIONAL_LOG_COLUMNS)
 # Everything is read as text first, so a wrong type becomes a quarantine reason
 # instead of a null that passes unnoticed.
 RAW_SCHEMA = T.StructType([T.StructField(c, T.StringType()) for c in _RAW_FIELDS])
+SPOTIFY_SCHEMA = T.StructType([T.StructField(c, T.StringType()) for c in (
+    "ts", "username", "ms_played", "spotify_track_uri", "spotify_episode_uri", "episode_name",
+    "master_metadata_track_name", "master_metadata_album_artist_name", "reason_end", "skipped")])
+LISTENBRAINZ_SCHEMA = T.StructType([
+    T.StructField("listened_at", T.StringType()),
+    T.StructField("user_name", T.StringType()),
+    T.StructField("track_metadata", T.StructType([
+        T.StructField("artist_name", T.StringType()),
+        T.StructField("track_name", T.StringType()),
+        T.StructField("additional_info", T.StructType([
+            T.StructField("recording_mbid", T.StringType()),
+            T.StructField("artist_mbids", T.ArrayType(T.StringType())),
+        ])),
+    ])),
+])
 
 
-def read_lines(spark: SparkSession, input_uri: str) -> DataFrame:
-    """Non-blank lines with their source file; gzip is decompressed by extension."""
-    lines = (
-        spark.read.option("recursiveFileLookup", "true").text(input_uri)
-        .select(F.col("value").alias(S.RAW_LINE), F.col("_metadata.file_path").alias(S.SOURCE_FILE))
+def read_records(spark: SparkSession, input_uri: str, source_format: str = "auto") -> DataFrame:
+    """One row per record of every landing file: ``raw_line, source_file, format, pre_reason``.
+
+    Files are read whole on the executors and split by ``music_recs.landing`` (gzip, BOM,
+    CRLF, broken streams, JSON arrays), so a file that breaks midway keeps its good lines.
+    """
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_uri)
+
+    def split(row):
+        for line, fmt, reason in iter_records(row.path, bytes(row.content), source_format):
+            yield line, row.path, fmt, reason
+
+    schema = f"{S.RAW_LINE} string, {S.SOURCE_FILE} string, {FORMAT} string, {PRE_REASON} string"
+    return spark.createDataFrame(files.select("path", "content").rdd.flatMap(split), schema)
+
+
+def _norm(col):
+    """Lower case, trimmed, inner white space folded: the form names are hashed in."""
+    return F.lower(F.trim(F.regexp_replace(col, r"\s+", " ")))
+
+
+def derived_id(*cols):
+    """``name:`` + the first 20 hex digits of SHA-1 over the normalized names, joined by U+001F.
+
+    For sources without ids (Last.fm without MBIDs, Spotify artists). Null when a name is missing.
+    """
+    joined = F.concat_ws("\u001f", *[_norm(c) for c in cols])
+    missing = F.lit(False)
+    for c in cols:
+        missing = missing | c.isNull() | (F.trim(c) == "")
+    return F.when(~missing, F.concat(F.lit("name:"), F.substring(F.sha1(joined), 1, 20)))
+
+
+def _json_object_reason():
+    ok = F.expr(f"try_parse_json({S.RAW_LINE}) IS NOT NULL") & F.trim(F.col(S.RAW_LINE)).startswith("{")
+    return F.when(~ok, F.lit(R_NOT_JSON))
+
+
+def _derived_event_id(fmt: str):
+    # Sources without event ids: the same user, track and time is the same event (a replay).
+    return F.concat(F.lit(f"{fmt}:"), F.substring(F.sha1(F.concat_ws("\u001f", S.USER_ID, S.TRACK_ID, "_ts_raw")), 1, 32))
+
+
+NORMALIZED = (S.RAW_LINE, S.SOURCE_FILE, FORMAT, PRE_REASON, S.EVENT_ID, S.USER_ID, S.TRACK_ID, S.ARTIST_ID,
+              "_ts_raw", "_ms_raw", S.TRACK_NAME, S.ARTIST_NAME)
+
+
+def normalize(records: DataFrame) -> DataFrame:
+    """Map every format to the same string columns; ``pre_reason`` holds format-level problems."""
+    def of(fmt):
+        return records.filter(F.col(FORMAT) == fmt)
+
+    native = of("native").withColumn("_j", F.from_json(S.RAW_LINE, RAW_SCHEMA)).select(
+        S.RAW_LINE, S.SOURCE_FILE, FORMAT, F.coalesce(PRE_REASON, _json_object_reason()).alias(PRE_REASON),
+        *[F.col(f"_j.{c}").alias(c) for c in (S.EVENT_ID, S.USER_ID, S.TRACK_ID, S.ARTIST_ID)],
+        F.col(f"_j.{S.TS}").alias("_ts_raw"), F.col(f"_j.{S.MS_PLAYED}").alias("_ms_raw"),
+        F.col(f"_j.{S.TRACK_NAME}").alias(S.TRACK_NAME), F.col(f"_j.{S.ARTIST_NAME}").alias(S.ARTIST_NAME),
     )
-    # A UTF-8 byte order mark and Windows line ends are normal input.
-    clean = F.regexp_replace(F.regexp_replace(F.col(S.RAW_LINE), "^\uFEFF", ""), "\r$", "")
-    return lines.withColumn(S.RAW_LINE, clean).filter(F.trim(F.col(S.RAW_LINE)) != "")
+
+    sp = of("spotify").withColumn("_j", F.from_json(S.RAW_LINE, SPOTIFY_SCHEMA))
+    artist, track = F.col("_j.master_metadata_album_artist_name"), F.col("_j.master_metadata_track_name")
+    podcast = F.col("_j.spotify_track_uri").isNull() & (
+        F.col("_j.spotify_episode_uri").isNotNull() | F.col("_j.episode_name").isNotNull())
+    spotify = sp.select(
+        S.RAW_LINE, S.SOURCE_FILE, FORMAT,
+        F.coalesce(PRE_REASON, _json_object_reason(), F.when(podcast, F.lit(R_PODCAST))).alias(PRE_REASON),
+        # Exports without a username belong to the user named by their folder: spotify/<user>/*.json
+        F.coalesce(F.col("_j.username"), F.element_at(F.split(S.SOURCE_FILE, "/"), -2)).alias(S.USER_ID),
+        F.coalesce(F.col("_j.spotify_track_uri"), derived_id(artist, track)).alias(S.TRACK_ID),
+        derived_id(artist).alias(S.ARTIST_ID),
+        F.col("_j.ts").alias("_ts_raw"), F.col("_j.ms_played").alias("_ms_raw"),
+        track.alias(S.TRACK_NAME), artist.alias(S.ARTIST_NAME),
+    ).withColumn(S.EVENT_ID, _derived_event_id("spotify"))
+
+    f = F.split(F.col(S.RAW_LINE), "\t")
+    field = lambda i: F.when(F.trim(f.getItem(i)) != "", F.trim(f.getItem(i)))  # noqa: E731
+    lastfm = of("lastfm").select(
+        S.RAW_LINE, S.SOURCE_FILE, FORMAT,
+        F.coalesce(PRE_REASON, F.when(F.size(f) != 6, F.lit(R_FIELD_COUNT))).alias(PRE_REASON),
+        field(0).alias(S.USER_ID),
+        F.coalesce(F.concat(F.lit("mbid:"), field(4)), derived_id(field(3), field(5))).alias(S.TRACK_ID),
+        F.coalesce(F.concat(F.lit("mbid:"), field(2)), derived_id(field(3))).alias(S.ARTIST_ID),
+        field(1).alias("_ts_raw"), F.lit(str(SCROBBLE_MS)).alias("_ms_raw"),
+        field(5).alias(S.TRACK_NAME), field(3).alias(S.ARTIST_NAME),
+    ).withColumn(S.EVENT_ID, _derived_event_id("lastfm"))
+
+    lb = of("listenbrainz").withColumn("_j", F.from_json(S.RAW_LINE, LISTENBRAINZ_SCHEMA))
+    meta = "_j.track_metadata"
+    lb_artist, lb_track = F.col(f"{meta}.artist_name"), F.col(f"{meta}.track_name")
+    listened = F.expr("try_cast(_j.listened_at AS BIGINT)")
+    listenbrainz = lb.select(
+        S.RAW_LINE, S.SOURCE_FILE, FORMAT, F.coalesce(PRE_REASON, _json_object_reason()).alias(PRE_REASON),
+        F.col("_j.user_name").alias(S.USER_ID),
+        F.coalesce(F.concat(F.lit("mbid:"), F.col(f"{meta}.additional_info.recording_mbid")),
+                   derived_id(lb_artist, lb_track)).alias(S.TRACK_ID),
+        F.coalesce(F.concat(F.lit("mbid:"), F.element_at(F.col(f"{meta}.additional_info.artist_mbids"), 1)),
+                   derived_id(lb_artist)).alias(S.ARTIST_ID),
+        F.when(listened.isNotNull(), F.date_format(F.timestamp_seconds(listened), "yyyy-MM-dd'T'HH:mm:ss'Z'"))
+        .otherwise(F.col("_j.listened_at")).alias("_ts_raw"),
+        F.lit(str(SCROBBLE_MS)).alias("_ms_raw"), lb_track.alias(S.TRACK_NAME), lb_artist.alias(S.ARTIST_NAME),
+    ).withColumn(S.EVENT_ID, _derived_event_id("listenbrainz"))
+
+    out = None
+    for part in (native, spotify, lastfm, listenbrainz):
+        part = part.select(*NORMALIZED)
+        out = part if out is None else out.unionByName(part)
+    return out
 
 
-def classify(lines: DataFrame, day: dt.date) -> DataFrame:
-    """Parse and type each line; ``reason`` is null for a good row, else the first rule it broke."""
+def classify(normalized: DataFrame, day: dt.date) -> DataFrame:
+    """Type each record; ``reason`` is null for a good row, else the first rule it broke."""
     day_start = dt.datetime.combine(day, dt.time())
     lo = day_start - dt.timedelta(hours=LATE_TOLERANCE_HOURS)
     hi = day_start + dt.timedelta(days=1, minutes=CLOCK_SKEW_MINUTES)
-
-    is_object = F.expr(f"try_parse_json({S.RAW_LINE}) IS NOT NULL") & F.trim(F.col(S.RAW_LINE)).startswith("{")
-    parsed = lines.withColumn("_j", F.from_json(S.RAW_LINE, RAW_SCHEMA))
-    ms_double = F.expr("try_cast(_j.ms_played AS DOUBLE)")
-    ts = F.expr("try_to_timestamp(_j.ts)")
-    typed = parsed.select(
-        S.RAW_LINE, S.SOURCE_FILE,
-        is_object.alias("_is_object"),
-        *[F.col(f"_j.{c}").alias(c) for c in (S.EVENT_ID, S.USER_ID, S.TRACK_ID, S.ARTIST_ID, *S.OPTIONAL_LOG_COLUMNS)],
-        F.col(f"_j.{S.TS}").alias("_ts_raw"),
-        F.col(f"_j.{S.MS_PLAYED}").alias("_ms_raw"),
-        ts.alias(S.TS),
-        ms_double.alias("_ms_double"),
-    )
-    reason = F.when(~F.col("_is_object"), F.lit(R_NOT_JSON))
+    typed = normalized.withColumn(S.TS, F.expr("try_to_timestamp(_ts_raw)")) \
+        .withColumn("_ms_double", F.expr("try_cast(_ms_raw AS DOUBLE)"))
+    reason = F.when(F.col(PRE_REASON).isNotNull(), F.col(PRE_REASON))
     for col in (S.EVENT_ID, S.USER_ID, S.TRACK_ID, S.ARTIST_ID):
         reason = reason.when(F.col(col).isNull(), F.lit(R_MISSING.format(col)))
     reason = reason.when(F.col("_ts_raw").isNull(), F.lit(R_MISSING.format(S.TS)))
@@ -101,12 +210,14 @@ def dedupe(good: DataFrame) -> tuple[DataFrame, DataFrame]:
     return ranked.filter("_rn = 1").drop("_rn"), ranked.filter("_rn > 1").drop("_rn")
 
 
-def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output_files: int = 0) -> dict:
+def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output_files: int = 0,
+        source_format: str = "auto") -> dict:
     timer = PhaseTimer()
     day_s = day.isoformat()
     with timer.phase("parse"):
-        rows = classify(read_lines(spark, input_uri), day).cache()
+        rows = classify(normalize(read_records(spark, input_uri, source_format)), day).cache()
         read = rows.count()
+        formats = {r[FORMAT]: r["count"] for r in rows.groupBy(FORMAT).count().collect()}
         by_reason = {r[S.REASON]: r["count"] for r in rows.filter(F.col(S.REASON).isNotNull())
                      .groupBy(S.REASON).count().collect()}
     good, dupes = dedupe(rows.filter(F.col(S.REASON).isNull()))
@@ -122,7 +233,7 @@ def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output
     with timer.phase("write_quarantine"):
         quarantined = (
             rows.filter(F.col(S.REASON).isNotNull())
-            .select(S.REASON, S.RAW_LINE, S.SOURCE_FILE)
+            .select(S.REASON, S.RAW_LINE, S.SOURCE_FILE, FORMAT)
             .repartition(1).sortWithinPartitions(S.SOURCE_FILE, S.RAW_LINE)
         )
         quarantined.write.mode("overwrite").json(f"{lake_uri.rstrip('/')}/quarantine/dt={day_s}")
@@ -137,6 +248,7 @@ def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output
         "rows_quarantined": n_quarantined,
         "duplicates_removed": duplicates,
         "quarantine_reasons": dict(sorted(by_reason.items())),
+        "formats": dict(sorted(formats.items())),
         "seconds": timer.seconds,
     }
     # Nothing may vanish between reading and writing.
@@ -154,10 +266,11 @@ def main(argv=None) -> None:
     p.add_argument("--day", required=True, type=dt.date.fromisoformat)
     p.add_argument("--input", required=True, help="folder or URI with the day's landing files")
     p.add_argument("--lake", required=True)
+    p.add_argument("--format", default="auto", help="auto (detect per file) or one of " + ", ".join(FORMATS))
     p.add_argument("--result", help="where to write the JSON result")
     args = p.parse_args(argv)
     spark = get_spark(f"music_recs.ingest.{args.day}")
-    write_result(spark, args.result, run(spark, args.day, args.input, args.lake))
+    write_result(spark, args.result, run(spark, args.day, args.input, args.lake, source_format=args.format))
 
 
 if __name__ == "__main__":
