@@ -21,7 +21,6 @@ Formats (``FORMATS``), detected per file unless forced:
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import zlib
@@ -41,12 +40,24 @@ def decompress(data: bytes) -> tuple[bytes, str | None]:
     if data[:2] != b"\x1f\x8b":
         return data, None
     out = io.BytesIO()
-    with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
+    rest = data
+    # Fed in small pieces so that everything before a corrupt byte is kept; a file may hold
+    # several gzip members one after the other (concatenated .gz files are valid gzip).
+    while rest:
+        inflater = zlib.decompressobj(wbits=31)
+        step, pos = 64 * 1024, 0
         try:
-            while chunk := gz.read(1 << 20):
-                out.write(chunk)
-        except (EOFError, OSError, zlib.error) as exc:
-            return out.getvalue(), f"{type(exc).__name__}: {exc}"
+            while pos < len(rest) and not inflater.eof:
+                out.write(inflater.decompress(rest[pos:pos + step]))
+                pos += step
+        except zlib.error as exc:
+            return out.getvalue(), f"corrupt gzip data: {exc}"
+        if not inflater.eof:
+            out.write(inflater.flush())
+            return out.getvalue(), "the gzip stream ends before its end marker (truncated file)"
+        rest = inflater.unused_data + rest[pos:]
+        if rest and rest[:2] != b"\x1f\x8b":
+            return out.getvalue(), "bytes after the last gzip member are not gzip"
     return out.getvalue(), None
 
 
