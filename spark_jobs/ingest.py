@@ -146,7 +146,7 @@ def normalize(records: DataFrame) -> DataFrame:
     ).withColumn(S.EVENT_ID, _derived_event_id("spotify"))
 
     f = F.split(F.col(S.RAW_LINE), "\t")
-    field = lambda i: F.when(F.trim(f.getItem(i)) != "", F.trim(f.getItem(i)))  # noqa: E731
+    field = lambda i: F.when(F.trim(F.get(f, i)) != "", F.trim(F.get(f, i)))  # noqa: E731  (get: null past the end)
     lastfm = of("lastfm").select(
         S.RAW_LINE, S.SOURCE_FILE, FORMAT,
         F.coalesce(PRE_REASON, F.when(F.size(f) != 6, F.lit(R_FIELD_COUNT))).alias(PRE_REASON),
