@@ -79,9 +79,13 @@ def test_rerun_gives_the_same_partition_and_quarantine(spark, landing, tmp_path)
 def test_gx_suite_passes_on_ingested_day_and_fails_on_bad_data(spark, landing, tmp_path):
     lake = str(tmp_path / "lake")
     ingest.run(spark, DAY, str(landing), lake)
-    verdict = validate.run(spark, DAY, lake)
+    docs = tmp_path / "docs"
+    verdict = validate.run(spark, DAY, lake, docs_dir=str(docs))
     assert verdict["success"], verdict["failed"]
-    assert verdict["statistics"]["evaluated_expectations"] >= 15
+    assert verdict["statistics"]["stream_logs_daily"]["evaluated_expectations"] >= 15
+    assert verdict["statistics"]["stream_logs_day_summary"]["evaluated_expectations"] == 3
+    assert verdict["data_docs"].endswith("index.html") and (docs / "gx/uncommitted/data_docs/local_site/index.html").exists()
+    assert list(docs.glob("gx/uncommitted/data_docs/local_site/validations/**/*.html"))
 
     # A partition written around ingest (duplicate ids, negative ms_played) must fail the suite.
     bad = spark.read.parquet(f"{lake}/plays/dt={DAY}")
@@ -93,3 +97,22 @@ def test_gx_suite_passes_on_ingested_day_and_fails_on_bad_data(spark, landing, t
     failed = {(c["expectation"], c["column"]) for c in verdict["failed"]}
     assert ("expect_column_values_to_be_unique", "event_id") in failed
     assert ("expect_column_values_to_be_between", "ms_played") in failed
+
+
+def test_day_level_checks_catch_replays_and_collapsing_volume(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    lake = str(tmp_path / "lake")
+    base = [(f"e{i}", dt.datetime(2026, 11, 20, 10), "u1", "t1", "a1", 100000, None, None) for i in range(100)]
+    schema = ("event_id string, ts timestamp, user_id string, track_id string, artist_id string, ms_played long, "
+              "track_name string, artist_name string")
+    for back in range(1, 4):  # three previous days of 100 plays
+        d = DAY - dt.timedelta(days=back)
+        spark.createDataFrame(base, schema).withColumn("ts", F.lit(dt.datetime.combine(d, dt.time(10)))) \
+            .write.parquet(f"{lake}/plays/dt={d}")
+    spark.createDataFrame(base[:30], schema).write.parquet(f"{lake}/plays/dt={DAY}")  # today: 30
+    counts = {"rows_read": 60, "duplicates_removed": 20, "rows_quarantined": 10}
+    verdict = validate.run(spark, DAY, lake, ingest_counts=counts, max_quarantine_fraction=0.1)
+    assert verdict["summary"]["trailing_average"] == 100 and verdict["summary"]["row_count_ratio"] == 0.3
+    failed = {c["column"] for c in verdict["failed"]}
+    assert failed == {"row_count_ratio", "duplicate_rate", "quarantine_rate"}

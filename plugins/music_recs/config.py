@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 
+from music_recs.landing import FORMATS
 from music_recs.validation import check_bucket, check_prefix
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,11 @@ class PipelineConfig:
     models_prefix: str = "music_recs"
     # Parquet lake: a local folder for the one-machine run; s3a:// or hdfs:// on a cluster.
     lake_uri: str = os.path.join(tempfile.gettempdir(), "music_recs", "lake")
+    # Landing format: "auto" detects per file (see music_recs.landing); or one of
+    # native, spotify, lastfm, listenbrainz for a source that always sends one format.
+    source_format: str = "auto"
+    # Share of a day's rows that may be quarantined before the run stops (ingest fails).
+    max_quarantine_fraction: float = 0.05
     aws_conn_id: str = "aws_default"
     spark_conn_id: str = "spark_default"
 
@@ -45,6 +51,11 @@ class PipelineConfig:
             check_prefix(getattr(self, name), name)
         if not self.lake_uri:
             raise ValueError("lake_uri must not be empty")
+        if self.source_format not in ("auto", *FORMATS):
+            raise ValueError(f"source_format must be 'auto' or one of {FORMATS}, got {self.source_format!r}")
+        object.__setattr__(self, "max_quarantine_fraction", float(self.max_quarantine_fraction))
+        if not 0 <= self.max_quarantine_fraction <= 1:
+            raise ValueError(f"max_quarantine_fraction must be within [0, 1], got {self.max_quarantine_fraction}")
 
     # --- derived locations ------------------------------------------------------------
     def landing_key_prefix(self, day: str) -> str:

@@ -131,14 +131,19 @@ class S3Store:
         return json.loads(got[0]), got[1]
 
     def download_prefix(self, bucket: str, prefix: str, dest_dir: str) -> list[str]:
-        """Download every object under ``prefix`` (flat names kept) into ``dest_dir``."""
+        """Download every object under ``prefix`` into ``dest_dir``, keeping sub-folders
+        (a Spotify export's folder names its user). Keys that would leave ``dest_dir`` are refused."""
         os.makedirs(dest_dir, exist_ok=True)
+        root = os.path.realpath(dest_dir)
         paths = []
         for obj in self.list_objects(bucket, prefix):
             rel = obj.key[len(prefix):].lstrip("/")
             if not rel or rel.endswith("/"):
                 continue
-            path = os.path.join(dest_dir, rel.replace("/", "__"))
+            path = os.path.realpath(os.path.join(root, rel))
+            if not path.startswith(root + os.sep) or any(p in ("..", ".") for p in rel.split("/")):
+                raise ValueError(f"refusing to stage s3://{bucket}/{obj.key}: its name leaves the staging folder")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             self.client.download_file(bucket, obj.key, path)
             paths.append(path)
         return sorted(paths)

@@ -40,6 +40,10 @@ class ValidationFailed(RuntimeError):
     pass
 
 
+class TooManyBadRows(RuntimeError):
+    pass
+
+
 def logical_day(data_interval_start: dt.datetime) -> dt.date:
     """The partition a run processes: the day its data interval starts (UTC), never "now"."""
     if data_interval_start is None:
@@ -118,12 +122,30 @@ def ingest(store: S3Store, plan: dict) -> dict:
     stage_landing(store, plan)
     staged = plan["paths"]["landing_staging"]
     # gzip'd JSON expands about 8x in memory
-    result = _spark(plan, "ingest", ["--day", plan["day"], "--input", staged, "--lake", plan["paths"]["lake"]],
+    cfg = config_of(plan)
+    result = _spark(plan, "ingest", ["--day", plan["day"], "--input", staged, "--lake", plan["paths"]["lake"],
+                                     "--format", cfg.source_format],
                     input_bytes=8 * _folder_bytes(staged))
-    log.info("ingest dt=%s: read %d, accepted %d, quarantined %d, duplicates %d", plan["day"],
-             result["rows_read"], result["rows_accepted"], result["rows_quarantined"], result["duplicates_removed"])
+    log.info("ingest dt=%s: read %d, accepted %d, quarantined %d, duplicates %d (formats %s)", plan["day"],
+             result["rows_read"], result["rows_accepted"], result["rows_quarantined"], result["duplicates_removed"],
+             result.get("formats"))
+    # Quarantined rows are stored before any verdict, so they are kept even when the run stops.
     result["quarantine_uri"] = upload_quarantine(store, plan)
+    check_quarantine_share(result, cfg.max_quarantine_fraction, plan["day"])
     return result
+
+
+def check_quarantine_share(result: dict, limit: float, day: str) -> None:
+    """Fail when more than ``limit`` of the day's rows broke a row-level check, naming the checks."""
+    read, bad = result["rows_read"], result["rows_quarantined"]
+    share = bad / read if read else 0.0
+    if share > limit:
+        worst = ", ".join(f"{reason}: {n} rows" for reason, n in
+                          sorted(result["quarantine_reasons"].items(), key=lambda kv: -kv[1]))
+        raise TooManyBadRows(
+            f"dt={day}: {bad} of {read} rows ({share:.1%}) failed row-level checks, above the "
+            f"{limit:.0%} threshold ({worst}); quarantined rows are in {result.get('quarantine_uri')}"
+        )
 
 
 def upload_quarantine(store: S3Store, plan: dict) -> str:
@@ -137,15 +159,23 @@ def upload_quarantine(store: S3Store, plan: dict) -> str:
 
 
 def validate(plan: dict) -> dict:
+    cfg = config_of(plan)
+    docs_dir = f"{plan['paths']['run_dir']}/data_docs"
     result = _spark(plan, "validate", ["--day", plan["day"], "--lake", plan["paths"]["lake"],
-                                       "--suite", str(REPO_ROOT / "expectations" / "stream_logs_daily.json")],
+                                       "--suite", str(REPO_ROOT / "expectations" / "stream_logs_daily.json"),
+                                       "--summary-suite", str(REPO_ROOT / "expectations" / "stream_logs_day_summary.json"),
+                                       "--ingest-result", _result(plan, "ingest"),
+                                       "--max-quarantine-fraction", str(cfg.max_quarantine_fraction),
+                                       "--docs-dir", docs_dir],
                     input_bytes=_folder_bytes(f"{plan['paths']['lake']}/plays/dt={plan['day']}"))
+    log.info("GX Data Docs for dt=%s: file://%s", plan["day"], result["data_docs"])
     if not result["success"]:
         failed = "; ".join(
             f"{c['expectation']}({c['column'] or ''}): {c['unexpected_count'] if c['unexpected_count'] is not None else c['observed_value']}"
             for c in result["failed"]
         )
-        raise ValidationFailed(f"dt={plan['day']} failed {len(result['failed'])} expectation(s): {failed}")
+        raise ValidationFailed(f"dt={plan['day']} failed {len(result['failed'])} expectation(s): {failed}; "
+                               f"Data Docs: file://{result['data_docs']}")
     log.info("validation dt=%s: %d expectations passed", plan["day"], len(result["checks"]))
     return result
 
