@@ -27,12 +27,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 
-from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, get_current_context, task
+from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, task
 
 from music_recs import tasks
 from music_recs.config import load_config
 from music_recs.params import airflow_params
 from music_recs.s3 import S3Store
+from music_recs.sensors import LandingPartitionSensor
 
 SENSOR_TIMEOUT_S = int(os.environ.get("MUSIC_RECS_SENSOR_TIMEOUT_S", 6 * 3600))
 SENSOR_POKE_S = int(os.environ.get("MUSIC_RECS_SENSOR_POKE_S", 300))
@@ -72,14 +73,6 @@ def music_recs_daily():
         ctx = get_current_context()
         return tasks.plan_run(ctx["params"], ctx["data_interval_start"], ctx["run_id"], load_config())
 
-    @task.sensor(poke_interval=SENSOR_POKE_S, timeout=SENSOR_TIMEOUT_S, mode="reschedule",
-                 execution_timeout=dt.timedelta(minutes=5))
-    def wait_for_logs(plan: dict) -> PokeReturnValue:
-        files = tasks.landing_files(_store(plan), tasks.config_of(plan), plan["day"])
-        if not files:
-            print(f"waiting for stream logs under {plan['landing']}")
-        return PokeReturnValue(is_done=bool(files), xcom_value=len(files))
-
     @task(pool=SPARK_POOL)
     def ingest(plan: dict) -> dict:
         return tasks.ingest(_store(plan), plan)
@@ -116,7 +109,11 @@ def music_recs_daily():
     trained = train_als(plan)
     evaluated = evaluate(plan)
     gate = quality_gate(plan, evaluated)
-    wait_for_logs(plan) >> ingested >> validated >> matrix >> trained >> evaluated >> gate
+    wait_for_logs = LandingPartitionSensor(
+        task_id="wait_for_logs", poke_interval=SENSOR_POKE_S, timeout=SENSOR_TIMEOUT_S, mode="reschedule",
+        execution_timeout=dt.timedelta(minutes=5),
+    )
+    plan >> wait_for_logs >> ingested >> validated >> matrix >> trained >> evaluated >> gate
     publish(plan, ingested, validated, matrix, trained, evaluated, gate)
 
 

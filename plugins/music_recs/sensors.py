@@ -1,0 +1,45 @@
+"""Waiting for the day's stream logs in the landing prefix."""
+
+from __future__ import annotations
+
+from airflow.sdk import BaseSensorOperator
+from airflow.sdk.exceptions import AirflowSensorTimeout
+
+from music_recs.config import load_config
+from music_recs.s3 import S3Store
+from music_recs.tasks import landing_files, logical_day
+
+
+class LandingPartitionSensor(BaseSensorOperator):
+    """Done when ``s3://<raw bucket>/<landing prefix>/dt=D/`` holds at least one file.
+
+    D is the start of the run's data interval. When the sensor times out, the error names
+    the prefix that stayed empty, so the person on call knows which feed to chase; nothing
+    downstream runs, so nothing is published for that day.
+    """
+
+    def __init__(self, *, aws_conn_id: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.aws_conn_id = aws_conn_id
+
+    def _landing(self, context) -> tuple[S3Store, object, str]:
+        cfg = load_config()
+        day = logical_day(context["data_interval_start"]).isoformat()
+        return S3Store.from_airflow(self.aws_conn_id or cfg.aws_conn_id), cfg, day
+
+    def poke(self, context) -> bool:
+        store, cfg, day = self._landing(context)
+        files = landing_files(store, cfg, day)
+        if not files:
+            self.log.info("no stream logs yet under s3://%s/%s", cfg.raw_bucket, cfg.landing_key_prefix(day))
+        return bool(files)
+
+    def execute(self, context):
+        try:
+            return super().execute(context)
+        except AirflowSensorTimeout as exc:
+            _, cfg, day = self._landing(context)
+            raise AirflowSensorTimeout(
+                f"no stream logs arrived under s3://{cfg.raw_bucket}/{cfg.landing_key_prefix(day)} within "
+                f"{self.timeout:.0f}s; nothing was ingested or published for dt={day}"
+            ) from exc
