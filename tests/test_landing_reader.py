@@ -55,7 +55,7 @@ def test_forced_format_overrides_detection():
 
 
 def test_concatenated_gzip_members_are_one_stream():
-    big = "\n".join(json.dumps({"n": i, "pad": "y" * 80}) for i in range(3000)).encode()
+    big = ("\n".join(json.dumps({"n": i, "pad": "y" * 80}) for i in range(3000)) + "\n").encode()
     data = gzip.compress(big) + gzip.compress(b'{"n": "last"}\n')
     got = records("x.jsonl.gz", data)
     assert len(got) == 3001 and got[-1][0] == '{"n": "last"}' and all(r[2] is None for r in got)
