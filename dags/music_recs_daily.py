@@ -86,8 +86,8 @@ def music_recs_daily():
         return tasks.build_confidence(plan)
 
     @task(pool=SPARK_POOL, execution_timeout=dt.timedelta(hours=4))
-    def train_als(plan: dict) -> dict:
-        return tasks.train(plan)
+    def train_als(plan: dict, matrix: dict) -> dict:
+        return tasks.train(plan, matrix)
 
     @task(pool=SPARK_POOL)
     def evaluate(plan: dict) -> dict:
@@ -106,7 +106,7 @@ def music_recs_daily():
     ingested = ingest(plan)
     validated = validate(plan)
     matrix = build_confidence(plan)
-    trained = train_als(plan)
+    trained = train_als(plan, matrix)
     evaluated = evaluate(plan)
     gate = quality_gate(plan, evaluated)
     wait_for_logs = LandingPartitionSensor(

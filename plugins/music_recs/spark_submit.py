@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 import os
 import sys
 import tempfile
@@ -20,7 +21,12 @@ import time
 import zipfile
 from pathlib import Path
 
+from collections.abc import Callable
+
 from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+from music_recs.executor_sizing import ExecutorSizing
+from music_recs.resubmit_policy import classify_failure, next_settings
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +41,28 @@ DEFAULT_MASTER = "local[*]"
 class SparkJobError(RuntimeError):
     """A Spark job failed; the message carries the last lines of its output."""
 
+    def __init__(self, message: str, output: str = "", returncode: int | None = None, master: str = ""):
+        super().__init__(message)
+        self.output = output
+        self.returncode = returncode
+        self.master = master
+
 
 class PipelineSparkSubmitHook(SparkSubmitHook):
+    """The provider's hook, keeping the whole recent output so failures can be classified."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.recent_output: deque[str] = deque(maxlen=5000)
+
+    def _process_spark_submit_log(self, itr):
+        def tee(lines):
+            for line in lines:
+                self.recent_output.append(line.rstrip("\n"))
+                yield line
+
+        return super()._process_spark_submit_log(tee(itr))
+
     def _resolve_connection(self):
         data = super()._resolve_connection()
         try:
@@ -53,7 +79,11 @@ class PipelineSparkSubmitHook(SparkSubmitHook):
 
     @property
     def output_tail(self) -> list[str]:
-        return list(self._last_submit_log_lines)
+        return list(self.recent_output)
+
+
+def spark_master(conn_id: str = "spark_default") -> str:
+    return PipelineSparkSubmitHook(conn_id=conn_id).master
 
 
 def package_zip(dest_dir: str) -> str:
@@ -127,8 +157,10 @@ def run_spark_job(
     try:
         hook.submit(application=job_path(job))
     except Exception as exc:
-        tail = "\n".join(hook.output_tail[-40:])
-        raise SparkJobError(f"Spark job {job} failed: {str(exc).splitlines()[0]}\n{tail}") from exc
+        output = hook.output_tail
+        code = getattr(getattr(hook, "_submit_sp", None), "returncode", None)
+        raise SparkJobError(f"Spark job {job} failed: {str(exc).splitlines()[0]}\n" + "\n".join(output[-40:]),
+                            "\n".join(output), code, hook.master) from exc
     if not os.path.exists(result_path):
         raise SparkJobError(f"Spark job {job} finished but wrote no result at {result_path}")
     with open(result_path) as fh:
@@ -138,3 +170,58 @@ def run_spark_job(
     result["submission"] = {"settings": settings, "attempts": [
         {"attempt": 1, "seconds": round(time.time() - started, 1), "outcome": "success"}]}
     return result
+
+
+def run_with_resubmission(
+    job: str,
+    build_args: Callable[[ExecutorSizing], list[str]],
+    result_path: str,
+    sizing: ExecutorSizing,
+    local: bool,
+    memory_cap_mb: int,
+    max_attempts: int = 3,
+    conf: dict[str, str] | None = None,
+    **kwargs,
+) -> dict:
+    """Submit ``job``; on failure classify it and resubmit with adjusted settings.
+
+    Non-retryable failures (bad input, bad parameter, a bug) stop at once. Every attempt
+    (settings, seconds, failure class, decisive log lines with secrets masked) is logged and
+    returned in ``result["submission"]["attempts"]``; when all attempts fail, the error
+    summarises each one.
+    """
+    attempts: list[dict] = []
+    current = sizing
+    for attempt in range(1, max_attempts + 1):
+        settings = current.as_dict()
+        log.info("%s attempt %d/%d with %s", job, attempt, max_attempts,
+                 {k: v for k, v in settings.items() if k != "estimate"})
+        started = time.time()
+        try:
+            result = run_spark_job(
+                job, build_args(current), result_path, conf={**(conf or {}), **current.spark_conf()},
+                driver_memory=f"{current.driver_memory_mb}m",
+                executor_memory=None if local else f"{current.executor_memory_mb}m",
+                executor_cores=None if local else current.executor_cores,
+                num_executors=None if local else current.num_executors, **kwargs)
+        except SparkJobError as exc:
+            failure, lines = classify_failure(exc.output, exc.returncode)
+            record = {"attempt": attempt, "seconds": round(time.time() - started, 1), "outcome": failure.value,
+                      "settings": settings, "log": lines}
+            attempts.append(record)
+            log.warning("%s attempt %d failed: %s\n  %s", job, attempt, failure.value, "\n  ".join(lines))
+            nxt = next_settings(failure, current, local, memory_cap_mb)
+            if nxt is None or attempt == max_attempts:
+                summary = "; ".join(f"attempt {a['attempt']}: {a['outcome']} after {a['seconds']}s" for a in attempts)
+                reason = "not retryable" if nxt is None else f"{max_attempts} attempts used"
+                raise SparkJobError(f"Spark job {job} failed ({reason}): {summary}. Last error: "
+                                    f"{lines[0] if lines else 'no output'}", exc.output, exc.returncode,
+                                    exc.master) from exc
+            current = nxt
+            continue
+        attempts.append({"attempt": attempt, "seconds": round(time.time() - started, 1), "outcome": "success",
+                         "settings": settings})
+        result["submission"]["attempts"] = attempts
+        result["submission"]["sizing"] = current.as_dict()
+        return result
+    raise AssertionError("unreachable")

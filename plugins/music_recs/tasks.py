@@ -23,7 +23,8 @@ from music_recs.publish import ARTIFACTS, PublishError, publish, read_latest
 from music_recs.quality_gate import QualityGateFailed, decide
 from music_recs.s3 import S3Store
 from music_recs.sizing import shuffle_partitions
-from music_recs.spark_submit import REPO_ROOT, run_spark_job
+from music_recs.executor_sizing import MatrixShape, cluster_from_env, per_executor_limit_mb, size_als
+from music_recs.spark_submit import REPO_ROOT, run_spark_job, run_with_resubmission, spark_master
 from music_recs.validation import safe_key_part
 
 log = logging.getLogger(__name__)
@@ -198,13 +199,28 @@ def build_confidence(plan: dict) -> dict:
     return result
 
 
-def train(plan: dict) -> dict:
+def train(plan: dict, matrix: dict) -> dict:
+    """spark-submit ALS with settings sized to the matrix; failed attempts are classified and resubmitted."""
     p = plan["params"]
-    result = _spark(plan, "train_als", [
-        "--matrix", plan["paths"]["matrix"], "--out", plan["paths"]["model"],
-        "--rank", str(p["rank"]), "--max-iter", str(p["max_iter"]), "--reg", str(p["reg"]),
-        "--alpha", str(p["alpha"]), "--checkpoint-dir", plan["paths"]["checkpoints"],
-    ], input_bytes=_folder_bytes(f"{plan['paths']['matrix']}/train"), driver_memory="2g")
+    cfg = config_of(plan)
+    stats = matrix["stats"][p["granularity"]]
+    local = spark_master(cfg.spark_conn_id).startswith("local")
+    cluster = cluster_from_env(local)
+    sizing = size_als(MatrixShape(stats["users"], stats["items"], stats["nnz"], p["rank"]), cluster)
+    log.info("sizing for %d users x %d items, %d ratings, rank %d on %s: %s", stats["users"], stats["items"],
+             stats["nnz"], p["rank"], cluster, sizing.as_dict())
+
+    def args(s):
+        return ["--matrix", plan["paths"]["matrix"], "--out", plan["paths"]["model"],
+                "--rank", str(p["rank"]), "--max-iter", str(p["max_iter"]), "--reg", str(p["reg"]),
+                "--alpha", str(p["alpha"]), "--checkpoint-dir", plan["paths"]["checkpoints"],
+                "--user-blocks", str(s.user_blocks), "--item-blocks", str(s.item_blocks),
+                "--checkpoint-interval", str(s.checkpoint_interval)]
+
+    result = run_with_resubmission(
+        "train_als", args, _result(plan, "train_als"), sizing, local, per_executor_limit_mb(cluster),
+        max_attempts=int(os.environ.get("MUSIC_RECS_TRAIN_ATTEMPTS", 3)), conn_id=cfg.spark_conn_id,
+        work_dir=os.path.join(plan["paths"]["lake"], "_submit"))
     log.info("ALS rank %d: %d users, %d items in %.1fs (%.2fs/iteration)", p["rank"], result["data"]["users"],
              result["data"]["items"], result["seconds"]["fit"], result["seconds_per_iteration"])
     return result

@@ -1,0 +1,186 @@
+"""Spark settings for ALS sized to the matrix, from a model of the memory its blocks need.
+
+Spark MLlib's ALS ("half gridify") keeps the ratings twice, grouped by user block and by
+item block (``InBlock``: per rating an encoded destination index and a float rating, plus
+per-source pointers), and in each half-iteration ships to every user block the item
+vectors its ratings reference (at most every item vector), then solves one k x k normal
+equation per row. Per executor, with ``B`` blocks per side, ``E`` executors and ``c``
+cores, all sizes in bytes and ``V = 4k + 16`` the size of one float vector of rank k:
+
+* cached (storage), spread over the executors::
+
+      ratings   = nnz * RATING_BYTES * 2 layouts
+      factors   = (users + items) * V * 2   (current and previous iteration, both cached)
+      storage   = (ratings + factors) / E
+
+* per running task (execution), ``c`` at a time::
+
+      block     = nnz / B * RATING_BYTES                       (its share of one layout)
+      received  = min(items, nnz / B) * V                       (vectors it needs; all items at worst)
+      scratch   = 2 * k * k * 8                                  (normal equation + Cholesky, doubles)
+      task      = block + received + scratch
+
+* heap = JVM_RESERVED + (storage + c * task) / MEMORY_FRACTION * SAFETY, rounded up to 256 MiB;
+  overhead = max(384 MiB, OVERHEAD_FRACTION * heap) (off-heap: netty buffers, JVM internals).
+
+Blocks start at one per core (Spark's default) and double until a task fits; when even the
+largest block count leaves a task or the cached share over what one executor may have,
+``size_als`` refuses with a message that says what does not fit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+MIB = 1024 * 1024
+RATING_BYTES = 12  # int destination index + float rating + amortized per-source pointers
+JVM_RESERVED = 300 * MIB  # Spark's reserved memory
+MEMORY_FRACTION = 0.6  # spark.memory.fraction: execution + storage share of (heap - reserved)
+SAFETY = 1.5  # JVM object headers, GC headroom, skew between blocks
+OVERHEAD_FRACTION = 0.10
+MIN_OVERHEAD = 384 * MIB
+MAX_BLOCKS = 4096
+MAX_CORES_PER_EXECUTOR = 5  # beyond ~5 concurrent tasks per JVM, GC and I/O contention dominate
+
+
+class DataTooLargeError(ValueError):
+    """The matrix cannot be trained on the configured cluster, whatever the block count."""
+
+
+@dataclass(frozen=True)
+class MatrixShape:
+    users: int
+    items: int
+    nnz: int
+    rank: int
+
+
+@dataclass(frozen=True)
+class ClusterResources:
+    """What the cluster offers (from configuration). ``local=True``: one JVM (``local[*]``)."""
+
+    nodes: int = 1
+    cores_per_node: int = 2
+    memory_per_node_mb: int = 8192
+    max_executors: int = 0  # 0 = as many as fit
+    local: bool = True
+
+
+@dataclass(frozen=True)
+class ExecutorSizing:
+    executor_memory_mb: int
+    executor_memory_overhead_mb: int
+    executor_cores: int
+    num_executors: int
+    user_blocks: int
+    item_blocks: int
+    shuffle_partitions: int
+    driver_memory_mb: int
+    checkpoint_interval: int = 5
+    estimate: dict = field(default_factory=dict, compare=False)
+
+    def spark_conf(self) -> dict[str, str]:
+        return {
+            "spark.executor.memoryOverhead": f"{self.executor_memory_overhead_mb}m",
+            "spark.sql.shuffle.partitions": str(self.shuffle_partitions),
+        }
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def scaled(self, **changes) -> ExecutorSizing:
+        return replace(self, **changes)
+
+
+def cluster_from_env(local: bool) -> ClusterResources:
+    """The cluster as configured: ``MUSIC_RECS_CLUSTER_{NODES,CORES_PER_NODE,MEMORY_PER_NODE_MB}``
+    and ``MUSIC_RECS_MAX_EXECUTORS``; by default this machine (one node, its cores and memory)."""
+    import os
+
+    def env(name, default):
+        return int(os.environ.get(f"MUSIC_RECS_{name}") or default)
+
+    try:
+        total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MIB
+    except (ValueError, OSError, AttributeError):
+        total_mb = 8192
+    return ClusterResources(nodes=env("CLUSTER_NODES", 1), cores_per_node=env("CLUSTER_CORES_PER_NODE", os.cpu_count() or 1),
+                            memory_per_node_mb=env("CLUSTER_MEMORY_PER_NODE_MB", total_mb),
+                            max_executors=env("MAX_EXECUTORS", 0), local=local)
+
+
+def per_executor_limit_mb(cluster: ClusterResources) -> int:
+    if cluster.local:
+        return int(cluster.memory_per_node_mb * 0.75)
+    per_node = max(1, cluster.cores_per_node // min(MAX_CORES_PER_EXECUTOR, cluster.cores_per_node))
+    return int((cluster.memory_per_node_mb - 1024) / per_node)
+
+
+def _round_up(nbytes: float, step: int = 256 * MIB) -> int:
+    return int(math.ceil(nbytes / step) * step)
+
+
+def estimate(shape: MatrixShape, blocks: int, executors: int, cores: int) -> dict:
+    vec = 4 * shape.rank + 16
+    ratings = shape.nnz * RATING_BYTES * 2
+    factors = (shape.users + shape.items) * vec * 2
+    storage = (ratings + factors) / executors
+    block = shape.nnz / blocks * RATING_BYTES
+    received = min(shape.items, shape.nnz / blocks) * vec
+    scratch = 2 * shape.rank * shape.rank * 8
+    task = block + received + scratch
+    heap = JVM_RESERVED + (storage + cores * task) / MEMORY_FRACTION * SAFETY
+    return {"ratings_bytes": int(ratings), "factors_bytes": int(factors), "storage_per_executor_bytes": int(storage),
+            "task_bytes": int(task), "received_vectors_bytes": int(received), "scratch_bytes": int(scratch),
+            "heap_bytes": int(heap)}
+
+
+def size_als(shape: MatrixShape, cluster: ClusterResources, checkpoint_interval: int = 5) -> ExecutorSizing:
+    """Choose executors, memory and block counts for training ``shape`` on ``cluster``."""
+    if min(shape.users, shape.items, shape.nnz, shape.rank) <= 0:
+        raise ValueError(f"matrix shape must be positive, got {shape}")
+    # Local mode: one JVM, 3/4 of the machine (the rest: OS, Python workers). A cluster: at most
+    # MAX_CORES_PER_EXECUTOR cores each, 1 GiB of each node left to the OS.
+    per_executor_limit = per_executor_limit_mb(cluster) * MIB
+    if cluster.local:
+        executors, cores = 1, cluster.cores_per_node
+    else:
+        cores = min(MAX_CORES_PER_EXECUTOR, cluster.cores_per_node)
+        executors = cluster.nodes * max(1, cluster.cores_per_node // cores)
+        if cluster.max_executors:
+            executors = min(executors, cluster.max_executors)
+    blocks = max(1, executors * cores)
+    while True:
+        est = estimate(shape, blocks, executors, cores)
+        heap = max(_round_up(est["heap_bytes"]), 1024 * MIB)
+        overhead = max(MIN_OVERHEAD, _round_up(heap * OVERHEAD_FRACTION, 64 * MIB))
+        if heap + overhead <= per_executor_limit:
+            break
+        if blocks >= MAX_BLOCKS or blocks >= min(shape.users, shape.items):
+            raise DataTooLargeError(
+                f"{shape.users} users x {shape.items} items, {shape.nnz} ratings at rank {shape.rank} need about "
+                f"{(heap + overhead) / MIB:.0f} MiB per executor even with {blocks} blocks "
+                f"(cached share {est['storage_per_executor_bytes'] / MIB:.0f} MiB, per task "
+                f"{est['task_bytes'] / MIB:.0f} MiB x {cores} cores), over the {per_executor_limit / MIB:.0f} MiB "
+                f"an executor may use on this cluster; add nodes or memory, or lower the rank"
+            )
+        blocks *= 2
+    est.update({"blocks_tried": blocks, "per_executor_limit_bytes": per_executor_limit})
+    total_cores = executors * cores
+    if cluster.local:
+        driver = heap + overhead
+    else:
+        driver = 2048 * MIB
+    return ExecutorSizing(
+        executor_memory_mb=heap // MIB,
+        executor_memory_overhead_mb=overhead // MIB,
+        executor_cores=cores,
+        num_executors=executors,
+        user_blocks=blocks,
+        item_blocks=blocks,
+        shuffle_partitions=max(2 * total_cores, blocks),
+        driver_memory_mb=driver // MIB,
+        checkpoint_interval=checkpoint_interval,
+        estimate=est,
+    )

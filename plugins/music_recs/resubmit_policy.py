@@ -1,0 +1,105 @@
+"""Why a Spark submission failed, and what to change before submitting it again.
+
+``classify_failure`` reads the driver/executor output and the exit code of spark-submit and
+names the failure; ``next_settings`` returns the adjusted sizing for the next attempt, or
+None when retrying cannot help (bad input path, bad parameter, a bug), so such a run fails
+at once. Patterns are checked in order: the first class that matches wins, because the
+specific causes (a container killed for memory) also log the generic symptom (a lost executor).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+from music_recs.executor_sizing import ExecutorSizing
+
+
+class Failure(str, enum.Enum):
+    CONTAINER_MEMORY = "container_killed_for_memory"
+    EXECUTOR_OOM = "executor_out_of_memory"
+    DRIVER_OOM = "driver_out_of_memory"
+    STACK_OVERFLOW = "stack_overflow"
+    FETCH_FAILED = "fetch_failed"
+    EXECUTORS_LOST = "executors_lost"
+    NON_RETRYABLE = "non_retryable"
+    UNKNOWN = "unknown"
+
+
+_PATTERNS: list[tuple[Failure, re.Pattern]] = [
+    (Failure.CONTAINER_MEMORY, re.compile(
+        r"killed by YARN for exceeding (physical )?memory limits|exceeding (physical|virtual) memory limits"
+        r"|OOMKilled|Consider boosting spark\.(yarn\.)?executor\.memoryOverhead|exit(ed)? (with )?code:? 137", re.I)),
+    (Failure.STACK_OVERFLOW, re.compile(r"java\.lang\.StackOverflowError")),
+    (Failure.DRIVER_OOM, re.compile(
+        r"Exception in thread \"(main|dag-scheduler-event-loop|driver-heartbeater)\" java\.lang\.OutOfMemoryError"
+        r"|OutOfMemoryError.*\bdriver\b|Total size of serialized results .* is bigger than spark\.driver\.maxResultSize",
+        re.I)),
+    (Failure.EXECUTOR_OOM, re.compile(r"java\.lang\.OutOfMemoryError|Java heap space|GC overhead limit exceeded")),
+    (Failure.FETCH_FAILED, re.compile(r"FetchFailedException|MetadataFetchFailedException|"
+                                      r"Missing an output location for shuffle")),
+    (Failure.EXECUTORS_LOST, re.compile(
+        r"ExecutorLostFailure|Executor heartbeat timed out|Lost executor \d+|Worker .* (lost|removed)|"
+        r"Remote RPC client disassociated|Master removed our application|All masters are unresponsive", re.I)),
+    (Failure.NON_RETRYABLE, re.compile(
+        r"PATH_NOT_FOUND|Path does not exist|FileNotFoundError|No such file or directory|"
+        r"AnalysisException|UNRESOLVED_COLUMN|ValueError|TypeError|NameError|ImportError|ModuleNotFoundError|"
+        r"SyntaxError|error: (argument|unrecognized arguments)|usage: |NonFiniteFactorsError|"
+        r"IllegalArgumentException")),
+]
+
+_SECRET = re.compile(r"(?i)((?:secret|password|token|access[_.-]?key)[\w.-]*\s*[=:]\s*)(\S+)")
+
+
+def mask_secrets(line: str) -> str:
+    return _SECRET.sub(r"\1***", line)
+
+
+def classify_failure(output: str, returncode: int | None = None) -> tuple[Failure, list[str]]:
+    """The failure class and the decisive log lines (secrets masked)."""
+    lines = output.splitlines()
+    for failure, pattern in _PATTERNS:
+        hits = [mask_secrets(line.strip())[:500] for line in lines if pattern.search(line)]
+        if hits:
+            return failure, hits[:5]
+    if returncode == 137:
+        return Failure.CONTAINER_MEMORY, [f"exit code {returncode} (killed, usually by the out-of-memory killer)"]
+    return Failure.UNKNOWN, [mask_secrets(line.strip())[:500] for line in lines[-5:]]
+
+
+def _mb(value: int, factor: float, cap_mb: int) -> int:
+    return int(min(cap_mb, -(-value * factor // 256) * 256))
+
+
+def next_settings(failure: Failure, current: ExecutorSizing, local: bool, memory_cap_mb: int) -> ExecutorSizing | None:
+    """Adjusted settings for the next attempt, or None when retrying cannot help.
+
+    In local mode the driver JVM is also the executor, so memory goes to the driver.
+    """
+    if failure is Failure.NON_RETRYABLE:
+        return None
+    s = current
+    if failure in (Failure.EXECUTOR_OOM, Failure.DRIVER_OOM) and local:
+        if s.driver_memory_mb >= memory_cap_mb:
+            return None
+        return s.scaled(driver_memory_mb=_mb(s.driver_memory_mb, 2, memory_cap_mb),
+                        user_blocks=s.user_blocks * 2, item_blocks=s.item_blocks * 2)
+    if failure is Failure.EXECUTOR_OOM:
+        # Smaller blocks lower the per-task peak; more heap raises the ceiling.
+        return s.scaled(executor_memory_mb=_mb(s.executor_memory_mb, 1.5, memory_cap_mb),
+                        user_blocks=s.user_blocks * 2, item_blocks=s.item_blocks * 2,
+                        shuffle_partitions=s.shuffle_partitions * 2)
+    if failure is Failure.DRIVER_OOM:
+        return s.scaled(driver_memory_mb=_mb(s.driver_memory_mb, 2, memory_cap_mb))
+    if failure is Failure.CONTAINER_MEMORY:
+        return s.scaled(executor_memory_overhead_mb=_mb(s.executor_memory_overhead_mb, 2, memory_cap_mb))
+    if failure is Failure.STACK_OVERFLOW:
+        # A long lineage: checkpoint more often.
+        return s.scaled(checkpoint_interval=max(1, s.checkpoint_interval // 2))
+    if failure is Failure.EXECUTORS_LOST:
+        # Fewer concurrent tasks per JVM means less memory and GC pressure per executor.
+        return s.scaled(executor_cores=max(1, s.executor_cores - 1),
+                        executor_memory_mb=_mb(s.executor_memory_mb, 1.25, memory_cap_mb))
+    if failure is Failure.FETCH_FAILED:
+        return s.scaled(shuffle_partitions=s.shuffle_partitions * 2)
+    return s  # unknown: the same settings once more (transient trouble)

@@ -1,0 +1,57 @@
+import pytest
+
+from music_recs.executor_sizing import ClusterResources, DataTooLargeError, MatrixShape, estimate, size_als
+
+CLUSTER = ClusterResources(nodes=10, cores_per_node=16, memory_per_node_mb=64_000, local=False)
+
+
+def need(sizing):
+    return sizing.executor_memory_mb + sizing.executor_memory_overhead_mb
+
+
+def test_memory_grows_with_data_and_rank():
+    small = size_als(MatrixShape(100_000, 20_000, 5_000_000, 32), CLUSTER)
+    more_data = size_als(MatrixShape(1_000_000, 200_000, 200_000_000, 32), CLUSTER)
+    more_rank = size_als(MatrixShape(1_000_000, 200_000, 200_000_000, 128), CLUSTER)
+    assert need(small) <= need(more_data) <= need(more_rank)
+    for shape in [(1_000_000, 200_000, 200_000_000, r) for r in (16, 32, 64, 128)]:
+        e1 = estimate(MatrixShape(*shape), 64, 20, 5)
+        e2 = estimate(MatrixShape(*shape[:2], shape[2] * 2, shape[3]), 64, 20, 5)
+        assert e2["heap_bytes"] > e1["heap_bytes"]
+    assert estimate(MatrixShape(10**6, 10**5, 10**8, 64), 64, 20, 5)["heap_bytes"] > \
+        estimate(MatrixShape(10**6, 10**5, 10**8, 32), 64, 20, 5)["heap_bytes"]
+
+
+def test_settings_respect_the_cluster():
+    s = size_als(MatrixShape(4_000_000, 500_000, 600_000_000, 40), CLUSTER)
+    assert s.executor_cores <= 5 and s.num_executors <= 10 * (16 // s.executor_cores)
+    per_node = 16 // s.executor_cores
+    assert need(s) * per_node <= 64_000 - 1024
+    assert s.user_blocks >= s.num_executors * s.executor_cores
+    assert s.shuffle_partitions >= 2 * s.num_executors * s.executor_cores
+    capped = size_als(MatrixShape(4_000_000, 500_000, 600_000_000, 40),
+                      ClusterResources(nodes=10, cores_per_node=16, memory_per_node_mb=64_000, max_executors=7, local=False))
+    assert capped.num_executors == 7
+
+
+def test_blocks_grow_when_the_vectors_a_block_receives_would_not_fit():
+    # 5M items at rank 128: with one block per core, each block would receive every item vector.
+    cluster = ClusterResources(nodes=8, cores_per_node=4, memory_per_node_mb=16_000, local=False)
+    s = size_als(MatrixShape(1_000_000, 5_000_000, 200_000_000, 128), cluster)
+    assert s.user_blocks > 32  # more than one block per core was needed
+    assert need(s) <= 16_000 - 1024
+
+
+def test_local_mode_sizes_the_driver():
+    s = size_als(MatrixShape(960, 1111, 5897, 32), ClusterResources(nodes=1, cores_per_node=2, memory_per_node_mb=24_000))
+    assert s.num_executors == 1 and s.executor_cores == 2 and s.user_blocks == 2
+    assert 1024 <= s.driver_memory_mb <= 0.75 * 24_000
+
+
+def test_data_that_cannot_fit_is_refused_with_a_clear_message():
+    with pytest.raises(DataTooLargeError) as err:
+        size_als(MatrixShape(4_000_000, 500_000, 600_000_000, 40),
+                 ClusterResources(nodes=1, cores_per_node=2, memory_per_node_mb=4_000, local=False))
+    assert "600000000 ratings at rank 40" in str(err.value) and "add nodes or memory" in str(err.value)
+    with pytest.raises(ValueError):
+        size_als(MatrixShape(0, 1, 1, 8), CLUSTER)

@@ -1,0 +1,66 @@
+"""The failure classifier on log excerpts as Spark prints them, and the resubmission policy."""
+
+import pytest
+
+from music_recs.executor_sizing import ExecutorSizing
+from music_recs.resubmit_policy import Failure, classify_failure, mask_secrets, next_settings
+
+EXCERPTS = {
+    Failure.EXECUTOR_OOM: """26/11/24 10:00:44 WARN TaskSetManager: Lost task 3.0 in stage 12.0 (TID 40) (10.0.0.5 executor 1): java.lang.OutOfMemoryError: Java heap space
+	at org.apache.spark.ml.recommendation.ALS$UncompressedInBlockBuilder.add(ALS.scala:1490)""",
+    Failure.DRIVER_OOM: """Exception in thread "main" java.lang.OutOfMemoryError: Java heap space
+	at java.base/java.util.Arrays.copyOf(Arrays.java:3537)""",
+    Failure.CONTAINER_MEMORY: """26/11/24 10:00:44 ERROR YarnScheduler: Lost executor 4 on ip-10-0-0-7: Container killed by YARN for exceeding physical memory limits. 12.4 GB of 12 GB physical memory used. Consider boosting spark.executor.memoryOverhead.""",
+    Failure.STACK_OVERFLOW: """26/11/24 10:00:44 ERROR Executor: Exception in task 0.0 in stage 310.0 (TID 900)
+java.lang.StackOverflowError
+	at java.base/java.io.ObjectInputStream.readObject0(ObjectInputStream.java:1700)""",
+    Failure.EXECUTORS_LOST: """26/11/24 10:00:44 WARN HeartbeatReceiver: Removing executor 2 with no recent heartbeats: 161234 ms exceeds timeout 120000 ms
+26/11/24 10:00:44 ERROR TaskSchedulerImpl: Lost executor 2 on 127.0.0.1: Executor heartbeat timed out after 161234 ms""",
+    Failure.FETCH_FAILED: """26/11/24 10:00:44 WARN TaskSetManager: Lost task 7.0 in stage 21.0 (TID 77): FetchFailed(BlockManagerId(3, 127.0.0.1, 40123, None), shuffleId=4, mapIndex=2, mapId=31, reduceId=7, message=
+org.apache.spark.shuffle.FetchFailedException: Failed to connect to /127.0.0.1:40123""",
+    Failure.NON_RETRYABLE: """pyspark.errors.exceptions.captured.AnalysisException: [PATH_NOT_FOUND] Path does not exist: file:/lake/matrix/dt=2026-11-20/granularity=track/train. SQLSTATE: 42K03""",
+}
+
+
+@pytest.mark.parametrize("expected", list(EXCERPTS))
+def test_each_failure_class_is_recognised(expected):
+    failure, lines = classify_failure(EXCERPTS[expected], 1)
+    assert failure is expected
+    assert lines and len(lines[0]) <= 500
+
+
+def test_a_killed_process_without_a_message_is_a_memory_kill():
+    assert classify_failure("", 137)[0] is Failure.CONTAINER_MEMORY
+    assert classify_failure("something odd\n", 1)[0] is Failure.UNKNOWN
+
+
+def test_secrets_in_log_lines_are_masked():
+    line = "spark-submit --conf spark.hadoop.fs.s3a.secret.key=AbCdEf123 --conf password=hunter2 Path does not exist"
+    assert "AbCdEf123" not in mask_secrets(line) and "hunter2" not in mask_secrets(line)
+    failure, lines = classify_failure(line, 1)
+    assert failure is Failure.NON_RETRYABLE and "AbCdEf123" not in lines[0]
+
+
+SIZING = ExecutorSizing(executor_memory_mb=2048, executor_memory_overhead_mb=384, executor_cores=4, num_executors=4,
+                        user_blocks=16, item_blocks=16, shuffle_partitions=32, driver_memory_mb=2048,
+                        checkpoint_interval=8)
+
+
+def test_each_class_gets_the_adjustment_that_suits_it():
+    oom = next_settings(Failure.EXECUTOR_OOM, SIZING, local=False, memory_cap_mb=16_000)
+    assert oom.executor_memory_mb > 2048 and oom.user_blocks == 32
+    assert next_settings(Failure.CONTAINER_MEMORY, SIZING, False, 16_000).executor_memory_overhead_mb == 768
+    assert next_settings(Failure.STACK_OVERFLOW, SIZING, False, 16_000).checkpoint_interval == 4
+    lost = next_settings(Failure.EXECUTORS_LOST, SIZING, False, 16_000)
+    assert lost.executor_cores == 3
+    assert next_settings(Failure.FETCH_FAILED, SIZING, False, 16_000).shuffle_partitions == 64
+    assert next_settings(Failure.DRIVER_OOM, SIZING, False, 16_000).driver_memory_mb == 4096
+    assert next_settings(Failure.NON_RETRYABLE, SIZING, False, 16_000) is None
+    assert next_settings(Failure.UNKNOWN, SIZING, False, 16_000) == SIZING
+
+
+def test_memory_increases_stop_at_the_cap_and_local_mode_grows_the_driver():
+    local = next_settings(Failure.EXECUTOR_OOM, SIZING, local=True, memory_cap_mb=3000)
+    assert local.driver_memory_mb == 3000 and local.user_blocks == 32
+    assert next_settings(Failure.EXECUTOR_OOM, local, local=True, memory_cap_mb=3000) is None
+    assert next_settings(Failure.EXECUTOR_OOM, SIZING, local=False, memory_cap_mb=2500).executor_memory_mb == 2500
