@@ -80,7 +80,9 @@ def test_daily_run_publishes_a_verified_model_and_a_rerun_replaces_it_cleanly(e2
     assert {o["artifact"] for o in manifest["objects"]} == {"user_factors", "item_factors", "recommendations",
                                                            "similar_items"}
     assert manifest["quality_gate"]["passed"] and manifest["quality_gate"]["metric"] == "map"
-    assert manifest["training"]["submission"]["attempts"][0]["outcome"] == "success"
+    submission = manifest["training"]["submission"]
+    assert submission["attempts"][0]["outcome"] == "success"
+    assert submission["sizing"]["user_blocks"] == manifest["training"]["params"]["user_blocks"]
 
     # Rerun of the same date: one consistent model behind the pointer, every prefix complete.
     dags_test(e2e, CONF)

@@ -137,7 +137,10 @@ def run_spark_job(
         os.remove(result_path)  # never read a previous attempt's result
     os.makedirs(os.path.dirname(result_path), exist_ok=True)
     env = {"PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
-           "GX_ANALYTICS_ENABLED": "false"}
+           "GX_ANALYTICS_ENABLED": "false",
+           # pyspark installs spark-submit next to this interpreter; find it even in a shell
+           # where the environment is not activated.
+           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
     hook = PipelineSparkSubmitHook(
         conn_id=conn_id,
         conf={**base_conf(), **(conf or {})},
@@ -157,7 +160,8 @@ def run_spark_job(
     try:
         hook.submit(application=job_path(job))
     except Exception as exc:
-        output = hook.output_tail
+        # The exception's own text counts too: a missing binary or a bad argument has no Spark output.
+        output = [*hook.output_tail, f"{type(exc).__name__}: {exc}"]
         code = getattr(getattr(hook, "_submit_sp", None), "returncode", None)
         raise SparkJobError(f"Spark job {job} failed: {str(exc).splitlines()[0]}\n" + "\n".join(output[-40:]),
                             "\n".join(output), code, hook.master) from exc
