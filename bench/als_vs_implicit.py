@@ -1,0 +1,170 @@
+"""ALS head-to-head: the project's Spark training job against the `implicit` library's CPU ALS.
+
+Same confidence matrix (generated logs, log confidence), same rank, alpha, lambda and
+iterations, same held-out split (the last generated day, items new to each user).
+
+* Spark: ``spark_jobs/train_als.py`` through ``music_recs.spark_submit.run_spark_job`` -- the
+  exact path the DAG's train task takes -- on ``local[*]``.
+* implicit: ``AlternatingLeastSquares`` with its conjugate-gradient solver and with its
+  Cholesky solver, ``num_threads`` = this machine's cores, ``OPENBLAS_NUM_THREADS=1``.
+
+Regularization: MLlib scales lambda by each row's number of ratings (ALS-WR); implicit uses it
+as is. Both get the same nominal lambda here and implicit additionally gets
+``lambda * mean ratings per row`` (reported as "implicit (scaled reg)") so neither is handicapped.
+
+Seconds per iteration: Spark = (fit time with N iterations - fit time with 1) / (N - 1), which
+drops job start-up and data loading; implicit = the median of its per-iteration callback times
+excluding the first. Each setting runs ``--repeats`` times and the median is reported.
+
+Run: ``.venv/bin/python bench/als_vs_implicit.py --plays-per-day 200000 --days 8 --ranks 32 64``
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+
+from music_recs import schema as S  # noqa: E402
+from music_recs.metrics import mean_metrics  # noqa: E402
+from music_recs.sample_data import Catalogue, CatalogueSpec, generate_day  # noqa: E402
+from music_recs.spark_submit import run_spark_job  # noqa: E402
+
+K = 10
+
+
+def build_matrix(plays_per_day: int, days: int, seed: int = 7):
+    spec = CatalogueSpec.for_plays_per_day(plays_per_day, seed=seed)
+    cat = Catalogue(spec)
+    end = dt.date(2026, 11, 20)
+    frames = [generate_day(end - dt.timedelta(days=i), plays_per_day, cat).assign(day=i) for i in range(days - 1, -1, -1)]
+    plays = pd.concat(frames)
+    plays = plays[plays[S.MS_PLAYED] >= 30_000]
+    train = plays[plays.day > 0].groupby([S.USER_ID, S.TRACK_ID]).size().rename("r").reset_index()
+    users = {u: i for i, u in enumerate(sorted(train[S.USER_ID].unique()))}
+    items = {t: i for i, t in enumerate(sorted(train[S.TRACK_ID].unique()))}
+    train["user_idx"] = train[S.USER_ID].map(users).astype("int32")
+    train["item_idx"] = train[S.TRACK_ID].map(items).astype("int32")
+    train["strength"] = np.log1p(train["r"]).astype("float64")
+    held = plays[plays.day == 0][[S.USER_ID, S.TRACK_ID]].drop_duplicates()
+    held = held[held[S.USER_ID].isin(users) & held[S.TRACK_ID].isin(items)]
+    held = held.assign(user_idx=held[S.USER_ID].map(users), item_idx=held[S.TRACK_ID].map(items))
+    seen = set(zip(train.user_idx, train.item_idx))
+    truth: dict[int, set] = {}
+    for u, i in zip(held.user_idx, held.item_idx):
+        if (u, i) not in seen:
+            truth.setdefault(int(u), set()).add(int(i))
+    csr = sp.csr_matrix((train.strength.to_numpy(np.float32), (train.user_idx, train.item_idx)),
+                        shape=(len(users), len(items)))
+    return train, csr, truth
+
+
+def top_k(user_factors: np.ndarray, item_factors: np.ndarray, csr, users) -> dict:
+    out = {}
+    for start in range(0, len(users), 2048):
+        batch = users[start:start + 2048]
+        scores = user_factors[batch] @ item_factors.T
+        for row, u in enumerate(batch):  # exclude items played in training
+            scores[row, csr.indices[csr.indptr[u]:csr.indptr[u + 1]]] = -np.inf
+        best = np.argpartition(-scores, K, axis=1)[:, :K]
+        order = np.take_along_axis(scores, best, 1).argsort(axis=1)[:, ::-1]
+        for row, u in enumerate(batch):
+            out[int(u)] = best[row, order[row]].tolist()
+    return out
+
+
+def spark_fit(matrix_dir, out_dir, rank, iters, reg, alpha):
+    result = run_spark_job("train_als", ["--matrix", matrix_dir, "--out", out_dir, "--rank", str(rank),
+                                         "--max-iter", str(iters), "--reg", str(reg), "--alpha", str(alpha),
+                                         "--checkpoint-interval", "5"],
+                           os.path.join(out_dir, "result.json"), conn_id="spark_default",
+                           conf={"spark.sql.shuffle.partitions": str(2 * (os.cpu_count() or 1))},
+                           driver_memory="8g", work_dir=os.path.join(out_dir, "_submit"))
+    return result["seconds"]["fit"]
+
+
+def load_factors(path: str, n: int) -> np.ndarray:
+    df = pd.read_parquet(path)
+    out = np.zeros((n, len(df.features.iloc[0])), dtype=np.float32)
+    out[df["id"].to_numpy()] = np.stack(df.features.to_numpy())
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--plays-per-day", type=int, default=200_000)
+    p.add_argument("--days", type=int, default=8)
+    p.add_argument("--ranks", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--reg", type=float, default=0.1)
+    p.add_argument("--alpha", type=float, default=40.0)
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args(argv)
+
+    t0 = time.time()
+    train, csr, truth = build_matrix(a.plays_per_day, a.days)
+    users = np.array(sorted(truth))
+    nnz = csr.nnz
+    reg_scaled = a.reg * nnz / csr.shape[0]
+    print(f"matrix: {csr.shape[0]} users x {csr.shape[1]} items, {nnz} non-zeros, {len(users)} evaluated users "
+          f"(built in {time.time() - t0:.0f}s); machine: {os.cpu_count()} cores, {platform.platform()}")
+    work = tempfile.mkdtemp(prefix="als_bench_")
+    matrix_dir = os.path.join(work, "matrix")
+    os.makedirs(os.path.join(matrix_dir, "train"))
+    train[["user_idx", "item_idx", S.USER_ID, S.TRACK_ID, "strength"]].rename(columns={S.TRACK_ID: S.ITEM_ID}) \
+        .to_parquet(os.path.join(matrix_dir, "train", "part-00000.parquet"), index=False)
+
+    import implicit
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    rows = []
+    for rank in a.ranks:
+        # Spark: per-iteration time from the difference of two fits, repeated.
+        per_iter, spark_out = [], os.path.join(work, f"spark_{rank}")
+        for _ in range(a.repeats):
+            one = spark_fit(matrix_dir, spark_out, rank, 1, a.reg, a.alpha)
+            full = spark_fit(matrix_dir, spark_out, rank, a.iterations, a.reg, a.alpha)
+            per_iter.append((full - one) / (a.iterations - 1))
+        uf = load_factors(os.path.join(spark_out, "user_factors"), csr.shape[0])
+        itf = load_factors(os.path.join(spark_out, "item_factors"), csr.shape[1])
+        m = mean_metrics(top_k(uf, itf, csr, users), truth, K)
+        rows.append(("Spark MLlib ALS (project job)", rank, statistics.median(per_iter), m))
+
+        for label, cg, reg in (("implicit CG", True, a.reg), ("implicit Cholesky", False, a.reg),
+                               ("implicit CG (scaled reg)", True, reg_scaled)):
+            times = []
+            for _ in range(a.repeats):
+                stamps = []
+                model = AlternatingLeastSquares(factors=rank, regularization=reg, alpha=a.alpha, use_cg=cg,
+                                                iterations=a.iterations, num_threads=os.cpu_count() or 1,
+                                                random_state=42)
+                model.fit(csr, show_progress=False, callback=lambda it, elapsed, loss: stamps.append(elapsed))
+                # implicit reports each iteration's own duration; the first one warms up
+                times.append(float(np.median(stamps[1:] if len(stamps) > 1 else stamps)))
+            m = mean_metrics(top_k(model.user_factors, model.item_factors, csr, users), truth, K)
+            rows.append((label, rank, statistics.median(times), m))
+    shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n{'solver':<32} {'rank':>4} {'s/iter':>8} {'x implicit CG':>14} {'prec@10':>8} {'MAP@10':>8}")
+    cg_time = {r: t for (label, r, t, _) in rows if label == "implicit CG"}
+    for label, rank, sec, m in rows:
+        print(f"{label:<32} {rank:>4} {sec:>8.3f} {sec / cg_time[rank]:>14.2f} {m['precision']:>8.4f} {m['map']:>8.4f}")
+    print(f"\nimplicit {implicit.__version__}, {a.iterations} iterations, lambda {a.reg} (scaled {reg_scaled:.3f}), "
+          f"alpha {a.alpha}, median of {a.repeats}; command: {' '.join(sys.argv)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
