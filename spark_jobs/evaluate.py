@@ -120,7 +120,8 @@ def run(spark: SparkSession, model_uri: str, matrix_uri: str, out_uri: str, k: i
     n_users = train.select(S.USER_IDX).distinct().count()
     max_played = train.groupBy(S.USER_IDX).count().agg(F.max("count")).first()[0] or 0
     want = max(k, top_n)
-    n_cand = min(n_items, want + min(max_played, MAX_EXCLUDED))
+    extra = min(max_played, MAX_EXCLUDED)
+    n_cand = min(n_items, want + extra)
     model = ALSModel.load(f"{model_uri.rstrip('/')}/model")
 
     with timer.phase("recommend"):
@@ -130,8 +131,7 @@ def run(spark: SparkSession, model_uri: str, matrix_uri: str, out_uri: str, k: i
         model_metrics = ranking_metrics(recs, holdout, k)
         coverage = recs.filter(F.col(S.RANK) <= k).select(S.ITEM_IDX).distinct().count() / max(n_items, 1)
         eval_users = holdout.select(S.USER_IDX).distinct()
-        pop = rank_excluding(popularity_candidates(train, eval_users, min(n_items, k + min(max_played, MAX_EXCLUDED))),
-                             train, k)
+        pop = rank_excluding(popularity_candidates(train, eval_users, min(n_items, k + extra)), train, k)
         baseline = ranking_metrics(pop, holdout, k)
     with timer.phase("write"):
         users = train.select(S.USER_IDX, S.USER_ID).distinct()

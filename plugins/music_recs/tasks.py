@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import subprocess
+from pathlib import Path
 from urllib.parse import urlparse
 
 from music_recs import __version__
@@ -112,11 +113,15 @@ def _folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
+def _submit_dir(plan: dict) -> str:
+    return os.path.join(plan["paths"]["lake"], "_submit")
+
+
 def _spark(plan: dict, job: str, args: list[str], input_bytes: int = 0, conf: dict | None = None, **kwargs) -> dict:
     cfg = config_of(plan)
     conf = {"spark.sql.shuffle.partitions": str(shuffle_partitions(input_bytes)), **(conf or {})}
     return run_spark_job(job, args, _result(plan, job), conn_id=cfg.spark_conn_id, conf=conf,
-                         work_dir=os.path.join(plan["paths"]["lake"], "_submit"), **kwargs)
+                         work_dir=_submit_dir(plan), **kwargs)
 
 
 def ingest(store: S3Store, plan: dict) -> dict:
@@ -153,7 +158,7 @@ def upload_quarantine(store: S3Store, plan: dict) -> str:
     """Quarantined rows go to S3 under a fixed name per day, so a rerun replaces them."""
     cfg = config_of(plan)
     parts = sorted(glob.glob(os.path.join(plan["paths"]["quarantine"], "part-*")))
-    body = b"".join(open(p, "rb").read() for p in parts)
+    body = b"".join(Path(p).read_bytes() for p in parts)
     key = f"{cfg.quarantine_key_prefix(plan['day'])}quarantine.jsonl"
     store.client.put_object(Bucket=cfg.raw_bucket, Key=key, Body=body)
     return f"s3://{cfg.raw_bucket}/{key}"
@@ -220,7 +225,7 @@ def train(plan: dict, matrix: dict) -> dict:
     result = run_with_resubmission(
         "train_als", args, _result(plan, "train_als"), sizing, local, per_executor_limit_mb(cluster),
         max_attempts=int(os.environ.get("MUSIC_RECS_TRAIN_ATTEMPTS", 3)), conn_id=cfg.spark_conn_id,
-        work_dir=os.path.join(plan["paths"]["lake"], "_submit"))
+        work_dir=_submit_dir(plan))
     log.info("ALS rank %d: %d users, %d items in %.1fs (%.2fs/iteration)", p["rank"], result["data"]["users"],
              result["data"]["items"], result["seconds"]["fit"], result["seconds_per_iteration"])
     return result
