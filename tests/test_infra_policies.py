@@ -1,0 +1,45 @@
+"""The AWS policy files: least privilege for the pipeline, TLS-only buckets."""
+
+import json
+from pathlib import Path
+
+from music_recs.config import PipelineConfig
+
+AWS = Path(__file__).resolve().parent.parent / "infra" / "aws"
+CFG = PipelineConfig()
+
+
+def statements(name):
+    return json.loads((AWS / name).read_text())["Statement"]
+
+
+def allowed(stmts, action):
+    return [r for s in stmts if s["Effect"] == "Allow" and action in ([s["Action"]] if isinstance(s["Action"], str)
+                                                                       else s["Action"])
+            for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
+
+
+def test_pipeline_reads_landing_writes_quarantine_and_models_only():
+    stmts = statements("pipeline-iam-policy.json")
+    assert sorted(allowed(stmts, "s3:GetObject")) == sorted([
+        f"arn:aws:s3:::{CFG.raw_bucket}/{CFG.landing_prefix}/*",
+        f"arn:aws:s3:::{CFG.models_bucket}/{CFG.models_prefix}/*"])
+    assert sorted(allowed(stmts, "s3:PutObject")) == sorted([
+        f"arn:aws:s3:::{CFG.raw_bucket}/{CFG.quarantine_prefix}/*",
+        f"arn:aws:s3:::{CFG.models_bucket}/{CFG.models_prefix}/*"])
+    assert not any("*" == s["Action"] or s["Action"] == "s3:*" for s in stmts if s["Effect"] == "Allow")
+    assert not allowed(stmts, "s3:DeleteObject")
+
+
+def test_deletes_are_denied_explicitly():
+    deny = [s for s in statements("pipeline-iam-policy.json") if s["Effect"] == "Deny"]
+    assert deny and "s3:DeleteObject" in deny[0]["Action"]
+    assert f"arn:aws:s3:::{CFG.models_bucket}/*" in deny[0]["Resource"]
+    assert f"arn:aws:s3:::{CFG.raw_bucket}/*" in deny[0]["Resource"]
+
+
+def test_bucket_policy_denies_plain_http():
+    (stmt,) = statements("bucket-policy-tls-only.json")
+    assert stmt["Effect"] == "Deny" and stmt["Principal"] == "*" and stmt["Action"] == "s3:*"
+    assert stmt["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert f"arn:aws:s3:::{CFG.models_bucket}/*" in stmt["Resource"]
