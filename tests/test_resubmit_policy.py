@@ -29,6 +29,13 @@ def test_each_failure_class_is_recognised(expected):
     assert lines and len(lines[0]) <= 500
 
 
+def test_an_executor_that_exited_with_spark_oom_code_is_an_executor_oom():
+    line = ("26/11/24 11:00:00 ERROR TaskSchedulerImpl: Lost executor 1 on 127.0.0.1: Unable to create executor due to "
+            "ExecutorLostFailure (executor 1 exited caused by one of the running tasks) Reason: Command exited with code 52")
+    assert classify_failure(line, 1)[0] is Failure.EXECUTOR_OOM
+    assert classify_failure("Lost executor 1 on 127.0.0.1: Command exited with code 1", 1)[0] is Failure.EXECUTORS_LOST
+
+
 def test_a_killed_process_without_a_message_is_a_memory_kill():
     assert classify_failure("", 137)[0] is Failure.CONTAINER_MEMORY
     assert classify_failure("something odd\n", 1)[0] is Failure.UNKNOWN

@@ -35,7 +35,10 @@ _PATTERNS: list[tuple[Failure, re.Pattern]] = [
         r"Exception in thread \"(main|dag-scheduler-event-loop|driver-heartbeater)\" java\.lang\.OutOfMemoryError"
         r"|OutOfMemoryError.*\bdriver\b|Total size of serialized results .* is bigger than spark\.driver\.maxResultSize",
         re.I)),
-    (Failure.EXECUTOR_OOM, re.compile(r"java\.lang\.OutOfMemoryError|Java heap space|GC overhead limit exceeded")),
+    # 52 is Spark's exit code for an executor that died of OutOfMemoryError (SparkExitCode.OOM):
+    # on a cluster the driver often sees only that, the error itself is in the executor's log.
+    (Failure.EXECUTOR_OOM, re.compile(r"java\.lang\.OutOfMemoryError|Java heap space|GC overhead limit exceeded"
+                                      r"|exited with code 52\b|exit code:? 52\b", re.I)),
     (Failure.FETCH_FAILED, re.compile(r"FetchFailedException|MetadataFetchFailedException|"
                                       r"Missing an output location for shuffle")),
     (Failure.EXECUTORS_LOST, re.compile(
