@@ -61,9 +61,10 @@ def run(spark: SparkSession, matrix_uri: str, out_uri: str, rank: int = 32, max_
     user_blocks, item_blocks = user_blocks or blocks, item_blocks or blocks
 
     with timer.phase("load"):
+        matrix = spark.read.parquet(f"{matrix_uri.rstrip('/')}/train")
+        S.require_columns(matrix.columns, (S.USER_IDX, S.ITEM_IDX, "strength"), f"the training matrix {matrix_uri}/train")
         ratings = (
-            spark.read.parquet(f"{matrix_uri.rstrip('/')}/train")
-            .select(S.USER_IDX, S.ITEM_IDX, F.col("strength").cast("float").alias("strength"))
+            matrix.select(S.USER_IDX, S.ITEM_IDX, F.col("strength").cast("float").alias("strength"))
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         nnz = ratings.count()

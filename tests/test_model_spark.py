@@ -119,3 +119,10 @@ def test_non_finite_factors_are_refused(spark):
     check_finite(ok, ok)
     with pytest.raises(NonFiniteFactorsError, match="2 items"):
         check_finite(ok, nan)
+
+
+def test_a_matrix_without_the_strength_column_is_refused_by_name(spark, tmp_path):
+    m = str(tmp_path / "matrix")
+    spark.createDataFrame([(0, 0)], "user_idx int, item_idx int").write.parquet(f"{m}/train")
+    with pytest.raises(ValueError, match="missing required column\\(s\\): strength"):
+        train_als.run(spark, m, str(tmp_path / "model"), rank=2, max_iter=1)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import hashlib
+import json
 import logging
 import os
 
@@ -127,6 +128,4 @@ def read_latest(store: S3Store, bucket: str, pointer_key: str) -> tuple[dict, di
     raw = store.get_bytes(bucket, pointer["manifest_key"])
     if raw is None or hashlib.sha256(raw[0]).hexdigest() != pointer["manifest_sha256"]:
         raise PublishError(f"the manifest named by s3://{bucket}/{pointer_key} is missing or altered")
-    import json
-
     return pointer, json.loads(raw[0])

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import io
-import json
 import os
 from dataclasses import dataclass
 
@@ -188,7 +187,3 @@ def upload_days(store, bucket: str, landing_prefix: str, days: list[dt.date], pl
             key = f"{landing_prefix}/dt={day.isoformat()}/{name}"
             store.client.put_object(Bucket=bucket, Key=key, Body=data)
     return plays * len(days)
-
-
-def json_line(record: dict) -> str:
-    return json.dumps(record, separators=(",", ":"))

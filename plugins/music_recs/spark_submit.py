@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import deque
 import os
 import sys
 import tempfile
 import time
 import zipfile
-from pathlib import Path
-
+from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
@@ -109,7 +108,7 @@ def job_path(job: str) -> str:
     return str(path)
 
 
-def base_conf(master: str | None = None) -> dict[str, str]:
+def base_conf() -> dict[str, str]:
     log4j = f"-Dlog4j2.configurationFile=file:{LOG4J2}"
     return {
         "spark.driver.extraJavaOptions": log4j,
