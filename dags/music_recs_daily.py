@@ -31,6 +31,7 @@ from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, tas
 
 from music_recs import tasks
 from music_recs.config import load_config
+from music_recs.notifier import FailureNotifier
 from music_recs.params import airflow_params
 from music_recs.s3 import S3Store
 from music_recs.sensors import LandingPartitionSensor
@@ -63,6 +64,8 @@ def _store(plan: dict) -> S3Store:
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": dt.timedelta(minutes=30),
         "execution_timeout": dt.timedelta(hours=2),
+        # Posts to the connection music_recs_alerts; only logs when it does not exist.
+        "on_failure_callback": FailureNotifier(),
     },
     tags=["music-recs", "spark", "als"],
     doc_md=__doc__,
