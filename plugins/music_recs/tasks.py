@@ -22,6 +22,7 @@ from music_recs.config import PipelineConfig
 from music_recs.params import RunParams
 from music_recs.publish import ARTIFACTS, PublishError, publish, read_latest
 from music_recs.quality_gate import QualityGateFailed, decide
+from music_recs.report import publish_report
 from music_recs.s3 import S3Store
 from music_recs.sizing import shuffle_partitions
 from music_recs.executor_sizing import MatrixShape, cluster_from_env, per_executor_limit_mb, size_als
@@ -296,8 +297,13 @@ def publish_run(store: S3Store, plan: dict, ingested: dict, validated: dict, mat
         "metrics": {"k": evaluated["k"], "model": evaluated["model"], "baseline_popularity": evaluated["baseline_popularity"]},
         "quality_gate": gate,
     }
+    prefix = cfg.model_key_prefix(plan["day"], plan["run_key"])
+    # The report goes up before the manifest and the pointer: a model behind the pointer always has one.
+    manifest["report"] = publish_report(
+        store, cfg.models_bucket, cfg.models_prefix, prefix,
+        {**manifest, "day": plan["day"], "run_id": plan["run_id"], "prefix": plan["publish_prefix"]}, plan["run_key"])
     decision = publish(
-        store, cfg.models_bucket, cfg.model_key_prefix(plan["day"], plan["run_key"]), cfg.pointer_key,
+        store, cfg.models_bucket, prefix, cfg.pointer_key,
         plan["day"], plan["run_id"], {name: f"{model_dir}/{name}" for name in ARTIFACTS},
         manifest, allow_rewind=p["allow_pointer_rewind"],
     )
@@ -306,4 +312,5 @@ def publish_run(store: S3Store, plan: dict, ingested: dict, validated: dict, mat
              "moved" if decision["moved"] else "kept: " + decision["reason"], evaluated["k"], m["map"],
              evaluated["k"], m["precision"])
     return {"prefix": plan["publish_prefix"], "manifest": f"s3://{cfg.models_bucket}/{decision['manifest_key']}",
+            "report": f"s3://{cfg.models_bucket}/{manifest['report']['key']}",
             "pointer_moved": decision["moved"], "pointer_reason": decision["reason"], "metrics": m}

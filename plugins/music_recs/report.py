@@ -1,0 +1,261 @@
+"""The run report: one self-contained HTML file stored next to the run's manifest.
+
+``dt=D/run=R/report.html`` shows what the run did, from its manifest, and how it compares
+with the runs published before it, from their manifests:
+
+- rows read, accepted, quarantined and duplicates per day (chart), quarantine reasons;
+- training settings, the sizing and every spark-submit attempt;
+- the metrics @k against the popularity baseline (chart) and the quality gate decision;
+- the primary metric and training time of previous runs over time (charts).
+
+Charts are PNGs drawn with matplotlib's Agg backend and embedded as ``data:`` URIs, so the
+file opens anywhere with no network access and nothing next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import html
+import io
+import logging
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on workers
+import matplotlib.pyplot as plt  # noqa: E402
+
+from music_recs.publish import MANIFEST  # noqa: E402
+from music_recs.s3 import S3Store  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.html"
+HISTORY_DAYS = 60  # previous days shown in the charts over time
+METRICS = ("precision", "recall", "map", "ndcg")
+_MODEL_COLOR, _BASELINE_COLOR = "#1f77b4", "#aaaaaa"
+
+
+# --- previous runs ---------------------------------------------------------------------
+def previous_manifests(store: S3Store, bucket: str, models_prefix: str, day: str, run_key: str,
+                       history_days: int = HISTORY_DAYS) -> list[dict]:
+    """Manifests published for the ``history_days`` days up to ``day``, oldest first, this run excluded.
+
+    Reads ``{models_prefix}/dt=*/run=*/manifest.json``; a manifest that does not parse is
+    skipped with a warning (it cannot be fixed by failing this run's publication).
+    """
+    first = (dt.date.fromisoformat(day) - dt.timedelta(days=history_days)).isoformat()
+    keys = []
+    for obj in store.list_objects(bucket, f"{models_prefix}/dt="):
+        parts = obj.key[len(models_prefix) + 1:].split("/")
+        if len(parts) != 3 or parts[2] != MANIFEST:
+            continue
+        obj_day, obj_run = parts[0].removeprefix("dt="), parts[1].removeprefix("run=")
+        if first <= obj_day <= day and obj_run != run_key:
+            keys.append(obj.key)
+    manifests = []
+    for key in keys:
+        got = store.get_json(bucket, key)
+        if got is None or not isinstance(got[0], dict) or "day" not in got[0]:
+            log.warning("skipping s3://%s/%s in the report: not a manifest", bucket, key)
+            continue
+        manifests.append(got[0])
+    return sorted(manifests, key=lambda m: (m["day"], m.get("published_at", "")))
+
+
+def last_run_per_day(manifests: list[dict]) -> list[dict]:
+    """One manifest per day: the last published (manifests sorted by day, then publication)."""
+    by_day = {}
+    for m in manifests:
+        by_day[m["day"]] = m
+    return [by_day[d] for d in sorted(by_day)]
+
+
+# --- charts ----------------------------------------------------------------------------
+def png_data_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _rows(m: dict, name: str) -> int:
+    return int((m.get("rows") or {}).get(name, 0) or 0)
+
+
+def chart_rows_per_day(runs: list[dict]) -> str:
+    days = [m["day"] for m in runs]
+    series = [("read", "rows_read", "#555555"), ("accepted", "rows_accepted", "#2ca02c"),
+              ("quarantined", "rows_quarantined", "#d62728"), ("duplicates", "duplicates_removed", "#ff7f0e")]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    width = 0.8 / len(series)
+    for i, (label, key, color) in enumerate(series):
+        ax.bar([x + (i - 1.5) * width for x in range(len(days))], [_rows(m, key) for m in runs], width,
+               label=label, color=color)
+    ax.set_xticks(range(len(days)), days, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("rows")
+    ax.set_title("Stream log rows per day")
+    ax.legend(fontsize=8)
+    return png_data_uri(fig)
+
+
+def chart_metrics_vs_baseline(manifest: dict) -> str:
+    metrics = manifest["metrics"]
+    k = metrics["k"]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    xs = range(len(METRICS))
+    ax.bar([x - 0.2 for x in xs], [metrics["model"][n] for n in METRICS], 0.4, label="ALS model",
+           color=_MODEL_COLOR)
+    ax.bar([x + 0.2 for x in xs], [metrics["baseline_popularity"][n] for n in METRICS], 0.4,
+           label="most popular", color=_BASELINE_COLOR)
+    ax.set_xticks(list(xs), [f"{n}@{k}" for n in METRICS])
+    ax.set_title(f"Metrics of dt={manifest['day']} against the popularity baseline")
+    ax.legend(fontsize=8)
+    return png_data_uri(fig)
+
+
+def chart_metric_over_time(runs: list[dict], metric: str, current_day: str) -> str:
+    days = [m["day"] for m in runs]
+    xs = range(len(days))  # positions, not date strings: matplotlib would guess units from those
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(xs, [m["metrics"]["model"].get(metric, 0.0) for m in runs], "o-", color=_MODEL_COLOR,
+            label="ALS model")
+    ax.plot(xs, [m["metrics"]["baseline_popularity"].get(metric, 0.0) for m in runs], "s--",
+            color=_BASELINE_COLOR, label="most popular")
+    if current_day in days:
+        i = days.index(current_day)
+        ax.plot([i], [runs[i]["metrics"]["model"].get(metric, 0.0)], "o", ms=12, mfc="none", mec="black",
+                label="this run")
+    ax.set_title(f"{metric} per day (last published run of each day)")
+    ax.set_xticks(list(xs), days, rotation=45, ha="right", fontsize=8)
+    ax.legend(fontsize=8)
+    return png_data_uri(fig)
+
+
+def chart_training_over_time(runs: list[dict]) -> str:
+    days = [m["day"] for m in runs]
+    seconds = [float(((m.get("training") or {}).get("seconds") or {}).get("fit", 0.0)) for m in runs]
+    attempts = [len((((m.get("training") or {}).get("submission") or {}).get("attempts")) or [1]) for m in runs]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    bars = ax.bar(range(len(days)), seconds, color=["#d62728" if a > 1 else _MODEL_COLOR for a in attempts])
+    for bar, a in zip(bars, attempts):
+        ax.annotate(f"{a} attempt{'s' if a > 1 else ''}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel("ALS fit seconds")
+    ax.set_title("Training time per day (red: resubmitted)")
+    ax.set_xticks(range(len(days)), days, rotation=45, ha="right", fontsize=8)
+    return png_data_uri(fig)
+
+
+# --- HTML ------------------------------------------------------------------------------
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<img src="{uri}" alt="{_e(alt)}">'
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:60em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.pass{color:#2ca02c}.fail{color:#d62728}
+"""
+
+
+def build_report(manifest: dict, history: list[dict]) -> str:
+    """The HTML report of the run described by ``manifest`` (which has ``day`` and ``run_id``)."""
+    day = manifest["day"]
+    runs = last_run_per_day([*(m for m in history if m["day"] != day), manifest])
+    metrics, gate, training = manifest["metrics"], manifest["quality_gate"], manifest.get("training") or {}
+    primary = manifest["params"].get("primary_metric", "map")
+    k = metrics["k"]
+    rows = manifest["rows"]
+    submission = training.get("submission") or {}
+    window = manifest.get("data_window") or {}
+
+    reasons = sorted((manifest.get("quarantine") or {}).get("reasons", {}).items(), key=lambda kv: -kv[1])
+    attempts = submission.get("attempts") or []
+    attempt_rows = []
+    for a in attempts:
+        s = a.get("settings") or submission.get("sizing") or {}
+        attempt_rows.append([a.get("attempt"), a.get("outcome"), a.get("seconds"), s.get("executor_memory_mb"),
+                             s.get("executor_cores"), s.get("num_executors"), s.get("user_blocks"),
+                             s.get("item_blocks"), s.get("checkpoint_interval"), "; ".join(a.get("log") or [])])
+    published = gate.get("published")
+    verdict = "passed" if gate.get("passed") else ("failed, overridden" if gate.get("overridden") else "failed")
+
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>music_recs dt={_e(day)} run {_e(manifest['run_id'])}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>music_recs_daily: dt={_e(day)}</h1>",
+        f"<p>run <code>{_e(manifest['run_id'])}</code>, code {_e(manifest.get('code_version', ''))}, "
+        f"published to <code>{_e(manifest.get('prefix', ''))}</code>; data window "
+        f"{_e(window.get('first_day', ''))} .. {_e(day)}, trained on the days up to "
+        f"{_e(window.get('last_train_day', ''))}, held out {_e(', '.join(window.get('holdout_days', [])))}</p>",
+        "<h2>Rows</h2>",
+        _table(["day", "read", "accepted", "quarantined", "duplicates"],
+               [[m["day"], _rows(m, "rows_read"), _rows(m, "rows_accepted"), _rows(m, "rows_quarantined"),
+                 _rows(m, "duplicates_removed")] for m in runs]),
+        _img(chart_rows_per_day(runs), "rows per day"),
+        f"<p>Quarantine of dt={_e(day)}: <code>{_e((manifest.get('quarantine') or {}).get('uri', ''))}</code></p>",
+        _table(["reason", "rows"], [[r, n] for r, n in reasons]) if reasons else "<p>No row was quarantined.</p>",
+        "<h2>Training</h2>",
+        _table(["setting", "value"], [[n, v] for n, v in sorted((training.get("params") or {}).items())]
+               + [[f"matrix {n}", v] for n, v in sorted((training.get("data") or {}).items())]
+               + [["fit seconds", (training.get("seconds") or {}).get("fit")],
+                  ["seconds per iteration", training.get("seconds_per_iteration")]]),
+        "<h3>spark-submit attempts</h3>",
+        _table(["attempt", "outcome", "seconds", "executor MB", "cores", "executors", "user blocks",
+                "item blocks", "checkpoint interval", "decisive log lines"], attempt_rows)
+        if attempt_rows else "<p>No attempt recorded.</p>",
+        "<h2>Metrics</h2>",
+        f"<p>Quality gate on {_e(primary)}@{_e(k)}: <b class='{'pass' if gate.get('passed') else 'fail'}'>"
+        f"{_e(verdict)}</b>; model {_e(_fmt(gate.get('candidate')))}, popularity baseline "
+        f"{_e(_fmt(gate.get('baseline')))}, previously published model "
+        f"{_e('none' if published is None else _fmt(published))}"
+        f"{_e(' (' + '; '.join(gate['reasons']) + ')') if gate.get('reasons') else ''}</p>",
+        _table(["metric", "ALS model", "most popular"],
+               [[f"{n}@{k}", metrics["model"][n], metrics["baseline_popularity"][n]] for n in METRICS]
+               + [["coverage", metrics["model"].get("coverage"), metrics["baseline_popularity"].get("coverage")],
+                  ["users evaluated", metrics["model"].get("users_evaluated"),
+                   metrics["baseline_popularity"].get("users_evaluated")]]),
+        _img(chart_metrics_vs_baseline(manifest), "metrics against the popularity baseline"),
+        "<h2>Previous runs</h2>",
+        _table(["day", "run", f"{primary}@k model", f"{primary}@k popularity", "rank", "fit seconds"],
+               [[m["day"], m["run_id"], m["metrics"]["model"].get(primary), m["metrics"]["baseline_popularity"].get(primary),
+                 (m.get("params") or {}).get("rank"), ((m.get("training") or {}).get("seconds") or {}).get("fit")]
+                for m in runs]),
+        _img(chart_metric_over_time(runs, primary, day), f"{primary} over time"),
+        _img(chart_training_over_time(runs), "training time over time"),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def publish_report(store: S3Store, bucket: str, models_prefix: str, prefix: str, manifest: dict,
+                   run_key: str) -> dict:
+    """Build the report, upload it to ``{prefix}report.html``, read it back; returns its key, size, SHA-256."""
+    history = previous_manifests(store, bucket, models_prefix, manifest["day"], run_key)
+    body = build_report(manifest, history).encode()
+    key = prefix + REPORT
+    store.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/html; charset=utf-8")
+    got = store.get_bytes(bucket, key)
+    digest = hashlib.sha256(body).hexdigest()
+    if got is None or hashlib.sha256(got[0]).hexdigest() != digest:
+        raise RuntimeError(f"s3://{bucket}/{key} does not match the report that was uploaded")
+    log.info("run report s3://%s/%s (%d bytes, %d previous runs)", bucket, key, len(body), len(history))
+    return {"key": key, "size": len(body), "sha256": digest}

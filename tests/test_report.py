@@ -1,0 +1,151 @@
+"""The run report: published next to the manifest by publish_run, one HTML file with its charts embedded."""
+
+import base64
+import datetime as dt
+import hashlib
+import html.parser
+import json
+import struct
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from music_recs import tasks
+from music_recs.config import PipelineConfig
+from music_recs.publish import ARTIFACTS, read_latest
+from music_recs.quality_gate import decide
+from music_recs.report import build_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class _Page(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.text = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        for name in ("href", "src"):
+            if tag != "img" and attrs.get(name):
+                self.links.append(attrs[name])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(page: str) -> _Page:
+    parser = _Page()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+def png_size(uri: str) -> tuple[int, int]:
+    prefix = "data:image/png;base64,"
+    assert uri.startswith(prefix), uri[:40]
+    data = base64.b64decode(uri[len(prefix):], validate=True)
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def run_inputs(day: str, rows_read: int, model_map: float, attempts: list[dict]) -> tuple:
+    ingested = {"rows_read": rows_read, "rows_accepted": rows_read - 110, "rows_quarantined": 37,
+                "duplicates_removed": 73, "quarantine_uri": f"s3://raw/quarantine/stream_logs/dt={day}/quarantine.jsonl",
+                "quarantine_reasons": {"unparseable_ts": 29, "malformed_user_id": 8}}
+    validated = {"suite": "stream_logs_daily", "statistics": {"evaluated_expectations": 12, "successful_expectations": 12}}
+    matrix = {"window": {"first_day": "2026-11-17", "last_train_day": "2026-11-19", "holdout_days": [day],
+                         "days_present": []},
+              "stats": {"track": {"users": 311, "items": 977, "nnz": 4242}}}
+    trained = {"params": {"rank": 8, "max_iter": 5, "reg": 0.1, "alpha": 40.0, "user_blocks": 2, "item_blocks": 2,
+                          "checkpoint_interval": 5},
+               "data": {"users": 311, "items": 977, "nnz": 4242}, "seconds": {"fit": 12.75},
+               "seconds_per_iteration": 2.55, "spark_conf": {},
+               "submission": {"settings": {}, "attempts": attempts, "sizing": attempts[-1]["settings"]}}
+    model = {"precision": 0.0912, "recall": 0.1733, "map": model_map, "ndcg": 0.1411, "coverage": 0.31,
+             "users_evaluated": 250}
+    baseline = {"precision": 0.0311, "recall": 0.0622, "map": 0.0188, "ndcg": 0.0455, "coverage": 0.01,
+                "users_evaluated": 250}
+    evaluated = {"k": 10, "model": model, "baseline_popularity": baseline}
+    gate = decide("map", model, baseline, None).as_dict()
+    return ingested, validated, matrix, trained, evaluated, gate
+
+
+SETTINGS = {"executor_memory_mb": 1024, "executor_cores": 2, "num_executors": 1, "user_blocks": 2, "item_blocks": 2,
+            "checkpoint_interval": 5}
+
+
+@pytest.fixture
+def publish_day(store, bucket, tmp_path):
+    cfg = PipelineConfig(models_bucket=bucket, lake_uri=str(tmp_path / "lake"))
+
+    def run(day: str, rows_read: int, model_map: float, attempts: list[dict]) -> tuple[dict, dict]:
+        start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc)
+        plan = tasks.plan_run({"rank": 8, "max_iter": 5, "window_days": 4}, start, f"scheduled__{day}T00:00:00+00:00",
+                              cfg)
+        for name in ARTIFACTS:
+            folder = tmp_path / "lake" / "runs" / f"dt={day}" / f"run={plan['run_key']}" / "model" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table({"user_id": ["u1"], "item_id": ["t1"]}), folder / "part-00000-x.snappy.parquet")
+        published = tasks.publish_run(store, plan, *run_inputs(day, rows_read, model_map, attempts))
+        return plan, published
+
+    return run
+
+
+def test_publish_stores_a_self_contained_report_with_every_chart_and_the_numbers(store, bucket, publish_day):
+    ok = [{"attempt": 1, "outcome": "success", "seconds": 14.2, "settings": SETTINGS}]
+    publish_day("2026-11-19", 1500, 0.0644, ok)
+    retried = [{"attempt": 1, "outcome": "executor_out_of_memory", "seconds": 31.5, "settings": SETTINGS,
+                "log": ["java.lang.OutOfMemoryError: Java heap space"]},
+               {"attempt": 2, "outcome": "success", "seconds": 15.1, "settings": {**SETTINGS, "user_blocks": 4}}]
+    plan, published = publish_day("2026-11-20", 2000, 0.0733, retried)
+
+    pointer, manifest = read_latest(store, bucket, "music_recs/latest.json")
+    assert pointer["day"] == "2026-11-20"
+    key = f"music_recs/dt=2026-11-20/run={plan['run_key']}/report.html"
+    assert manifest["report"]["key"] == key and published["report"] == f"s3://{bucket}/{key}"
+    body, _ = store.get_bytes(bucket, key)
+    assert hashlib.sha256(body).hexdigest() == manifest["report"]["sha256"] and len(body) == manifest["report"]["size"]
+
+    page = parse(body.decode())
+    alts = [img["alt"] for img in page.images]
+    assert alts == ["rows per day", "metrics against the popularity baseline", "map over time",
+                    "training time over time"]
+    for img in page.images:
+        width, height = png_size(img["src"])
+        assert width > 200 and height > 100
+    assert page.links == []  # nothing loaded from elsewhere: it opens anywhere
+    text = " ".join(page.text)
+    for number in ("2000", "1890", "37", "73", "0.0733", "0.0188", "0.0912", "4242", "12.75"):
+        assert number in text, number
+    assert "executor_out_of_memory" in text and "java.lang.OutOfMemoryError" in text and "unparseable_ts" in text
+    # the previous day is in the history, with its own numbers
+    assert "2026-11-19" in text and "1500" in text and "0.0644" in text
+    assert "passed" in text
+
+
+def test_a_rerun_replaces_its_day_in_the_history_and_foreign_objects_are_skipped(store, bucket, publish_day):
+    ok = [{"attempt": 1, "outcome": "success", "seconds": 14.2, "settings": SETTINGS}]
+    store.client.put_object(Bucket=bucket, Key="music_recs/dt=2026-11-18/run=broken/manifest.json", Body=b"[1, 2]")
+    publish_day("2026-11-19", 1500, 0.0644, ok)
+    plan, _ = publish_day("2026-11-19", 1600, 0.0655, ok)  # the same run again: its own prefix is overwritten
+    _, manifest = read_latest(store, bucket, "music_recs/latest.json")
+    text = " ".join(parse(store.get_bytes(bucket, manifest["report"]["key"])[0].decode()).text)
+    assert "1600" in text and "1500" not in text and "broken" not in text
+
+
+def test_report_escapes_values_from_the_run():
+    ok = [{"attempt": 1, "outcome": "success", "seconds": 1.0, "settings": SETTINGS}]
+    ingested, validated, matrix, trained, evaluated, gate = run_inputs("2026-11-20", 100, 0.05, ok)
+    manifest = {"day": "2026-11-20", "run_id": "manual__<script>alert(1)</script>", "params": {"primary_metric": "map"},
+                "rows": {k: ingested[k] for k in ("rows_read", "rows_accepted", "rows_quarantined",
+                                                  "duplicates_removed")},
+                "quarantine": {"uri": "", "reasons": {}}, "data_window": matrix["window"], "training": trained,
+                "metrics": evaluated, "quality_gate": gate}
+    page = build_report(manifest, [])
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert json.dumps(manifest)  # the manifest given is left JSON-able
