@@ -20,7 +20,7 @@ import os
 import tempfile
 
 from music_recs.landing import FORMATS
-from music_recs.validation import check_bucket, check_prefix
+from music_recs.validation import check_bucket, check_lake_uri, check_prefix
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ class PipelineConfig:
         check_bucket(self.models_bucket, "models_bucket")
         for name in ("landing_prefix", "quarantine_prefix", "models_prefix"):
             check_prefix(getattr(self, name), name)
-        if not self.lake_uri:
-            raise ValueError("lake_uri must not be empty")
+        check_lake_uri(self.lake_uri)
         if self.source_format not in ("auto", *FORMATS):
             raise ValueError(f"source_format must be 'auto' or one of {FORMATS}, got {self.source_format!r}")
         object.__setattr__(self, "max_quarantine_fraction", float(self.max_quarantine_fraction))

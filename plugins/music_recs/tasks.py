@@ -27,7 +27,7 @@ from music_recs.s3 import S3Store
 from music_recs.sizing import shuffle_partitions
 from music_recs.executor_sizing import MatrixShape, cluster_from_env, per_executor_limit_mb, size_als
 from music_recs.spark_submit import REPO_ROOT, run_spark_job, run_with_resubmission, spark_master
-from music_recs.validation import safe_key_part
+from music_recs.validation import check_run_conf_names_no_location, safe_key_part
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def logical_day(data_interval_start: dt.datetime) -> dt.date:
 
 
 def plan_run(params: dict, data_interval_start: dt.datetime, run_id: str, cfg: PipelineConfig) -> dict:
+    check_run_conf_names_no_location(params, {f.name for f in dataclasses.fields(PipelineConfig)})
     run = RunParams.from_params(dict(params))
     day = logical_day(data_interval_start).isoformat()
     run_key = safe_key_part(run_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from urllib.parse import urlparse
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._=/-]+$")
@@ -47,3 +48,29 @@ def check_prefix(prefix: str, what: str = "prefix") -> str:
 def safe_key_part(value: str) -> str:
     """Make a run id usable as one S3 key segment (run ids contain ':' and '+')."""
     return _RUN_ID_SAFE_RE.sub("_", value)
+
+
+LAKE_SCHEMES = ("", "file", "s3a", "hdfs")
+
+
+def check_lake_uri(uri: str, what: str = "lake_uri") -> str:
+    """An absolute local path or a ``file://``/``s3a://``/``hdfs://`` URI, with no '..' segment."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise ValueError(f"{what} must be a non-empty path or URI, got {uri!r}")
+    parsed = urlparse(uri)
+    if parsed.scheme not in LAKE_SCHEMES:
+        raise ValueError(f"{what} {uri!r}: scheme {parsed.scheme!r} is not one of file, s3a, hdfs")
+    if not parsed.scheme and not uri.startswith("/"):
+        raise ValueError(f"{what} {uri!r} must be an absolute path (a relative one depends on the worker's folder)")
+    if any(part in ("..", ".") for part in parsed.path.split("/")):
+        raise ValueError(f"{what} {uri!r} must not contain '..' or '.' segments")
+    return uri
+
+
+def check_run_conf_names_no_location(params: dict, settings: set[str]) -> None:
+    """Run conf (UI trigger, CLI --conf) may set the DAG's params only, never where data is read or written."""
+    named = sorted(set(params) & settings)
+    if named:
+        raise ValueError(
+            f"run conf may not set {', '.join(named)}: buckets, prefixes and paths come from the configuration "
+            "(MUSIC_RECS_* environment variables or the Airflow Variable music_recs_config), not from a run")
