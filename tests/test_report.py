@@ -149,3 +149,15 @@ def test_report_escapes_values_from_the_run():
     page = build_report(manifest, [])
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert json.dumps(manifest)  # the manifest given is left JSON-able
+
+
+def test_cli_latest_shows_the_run_params_and_report(store, bucket, publish_day, monkeypatch, capsys):
+    from music_recs import cli
+
+    ok = [{"attempt": 1, "outcome": "success", "seconds": 14.2, "settings": SETTINGS}]
+    plan, _ = publish_day("2026-11-20", 2000, 0.0733, ok)
+    monkeypatch.setenv("MUSIC_RECS_MODELS_BUCKET", bucket)
+    assert cli.main(["latest"]) == 0
+    out = capsys.readouterr().out
+    assert "params: rank=8, max_iter=5, window_days=4 (others default)" in out
+    assert f"report: s3://{bucket}/music_recs/dt=2026-11-20/run={plan['run_key']}/report.html" in out

@@ -20,6 +20,7 @@ import sys
 
 from music_recs import local_s3
 from music_recs.config import load_config
+from music_recs.params import PARAM_SPECS
 from music_recs.publish import PublishError, read_latest
 from music_recs.s3 import S3Store
 from music_recs.sample_data import Catalogue, CatalogueSpec, upload_days
@@ -99,6 +100,12 @@ def cmd_latest(args) -> int:
     print(f"  precision@{k} {m['precision']:.4f} (popularity {b['precision']:.4f}), "
           f"MAP@{k} {m['map']:.4f} (popularity {b['map']:.4f}), NDCG@{k} {m['ndcg']:.4f}, "
           f"recall@{k} {m['recall']:.4f}, coverage {m['coverage']:.3f}")
+    used = manifest["params"]
+    changed = {k: used[k] for k, (default, *_) in PARAM_SPECS.items() if k in used and used[k] != default}
+    print("  params: " + (", ".join(f"{k}={v}" for k, v in changed.items()) + " (others default)" if changed
+                          else "all default"))
+    if manifest.get("report"):
+        print(f"  report: s3://{cfg.models_bucket}/{manifest['report']['key']}")
     user = first_user(store, cfg.models_bucket, manifest)
     if user:
         print(f"  try: music-recs recommend --user {user}")
