@@ -50,7 +50,8 @@ class TooManyBadRows(RuntimeError):
 def logical_day(data_interval_start: dt.datetime) -> dt.date:
     """The partition a run processes: the day its data interval starts (UTC), never "now"."""
     if data_interval_start is None:
-        raise ValueError("the run has no data interval; this DAG needs an interval timetable")
+        raise ValueError("the run has no data interval, so no day to process: it was triggered without a logical "
+                         "date; trigger it with one (the trigger form's default, `airflow dags trigger -l ...`)")
     return data_interval_start.astimezone(dt.timezone.utc).date()
 
 
