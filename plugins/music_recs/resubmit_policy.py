@@ -88,8 +88,12 @@ def next_settings(failure: Failure, current: ExecutorSizing, local: bool, memory
         return s.scaled(driver_memory_mb=_mb(s.driver_memory_mb, 2, memory_cap_mb),
                         user_blocks=s.user_blocks * 2, item_blocks=s.item_blocks * 2)
     if failure is Failure.EXECUTOR_OOM:
-        # Smaller blocks lower the per-task peak; more heap raises the ceiling.
-        return s.scaled(executor_memory_mb=_mb(s.executor_memory_mb, 1.5, memory_cap_mb),
+        # Smaller blocks lower the per-task peak; more heap raises the ceiling. Doubling, not
+        # +50%: a block's received factor vectors cannot spill, and a second too-small attempt
+        # costs as much as the first.
+        if s.executor_memory_mb >= memory_cap_mb:
+            return None
+        return s.scaled(executor_memory_mb=_mb(s.executor_memory_mb, 2, memory_cap_mb),
                         user_blocks=s.user_blocks * 2, item_blocks=s.item_blocks * 2,
                         shuffle_partitions=s.shuffle_partitions * 2)
     if failure is Failure.DRIVER_OOM:

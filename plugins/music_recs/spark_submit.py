@@ -128,6 +128,7 @@ def run_spark_job(
     executor_memory: str | None = None,
     executor_cores: int | None = None,
     num_executors: int | None = None,
+    total_executor_cores: int | None = None,
     work_dir: str | None = None,
 ) -> dict:
     """Submit ``spark_jobs/<job>.py`` and return the JSON result it wrote to ``result_path``."""
@@ -151,6 +152,7 @@ def run_spark_job(
         executor_memory=executor_memory,
         executor_cores=executor_cores,
         num_executors=num_executors,
+        total_executor_cores=total_executor_cores,
         env_vars=env,
         verbose=False,
     )
@@ -169,10 +171,25 @@ def run_spark_job(
     with open(result_path) as fh:
         result = json.loads(fh.read())
     settings = {"master": hook.master, "driver_memory": driver_memory, "executor_memory": executor_memory,
-                "executor_cores": executor_cores, "num_executors": num_executors, "conf": conf or {}}
+                "executor_cores": executor_cores, "num_executors": num_executors,
+                "total_executor_cores": total_executor_cores, "conf": conf or {}}
     result["submission"] = {"settings": settings, "attempts": [
         {"attempt": 1, "seconds": round(time.time() - started, 1), "outcome": "success"}]}
     return result
+
+
+def executor_args(sizing: ExecutorSizing, master: str) -> dict:
+    """spark-submit's executor options for ``master``: none in local mode (one JVM, sized by the
+    driver memory); a standalone master counts cores (``--total-executor-cores``), YARN and
+    Kubernetes count executors (``--num-executors``)."""
+    if master.startswith("local"):
+        return {}
+    args = {"executor_memory": f"{sizing.executor_memory_mb}m", "executor_cores": sizing.executor_cores}
+    if master.startswith("spark://"):
+        args["total_executor_cores"] = sizing.num_executors * sizing.executor_cores
+    else:
+        args["num_executors"] = sizing.num_executors
+    return args
 
 
 def run_with_resubmission(
@@ -195,6 +212,7 @@ def run_with_resubmission(
     """
     attempts: list[dict] = []
     current = sizing
+    master = spark_master(kwargs.get("conn_id", "spark_default"))
     for attempt in range(1, max_attempts + 1):
         settings = current.as_dict()
         log.info("%s attempt %d/%d with %s", job, attempt, max_attempts,
@@ -203,10 +221,7 @@ def run_with_resubmission(
         try:
             result = run_spark_job(
                 job, build_args(current), result_path, conf={**(conf or {}), **current.spark_conf()},
-                driver_memory=f"{current.driver_memory_mb}m",
-                executor_memory=None if local else f"{current.executor_memory_mb}m",
-                executor_cores=None if local else current.executor_cores,
-                num_executors=None if local else current.num_executors, **kwargs)
+                driver_memory=f"{current.driver_memory_mb}m", **executor_args(current, master), **kwargs)
         except SparkJobError as exc:
             failure, lines = classify_failure(exc.output, exc.returncode)
             record = {"attempt": attempt, "seconds": round(time.time() - started, 1), "outcome": failure.value,

@@ -1,0 +1,118 @@
+"""Training on a real Spark standalone cluster (a master and two workers on 127.0.0.1),
+submitted through Airflow's Spark provider like the DAG does."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from music_recs import schema as S
+from music_recs.executor_sizing import ExecutorSizing
+from music_recs.resubmit_policy import Failure
+from music_recs.spark_submit import SparkJobError, run_with_resubmission
+from tests.spark_cluster import StandaloneCluster
+
+pytestmark = pytest.mark.spark
+
+CONN_ID = "spark_standalone_test"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = StandaloneCluster(tmp_path_factory.mktemp("standalone"), workers=2, cores=1, memory="2g").start()
+    mp = pytest.MonkeyPatch()
+    mp.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps({"conn_type": "spark", "host": "spark://127.0.0.1",
+                                                              "port": c.port}))
+    mp.setenv("SPARK_LOCAL_IP", "127.0.0.1")  # the driver listens on loopback too
+    yield c
+    mp.undo()
+    c.stop()
+
+
+def write_matrix(folder, users: int, items: int, per_user: int, seed: int = 0) -> str:
+    """A random training matrix in the confidence job's layout (every item rated at least once)."""
+    rng = np.random.default_rng(seed)
+    u = np.repeat(np.arange(users), per_user)
+    i = rng.integers(0, items, size=u.size)
+    i[:items] = np.arange(items)
+    df = pd.DataFrame({S.USER_IDX: u.astype("int32"), S.ITEM_IDX: i.astype("int32")}).drop_duplicates()
+    df["strength"] = rng.uniform(0.5, 3.0, len(df)).astype("float32")
+    df[S.USER_ID] = "u" + df[S.USER_IDX].astype(str)
+    df[S.ITEM_ID] = "t" + df[S.ITEM_IDX].astype(str)
+    (folder / "train").mkdir(parents=True)
+    df.to_parquet(folder / "train" / "part-00000.parquet", index=False)
+    return str(folder)
+
+
+def sizing(memory_mb: int = 1024, blocks: int = 2) -> ExecutorSizing:
+    return ExecutorSizing(executor_memory_mb=memory_mb, executor_memory_overhead_mb=384, executor_cores=1,
+                          num_executors=2, user_blocks=blocks, item_blocks=blocks, shuffle_partitions=4,
+                          driver_memory_mb=1024)
+
+
+def train(tmp_path, matrix: str, s: ExecutorSizing, max_iter: int = 2, rank: int = 8, attempts: int = 3,
+          conf: dict | None = None) -> dict:
+    def args(z):
+        return ["--matrix", matrix, "--out", str(tmp_path / "model"), "--rank", str(rank),
+                "--max-iter", str(max_iter), "--checkpoint-dir", str(tmp_path / "checkpoints"),
+                "--user-blocks", str(z.user_blocks), "--item-blocks", str(z.item_blocks),
+                "--checkpoint-interval", str(z.checkpoint_interval)]
+
+    return run_with_resubmission("train_als", args, str(tmp_path / "result.json"), s, local=False,
+                                 memory_cap_mb=1536, max_attempts=attempts, conf=conf, conn_id=CONN_ID,
+                                 work_dir=str(tmp_path / "submit"))
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_missing_input_fails_once_fast_on_the_cluster(cluster, tmp_path):
+    started = time.time()
+    with pytest.raises(SparkJobError) as err:
+        train(tmp_path, str(tmp_path / "no-such-matrix"), sizing())
+    message = str(err.value)
+    assert "not retryable" in message and "attempt 1: non_retryable" in message and "attempt 2" not in message
+    assert "PATH_NOT_FOUND" in message or "does not exist" in message
+    assert time.time() - started < 90
+
+
+def test_a_worker_killed_during_training_does_not_lose_the_run(cluster, tmp_path):
+    matrix = write_matrix(tmp_path / "matrix", users=3000, items=20000, per_user=40)
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = train(tmp_path, matrix, sizing(), max_iter=12, rank=16)
+        except Exception as exc:  # reported by the assertions below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    # ALS checkpoints its factors every 5 iterations (of 12): the first checkpoint files mean
+    # the fit is under way on both executors.
+    wait_for(lambda: any((tmp_path / "checkpoints").rglob("rdd-*")) or not worker.is_alive(), 240,
+             "the first ALS checkpoint")
+    assert worker.is_alive(), f"training ended before the kill: {outcome}"
+    assert cluster.running_executors() == 2, cluster.state()
+    cluster.kill_worker(1)
+    killed_at = time.time()
+    worker.join(600)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result["seconds"]["fit"] > 0 and result["data"]["users"] == 3000
+    # The run finished after the kill, on the worker that was left.
+    assert time.time() > killed_at
+    alive = [w for w in (cluster.state() or {}).get("workers", []) if w["state"] == "ALIVE"]
+    assert len(alive) == 1
+    # Either Spark's task retries carried it (one attempt) or a resubmission did.
+    outcomes = [a["outcome"] for a in result["submission"]["attempts"]]
+    assert outcomes[-1] == "success" and set(outcomes[:-1]) <= {Failure.EXECUTORS_LOST.value}
