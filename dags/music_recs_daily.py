@@ -74,7 +74,8 @@ def music_recs_daily():
     @task(execution_timeout=dt.timedelta(minutes=5), retries=0)
     def plan_run() -> dict:
         ctx = get_current_context()
-        return tasks.plan_run(ctx["params"], ctx["data_interval_start"], ctx["run_id"], load_config())
+        # .get: a manual run without a logical date has no interval; plan_run says so.
+        return tasks.plan_run(ctx["params"], ctx.get("data_interval_start"), ctx["run_id"], load_config())
 
     @task(pool=SPARK_POOL)
     def ingest(plan: dict) -> dict:
