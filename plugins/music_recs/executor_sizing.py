@@ -42,6 +42,10 @@ OVERHEAD_FRACTION = 0.10
 MIN_OVERHEAD = 384 * MIB
 MAX_BLOCKS = 4096
 MAX_CORES_PER_EXECUTOR = 5  # beyond ~5 concurrent tasks per JVM, GC and I/O contention dominate
+# CG strategy: a side's factors are broadcast when they take at most this much (float32),
+# else joined to the blocks that need them. The driver holds the collected copy and every
+# executor one deserialized copy per concurrent task, so keep it well under both heaps.
+DEFAULT_BROADCAST_BUDGET_MB = 256
 
 
 class DataTooLargeError(ValueError):
@@ -91,6 +95,16 @@ class ExecutorSizing:
 
     def scaled(self, **changes) -> ExecutorSizing:
         return replace(self, **changes)
+
+
+def factor_exchange(users: int, items: int, rank: int, budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB) -> dict:
+    """How each side's factors reach the other side's blocks in the CG strategy: ``broadcast``
+    (the seeds' first strategy: every block gets the whole side) when the side fits
+    ``budget_mb``, else ``join`` (each block receives only the vectors its ratings reference)."""
+    def how(rows: int) -> str:
+        return "broadcast" if rows * rank * 4 <= budget_mb * MIB else "join"
+
+    return {"user": how(users), "item": how(items)}
 
 
 def cluster_from_env(local: bool) -> ClusterResources:

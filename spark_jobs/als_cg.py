@@ -1,0 +1,315 @@
+"""Implicit ALS on Spark with conjugate-gradient solves on cached rating blocks.
+
+The second training strategy of ``train_als`` (``--strategy cg``); MLlib's ALS stays the
+reference. Same objective as MLlib's implicit ALS (confidence ``1 + alpha * r``, lambda scaled
+by each row's number of ratings), solved per row with a few CG steps warm-started from the
+previous factors (``music_recs.als_cg``), vectorized over a whole block in numba.
+
+Layout ("half gridify", the layout of MLlib's ALS): the ratings are grouped once into user
+blocks and item blocks (row ``r`` belongs to block ``r % blocks``), each a CSR array cached
+for the whole fit; they never move again. Only factor vectors travel, one of two ways per
+half-iteration:
+
+* **broadcast**: the other side's factors are collected and broadcast whole (cheap when
+  they fit the budget, e.g. a catalogue of a few million items);
+* **join**: each block receives only the vectors its ratings reference, sent from the
+  other side's blocks through a shuffle (routing tables computed once), so the job still
+  runs when neither side fits one executor.
+
+Every RDD holds exactly one element per partition (block ``b`` in partition ``b``), so the
+blocks, their factors and the received vectors line up with ``zip``, without a shuffle.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from pyspark import AccumulatorParam, StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from music_recs import schema as S
+from music_recs.als_cg import DEFAULT_CG_STEPS, gram, initial_factors, rows_loss, solve_rows
+
+BROADCAST, JOIN = "broadcast", "join"
+PAYLOAD_SCHEMA = "blk int, payload binary"
+
+
+@dataclass
+class RatingBlock:
+    """One block of rows in CSR form. ``indices`` are the other side's global ids; ``local``
+    are the same entries as positions in ``needed`` (the sorted distinct ids the block uses)."""
+
+    rows: np.ndarray  # int64 global ids of the rows, sorted
+    indptr: np.ndarray  # int64, len(rows) + 1
+    indices: np.ndarray  # int32 global ids of the other side
+    conf: np.ndarray  # float32 confidence 1 + alpha * r
+    needed: np.ndarray  # int64 sorted distinct ids of the other side
+    local: np.ndarray  # int32 positions of indices in needed
+
+
+def build_block(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]], alpha: float) -> RatingBlock:
+    if pieces:
+        keys, others, strength = (np.concatenate(col) for col in zip(*pieces))
+    else:
+        keys, others, strength = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    order = np.lexsort((others, keys))
+    keys, others, strength = keys[order], others[order], strength[order]
+    rows, counts = np.unique(keys, return_counts=True)
+    needed = np.unique(others)
+    return RatingBlock(rows.astype(np.int64), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                       others.astype(np.int32), (1.0 + alpha * strength).astype(np.float32),
+                       needed.astype(np.int64), np.searchsorted(needed, others).astype(np.int32))
+
+
+def _split_by_block(key_col: str, other_col: str, blocks: int):
+    """mapInArrow function: one partition's ratings -> one pickled piece per block."""
+
+    def split(batches):
+        cols = {key_col: [], other_col: [], "strength": []}
+        for batch in batches:
+            for name in cols:
+                cols[name].append(batch.column(name).to_numpy(zero_copy_only=False))
+        if not cols[key_col]:
+            return
+        keys, others, strength = (np.concatenate(cols[n]) for n in (key_col, other_col, "strength"))
+        blk = keys % blocks
+        for b in np.unique(blk):
+            m = blk == b
+            payload = pickle.dumps((keys[m].astype(np.int64), others[m].astype(np.int64),
+                                    strength[m].astype(np.float32)), protocol=5)
+            yield pa.RecordBatch.from_arrays([pa.array([int(b)], pa.int32()), pa.array([payload], pa.binary())],
+                                             names=["blk", "payload"])
+
+    return split
+
+
+def block_partition(block: int) -> int:
+    """Block b lives in partition b. One module-level function: Spark treats two Python
+    partitioners as equal only if they are the same function, and equal partitioners let
+    ``union`` line partitions up without a shuffle."""
+    return block
+
+
+def _one_per_partition(rdd, blocks: int, merge):
+    """Route ``(block, value)`` pairs so block b lands in partition b, then ``merge`` each
+    partition's values into its single element ``(b, merged)``."""
+    return (rdd.partitionBy(blocks, block_partition)
+            .mapPartitionsWithIndex(lambda b, it: [(b, merge([v for _, v in it]))], preservesPartitioning=True))
+
+
+def _co_partitioned(sc, rdds, func):
+    """``func(block, values)`` over RDDs that share the block partitioner: partition b of each
+    is read where it lives (cached), no shuffle. (``RDD.zip`` would re-serialize both sides
+    through extra Python workers.)"""
+    def run(b, it):
+        return [(b, func(b, [v for _, v in it]))]
+
+    return sc.union(rdds).mapPartitionsWithIndex(run, preservesPartitioning=True)
+
+
+def _parts(values):
+    """Sort a partition's values by kind: the rating block, its factors, received vectors."""
+    blk = next((v for v in values if isinstance(v, RatingBlock)), None)
+    factors = next((v[1] for v in values if isinstance(v, tuple) and v[0] == "factors"), None)
+    received = next((v[1] for v in values if isinstance(v, tuple) and v[0] == "vectors"), None)
+    routes = next((v[1] for v in values if isinstance(v, tuple) and v[0] == "routes"), None)
+    return blk, factors, received, routes
+
+
+def rating_blocks(ratings: DataFrame, key_col: str, other_col: str, blocks: int, alpha: float):
+    pieces = (ratings.mapInArrow(_split_by_block(key_col, other_col, blocks), PAYLOAD_SCHEMA)
+              .rdd.map(lambda r: (r.blk, pickle.loads(r.payload))))
+    return _one_per_partition(pieces, blocks, lambda ps: build_block(ps, alpha))
+
+
+def routing_table(sc, solve_blocks, other_blocks, n_other: int):
+    """For each block of the other side: which of its rows each solving block needs, as
+    ``("routes", [(solving block, positions in the other block's rows)])``."""
+
+    def requests(kv):
+        b, blk = kv
+        owner = blk.needed % n_other
+        return [(int(o), (b, blk.needed[owner == o])) for o in np.unique(owner)]
+
+    wanted = _one_per_partition(solve_blocks.flatMap(requests), n_other, lambda reqs: ("wanted", reqs))
+
+    def positions(o, values):
+        blk = next(v for v in values if isinstance(v, RatingBlock))
+        reqs = next(v[1] for v in values if isinstance(v, tuple) and v[0] == "wanted")
+        return "routes", [(b, np.searchsorted(blk.rows, ids).astype(np.int64)) for b, ids in reqs]
+
+    return _co_partitioned(sc, [wanted, other_blocks], positions)
+
+
+def received_vectors(sc, other_factors, table, n_solve: int):
+    """Join path: each solving block gets the other side's vectors it needs, ordered as its
+    ``needed`` ids (each piece is sorted; pieces from different blocks interleave)."""
+
+    def send(o, values):
+        _, (ids, Y), _, routes = _parts(values)
+        return [(b, (ids[pos], Y[pos])) for b, pos in routes]
+
+    def merge(parts):
+        if not parts:
+            return "vectors", np.empty((0, 0), np.float32)
+        ids = np.concatenate([p[0] for p in parts])
+        vecs = np.concatenate([p[1] for p in parts])
+        return "vectors", vecs[np.argsort(ids, kind="stable")]
+
+    pieces = _co_partitioned(sc, [other_factors, table], send).flatMap(lambda kv: kv[1])
+    return _one_per_partition(pieces, n_solve, merge)
+
+
+class _ArraySum(AccumulatorParam):
+    """Sums numpy arrays (the k x k Gram matrices of the factor blocks) across tasks."""
+
+    def zero(self, value):
+        return np.zeros_like(value)
+
+    def addInPlace(self, a, b):
+        return a + b
+
+
+def _gather_all(factors, rank: int) -> np.ndarray:
+    """Broadcast path: the other side's factors as one array indexed by global id."""
+    parts = factors.map(lambda kv: kv[1][1]).collect()
+    size = max((int(ids.max()) + 1 for ids, _ in parts if len(ids)), default=0)
+    full = np.zeros((size, rank), np.float32)
+    for ids, Y in parts:
+        full[ids] = Y
+    return full
+
+
+@dataclass
+class CGResult:
+    user_factors: object  # RDD (block, (ids, X))
+    item_factors: object
+    exchange: dict
+    loss: list
+    seconds_per_iteration: list
+    broadcasts: list
+
+    def release(self) -> None:
+        """Destroy the fit's broadcasts, once the factors have been materialized elsewhere."""
+        for bc in self.broadcasts:
+            bc.destroy()
+        self.broadcasts = []
+
+
+def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: float, alpha: float,
+        user_blocks: int, item_blocks: int, exchange: dict, checkpoint_interval: int = 5, seed: int = 42,
+        cg_steps: int = DEFAULT_CG_STEPS, track_loss: bool = False, log=print) -> CGResult:
+    """Fit implicit ALS by CG. ``exchange`` says per side how its factors reach the other
+    side's blocks: ``{"user": "broadcast"|"join", "item": ...}``."""
+    sc = spark.sparkContext
+    level = StorageLevel.MEMORY_AND_DISK
+    ublocks = rating_blocks(ratings, S.USER_IDX, S.ITEM_IDX, user_blocks, alpha).persist(level)
+    iblocks = rating_blocks(ratings, S.ITEM_IDX, S.USER_IDX, item_blocks, alpha).persist(level)
+    factors = {
+        "user": ublocks.mapValues(lambda b: ("factors", (b.rows, initial_factors(b.rows, rank, seed)))).persist(level),
+        "item": iblocks.mapValues(lambda b: ("factors", (b.rows, initial_factors(b.rows, rank, seed + 1)))).persist(level),
+    }
+    blocks = {"user": ublocks, "item": iblocks}
+    counts = {"user": user_blocks, "item": item_blocks}
+    tables = {}
+    for side, other in (("user", "item"), ("item", "user")):
+        if exchange[other] == JOIN:  # the solving side receives the other's vectors by join
+            tables[side] = routing_table(sc, blocks[side], blocks[other], counts[other]).persist(level)
+    for rdd in (ublocks, iblocks, *tables.values()):
+        rdd.count()
+    # The broadcast path's copy of each side's factors, collected by the same job that
+    # materializes them (one job per half-iteration).
+    gathered = {side: _gather_all(factors[side], rank) if exchange[side] == BROADCAST else None
+                for side in ("user", "item")}
+
+    losses, per_iteration, broadcasts = [], [], []
+    # Y^T Y of the side solved last comes back with its solve (an accumulator), saving a job.
+    gram_of = {"item": gram(gathered["item"]) if gathered["item"] is not None
+               else factors["item"].map(lambda kv: gram(kv[1][1][1])).treeReduce(np.add)}
+    for iteration in range(1, max_iter + 1):
+        started = time.time()
+        data_term = sc.accumulator(0.0)
+        user_reg = sc.accumulator(0.0)
+        for side, other in (("user", "item"), ("item", "user")):
+            YtY = gram_of[other].astype(np.float32)
+            side_gram = sc.accumulator(np.zeros((rank, rank)), _ArraySum())
+            loss_here = track_loss and side == "item"  # the item solve sees the final factors of both sides
+            reg_here = track_loss and side == "user"
+            broadcast = exchange[other] == BROADCAST
+            bc = sc.broadcast(gathered[other]) if broadcast else None
+            if bc is not None:
+                broadcasts.append(bc)
+
+            def solve(b, values, bc=bc, YtY=YtY, side_gram=side_gram, loss_here=loss_here, reg_here=reg_here):
+                blk, (ids, X), received, _ = _parts(values)
+                # Broadcast: every vector, indexed by global id. Join: the block's own, by position.
+                Y, indices = (bc.value, blk.indices) if bc is not None else (received, blk.local)
+                new = solve_rows(blk.indptr, indices, blk.conf, Y, YtY, X, reg, cg_steps)
+                side_gram.add(gram(new))
+                if loss_here:  # every (user, item) pair's data term plus the items' regularization
+                    data_term.add(rows_loss(blk.indptr, indices, blk.conf, Y, YtY, new, reg))
+                if reg_here:
+                    user_reg.add(float(reg * (np.diff(blk.indptr) * (new.astype(np.float64) ** 2).sum(1)).sum()))
+                return "factors", (ids, new)
+
+            sources = [blocks[side], factors[side]]
+            if not broadcast:
+                sources.append(received_vectors(sc, factors[other], tables[side], counts[side]))
+            old = factors[side]
+            factors[side] = _co_partitioned(sc, sources, solve).persist(level)
+            if iteration % checkpoint_interval == 0:
+                factors[side].checkpoint()  # cuts the lineage (each iteration depends on the last)
+            if exchange[side] == BROADCAST:
+                gathered[side] = _gather_all(factors[side], rank)
+            else:
+                factors[side].count()
+            gram_of[side] = side_gram.value
+            old.unpersist()
+        loss = data_term.value + user_reg.value
+        # Executors drop their copies (re-sent if a lost block is recomputed). Destroying them
+        # must wait for the end: every later task's serialized lineage still names them, even
+        # past a checkpoint, and a task naming a destroyed broadcast fails.
+        for bc in broadcasts:
+            bc.unpersist()
+        per_iteration.append(round(time.time() - started, 3))
+        if track_loss:
+            losses.append(float(loss))
+        log(f"CG ALS iteration {iteration}/{max_iter} in {per_iteration[-1]:.2f}s"
+            + (f", loss {loss:.6g}" if track_loss else ""))
+    for rdd in (ublocks, iblocks, *tables.values()):
+        rdd.unpersist()
+    plain = {side: factors[side].mapValues(lambda v: v[1]) for side in factors}
+    return CGResult(plain["user"], plain["item"], dict(exchange), losses, per_iteration, broadcasts)
+
+
+def factors_frame(spark: SparkSession, factors) -> DataFrame:
+    """``(id int, features array<float>)``, built from the blocks with Arrow (no per-row Python)."""
+
+    def explode(batches):
+        for batch in batches:
+            for payload in batch.column("payload").to_pylist():
+                ids, X = pickle.loads(payload)
+                X = np.ascontiguousarray(X, np.float32)
+                offsets = pa.array(np.arange(0, X.size + 1, X.shape[1] if X.size else 1, dtype=np.int32)[: len(ids) + 1])
+                features = pa.ListArray.from_arrays(offsets, pa.array(X.reshape(-1)))
+                yield pa.RecordBatch.from_arrays([pa.array(ids.astype(np.int32)), features], names=["id", S.FEATURES])
+
+    rows = factors.map(lambda kv: (int(kv[0]), bytearray(pickle.dumps((kv[1][0], kv[1][1]), protocol=5))))
+    return (spark.createDataFrame(rows, PAYLOAD_SCHEMA)
+            .mapInArrow(explode, f"id int, {S.FEATURES} array<float>"))
+
+
+def als_model(spark: SparkSession, rank: int, user_factors: DataFrame, item_factors: DataFrame):
+    """An MLlib ``ALSModel`` over these factors, so evaluation and batch scoring use one code path."""
+    from pyspark.ml.recommendation import ALSModel
+
+    jmodel = spark._jvm.org.apache.spark.ml.recommendation.ALSModel("als_cg", rank, user_factors._jdf,
+                                                                    item_factors._jdf)
+    model = ALSModel(jmodel)
+    model._transfer_params_from_java()
+    return model.setUserCol(S.USER_IDX).setItemCol(S.ITEM_IDX).setColdStartStrategy("drop")

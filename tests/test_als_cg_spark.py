@@ -1,0 +1,61 @@
+"""The CG training strategy on Spark against MLlib's ALS and against itself."""
+
+import numpy as np
+import pytest
+
+from spark_jobs import evaluate, train_als
+from tests.test_model_spark import planted
+
+pytestmark = pytest.mark.spark
+
+COMMON = dict(rank=8, max_iter=8, reg=0.05, alpha=10.0, checkpoint_interval=3, user_blocks=3, item_blocks=2)
+
+
+def factors(spark, out, side):
+    rows = spark.read.parquet(f"{out}/{side}_factors").orderBy("id").collect()
+    return np.array([r.id for r in rows]), np.array([r.features for r in rows], dtype=np.float32)
+
+
+def test_cg_matches_mllib_on_planted_blocks_and_its_loss_never_increases(spark, tmp_path):
+    m = str(tmp_path / "matrix")
+    train, _ = planted(spark, m)
+    scores = {}
+    for strategy in ("mllib", "cg"):
+        out = str(tmp_path / strategy)
+        result = train_als.run(spark, m, out, checkpoint_dir=str(tmp_path / f"ckpt-{strategy}"), strategy=strategy,
+                               track_loss=True, **COMMON)
+        assert result["strategy"] == strategy and result["data"] == {"nnz": len(train), "users": 60, "items": 40}
+        scores[strategy] = evaluate.run(spark, out, m, out, k=3, top_n=5)["model"]
+        if strategy == "cg":
+            loss = result["loss"]
+            assert len(loss) == 8 and all(b <= a * (1 + 1e-5) for a, b in zip(loss, loss[1:])), loss
+            assert loss[-1] < loss[0]
+            assert result["factor_exchange"] == {"user": "broadcast", "item": "broadcast"}
+    # Both find the planted blocks (precision@3 is 1.0 for a perfect model).
+    assert scores["cg"]["precision"] > 0.9
+    assert scores["cg"]["precision"] >= scores["mllib"]["precision"] - 0.05
+
+
+def test_broadcast_and_join_exchange_give_the_same_factors(spark, tmp_path):
+    m = str(tmp_path / "matrix")
+    planted(spark, m, users=50, items=30, groups=3, seed=5)
+    got = {}
+    for how in ("broadcast", "join"):
+        out = str(tmp_path / how)
+        result = train_als.run(spark, m, out, checkpoint_dir=str(tmp_path / f"ckpt-{how}"), strategy="cg",
+                               exchange={"user": how, "item": how}, **{**COMMON, "max_iter": 4})
+        assert result["factor_exchange"] == {"user": how, "item": how}
+        got[how] = factors(spark, out, "user"), factors(spark, out, "item")
+    for side in (0, 1):
+        ids_b, f_b = got["broadcast"][side]
+        ids_j, f_j = got["join"][side]
+        np.testing.assert_array_equal(ids_b, ids_j)
+        np.testing.assert_allclose(f_b, f_j, rtol=1e-4, atol=1e-6)
+
+
+def test_a_tiny_broadcast_budget_chooses_the_join_path(spark, tmp_path):
+    m = str(tmp_path / "matrix")
+    planted(spark, m, users=20, items=12, groups=2, seed=7)
+    result = train_als.run(spark, m, str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"), strategy="cg",
+                           broadcast_budget_mb=0, **{**COMMON, "max_iter": 2})
+    assert result["factor_exchange"] == {"user": "join", "item": "join"}
