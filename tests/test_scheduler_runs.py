@@ -1,0 +1,277 @@
+"""The three ways runs start, against a REAL scheduler: `infra/local/airflow.sh start` (airflow standalone)
+on a temporary AIRFLOW_HOME, real Spark in local mode, the moto S3 server over HTTP.
+
+- scheduled: airflow.sh unpauses the DAG; the scheduler creates the run of the latest interval
+  (catchup off) and it must publish;
+- CLI backfill: `airflow backfill create` over three days; the day the scheduled run already
+  processes is not run twice, the others run in order with the backfill's conf, Spark stages of
+  all runs never overlap (pool), each day is published and latest.json ends on the last day;
+  rerunning the completed range does what --reprocess-behavior says (dry run);
+- UI trigger: the REST call the trigger form makes (login with the generated password):
+  out-of-schema params are refused, a run whose params break a cross-field rule fails in
+  plan_run and the failure alert reaches the alerts webhook; no secret reaches any log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import json
+import secrets
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import psutil
+import pytest
+
+from music_recs.publish import read_latest
+from music_recs.sample_data import Catalogue, CatalogueSpec, upload_days, write_days_local
+from spark_jobs import ingest
+from tests.conftest import REPO, airflow_env, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.timeout(1200)]
+
+DAG_ID = "music_recs_daily"
+PLAYS = 2000
+RAW, MODELS = "sched-raw", "sched-models"
+TODAY = dt.datetime.now(dt.timezone.utc).date()
+SCHEDULED_DAY = TODAY - dt.timedelta(days=1)  # catchup off: the scheduler runs the latest interval only
+BACKFILL_DAYS = [SCHEDULED_DAY - dt.timedelta(days=i) for i in (2, 1, 0)]
+HISTORY_DAYS = [BACKFILL_DAYS[0] - dt.timedelta(days=i) for i in (3, 2, 1)]
+BACKFILL_CONF = {"window_days": 4, "max_iter": 5, "top_n": 10}
+RUNS_DEADLINE_S = 900  # three runs of five Spark stages, 30-40 s each on 2 cores
+
+
+class _AlertReceiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def _cli(env, *args, timeout=120, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "airflow", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"airflow {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+class Api:
+    """The REST API the UI uses, logged in as the generated admin user."""
+
+    def __init__(self, base: str, password: str):
+        self.base = base
+        self.token = self._call("POST", "/auth/token", {"username": "admin", "password": password})["access_token"]
+
+    def _call(self, method, path, body=None, headers=None):
+        req = urllib.request.Request(self.base + path, method=method, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def __call__(self, method, path, body=None):
+        return self._call(method, path, body, {"Authorization": f"Bearer {self.token}"})
+
+
+def _stop_stack(env, pid_file: Path):
+    """airflow.sh stop, then make sure nothing it started is left (by pid: the group and its descendants)."""
+    pid = int(pid_file.read_text()) if pid_file.exists() else None
+    family = []
+    if pid:
+        try:
+            family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    subprocess.run(["bash", str(REPO / "infra" / "local" / "airflow.sh"), "stop"], env=env, capture_output=True,
+                   timeout=90)
+    for proc in family:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=15)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, s3_endpoint, spark):
+    from music_recs.s3 import S3Store
+
+    root = tmp_path_factory.mktemp("sched")
+    store = S3Store.from_endpoint(s3_endpoint, "testing", "testing")
+    for b in (RAW, MODELS):
+        store.ensure_bucket(b)
+    catalogue = Catalogue(CatalogueSpec.for_plays_per_day(PLAYS))
+    upload_days(store, RAW, "stream_logs", [*HISTORY_DAYS, *BACKFILL_DAYS], PLAYS, catalogue)
+    # History: the days before the backfill are in the lake, as earlier daily runs leave them.
+    lake = str(root / "lake")
+    write_days_local(str(root / "landing"), HISTORY_DAYS, PLAYS, catalogue)
+    for d in HISTORY_DAYS:
+        ingest.run(spark, d, str(root / "landing" / f"dt={d}"), lake)
+
+    alerts = http.server.HTTPServer(("127.0.0.1", 0), _AlertReceiver)
+    alerts.received = []
+    threading.Thread(target=alerts.serve_forever, daemon=True).start()
+    alert_token = "alert-token-" + secrets.token_hex(12)
+
+    port = free_port()
+    env = airflow_env({
+        "AIRFLOW_HOME": str(root / "airflow"),
+        "MUSIC_RECS_LOCAL_STATE": str(root / "state"),
+        "MUSIC_RECS_AIRFLOW_PORT": str(port),
+        "MUSIC_RECS_S3_PORT": s3_endpoint.rsplit(":", 1)[1],  # airflow.sh finds the running server
+        "MUSIC_RECS_RAW_BUCKET": RAW,
+        "MUSIC_RECS_MODELS_BUCKET": MODELS,
+        "MUSIC_RECS_LAKE_URI": lake,
+        "MUSIC_RECS_TASK_RETRIES": "0",
+        "MUSIC_RECS_SENSOR_POKE_S": "5",
+        "MUSIC_RECS_SENSOR_TIMEOUT_S": "120",
+        # The DAG file does not change during the test: parse it once, leave the 2 cores to Spark.
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),  # not 8793: a local stack may run
+        "AIRFLOW_CONN_MUSIC_RECS_ALERTS": json.dumps({
+            "conn_type": "http", "host": f"http://127.0.0.1:{alerts.server_address[1]}", "password": alert_token,
+            "extra": {"endpoint": "/alerts"}}),
+    })
+    env.pop("AIRFLOW_CONN_AWS_DEFAULT", None)  # the stack uses infra/airflow/connections.json
+    # CLI calls from the test talk to the same database and S3 as the stack.
+    cli_env = {**env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_ENDPOINT_URL_S3": s3_endpoint}
+    pid_file = root / "state" / "airflow.pid"
+    started = time.monotonic()
+    start = subprocess.run(["bash", str(REPO / "infra" / "local" / "airflow.sh"), "start"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    try:
+        assert start.returncode == 0, start.stdout[-3000:] + start.stderr[-3000:]
+        assert f"http://127.0.0.1:{port}" in start.stdout
+        passwords = json.loads((root / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())
+        yield {"env": cli_env, "store": store, "root": root, "api": Api(f"http://127.0.0.1:{port}", passwords["admin"]),
+               "alerts": alerts, "alert_token": alert_token, "started": started}
+    finally:
+        _stop_stack(env, pid_file)
+        alerts.shutdown()
+        alerts.server_close()
+
+
+def _runs(api) -> list[dict]:
+    return api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?limit=100")["dag_runs"]
+
+
+def _wait(predicate, deadline_s: float, what: str, interval=3.0):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {deadline_s:.0f}s waiting for {what}")
+
+
+def _task_spans(api, run_id: str, query: str = "") -> list[tuple]:
+    """(start, end, run_id, task_id) of the run's task instances that ran (run_id "~": every run).
+
+    Tasks never run (upstream_failed, skipped) have a start and end stamped at once; they are left out."""
+    tis = api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='~')}/taskInstances?limit=100{query}")
+    return [(dt.datetime.fromisoformat(t["start_date"]), dt.datetime.fromisoformat(t["end_date"]), t["dag_run_id"],
+             t["task_id"]) for t in tis["task_instances"] if t["state"] in ("success", "failed") and t["try_number"] > 0]
+
+
+def _day(run: dict) -> str:
+    return run["data_interval_start"][:10]
+
+
+def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack):
+    api, env, store = stack["api"], stack["env"], stack["store"]
+
+    # Scheduled path: unpaused by airflow.sh, the scheduler creates the latest interval's run by itself.
+    scheduled = _wait(lambda: [r for r in _runs(api) if r["run_type"] == "scheduled"], 120, "the scheduled run")
+    assert [_day(r) for r in scheduled] == [SCHEDULED_DAY.isoformat()]
+
+    # UI trigger: the form shows every param with its description and bounds...
+    params = api("GET", f"/api/v2/dags/{DAG_ID}/details")["params"]
+    assert params["rank"]["description"] and params["rank"]["schema"]["maximum"] == 512
+    # ...Airflow refuses an out-of-schema value before a run exists...
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        api("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {"rank": 1000}})
+    assert refused.value.code == 400 and "rank" in refused.value.read().decode()
+    # ...and plan_run refuses a cross-field violation: that run fails at once and alerts.
+    bad = api("POST", f"/api/v2/dags/{DAG_ID}/dagRuns",
+              {"logical_date": dt.datetime.now(dt.timezone.utc).isoformat(),  # the form's default
+               "conf": {"window_days": 3, "holdout_days": 3}})
+
+    # CLI backfill over three days ending on the scheduled day, one run at a time.
+    first, last = BACKFILL_DAYS[0].isoformat(), BACKFILL_DAYS[-1].isoformat()
+    backfill = _cli(env, "backfill", "create", "--dag-id", DAG_ID, "--from-date", first, "--to-date", last,
+                    "--max-active-runs", "1", "--dag-run-conf", json.dumps(BACKFILL_CONF))
+
+    def settled():
+        runs = _runs(api)
+        done = all(r["state"] in ("success", "failed") for r in runs)
+        return runs if done and len(runs) >= 4 else None
+
+    runs = _wait(settled, RUNS_DEADLINE_S, "all runs to finish", interval=2)
+    by_type = {}
+    for r in runs:
+        by_type.setdefault(r["run_type"], []).append(r)
+    failed = [(r["dag_run_id"], r["state"]) for r in by_type["scheduled"] + by_type["backfill"] if r["state"] != "success"]
+    assert not failed, (failed, backfill.stdout[-2000:])
+
+    # Each day once: the day the scheduled run was processing was not run again by the backfill.
+    backfilled = sorted(by_type["backfill"], key=_day)
+    assert [_day(r) for r in backfilled] == [d.isoformat() for d in BACKFILL_DAYS[:-1]]
+    assert all(r["conf"] == BACKFILL_CONF for r in backfilled)
+    # In order, one at a time: the first day's last task ended before the second day's first began.
+    first_run, second_run = (_task_spans(api, r["dag_run_id"]) for r in backfilled)
+    assert max(end for _, end, *_ in first_run) <= min(start for start, *_ in second_run)
+
+    # Spark stages of all runs (scheduled, backfill) never overlapped: one pool slot.
+    spans = sorted(_task_spans(api, "~", "&pool=music_recs_spark"))
+    assert len(spans) >= 3 * 5
+    for a, b in zip(spans, spans[1:]):
+        assert a[1] <= b[0], f"{a[2]}.{a[3]} overlapped {b[2]}.{b[3]}"
+
+    # Every day published, with its params in the manifest; the pointer ends on the last day.
+    for day in BACKFILL_DAYS:
+        runs_of_day = [o.key for o in store.list_objects(MODELS, f"music_recs/dt={day}/") if o.key.endswith("manifest.json")]
+        assert len(runs_of_day) == 1, (day, runs_of_day)
+        manifest = json.loads(store.get_bytes(MODELS, runs_of_day[0])[0])
+        expected = BACKFILL_CONF if day != SCHEDULED_DAY else {"window_days": 90, "max_iter": 10, "top_n": 50}
+        assert {k: manifest["params"][k] for k in expected} == expected, day
+        assert store.get_bytes(MODELS, manifest["report"]["key"]) is not None
+    pointer, manifest = read_latest(store, MODELS, "music_recs/latest.json")
+    assert pointer["day"] == SCHEDULED_DAY.isoformat() and pointer["run_id"] == scheduled[0]["dag_run_id"]
+
+    # The failing UI-triggered run: failed in plan_run, and the alert names run, task, class and log.
+    assert next(r for r in runs if r["dag_run_id"] == bad["dag_run_id"])["state"] == "failed"
+    alert = _wait(lambda: [a for a in stack["alerts"].received if a["run_id"] == bad["dag_run_id"]], 30, "the alert")[0]
+    assert alert["task_id"] == "plan_run" and alert["failure_class"] == "ValueError"
+    assert "holdout_days (3) must be smaller than window_days (3)" in alert["error"]
+    assert alert["log_url"].startswith(api.base + f"/dags/{DAG_ID}/runs/")
+
+    # Rerunning the completed range: none (default) skips every existing run, failed only failed
+    # ones (none here), completed all three. (The dry run the CLI's --dry-run prints, via the API.)
+    for behavior, expected_days in (("none", []), ("failed", []), ("completed", BACKFILL_DAYS)):
+        dry = api("POST", "/api/v2/backfills/dry_run", {
+            "dag_id": DAG_ID, "from_date": f"{first}T00:00:00Z", "to_date": f"{last}T00:00:00Z",
+            "reprocess_behavior": behavior})
+        assert sorted(b["logical_date"][:10] for b in dry["backfills"]) == [d.isoformat() for d in expected_days], \
+            (behavior, dry)
+
+    # No secret in any log of the stack: task logs, scheduler/API output.
+    token = stack["alert_token"]
+    logs = [p for p in (stack["root"] / "airflow" / "logs").rglob("*") if p.is_file()]
+    logs += [p for p in (stack["root"] / "state" / "logs").rglob("*") if p.is_file()]
+    assert len(logs) > 20
+    leaking = [str(p) for p in logs if token in p.read_text(errors="replace")]
+    assert not leaking
+    print(f"scheduler test: {time.monotonic() - stack['started']:.0f}s from airflow.sh start")
