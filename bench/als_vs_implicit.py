@@ -4,7 +4,9 @@ Same confidence matrix (generated logs, log confidence), same rank, alpha, lambd
 iterations, same held-out split (the last generated day, items new to each user).
 
 * Spark: ``spark_jobs/train_als.py`` through ``music_recs.spark_submit.run_spark_job`` -- the
-  exact path the DAG's train task takes -- on ``local[*]``.
+  exact path the DAG's train task takes -- on ``local[*]``, with each strategy of
+  ``--strategies``: ``mllib`` (MLlib's ALS, Cholesky per row) and ``cg`` (the project's
+  conjugate-gradient ALS on cached blocks, ``spark_jobs/als_cg.py``).
 * implicit: ``AlternatingLeastSquares`` with its conjugate-gradient solver and with its
   Cholesky solver, ``num_threads`` = this machine's cores, ``OPENBLAS_NUM_THREADS=1``.
 
@@ -12,11 +14,14 @@ Regularization: MLlib scales lambda by each row's number of ratings (ALS-WR); im
 as is. Both get the same nominal lambda here and implicit additionally gets
 ``lambda * mean ratings per row`` (reported as "implicit (scaled reg)") so neither is handicapped.
 
-Seconds per iteration: Spark = (fit time with N iterations - fit time with 1) / (N - 1), which
-drops job start-up and data loading; implicit = the median of its per-iteration callback times
+Seconds per iteration: Spark MLlib = (fit time with N iterations - fit time with 1) / (N - 1),
+which drops job start-up and data loading; Spark CG = the median of the wall time of each
+iteration as the driver measures it (both half-iterations, every Spark job they need),
+excluding the first; implicit = the median of its per-iteration callback times
 excluding the first. Each setting runs ``--repeats`` times and the median is reported.
 
 Run: ``.venv/bin/python bench/als_vs_implicit.py --plays-per-day 200000 --days 8 --ranks 32 64``
+(add ``--strategies cg`` to time only the CG strategy).
 """
 
 from __future__ import annotations
@@ -85,14 +90,13 @@ def top_k(user_factors: np.ndarray, item_factors: np.ndarray, csr, users) -> dic
     return out
 
 
-def spark_fit(matrix_dir, out_dir, rank, iters, reg, alpha):
-    result = run_spark_job("train_als", ["--matrix", matrix_dir, "--out", out_dir, "--rank", str(rank),
-                                         "--max-iter", str(iters), "--reg", str(reg), "--alpha", str(alpha),
-                                         "--checkpoint-interval", "5"],
-                           os.path.join(out_dir, "result.json"), conn_id="spark_default",
-                           conf={"spark.sql.shuffle.partitions": str(2 * (os.cpu_count() or 1))},
-                           driver_memory="8g", work_dir=os.path.join(out_dir, "_submit"))
-    return result["seconds"]["fit"]
+def spark_fit(matrix_dir, out_dir, rank, iters, reg, alpha, strategy="mllib"):
+    return run_spark_job("train_als", ["--matrix", matrix_dir, "--out", out_dir, "--rank", str(rank),
+                                       "--max-iter", str(iters), "--reg", str(reg), "--alpha", str(alpha),
+                                       "--checkpoint-interval", "5", "--strategy", strategy],
+                         os.path.join(out_dir, "result.json"), conn_id="spark_default",
+                         conf={"spark.sql.shuffle.partitions": str(2 * (os.cpu_count() or 1))},
+                         driver_memory="8g", work_dir=os.path.join(out_dir, "_submit"))
 
 
 def load_factors(path: str, n: int) -> np.ndarray:
@@ -111,11 +115,18 @@ def main(argv=None) -> int:
     p.add_argument("--reg", type=float, default=0.1)
     p.add_argument("--alpha", type=float, default=40.0)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--eval-users", type=int, default=20000,
+                   help="score a fixed random sample of this many held-out users (0 = all): scoring every user "
+                        "against every item costs more than training at millions of ratings")
+    p.add_argument("--strategies", nargs="+", choices=["mllib", "cg"], default=["mllib", "cg"])
     a = p.parse_args(argv)
 
     t0 = time.time()
     train, csr, truth = build_matrix(a.plays_per_day, a.days)
     users = np.array(sorted(truth))
+    if a.eval_users and len(users) > a.eval_users:
+        users = np.sort(np.random.default_rng(0).choice(users, a.eval_users, replace=False))
+        truth = {u: truth[u] for u in users.tolist()}
     nnz = csr.nnz
     reg_scaled = a.reg * nnz / csr.shape[0]
     print(f"matrix: {csr.shape[0]} users x {csr.shape[1]} items, {nnz} non-zeros, {len(users)} evaluated users "
@@ -131,16 +142,22 @@ def main(argv=None) -> int:
 
     rows = []
     for rank in a.ranks:
-        # Spark: per-iteration time from the difference of two fits, repeated.
-        per_iter, spark_out = [], os.path.join(work, f"spark_{rank}")
-        for _ in range(a.repeats):
-            one = spark_fit(matrix_dir, spark_out, rank, 1, a.reg, a.alpha)
-            full = spark_fit(matrix_dir, spark_out, rank, a.iterations, a.reg, a.alpha)
-            per_iter.append((full - one) / (a.iterations - 1))
-        uf = load_factors(os.path.join(spark_out, "user_factors"), csr.shape[0])
-        itf = load_factors(os.path.join(spark_out, "item_factors"), csr.shape[1])
-        m = mean_metrics(top_k(uf, itf, csr, users), truth, K)
-        rows.append(("Spark MLlib ALS (project job)", rank, statistics.median(per_iter), m))
+        for strategy in a.strategies:
+            per_iter, spark_out = [], os.path.join(work, f"spark_{strategy}_{rank}")
+            for _ in range(a.repeats):
+                if strategy == "mllib":  # from the difference of two fits
+                    one = spark_fit(matrix_dir, spark_out, rank, 1, a.reg, a.alpha)["seconds"]["fit"]
+                    full = spark_fit(matrix_dir, spark_out, rank, a.iterations, a.reg, a.alpha)["seconds"]["fit"]
+                    per_iter.append((full - one) / (a.iterations - 1))
+                else:
+                    seconds = spark_fit(matrix_dir, spark_out, rank, a.iterations, a.reg, a.alpha,
+                                        strategy)["iteration_seconds"]
+                    per_iter.append(float(np.median(seconds[1:])))
+            uf = load_factors(os.path.join(spark_out, "user_factors"), csr.shape[0])
+            itf = load_factors(os.path.join(spark_out, "item_factors"), csr.shape[1])
+            m = mean_metrics(top_k(uf, itf, csr, users), truth, K)
+            label = "Spark MLlib ALS (project job)" if strategy == "mllib" else "Spark CG ALS (project job)"
+            rows.append((label, rank, statistics.median(per_iter), m))
 
         for label, cg, reg in (("implicit CG", True, a.reg), ("implicit Cholesky", False, a.reg),
                                ("implicit CG (scaled reg)", True, reg_scaled)):

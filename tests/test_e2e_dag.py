@@ -64,7 +64,7 @@ def check_consistent(store, pointer_key="music_recs/latest.json"):
     return pointer, manifest
 
 
-def test_daily_run_publishes_a_verified_model_and_a_rerun_replaces_it_cleanly(e2e, capsys):
+def test_daily_run_publishes_a_verified_model_and_a_rerun_with_cg_replaces_it_cleanly(e2e, capsys):
     store = e2e["store"]
     dags_test(e2e, CONF)
     pointer, manifest = check_consistent(store)
@@ -84,10 +84,16 @@ def test_daily_run_publishes_a_verified_model_and_a_rerun_replaces_it_cleanly(e2
     assert submission["attempts"][0]["outcome"] == "success"
     assert submission["sizing"]["user_blocks"] == manifest["training"]["params"]["user_blocks"]
 
-    # Rerun of the same date: one consistent model behind the pointer, every prefix complete.
-    dags_test(e2e, CONF)
+    assert manifest["training"]["strategy"] == "mllib"
+
+    # Rerun of the same date, trained with the CG strategy: one consistent model behind the
+    # pointer, every prefix complete.
+    dags_test(e2e, {**CONF, "strategy": "cg"})
     pointer2, manifest2 = check_consistent(store)
     assert pointer2["day"] == DAY.isoformat() and pointer2["run_id"] != pointer["run_id"]
+    assert manifest2["training"]["strategy"] == "cg" and manifest2["params"]["strategy"] == "cg"
+    assert manifest2["training"]["factor_exchange"] == {"user": "broadcast", "item": "broadcast"}
+    assert manifest2["metrics"]["model"]["map"] > manifest2["metrics"]["baseline_popularity"]["map"]
     runs = {o.key.split("/")[2] for o in store.list_objects(MODELS, f"music_recs/dt={DAY}/")}
     assert len(runs) == 2
     for run in runs:

@@ -55,3 +55,15 @@ def test_data_that_cannot_fit_is_refused_with_a_clear_message():
     assert "600000000 ratings at rank 40" in str(err.value) and "add nodes or memory" in str(err.value)
     with pytest.raises(ValueError):
         size_als(MatrixShape(0, 1, 1, 8), CLUSTER)
+
+
+def test_the_cg_strategy_gets_a_python_memory_limit_on_a_cluster_only():
+    cluster = ClusterResources(nodes=2, cores_per_node=4, memory_per_node_mb=16384, local=False)
+    small, wide = MatrixShape(10_000, 20_000, 500_000, 64), MatrixShape(10_000, 2_000_000, 5_000_000, 64)
+    assert size_als(small, cluster).python_memory_mb == 0  # MLlib: the JVM does the work
+    assert size_als(small, ClusterResources(local=True), strategy="cg").python_memory_mb == 0
+    s_small, s_wide = size_als(small, cluster, strategy="cg"), size_als(wide, cluster, strategy="cg")
+    assert s_small.python_memory_mb >= 768 * s_small.executor_cores
+    assert s_wide.python_memory_mb > s_small.python_memory_mb  # a broadcast catalogue of 2M items
+    assert s_small.spark_conf()["spark.executor.pyspark.memory"] == f"{s_small.python_memory_mb}m"
+    assert "spark.executor.pyspark.memory" not in size_als(small, cluster).spark_conf()

@@ -71,3 +71,18 @@ def test_memory_increases_stop_at_the_cap_and_local_mode_grows_the_driver():
     assert local.driver_memory_mb == 3000 and local.user_blocks == 32
     assert next_settings(Failure.EXECUTOR_OOM, local, local=True, memory_cap_mb=3000) is None
     assert next_settings(Failure.EXECUTOR_OOM, SIZING, local=False, memory_cap_mb=2500).executor_memory_mb == 2500
+
+
+PYTHON_MEMORY_ERROR = """26/11/24 14:02:11 ERROR Executor: Exception in task 0.0 in stage 12.0 (TID 31)
+org.apache.spark.api.python.PythonException: Traceback (most recent call last):
+  File "/work/main/spark_jobs/als_cg.py", line 180, in _gather_all
+    full = np.zeros((size, rank), np.float32)
+numpy._core._exceptions._ArrayMemoryError: Unable to allocate 146. MiB for an array with shape (600000, 64) and data type float32
+MemoryError"""
+
+
+def test_a_python_worker_out_of_memory_is_an_executor_oom_and_doubles_the_python_limit():
+    failure, lines = classify_failure(PYTHON_MEMORY_ERROR, 1)
+    assert failure is Failure.EXECUTOR_OOM and lines == ["MemoryError"]
+    nxt = next_settings(failure, SIZING.scaled(python_memory_mb=1024), local=False, memory_cap_mb=16_000)
+    assert nxt.python_memory_mb == 2048 and nxt.executor_memory_mb == 4096

@@ -56,15 +56,15 @@ def sizing(memory_mb: int = 1024, blocks: int = 2) -> ExecutorSizing:
 
 
 def train(tmp_path, matrix: str, s: ExecutorSizing, max_iter: int = 2, rank: int = 8, attempts: int = 3,
-          conf: dict | None = None) -> dict:
+          conf: dict | None = None, extra: tuple = ()) -> dict:
     def args(z):
         return ["--matrix", matrix, "--out", str(tmp_path / "model"), "--rank", str(rank),
                 "--max-iter", str(max_iter), "--checkpoint-dir", str(tmp_path / "checkpoints"),
                 "--user-blocks", str(z.user_blocks), "--item-blocks", str(z.item_blocks),
-                "--checkpoint-interval", str(z.checkpoint_interval)]
+                "--checkpoint-interval", str(z.checkpoint_interval), *extra]
 
     return run_with_resubmission("train_als", args, str(tmp_path / "result.json"), s, local=False,
-                                 memory_cap_mb=1536, max_attempts=attempts, conf=conf, conn_id=CONN_ID,
+                                 memory_cap_mb=2048, max_attempts=attempts, conf=conf, conn_id=CONN_ID,
                                  work_dir=str(tmp_path / "submit"))
 
 
@@ -83,6 +83,22 @@ def test_a_missing_input_fails_once_fast_on_the_cluster(cluster, tmp_path):
     assert "not retryable" in message and "attempt 1: non_retryable" in message and "attempt 2" not in message
     assert "PATH_NOT_FOUND" in message or "does not exist" in message
     assert time.time() - started < 90
+
+
+def test_too_little_executor_memory_fails_out_of_memory_and_the_resubmission_with_more_succeeds(cluster, tmp_path):
+    # The CG strategy broadcasts the whole catalogue to every Python worker: 600k items at rank
+    # 64 are 154 MB, more than a 640 MB Python worker (numpy, numba, pyarrow loaded: ~570 MB)
+    # has left; the doubled limit fits.
+    matrix = write_matrix(tmp_path / "matrix", users=2000, items=600_000, per_user=300)
+    first = sizing(memory_mb=1024, blocks=2).scaled(python_memory_mb=640)
+    result = train(tmp_path, matrix, first, max_iter=2, rank=64, attempts=3,
+                   extra=("--strategy", "cg", "--user-exchange", "broadcast", "--item-exchange", "broadcast"))
+    attempts = result["submission"]["attempts"]
+    assert [a["outcome"] for a in attempts] == [Failure.EXECUTOR_OOM.value, "success"], attempts
+    assert any("MemoryError" in line for line in attempts[0]["log"])
+    assert attempts[0]["settings"]["python_memory_mb"] == 640 and attempts[1]["settings"]["python_memory_mb"] == 1280
+    assert result["submission"]["sizing"]["user_blocks"] == 4  # smaller blocks too
+    assert result["data"]["items"] == 600_000 and result["spark_conf"]["spark.executor.pyspark.memory"] == "1280m"
 
 
 def test_a_worker_killed_during_training_does_not_lose_the_run(cluster, tmp_path):

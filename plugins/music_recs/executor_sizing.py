@@ -23,6 +23,15 @@ cores, all sizes in bytes and ``V = 4k + 16`` the size of one float vector of ra
 * heap = JVM_RESERVED + (storage + c * task) / MEMORY_FRACTION * SAFETY, rounded up to 256 MiB;
   overhead = max(384 MiB, OVERHEAD_FRACTION * heap) (off-heap: netty buffers, JVM internals).
 
+CG strategy (``spark_jobs/als_cg.py``): the blocks and factors live in the Python workers
+while they are solved, so on a cluster each executor also gets a Python memory limit
+(``spark.executor.pyspark.memory``, split between its cores)::
+
+      python    = c * (PYTHON_BASE + block * 2 + other side's vectors * 2)
+
+(the block: CSR arrays of 16 bytes per rating; the other side's vectors: all of them when
+broadcast, the block's share when joined; each held twice, received and unpickled).
+
 Blocks start at one per core (Spark's default) and double until a task fits; when even the
 largest block count leaves a task or the cached share over what one executor may have,
 ``size_als`` refuses with a message that says what does not fit.
@@ -46,6 +55,8 @@ MAX_CORES_PER_EXECUTOR = 5  # beyond ~5 concurrent tasks per JVM, GC and I/O con
 # else joined to the blocks that need them. The driver holds the collected copy and every
 # executor one deserialized copy per concurrent task, so keep it well under both heaps.
 DEFAULT_BROADCAST_BUDGET_MB = 256
+PYTHON_BASE = 768 * MIB  # a Python worker's address space with numpy, numba, pyarrow loaded (~570 MiB)
+CSR_BYTES_PER_RATING = 16  # int32 index + int32 local index + float32 confidence + float32 of slack
 
 
 class DataTooLargeError(ValueError):
@@ -82,13 +93,17 @@ class ExecutorSizing:
     shuffle_partitions: int
     driver_memory_mb: int
     checkpoint_interval: int = 5
+    python_memory_mb: int = 0  # spark.executor.pyspark.memory; 0 = not limited (local mode, MLlib)
     estimate: dict = field(default_factory=dict, compare=False)
 
     def spark_conf(self) -> dict[str, str]:
-        return {
+        conf = {
             "spark.executor.memoryOverhead": f"{self.executor_memory_overhead_mb}m",
             "spark.sql.shuffle.partitions": str(self.shuffle_partitions),
         }
+        if self.python_memory_mb:
+            conf["spark.executor.pyspark.memory"] = f"{self.python_memory_mb}m"
+        return conf
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -150,7 +165,17 @@ def estimate(shape: MatrixShape, blocks: int, executors: int, cores: int) -> dic
             "heap_bytes": int(heap)}
 
 
-def size_als(shape: MatrixShape, cluster: ClusterResources, checkpoint_interval: int = 5) -> ExecutorSizing:
+def python_memory_mb(shape: MatrixShape, blocks: int, cores: int, exchange: dict) -> int:
+    """The CG strategy's Python memory per executor (see the module docstring)."""
+    vec = 4 * shape.rank
+    block = shape.nnz / blocks * CSR_BYTES_PER_RATING
+    other = max(rows * vec if exchange[side] == "broadcast" else min(rows, shape.nnz / blocks) * vec
+                for side, rows in (("user", shape.users), ("item", shape.items)))
+    return _round_up(cores * (PYTHON_BASE + 2 * block + 2 * other)) // MIB
+
+
+def size_als(shape: MatrixShape, cluster: ClusterResources, checkpoint_interval: int = 5,
+             strategy: str = "mllib", broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB) -> ExecutorSizing:
     """Choose executors, memory and block counts for training ``shape`` on ``cluster``."""
     if min(shape.users, shape.items, shape.nnz, shape.rank) <= 0:
         raise ValueError(f"matrix shape must be positive, got {shape}")
@@ -196,5 +221,7 @@ def size_als(shape: MatrixShape, cluster: ClusterResources, checkpoint_interval:
         shuffle_partitions=max(2 * total_cores, blocks),
         driver_memory_mb=driver // MIB,
         checkpoint_interval=checkpoint_interval,
+        python_memory_mb=0 if cluster.local or strategy != "cg" else python_memory_mb(
+            shape, blocks, cores, factor_exchange(shape.users, shape.items, shape.rank, broadcast_budget_mb)),
         estimate=est,
     )

@@ -37,8 +37,9 @@ _PATTERNS: list[tuple[Failure, re.Pattern]] = [
         re.I)),
     # 52 is Spark's exit code for an executor that died of OutOfMemoryError (SparkExitCode.OOM):
     # on a cluster the driver often sees only that, the error itself is in the executor's log.
+    # MemoryError: a Python worker hit spark.executor.pyspark.memory (the CG strategy's blocks).
     (Failure.EXECUTOR_OOM, re.compile(r"java\.lang\.OutOfMemoryError|Java heap space|GC overhead limit exceeded"
-                                      r"|exited with code 52\b|exit code:? 52\b", re.I)),
+                                      r"|exited with code 52\b|exit code:? 52\b|\bMemoryError\b", re.I)),
     (Failure.FETCH_FAILED, re.compile(r"FetchFailedException|MetadataFetchFailedException|"
                                       r"Missing an output location for shuffle")),
     (Failure.EXECUTORS_LOST, re.compile(
@@ -94,6 +95,7 @@ def next_settings(failure: Failure, current: ExecutorSizing, local: bool, memory
         if s.executor_memory_mb >= memory_cap_mb:
             return None
         return s.scaled(executor_memory_mb=_mb(s.executor_memory_mb, 2, memory_cap_mb),
+                        python_memory_mb=_mb(s.python_memory_mb, 2, memory_cap_mb) if s.python_memory_mb else 0,
                         user_blocks=s.user_blocks * 2, item_blocks=s.item_blocks * 2,
                         shuffle_partitions=s.shuffle_partitions * 2)
     if failure is Failure.DRIVER_OOM:

@@ -25,7 +25,8 @@ from music_recs.quality_gate import QualityGateFailed, decide
 from music_recs.report import publish_report
 from music_recs.s3 import S3Store
 from music_recs.sizing import shuffle_partitions
-from music_recs.executor_sizing import MatrixShape, cluster_from_env, per_executor_limit_mb, size_als
+from music_recs.executor_sizing import (DEFAULT_BROADCAST_BUDGET_MB, MatrixShape, cluster_from_env, factor_exchange,
+                                       per_executor_limit_mb, size_als)
 from music_recs.spark_submit import REPO_ROOT, run_spark_job, run_with_resubmission, spark_master
 from music_recs.validation import check_run_conf_names_no_location, safe_key_part
 
@@ -214,22 +215,33 @@ def train(plan: dict, matrix: dict) -> dict:
     stats = matrix["stats"][p["granularity"]]
     local = spark_master(cfg.spark_conn_id).startswith("local")
     cluster = cluster_from_env(local)
-    sizing = size_als(MatrixShape(stats["users"], stats["items"], stats["nnz"], p["rank"]), cluster)
-    log.info("sizing for %d users x %d items, %d ratings, rank %d on %s: %s", stats["users"], stats["items"],
-             stats["nnz"], p["rank"], cluster, sizing.as_dict())
+    strategy = p.get("strategy", "mllib")
+    strategy_args = ["--strategy", strategy]
+    budget = int(os.environ.get("MUSIC_RECS_BROADCAST_BUDGET_MB", DEFAULT_BROADCAST_BUDGET_MB))
+    sizing = size_als(MatrixShape(stats["users"], stats["items"], stats["nnz"], p["rank"]), cluster,
+                      strategy=strategy, broadcast_budget_mb=budget)
+    log.info("sizing for %d users x %d items, %d ratings, rank %d, %s on %s: %s", stats["users"], stats["items"],
+             stats["nnz"], p["rank"], strategy, cluster, sizing.as_dict())
+    if strategy == "cg":
+        exchange = factor_exchange(stats["users"], stats["items"], p["rank"], budget)
+        log.info("CG ALS factor exchange (broadcast budget %d MiB): users by %s, items by %s", budget,
+                 exchange["user"], exchange["item"])
+        strategy_args += ["--user-exchange", exchange["user"], "--item-exchange", exchange["item"],
+                          "--broadcast-budget-mb", str(budget)]
 
     def args(s):
         return ["--matrix", plan["paths"]["matrix"], "--out", plan["paths"]["model"],
                 "--rank", str(p["rank"]), "--max-iter", str(p["max_iter"]), "--reg", str(p["reg"]),
                 "--alpha", str(p["alpha"]), "--checkpoint-dir", plan["paths"]["checkpoints"],
                 "--user-blocks", str(s.user_blocks), "--item-blocks", str(s.item_blocks),
-                "--checkpoint-interval", str(s.checkpoint_interval)]
+                "--checkpoint-interval", str(s.checkpoint_interval), *strategy_args]
 
     result = run_with_resubmission(
         "train_als", args, _result(plan, "train_als"), sizing, local, per_executor_limit_mb(cluster),
         max_attempts=int(os.environ.get("MUSIC_RECS_TRAIN_ATTEMPTS", 3)), conn_id=cfg.spark_conn_id,
         work_dir=_submit_dir(plan))
-    log.info("ALS rank %d: %d users, %d items in %.1fs (%.2fs/iteration)", p["rank"], result["data"]["users"],
+    log.info("ALS (%s) rank %d: %d users, %d items in %.1fs (%.2fs/iteration)", strategy, p["rank"],
+             result["data"]["users"],
              result["data"]["items"], result["seconds"]["fit"], result["seconds_per_iteration"])
     return result
 
@@ -294,8 +306,9 @@ def publish_run(store: S3Store, plan: dict, ingested: dict, validated: dict, mat
         "quarantine": {"uri": ingested.get("quarantine_uri"), "reasons": ingested.get("quarantine_reasons", {})},
         "validation": {"suite": validated["suite"], "statistics": validated["statistics"]},
         "matrix": matrix["stats"][p["granularity"]],
-        "training": {k: trained[k] for k in ("params", "data", "seconds", "seconds_per_iteration", "spark_conf",
-                                              "submission")},
+        "training": {k: trained[k] for k in ("strategy", "params", "data", "seconds", "seconds_per_iteration",
+                                              "spark_conf", "submission", "factor_exchange", "cg_steps")
+                     if k in trained},
         "metrics": {"k": evaluated["k"], "model": evaluated["model"], "baseline_popularity": evaluated["baseline_popularity"]},
         "quality_gate": gate,
     }
