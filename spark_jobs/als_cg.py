@@ -177,7 +177,10 @@ class _ArraySum(AccumulatorParam):
 
 def _gather_all(factors, rank: int) -> np.ndarray:
     """Broadcast path: the other side's factors as one array indexed by global id."""
-    parts = factors.map(lambda kv: kv[1][1]).collect()
+    return _assemble(factors.map(lambda kv: kv[1][1]).collect(), rank)
+
+
+def _assemble(parts, rank: int) -> np.ndarray:
     size = max((int(ids.max()) + 1 for ids, _ in parts if len(ids)), default=0)
     full = np.zeros((size, rank), np.float32)
     for ids, Y in parts:
@@ -193,6 +196,7 @@ class CGResult:
     loss: list
     seconds_per_iteration: list
     broadcasts: list
+    profile: dict
 
     def release(self) -> None:
         """Destroy the fit's broadcasts, once the factors have been materialized elsewhere."""
@@ -228,6 +232,10 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
                 for side in ("user", "item")}
 
     losses, per_iteration, broadcasts = [], [], []
+    # Where the time goes: CG kernels (summed over tasks), the Spark jobs that run them (wall,
+    # includes reading cached blocks, pickling, scheduling), the driver's gather + broadcast.
+    kernel_seconds = sc.accumulator(0.0)
+    profile = {"solve_jobs_seconds": 0.0, "driver_gather_broadcast_seconds": 0.0}
     # Y^T Y of the side solved last comes back with its solve (an accumulator), saving a job.
     gram_of = {"item": gram(gathered["item"]) if gathered["item"] is not None
                else factors["item"].map(lambda kv: gram(kv[1][1][1])).treeReduce(np.add)}
@@ -241,7 +249,9 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
             loss_here = track_loss and side == "item"  # the item solve sees the final factors of both sides
             reg_here = track_loss and side == "user"
             broadcast = exchange[other] == BROADCAST
+            t0 = time.time()
             bc = sc.broadcast(gathered[other]) if broadcast else None
+            profile["driver_gather_broadcast_seconds"] += time.time() - t0
             if bc is not None:
                 broadcasts.append(bc)
 
@@ -249,7 +259,9 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
                 blk, (ids, X), received, _ = _parts(values)
                 # Broadcast: every vector, indexed by global id. Join: the block's own, by position.
                 Y, indices = (bc.value, blk.indices) if bc is not None else (received, blk.local)
+                t0 = time.perf_counter()
                 new = solve_rows(blk.indptr, indices, blk.conf, Y, YtY, X, reg, cg_steps)
+                kernel_seconds.add(time.perf_counter() - t0)
                 side_gram.add(gram(new))
                 if loss_here:  # every (user, item) pair's data term plus the items' regularization
                     data_term.add(rows_loss(blk.indptr, indices, blk.conf, Y, YtY, new, reg))
@@ -264,10 +276,17 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
             factors[side] = _co_partitioned(sc, sources, solve).persist(level)
             if iteration % checkpoint_interval == 0:
                 factors[side].checkpoint()  # cuts the lineage (each iteration depends on the last)
+            t0 = time.time()
             if exchange[side] == BROADCAST:
-                gathered[side] = _gather_all(factors[side], rank)
+                # One job: solve, cache and collect; the driver-side assembly is timed apart.
+                parts = factors[side].map(lambda kv: kv[1][1]).collect()
+                t1 = time.time()
+                gathered[side] = _assemble(parts, rank)
+                profile["driver_gather_broadcast_seconds"] += time.time() - t1
+                profile["solve_jobs_seconds"] += t1 - t0
             else:
                 factors[side].count()
+                profile["solve_jobs_seconds"] += time.time() - t0
             gram_of[side] = side_gram.value
             old.unpersist()
         loss = data_term.value + user_reg.value
@@ -284,7 +303,10 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
     for rdd in (ublocks, iblocks, *tables.values()):
         rdd.unpersist()
     plain = {side: factors[side].mapValues(lambda v: v[1]) for side in factors}
-    return CGResult(plain["user"], plain["item"], dict(exchange), losses, per_iteration, broadcasts)
+    profile = {k: round(v, 3) for k, v in profile.items()}
+    profile["kernel_task_seconds"] = round(kernel_seconds.value, 3)
+    profile["iterations_seconds"] = round(sum(per_iteration), 3)
+    return CGResult(plain["user"], plain["item"], dict(exchange), losses, per_iteration, broadcasts, profile)
 
 
 def factors_frame(spark: SparkSession, factors) -> DataFrame:

@@ -114,7 +114,7 @@ def run(spark: SparkSession, matrix_uri: str, out_uri: str, rank: int = 32, max_
             n_users, n_items = user_factors.count(), item_factors.count()
             model = als_cg.als_model(spark, rank, user_factors, item_factors)
         extra = {"cg_steps": cg_steps, "factor_exchange": fitted.exchange, "loss": fitted.loss,
-                 "iteration_seconds": fitted.seconds_per_iteration}
+                 "iteration_seconds": fitted.seconds_per_iteration, "profile": fitted.profile}
     ratings.unpersist()
     with timer.phase("check"):
         check_finite(user_factors, item_factors)
