@@ -83,6 +83,6 @@ MemoryError"""
 
 def test_a_python_worker_out_of_memory_is_an_executor_oom_and_doubles_the_python_limit():
     failure, lines = classify_failure(PYTHON_MEMORY_ERROR, 1)
-    assert failure is Failure.EXECUTOR_OOM and lines == ["MemoryError"]
+    assert failure is Failure.EXECUTOR_OOM and lines[-1] == "MemoryError" and "Unable to allocate" in lines[0]
     nxt = next_settings(failure, SIZING.scaled(python_memory_mb=1024), local=False, memory_cap_mb=16_000)
     assert nxt.python_memory_mb == 2048 and nxt.executor_memory_mb == 4096

@@ -167,10 +167,14 @@ def initial_factors(ids: np.ndarray, rank: int, seed: int) -> np.ndarray:
     """Small positive random factors in [0, 0.01), a pure function of (seed, id, column): every
     block layout and both factor-exchange paths start from the same values for the same row."""
     ids = np.asarray(ids, dtype=np.uint64)
-    x = ids[:, None] * np.uint64(rank) + np.arange(rank, dtype=np.uint64)[None, :] + np.uint64(seed << 40)
-    # splitmix64: a counter-based generator, vectorized (uint64 arithmetic wraps by design).
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    return ((x >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)) * np.float32(0.01)
+    out = np.empty((len(ids), rank), dtype=np.float32)
+    cols = np.arange(rank, dtype=np.uint64)[None, :]
+    for start in range(0, len(ids), 8192):  # bounded temporaries (uint64, several per chunk)
+        x = ids[start:start + 8192, None] * np.uint64(rank) + cols + np.uint64(seed << 40)
+        # splitmix64: a counter-based generator, vectorized (uint64 arithmetic wraps by design).
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+        out[start:start + 8192] = (x >> np.uint64(40)).astype(np.float32) * np.float32(0.01 / (1 << 24))
+    return out

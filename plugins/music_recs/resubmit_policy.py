@@ -39,7 +39,7 @@ _PATTERNS: list[tuple[Failure, re.Pattern]] = [
     # on a cluster the driver often sees only that, the error itself is in the executor's log.
     # MemoryError: a Python worker hit spark.executor.pyspark.memory (the CG strategy's blocks).
     (Failure.EXECUTOR_OOM, re.compile(r"java\.lang\.OutOfMemoryError|Java heap space|GC overhead limit exceeded"
-                                      r"|exited with code 52\b|exit code:? 52\b|\bMemoryError\b", re.I)),
+                                      r"|exited with code 52\b|exit code:? 52\b|MemoryError\b", re.I)),
     (Failure.FETCH_FAILED, re.compile(r"FetchFailedException|MetadataFetchFailedException|"
                                       r"Missing an output location for shuffle")),
     (Failure.EXECUTORS_LOST, re.compile(
