@@ -16,8 +16,9 @@ half-iteration:
   other side's blocks through a shuffle (routing tables computed once), so the job still
   runs when neither side fits one executor.
 
-Every RDD holds exactly one element per partition (block ``b`` in partition ``b``), so the
-blocks, their factors and the received vectors line up with ``zip``, without a shuffle.
+Every RDD holds exactly one element per partition (block ``b`` in partition ``b``) under the
+same partitioner, so the blocks, their factors and the received vectors are read together by a
+partitioner-aware ``union``, without a shuffle.
 """
 
 from __future__ import annotations

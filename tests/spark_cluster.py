@@ -14,13 +14,7 @@ from pathlib import Path
 
 import pyspark
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import free_port
 
 
 class StandaloneCluster:
