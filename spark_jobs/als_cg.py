@@ -210,35 +210,53 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
         user_blocks: int, item_blocks: int, exchange: dict, checkpoint_interval: int = 5, seed: int = 42,
         cg_steps: int = DEFAULT_CG_STEPS, track_loss: bool = False, log=print) -> CGResult:
     """Fit implicit ALS by CG. ``exchange`` says per side how its factors reach the other
-    side's blocks: ``{"user": "broadcast"|"join", "item": ...}``."""
+    side's blocks: ``{"user": "broadcast"|"join", "item": ...}``.
+
+    Where each side's current factors live: a broadcast side's on the driver (they fit the
+    budget and are broadcast anyway; one broadcast serves as the other side's ``Y`` and then as
+    this side's own warm start), so its solve is collected straight to the driver, with no
+    cached copy and no lineage to checkpoint; a join side's in a cached RDD, checkpointed every
+    ``checkpoint_interval`` iterations."""
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
     sc = spark.sparkContext
     level = StorageLevel.MEMORY_AND_DISK
     ublocks = rating_blocks(ratings, S.USER_IDX, S.ITEM_IDX, user_blocks, alpha).persist(level)
     iblocks = rating_blocks(ratings, S.ITEM_IDX, S.USER_IDX, item_blocks, alpha).persist(level)
-    factors = {
-        "user": ublocks.mapValues(lambda b: ("factors", (b.rows, initial_factors(b.rows, rank, seed)))).persist(level),
-        "item": iblocks.mapValues(lambda b: ("factors", (b.rows, initial_factors(b.rows, rank, seed + 1)))).persist(level),
-    }
     blocks = {"user": ublocks, "item": iblocks}
     counts = {"user": user_blocks, "item": item_blocks}
+    seeds = {"user": seed, "item": seed + 1}
+    factors, held = {}, {}  # join sides: cached RDD (block, ("factors", (ids, X))); broadcast sides: driver array
+    for side in ("user", "item"):
+        initial = blocks[side].mapValues(lambda b, s=seeds[side]: ("factors", (b.rows, initial_factors(b.rows, rank, s))))
+        if exchange[side] == BROADCAST:
+            held[side] = _gather_all(initial, rank)
+        else:
+            factors[side] = initial.persist(level)
     tables = {}
     for side, other in (("user", "item"), ("item", "user")):
         if exchange[other] == JOIN:  # the solving side receives the other's vectors by join
             tables[side] = routing_table(sc, blocks[side], blocks[other], counts[other]).persist(level)
-    for rdd in (ublocks, iblocks, *tables.values()):
+    for rdd in (ublocks, iblocks, *tables.values(), *factors.values()):
         rdd.count()
-    # The broadcast path's copy of each side's factors, collected by the same job that
-    # materializes them (one job per half-iteration).
-    gathered = {side: _gather_all(factors[side], rank) if exchange[side] == BROADCAST else None
-                for side in ("user", "item")}
 
-    losses, per_iteration, broadcasts = [], [], []
+    losses, per_iteration, broadcasts, shared, last_parts = [], [], [], {}, {}
+
+    def share(side):
+        """The broadcast of ``held[side]``'s current value, made once per value."""
+        if side not in shared:
+            t0 = time.time()
+            shared[side] = sc.broadcast(held[side])
+            broadcasts.append(shared[side])
+            profile["driver_gather_broadcast_seconds"] += time.time() - t0
+        return shared[side]
+
     # Where the time goes: CG kernels (summed over tasks), the Spark jobs that run them (wall,
     # includes reading cached blocks, pickling, scheduling), the driver's gather + broadcast.
     kernel_seconds = sc.accumulator(0.0)
     profile = {"solve_jobs_seconds": 0.0, "driver_gather_broadcast_seconds": 0.0}
     # Y^T Y of the side solved last comes back with its solve (an accumulator), saving a job.
-    gram_of = {"item": gram(gathered["item"]) if gathered["item"] is not None
+    gram_of = {"item": gram(held["item"]) if "item" in held
                else factors["item"].map(lambda kv: gram(kv[1][1][1])).treeReduce(np.add)}
     for iteration in range(1, max_iter + 1):
         started = time.time()
@@ -249,17 +267,15 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
             side_gram = sc.accumulator(np.zeros((rank, rank)), _ArraySum())
             loss_here = track_loss and side == "item"  # the item solve sees the final factors of both sides
             reg_here = track_loss and side == "user"
-            broadcast = exchange[other] == BROADCAST
-            t0 = time.time()
-            bc = sc.broadcast(gathered[other]) if broadcast else None
-            profile["driver_gather_broadcast_seconds"] += time.time() - t0
-            if bc is not None:
-                broadcasts.append(bc)
+            bc_other = share(other) if other in held else None
+            bc_own = share(side) if side in held else None
 
-            def solve(b, values, bc=bc, YtY=YtY, side_gram=side_gram, loss_here=loss_here, reg_here=reg_here):
-                blk, (ids, X), received, _ = _parts(values)
+            def solve(b, values, bc_other=bc_other, bc_own=bc_own, YtY=YtY, side_gram=side_gram,
+                      loss_here=loss_here, reg_here=reg_here):
+                blk, own, received, _ = _parts(values)
+                X = bc_own.value[blk.rows] if bc_own is not None else own[1]
                 # Broadcast: every vector, indexed by global id. Join: the block's own, by position.
-                Y, indices = (bc.value, blk.indices) if bc is not None else (received, blk.local)
+                Y, indices = (bc_other.value, blk.indices) if bc_other is not None else (received, blk.local)
                 t0 = time.perf_counter()
                 new = solve_rows(blk.indptr, indices, blk.conf, Y, YtY, X, reg, cg_steps)
                 kernel_seconds.add(time.perf_counter() - t0)
@@ -268,34 +284,37 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
                     data_term.add(rows_loss(blk.indptr, indices, blk.conf, Y, YtY, new, reg))
                 if reg_here:
                     user_reg.add(float(reg * (np.diff(blk.indptr) * (new.astype(np.float64) ** 2).sum(1)).sum()))
-                return "factors", (ids, new)
+                return "factors", (blk.rows, new)
 
-            sources = [blocks[side], factors[side]]
-            if not broadcast:
+            sources = [blocks[side]] + ([] if side in held else [factors[side]])
+            if other not in held:
                 sources.append(received_vectors(sc, factors[other], tables[side], counts[side]))
-            old = factors[side]
-            factors[side] = _co_partitioned(sc, sources, solve).persist(level)
-            if iteration % checkpoint_interval == 0:
-                factors[side].checkpoint()  # cuts the lineage (each iteration depends on the last)
+            solved = _co_partitioned(sc, sources, solve)
             t0 = time.time()
-            if exchange[side] == BROADCAST:
-                # One job: solve, cache and collect; the driver-side assembly is timed apart.
-                parts = factors[side].map(lambda kv: kv[1][1]).collect()
+            if side in held:
+                # One job: solve and collect (the map runs in the same Python worker); the
+                # driver-side assembly is timed apart.
+                parts = solved.map(lambda kv: kv[1][1]).collect()
                 t1 = time.time()
-                gathered[side] = _assemble(parts, rank)
+                held[side], last_parts[side] = _assemble(parts, rank), parts
+                shared.pop(side, None)  # a new value: broadcast again when next needed
                 profile["driver_gather_broadcast_seconds"] += time.time() - t1
                 profile["solve_jobs_seconds"] += t1 - t0
             else:
+                old, factors[side] = factors[side], solved.persist(level)
+                if iteration % checkpoint_interval == 0:
+                    factors[side].checkpoint()  # cuts the lineage (each iteration depends on the last)
                 factors[side].count()
                 profile["solve_jobs_seconds"] += time.time() - t0
+                old.unpersist()
             gram_of[side] = side_gram.value
-            old.unpersist()
         loss = data_term.value + user_reg.value
-        # Executors drop their copies (re-sent if a lost block is recomputed). Destroying them
-        # must wait for the end: every later task's serialized lineage still names them, even
-        # past a checkpoint, and a task naming a destroyed broadcast fails.
+        # Executors drop the copies no longer needed (re-sent if a lost block is recomputed).
+        # Destroying them must wait for the end: every later task's serialized lineage still
+        # names them, even past a checkpoint, and a task naming a destroyed broadcast fails.
         for bc in broadcasts:
-            bc.unpersist()
+            if bc not in shared.values():
+                bc.unpersist()
         per_iteration.append(round(time.time() - started, 3))
         if track_loss:
             losses.append(float(loss))
@@ -303,6 +322,9 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
             + (f", loss {loss:.6g}" if track_loss else ""))
     for rdd in (ublocks, iblocks, *tables.values()):
         rdd.unpersist()
+    for side in held:  # the last solve's blocks, as an RDD like the join side's
+        factors[side] = sc.parallelize([(b, ("factors", part)) for b, part in enumerate(last_parts[side])],
+                                       counts[side])
     plain = {side: factors[side].mapValues(lambda v: v[1]) for side in factors}
     profile = {k: round(v, 3) for k, v in profile.items()}
     profile["kernel_task_seconds"] = round(kernel_seconds.value, 3)

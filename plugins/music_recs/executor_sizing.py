@@ -27,10 +27,11 @@ CG strategy (``spark_jobs/als_cg.py``): the blocks and factors live in the Pytho
 while they are solved, so on a cluster each executor also gets a Python memory limit
 (``spark.executor.pyspark.memory``, split between its cores)::
 
-      python    = c * (PYTHON_BASE + block * 2 + other side's vectors * 2)
+      python    = c * (PYTHON_BASE + block * 2 + vectors * 2)
 
-(the block: CSR arrays of 16 bytes per rating; the other side's vectors: all of them when
-broadcast, the block's share when joined; each held twice, received and unpickled).
+(the block: CSR arrays of 16 bytes per rating; vectors, for each side: all of them when that
+side is broadcast (a worker holds the other side's as ``Y`` and its own as the warm start),
+the block's share when joined; each held twice, received and unpickled).
 
 Blocks start at one per core (Spark's default) and double until a task fits; when even the
 largest block count leaves a task or the cached share over what one executor may have,
@@ -169,9 +170,9 @@ def python_memory_mb(shape: MatrixShape, blocks: int, cores: int, exchange: dict
     """The CG strategy's Python memory per executor (see the module docstring)."""
     vec = 4 * shape.rank
     block = shape.nnz / blocks * CSR_BYTES_PER_RATING
-    other = max(rows * vec if exchange[side] == "broadcast" else min(rows, shape.nnz / blocks) * vec
-                for side, rows in (("user", shape.users), ("item", shape.items)))
-    return _round_up(cores * (PYTHON_BASE + 2 * block + 2 * other)) // MIB
+    vectors = sum(rows * vec if exchange[side] == "broadcast" else min(rows, shape.nnz / blocks) * vec
+                  for side, rows in (("user", shape.users), ("item", shape.items)))
+    return _round_up(cores * (PYTHON_BASE + 2 * block + 2 * vectors)) // MIB
 
 
 def size_als(shape: MatrixShape, cluster: ClusterResources, checkpoint_interval: int = 5,
