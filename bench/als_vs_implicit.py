@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import pickle
 import platform
 import shutil
 import statistics
@@ -119,10 +120,21 @@ def main(argv=None) -> int:
                    help="score a fixed random sample of this many held-out users (0 = all): scoring every user "
                         "against every item costs more than training at millions of ratings")
     p.add_argument("--strategies", nargs="+", choices=["mllib", "cg"], default=["mllib", "cg"])
+    p.add_argument("--matrix-cache", help="keep the generated matrix in this folder and reuse it in later runs "
+                                          "with the same --plays-per-day and --days (generation is deterministic)")
     a = p.parse_args(argv)
 
     t0 = time.time()
-    train, csr, truth = build_matrix(a.plays_per_day, a.days)
+    cached = a.matrix_cache and os.path.join(a.matrix_cache, f"matrix_{a.plays_per_day}x{a.days}.pkl")
+    if cached and os.path.exists(cached):
+        with open(cached, "rb") as fh:
+            train, csr, truth = pickle.load(fh)
+    else:
+        train, csr, truth = build_matrix(a.plays_per_day, a.days)
+        if cached:
+            os.makedirs(a.matrix_cache, exist_ok=True)
+            with open(cached, "wb") as fh:
+                pickle.dump((train, csr, truth), fh, protocol=5)
     users = np.array(sorted(truth))
     if a.eval_users and len(users) > a.eval_users:
         users = np.sort(np.random.default_rng(0).choice(users, a.eval_users, replace=False))

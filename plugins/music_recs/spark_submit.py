@@ -110,11 +110,32 @@ def job_path(job: str) -> str:
 
 def base_conf() -> dict[str, str]:
     log4j = f"-Dlog4j2.configurationFile=file:{LOG4J2}"
-    return {
+    conf = {
         "spark.driver.extraJavaOptions": log4j,
         "spark.executor.extraJavaOptions": log4j,
         # Executors use the same interpreter as the driver (the project's environment).
         "spark.pyspark.python": os.environ.get("PYSPARK_PYTHON", sys.executable),
+    }
+    return {**conf, **event_log_conf(os.environ.get("MUSIC_RECS_SPARK_EVENT_LOG_DIR", ""))}
+
+
+def event_log_conf(directory: str) -> dict[str, str]:
+    """Spark event logs for the History Server (off unless ``directory`` is set), with each
+    stage's peak executor memory: JVM heap, storage and execution memory, and the resident
+    memory of the JVM and its Python workers (process-tree metrics, Linux only)."""
+    if not directory:
+        return {}
+    if "://" not in directory:
+        os.makedirs(directory, exist_ok=True)
+        directory = f"file://{os.path.abspath(directory)}"
+    return {
+        "spark.eventLog.enabled": "true",
+        "spark.eventLog.dir": directory,
+        "spark.eventLog.logStageExecutorMetrics": "true",
+        "spark.executor.processTreeMetrics.enabled": "true",
+        # Poll peaks every second; by default they are sampled at heartbeats only (20 s here),
+        # which misses every short stage.
+        "spark.executor.metrics.pollingInterval": "1s",
     }
 
 

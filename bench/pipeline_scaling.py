@@ -1,0 +1,276 @@
+"""Pipeline scaling: every stage of the daily DAG at several data sizes, with its peak memory,
+and the sizing model's predicted executor memory against what Spark's executors used.
+
+For each size (plays per day) it generates two days of stream logs into a local S3 server
+(moto, over HTTP, as in the tests), ingests and validates the first day as an earlier daily
+run would have, and then runs the DAG's own task functions (``music_recs.tasks``: the code
+each Airflow task calls) for the second day, in the DAG's order: ingest, validate,
+build_confidence, train_als, evaluate, quality_gate + publish. Airflow's scheduling is left
+out; every Spark stage is a real ``spark-submit`` on ``local[*]`` with the settings the DAG
+computes.
+
+Measured per stage: wall time; peak resident memory of the whole process tree of the stage
+(the spark-submit JVM and its Python workers; for publish, this process), sampled every
+0.2 s; and from Spark's event log (``MUSIC_RECS_SPARK_EVENT_LOG_DIR``), the executor's peak
+JVM heap, storage and execution memory and Python RSS. The training stage's peaks are
+compared with ``music_recs.executor_sizing.size_als``'s prediction for the same matrix.
+
+Each stage's cost is fitted as start-up plus a cost per play (``fit_cost``), with the
+log-log slope between the two largest sizes to show what grows faster than linearly. Output: a table on stdout, ``--json`` with every number and
+``--chart`` (PNG: seconds per stage against plays, log-log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "plugins"))
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+from music_recs.spark_events import executor_peaks  # noqa: E402
+
+STAGES = ("ingest", "validate", "build_confidence", "train_als", "evaluate", "publish")
+SPARK_JOB_OF = {"ingest": "ingest", "validate": "validate", "build_confidence": "confidence",
+                "train_als": "train_als", "evaluate": "evaluate"}
+MIB = 1024 * 1024
+
+
+class PeakMemory:
+    """Peak resident memory of this process and its descendants (but the S3 server, which holds
+    every object in memory and is not part of the pipeline), sampled in a thread."""
+
+    exclude: set = set()
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._me = psutil.Process()
+
+    def _sample(self) -> int:
+        total = 0
+        for p in [self._me, *self._me.children(recursive=True)]:
+            if p.pid in self.exclude:
+                continue
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:  # a process that ended between listing and reading
+                pass
+        return total
+
+    def __enter__(self):
+        self.peak = self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._sample())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def fit_cost(xs, ys) -> dict:
+    """How a stage's seconds grow with plays: a straight line ``t0 + plays * per_million / 1e6``
+    (t0: start-up, mostly the JVM and Spark session) and the log-log slope between the two
+    largest sizes (1 = linear, 2 = quadratic; start-up pulls it below the true exponent)."""
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    slope, t0 = np.polyfit(xs, ys, 1) if len(xs) > 1 else (0.0, float(ys[0]))
+    b = float(np.log(ys[-1] / ys[-2]) / np.log(xs[-1] / xs[-2])) if len(xs) > 1 else float("nan")
+    return {"t0_seconds": round(float(t0), 2), "seconds_per_million_plays": round(float(slope) * 1e6, 2),
+            "loglog_slope_largest": round(b, 2)}
+
+
+def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
+    from music_recs import tasks
+    from music_recs.config import load_config
+    from music_recs.executor_sizing import MatrixShape, cluster_from_env, size_als
+    from music_recs.s3 import S3Store
+    from music_recs.sample_data import Catalogue, CatalogueSpec, upload_days
+
+    lake, events = os.path.join(work, f"lake_{plays}"), os.path.join(work, f"events_{plays}")
+    os.environ["MUSIC_RECS_LAKE_URI"] = lake
+    os.environ["MUSIC_RECS_SPARK_EVENT_LOG_DIR"] = events
+    cfg = load_config(use_airflow=False)
+    store = S3Store.from_airflow(cfg.aws_conn_id)
+    for bucket in (cfg.raw_bucket, cfg.models_bucket):
+        store.ensure_bucket(bucket)
+    day = dt.date(2026, 11, 20)
+    history = day - dt.timedelta(days=1)
+    t0 = time.time()
+    spec = CatalogueSpec.for_plays_per_day(plays)
+    upload_days(store, cfg.raw_bucket, cfg.landing_prefix, [history, day], plays, Catalogue(spec), files_per_day)
+    generated = time.time() - t0
+    print(f"  generated 2 days x {plays} plays in {generated:.0f}s", flush=True)
+
+    def start(d):
+        return dt.datetime.combine(d, dt.time(), tzinfo=dt.timezone.utc)
+
+    # What the earlier daily run left in the lake.
+    earlier = tasks.plan_run({}, start(history), f"bench__{history}", cfg)
+    tasks.ingest(store, earlier)
+    tasks.validate(earlier)
+
+    plan = tasks.plan_run(params, start(day), f"bench__{day}__{plays}", cfg)
+    seconds, peak, results = {}, {}, {}
+
+    def stage(name, fn, *args):
+        with PeakMemory() as mem:
+            t = time.time()
+            results[name] = fn(*args)
+            seconds[name] = time.time() - t
+        peak[name] = mem.peak
+        print(f"  {name:<17} {seconds[name]:7.1f}s  peak RSS {mem.peak / MIB:7.0f} MiB", flush=True)
+
+    stage("ingest", tasks.ingest, store, plan)
+    stage("validate", tasks.validate, plan)
+    stage("build_confidence", tasks.build_confidence, plan)
+    stage("train_als", tasks.train, plan, results["build_confidence"])
+    stage("evaluate", tasks.evaluate, plan)
+
+    def gate_and_publish():
+        gate = tasks.quality_gate(store, plan, results["evaluate"])
+        return tasks.publish_run(store, plan, results["ingest"], results["validate"], results["build_confidence"],
+                                 results["train_als"], results["evaluate"], gate)
+
+    stage("publish", gate_and_publish)
+    stats = results["build_confidence"]["stats"][plan["params"]["granularity"]]
+    sizing = size_als(MatrixShape(stats["users"], stats["items"], stats["nnz"], plan["params"]["rank"]),
+                      cluster_from_env(local=True), strategy=plan["params"].get("strategy", "mllib"))
+    sizing_cluster = size_als(MatrixShape(stats["users"], stats["items"], stats["nnz"], plan["params"]["rank"]),
+                              cluster_from_env(local=False), strategy="cg")
+    return {
+        "plays_per_day": plays, "window_plays": 2 * plays, "generate_seconds": round(generated, 1),
+        "rows_read": results["ingest"]["rows_read"], "matrix": stats,
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "peak_rss_mb": {k: round(v / MIB) for k, v in peak.items()},
+        "spark_peaks_mb": {k: {m: round(v / MIB) for m, v in p.items()} for k, p in executor_peaks(events).items()},
+        "train": {k: results["train_als"].get(k) for k in ("strategy", "seconds", "seconds_per_iteration")},
+        "sizing": {"executor_memory_mb": sizing.executor_memory_mb, "driver_memory_mb": sizing.driver_memory_mb,
+                   "predicted_storage_mb": round(sizing.estimate["storage_per_executor_bytes"] / MIB),
+                   "predicted_task_mb": round(sizing.estimate["task_bytes"] / MIB),
+                   "cg_python_memory_mb_on_a_cluster": sizing_cluster.python_memory_mb},
+        "metrics": {k: results["evaluate"]["model"][k] for k in ("precision", "map")},
+    }
+
+
+def chart(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    xs = [r["rows_read"] for r in rows]
+    for name in STAGES:
+        ax.plot(xs, [r["seconds"][name] for r in rows], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("plays in the day's landing files")
+    ax.set_ylabel("seconds (wall, incl. spark-submit start-up)")
+    ax.set_title(f"music_recs_daily: time per stage vs data size ({os.cpu_count()} cores, local[*])")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--plays-per-day", type=int, nargs="+", default=[50_000, 500_000, 2_000_000])
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--max-iter", type=int, default=10)
+    p.add_argument("--strategy", choices=["mllib", "cg"], default="mllib")
+    p.add_argument("--files-per-day", type=int, default=4, help="landing files per day (gzip is not splittable)")
+    p.add_argument("--json", help="write every measurement here")
+    p.add_argument("--chart", help="write the PNG chart here")
+    a = p.parse_args(argv)
+
+    import logging
+
+    from music_recs import local_s3, tasks  # noqa: F401 (imports Airflow, which configures logging)
+
+    # The stages log every spark-submit line at INFO; the benchmark prints its own summary.
+    for name in ("airflow", "airflow.task", "airflow.task.hooks", "music_recs"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    work = tempfile.mkdtemp(prefix="pipeline_bench_")
+    port = _free_port()
+    server = local_s3.start(port, os.path.join(work, "s3.log"))
+    PeakMemory.exclude = {server.pid}
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": local_s3.endpoint(port), "region_name": "us-east-1"}})
+    os.environ.setdefault("AIRFLOW_CONN_SPARK_DEFAULT", json.dumps({"conn_type": "spark", "host": "local[*]"}))
+    # A day of the benchmark is self-contained: a two-day window, the last day held out.
+    params = {"window_days": 2, "holdout_days": 1, "rank": a.rank, "max_iter": a.max_iter, "strategy": a.strategy,
+              # Synthetic data: publish whatever the gate says, so every size is measured to the end.
+              "override_quality_gate": True}
+    rows = []
+    started = time.time()
+    try:
+        for plays in a.plays_per_day:
+            print(f"size: {plays} plays/day", flush=True)
+            rows.append(run_size(plays, work, params, a.files_per_day))
+    finally:
+        if server is not None:
+            server.terminate()
+        shutil.rmtree(work, ignore_errors=True)
+
+    cores = os.cpu_count() or 1
+    print(f"\n{'plays/day':>10} {'matrix nnz':>11} " + " ".join(f"{s[:12]:>12}" for s in STAGES))
+    for r in rows:
+        print(f"{r['rows_read']:>10} {r['matrix']['nnz']:>11} " + " ".join(f"{r['seconds'][s]:>11.1f}s" for s in STAGES))
+    print(f"\n{'stage':<17} {'t0 s':>7} {'s/M plays':>9} {'slope':>6}  peak RSS MiB per size")
+    fits = {}
+    for s in STAGES:
+        fits[s] = f = fit_cost([r["rows_read"] for r in rows], [r["seconds"][s] for r in rows])
+        print(f"{s:<17} {f['t0_seconds']:>7.1f} {f['seconds_per_million_plays']:>9.1f} {f['loglog_slope_largest']:>6.2f}  "
+              + ", ".join(str(r["peak_rss_mb"][s]) for r in rows))
+    print("\nthroughput, ingest + validate + confidence (plays per second per core):")
+    for r in rows:
+        t = sum(r["seconds"][s] for s in ("ingest", "validate", "build_confidence"))
+        print(f"  {r['rows_read']:>10} plays/day: {r['rows_read'] / t / cores:>9.0f}"
+              f"  (ingest alone {r['rows_read'] / r['seconds']['ingest'] / cores:.0f})")
+    print("\nsizing model vs Spark's executor metrics (train_als; local mode: the driver is the executor):")
+    for r in rows:
+        m = r["spark_peaks_mb"].get("train_als", {})
+        print(f"  {r['matrix']['nnz']:>10} nnz: predicted heap {r['sizing']['executor_memory_mb']} MiB "
+              f"(storage {r['sizing']['predicted_storage_mb']}, task {r['sizing']['predicted_task_mb']}); "
+              f"peak used heap {m.get('JVMHeapMemory')}, storage {m.get('OnHeapStorageMemory')}, "
+              f"execution {m.get('OnHeapExecutionMemory')}, JVM RSS {m.get('ProcessTreeJVMRSSMemory')}, "
+              f"Python RSS {m.get('ProcessTreePythonRSSMemory')}")
+    total = time.time() - started
+    print(f"\n{cores} cores, {platform.platform()}; {total / 60:.1f} min; command: {' '.join(sys.argv)}")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump({"rows": rows, "fits": fits, "cores": cores, "minutes": round(total / 60, 1),
+                       "command": " ".join(sys.argv)}, fh, indent=1)
+    if a.chart:
+        chart(rows, a.chart)
+    return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
