@@ -24,6 +24,13 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ["MUSIC_RECS_LAKE_URI"] = str(_SESSION_TMP / "lake")
 os.environ["MUSIC_RECS_TASK_RETRIES"] = "0"
+# Every spark-submit a test causes (the DAG's tasks, the cluster tests) starts a driver JVM that
+# lives for seconds on a few thousand rows: the C1 JIT alone and the serial GC leave the 2 cores
+# to the job (about 5 s less per submission), and no web UI is started. Only the driver JVM of
+# those submissions reads SPARK_SUBMIT_OPTS; the session-wide `spark` fixture is started without.
+SUBMIT_TEST_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dspark.ui.enabled=false"
+_OWN_SUBMIT_OPTS = os.environ.get("SPARK_SUBMIT_OPTS", "")
+os.environ["SPARK_SUBMIT_OPTS"] = f"{_OWN_SUBMIT_OPTS} {SUBMIT_TEST_OPTS}".strip()
 
 # py4j logs "closing down" from finalizers after pytest closed its streams.
 import logging  # noqa: E402
@@ -54,7 +61,12 @@ def spark():
                .config("spark.driver.memory", "2g"))
     for key, value in BASE_CONF.items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    submit_opts = os.environ["SPARK_SUBMIT_OPTS"]
+    os.environ["SPARK_SUBMIT_OPTS"] = _OWN_SUBMIT_OPTS  # a long-lived JVM: keep the default JIT and GC
+    try:
+        session = builder.getOrCreate()
+    finally:
+        os.environ["SPARK_SUBMIT_OPTS"] = submit_opts
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
