@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -110,12 +109,3 @@ def airflow_env(extra: dict | None = None) -> dict:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra or {})
     return env
-
-
-@pytest.fixture(scope="session")
-def airflow_db():
-    """An initialised metadata database (SQLite) in the session's AIRFLOW_HOME."""
-    for cmd in (["db", "migrate"], ["pools", "import", str(REPO / "infra" / "airflow" / "pools.json")]):
-        subprocess.run([sys.executable, "-m", "airflow", *cmd], env=airflow_env(), check=True,
-                       capture_output=True, timeout=300)
-    return os.environ["AIRFLOW_HOME"]

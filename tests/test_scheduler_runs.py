@@ -7,6 +7,10 @@ on a temporary AIRFLOW_HOME, real Spark in local mode, the moto S3 server over H
   processes is not run twice, the others run in order with the backfill's conf, Spark stages of
   all runs never overlap (pool), each day is published and latest.json ends on the last day;
   rerunning the completed range does what --reprocess-behavior says (dry run);
+- both training strategies end to end: the scheduled run trains with the default (MLlib), the
+  backfill's conf picks the CG strategy; every published manifest is verified against its
+  objects (size, sha256), its rows, window, metrics, quality gate and submission, and
+  `music-recs recommend` prints recommendations from the published model;
 - UI trigger: the REST call the trigger form makes (login with the generated password):
   out-of-schema params are refused, a run whose params break a cross-field rule fails in
   plan_run and the failure alert reaches the alerts webhook; no secret reaches any log.
@@ -15,7 +19,9 @@ on a temporary AIRFLOW_HOME, real Spark in local mode, the moto S3 server over H
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import http.server
+import io
 import json
 import secrets
 import subprocess
@@ -28,8 +34,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psutil
+import pyarrow.parquet as pq
 import pytest
 
+from music_recs import cli
+from music_recs.cli import load_recommendations
 from music_recs.publish import read_latest
 from music_recs.sample_data import Catalogue, CatalogueSpec, upload_days, write_days_local
 from spark_jobs import ingest
@@ -44,8 +53,9 @@ TODAY = dt.datetime.now(dt.timezone.utc).date()
 SCHEDULED_DAY = TODAY - dt.timedelta(days=1)  # catchup off: the scheduler runs the latest interval only
 BACKFILL_DAYS = [SCHEDULED_DAY - dt.timedelta(days=i) for i in (2, 1, 0)]
 HISTORY_DAYS = [BACKFILL_DAYS[0] - dt.timedelta(days=i) for i in (3, 2, 1)]
-BACKFILL_CONF = {"window_days": 4, "max_iter": 5, "top_n": 10}
-RUNS_DEADLINE_S = 900  # three runs of five Spark stages, 30-40 s each on 2 cores
+# The backfill trains with the CG strategy, the scheduled run with the default (MLlib).
+BACKFILL_CONF = {"window_days": 4, "max_iter": 5, "top_n": 10, "strategy": "cg"}
+RUNS_DEADLINE_S = 900  # three runs of five Spark stages, 20-40 s each on 2 cores
 
 
 class _AlertReceiver(http.server.BaseHTTPRequestHandler):
@@ -190,7 +200,35 @@ def _day(run: dict) -> str:
     return run["data_interval_start"][:10]
 
 
-def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack):
+def _check_published(store, manifest: dict, day: dt.date, strategy: str):
+    """A published run, end to end: objects as the manifest says, rows accounted for, the window,
+    the strategy, a model that beats popularity and passed the gate, one successful submission."""
+    for obj in manifest["objects"]:
+        data, _ = store.get_bytes(MODELS, obj["key"])
+        assert len(data) == obj["size"] and hashlib.sha256(data).hexdigest() == obj["sha256"], obj["key"]
+    assert {o["artifact"] for o in manifest["objects"]} >= {"user_factors", "item_factors", "recommendations",
+                                                            "similar_items"}
+    rows = manifest["rows"]
+    assert rows["rows_read"] == PLAYS
+    assert rows["rows_read"] == rows["rows_accepted"] + rows["rows_quarantined"] + rows["duplicates_removed"]
+    window = manifest["params"]["window_days"]
+    first_day = day - dt.timedelta(days=window - 1)
+    assert manifest["data_window"]["first_day"] == first_day.isoformat(), (day, manifest["data_window"])
+    training = manifest["training"]
+    assert manifest["params"]["strategy"] == strategy and training["strategy"] == strategy, day
+    assert training["params"]["rank"] == manifest["params"]["rank"]
+    if strategy == "cg":
+        assert training["factor_exchange"] == {"user": "broadcast", "item": "broadcast"}
+    m, b = manifest["metrics"]["model"], manifest["metrics"]["baseline_popularity"]
+    assert m["users_evaluated"] > 0 and 0 <= m["precision"] <= 1
+    assert m["map"] > b["map"], day  # the planted taste structure is learnable
+    assert manifest["quality_gate"]["passed"] and manifest["quality_gate"]["metric"] == "map"
+    submission = training["submission"]
+    assert submission["attempts"][0]["outcome"] == "success"
+    assert submission["sizing"]["user_blocks"] == training["params"]["user_blocks"]
+
+
+def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, monkeypatch, capsys):
     api, env, store = stack["api"], stack["env"], stack["store"]
 
     # Scheduled path: unpaused by airflow.sh, the scheduler creates the latest interval's run by itself.
@@ -248,8 +286,21 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack):
         expected = BACKFILL_CONF if day != SCHEDULED_DAY else {"window_days": 90, "max_iter": 10, "top_n": 50}
         assert {k: manifest["params"][k] for k in expected} == expected, day
         assert store.get_bytes(MODELS, manifest["report"]["key"]) is not None
+        _check_published(store, manifest, day, "mllib" if day == SCHEDULED_DAY else "cg")
     pointer, manifest = read_latest(store, MODELS, "music_recs/latest.json")
     assert pointer["day"] == SCHEDULED_DAY.isoformat() and pointer["run_id"] == scheduled[0]["dag_run_id"]
+
+    # A person can read the result: the CLI prints recommendations from the published model.
+    first_rec = next(o for o in manifest["objects"] if o["artifact"] == "recommendations")
+    user = pq.read_table(io.BytesIO(store.get_bytes(MODELS, first_rec["key"])[0])).column("user_id")[0].as_py()
+    monkeypatch.setenv("MUSIC_RECS_RAW_BUCKET", RAW)
+    monkeypatch.setenv("MUSIC_RECS_MODELS_BUCKET", MODELS)
+    monkeypatch.setenv("MUSIC_RECS_LAKE_URI", str(stack["root"] / "lake"))
+    capsys.readouterr()
+    assert cli.main(["recommend", "--user", user, "-n", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert f"for {user}" in printed and "  1. Track " in printed and " by Artist " in printed
+    assert load_recommendations(store, MODELS, manifest, "no-such-user") is None
 
     # The failing UI-triggered run: failed in plan_run, and the alert names run, task, class and log.
     assert next(r for r in runs if r["dag_run_id"] == bad["dag_run_id"])["state"] == "failed"
