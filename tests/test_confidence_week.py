@@ -45,19 +45,11 @@ def file_digests(folder: Path) -> list[str]:
     return sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.parquet"))
 
 
-@pytest.fixture(scope="module")
-def first_run(week, spark):
-    """The job's first run on the week: its result and what it wrote (both tests look at it)."""
-    root, _ = week
-    result = confidence.run(spark, END, str(root / "lake"), ConfidenceParams(), window=7, holdout_days=1)
-    out = root / "lake" / f"matrix/dt={END}/granularity=track"
-    return result, {part: file_digests(out / part) for part in ("train", "holdout")}, (out / "stats.json").read_text()
-
-
-def test_statistics_file_matches_an_independent_count(week, first_run):
+def test_statistics_file_matches_an_independent_count(week, spark):
     root, frames = week
-    result, _, stats_text = first_run
-    stats = json.loads(stats_text)
+    lake = str(root / "lake")
+    result = confidence.run(spark, END, lake, ConfidenceParams(), window=7, holdout_days=1)
+    stats = json.loads((root / "lake" / f"matrix/dt={END}/granularity=track/stats.json").read_text())
     assert stats == result["stats"]["track"]
     want = expected_track_matrix(frames)
     assert stats["nnz"] == len(want)
@@ -75,11 +67,13 @@ def test_statistics_file_matches_an_independent_count(week, first_run):
     assert 0 < artist["items"] < stats["items"]
 
 
-def test_rerun_is_byte_identical(week, first_run, spark):
+def test_rerun_is_byte_identical(week, spark):
     root, _ = week
     lake = str(root / "lake")
     out = root / "lake" / f"matrix/dt={END}/granularity=track"
-    _, first, stats = first_run
+    confidence.run(spark, END, lake, ConfidenceParams(), window=7, holdout_days=1)
+    first = {part: file_digests(out / part) for part in ("train", "holdout")}
+    stats = (out / "stats.json").read_text()
     again = confidence.run(spark, END, lake, ConfidenceParams(), window=7, holdout_days=1)
     assert again["ids_added"]["track"] == {"new_users": 0, "new_items": 0}
     assert {part: file_digests(out / part) for part in ("train", "holdout")} == first
