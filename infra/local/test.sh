@@ -7,5 +7,5 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$REPO_ROOT/infra/local/setup.sh"
 cd "$REPO_ROOT"
-echo "==> running tests (unit, Spark, S3 and an end-to-end DAG run: about 20 minutes on 2 cores)"
+echo "==> running tests (unit, Spark, S3 and DAG runs on a real scheduler: about 13 minutes on 2 cores)"
 exec "$VENV/bin/python" -m pytest -p no:cacheprovider --timeout=1200 "$@"
