@@ -157,6 +157,9 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
         "rows_read": results["ingest"]["rows_read"], "matrix": stats,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "peak_rss_mb": {k: round(v / MIB) for k, v in peak.items()},
+        # Inside each Spark job: its own phases (the rest of the stage is spark-submit, JVM and
+        # session start-up, and the task's work around the job).
+        "job_phases": {k: results[k].get("seconds") for k in SPARK_JOB_OF if isinstance(results[k].get("seconds"), dict)},
         "spark_peaks_mb": {k: {m: round(v / MIB) for m, v in p.items()} for k, p in executor_peaks(events).items()},
         "train": {k: results["train_als"].get(k) for k in ("strategy", "seconds", "seconds_per_iteration")},
         "sizing": {"executor_memory_mb": sizing.executor_memory_mb, "driver_memory_mb": sizing.driver_memory_mb,
@@ -240,6 +243,11 @@ def main(argv=None) -> int:
         fits[s] = f = fit_cost([r["rows_read"] for r in rows], [r["seconds"][s] for r in rows])
         print(f"{s:<17} {f['t0_seconds']:>7.1f} {f['seconds_per_million_plays']:>9.1f} {f['loglog_slope_largest']:>6.2f}  "
               + ", ".join(str(r["peak_rss_mb"][s]) for r in rows))
+    print("\nwhere the time goes in the largest size (in-job phases, s; the rest is start-up):")
+    for k, phases in rows[-1]["job_phases"].items():
+        inside = sum(phases.values())
+        print(f"  {k:<17} {rows[-1]['seconds'][k]:7.1f} = start-up etc. {rows[-1]['seconds'][k] - inside:5.1f} + "
+              + ", ".join(f"{n} {v:.1f}" for n, v in phases.items()))
     print("\nthroughput, ingest + validate + confidence (plays per second per core):")
     for r in rows:
         t = sum(r["seconds"][s] for s in ("ingest", "validate", "build_confidence"))
