@@ -15,9 +15,10 @@ from music_recs.confidence import CONFIDENCE_FUNCTIONS, ConfidenceParams
 PARAM_SPECS: dict[str, tuple] = {
     "rank": (32, {"type": "integer", "minimum": 2, "maximum": 512},
              "Number of latent factors per user and item (ALS rank)."),
-    "strategy": ("mllib", {"type": "string", "enum": ["mllib", "cg"]},
-                 "ALS solver: 'mllib' = Spark MLlib (exact Cholesky per row, the reference); 'cg' = the "
-                 "project's conjugate-gradient ALS on cached blocks (same objective, faster at rank >= 32)."),
+    "strategy": ("cg", {"type": "string", "enum": ["cg", "mllib"]},
+                 "ALS solver: 'cg' = the project's conjugate-gradient ALS on cached blocks (same objective as "
+                 "MLlib; 5.9x faster at rank 64 on 5M ratings, see bench/RESULTS.md); 'mllib' = Spark MLlib "
+                 "(exact Cholesky per row, the reference)."),
     "max_iter": (10, {"type": "integer", "minimum": 1, "maximum": 50},
                  "ALS iterations (each solves users, then items)."),
     "reg": (0.1, {"type": "number", "exclusiveMinimum": 0, "maximum": 100},

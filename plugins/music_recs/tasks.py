@@ -215,7 +215,7 @@ def train(plan: dict, matrix: dict) -> dict:
     stats = matrix["stats"][p["granularity"]]
     local = spark_master(cfg.spark_conn_id).startswith("local")
     cluster = cluster_from_env(local)
-    strategy = p.get("strategy", "mllib")
+    strategy = p["strategy"]
     strategy_args = ["--strategy", strategy]
     budget = int(os.environ.get("MUSIC_RECS_BROADCAST_BUDGET_MB", DEFAULT_BROADCAST_BUDGET_MB))
     sizing = size_als(MatrixShape(stats["users"], stats["items"], stats["nnz"], p["rank"]), cluster,
