@@ -23,6 +23,7 @@ partitioner-aware ``union``, without a shuffle.
 
 from __future__ import annotations
 
+import functools
 import pickle
 import time
 from dataclasses import dataclass
@@ -166,14 +167,22 @@ def received_vectors(sc, other_factors, table, n_solve: int):
     return _one_per_partition(pieces, n_solve, merge)
 
 
-class _ArraySum(AccumulatorParam):
-    """Sums numpy arrays (the k x k Gram matrices of the factor blocks) across tasks."""
+class _BlockGrams(AccumulatorParam):
+    """Each block's k x k Gram matrix, keyed by block: the driver sums them in block order, so
+    Y^T Y does not depend on the order tasks finish in (a float sum in another order rounds
+    differently, and float32 CG makes that visible), and a recomputed task replaces its block's
+    share instead of adding it twice."""
 
     def zero(self, value):
-        return np.zeros_like(value)
+        return {}
 
     def addInPlace(self, a, b):
-        return a + b
+        a.update(b)
+        return a
+
+
+def _sum_in_block_order(grams: dict) -> np.ndarray:
+    return functools.reduce(np.add, [grams[b] for b in sorted(grams)])
 
 
 def _gather_all(factors, rank: int) -> np.ndarray:
@@ -257,14 +266,14 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
     profile = {"solve_jobs_seconds": 0.0, "driver_gather_broadcast_seconds": 0.0}
     # Y^T Y of the side solved last comes back with its solve (an accumulator), saving a job.
     gram_of = {"item": gram(held["item"]) if "item" in held
-               else factors["item"].map(lambda kv: gram(kv[1][1][1])).treeReduce(np.add)}
+               else _sum_in_block_order(dict(factors["item"].map(lambda kv: (kv[0], gram(kv[1][1][1]))).collect()))}
     for iteration in range(1, max_iter + 1):
         started = time.time()
         data_term = sc.accumulator(0.0)
         user_reg = sc.accumulator(0.0)
         for side, other in (("user", "item"), ("item", "user")):
             YtY = gram_of[other].astype(np.float32)
-            side_gram = sc.accumulator(np.zeros((rank, rank)), _ArraySum())
+            side_gram = sc.accumulator({}, _BlockGrams())
             loss_here = track_loss and side == "item"  # the item solve sees the final factors of both sides
             reg_here = track_loss and side == "user"
             bc_other = share(other) if other in held else None
@@ -279,7 +288,7 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
                 t0 = time.perf_counter()
                 new = solve_rows(blk.indptr, indices, blk.conf, Y, YtY, X, reg, cg_steps)
                 kernel_seconds.add(time.perf_counter() - t0)
-                side_gram.add(gram(new))
+                side_gram.add({b: gram(new)})
                 if loss_here:  # every (user, item) pair's data term plus the items' regularization
                     data_term.add(rows_loss(blk.indptr, indices, blk.conf, Y, YtY, new, reg))
                 if reg_here:
@@ -307,7 +316,7 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
                 factors[side].count()
                 profile["solve_jobs_seconds"] += time.time() - t0
                 old.unpersist()
-            gram_of[side] = side_gram.value
+            gram_of[side] = _sum_in_block_order(side_gram.value)
         loss = data_term.value + user_reg.value
         # Broadcasts no longer shared. With both sides broadcast no cached RDD names an old one
         # (each solve reads the blocks and the two current broadcasts), so it is destroyed now:

@@ -7,8 +7,8 @@ on a temporary AIRFLOW_HOME, real Spark in local mode, the moto S3 server over H
   processes is not run twice, the others run in order with the backfill's conf, Spark stages of
   all runs never overlap (pool), each day is published and latest.json ends on the last day;
   rerunning the completed range does what --reprocess-behavior says (dry run);
-- both training strategies end to end: the scheduled run trains with the default (MLlib), the
-  backfill's conf picks the CG strategy; every published manifest is verified against its
+- both training strategies end to end: the scheduled run trains with the default (CG), the
+  backfill's conf picks MLlib; every published manifest is verified against its
   objects (size, sha256), its rows, window, metrics, quality gate and submission, and
   `music-recs recommend` prints recommendations from the published model;
 - UI trigger: the REST call the trigger form makes (login with the generated password):
@@ -53,8 +53,8 @@ TODAY = dt.datetime.now(dt.timezone.utc).date()
 SCHEDULED_DAY = TODAY - dt.timedelta(days=1)  # catchup off: the scheduler runs the latest interval only
 BACKFILL_DAYS = [SCHEDULED_DAY - dt.timedelta(days=i) for i in (2, 1, 0)]
 HISTORY_DAYS = [BACKFILL_DAYS[0] - dt.timedelta(days=i) for i in (3, 2, 1)]
-# The backfill trains with the CG strategy, the scheduled run with the default (MLlib).
-BACKFILL_CONF = {"window_days": 4, "max_iter": 5, "top_n": 10, "strategy": "cg"}
+# The scheduled run trains with the default strategy (CG), the backfill with MLlib.
+BACKFILL_CONF = {"window_days": 4, "max_iter": 5, "top_n": 10, "strategy": "mllib"}
 RUNS_DEADLINE_S = 900  # three runs of five Spark stages, 20-40 s each on 2 cores
 
 
@@ -286,7 +286,7 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
         expected = BACKFILL_CONF if day != SCHEDULED_DAY else {"window_days": 90, "max_iter": 10, "top_n": 50}
         assert {k: manifest["params"][k] for k in expected} == expected, day
         assert store.get_bytes(MODELS, manifest["report"]["key"]) is not None
-        _check_published(store, manifest, day, "mllib" if day == SCHEDULED_DAY else "cg")
+        _check_published(store, manifest, day, "cg" if day == SCHEDULED_DAY else "mllib")
     pointer, manifest = read_latest(store, MODELS, "music_recs/latest.json")
     assert pointer["day"] == SCHEDULED_DAY.isoformat() and pointer["run_id"] == scheduled[0]["dag_run_id"]
 
