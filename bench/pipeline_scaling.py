@@ -127,10 +127,19 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
     plan = tasks.plan_run(params, start(day), f"bench__{day}__{plays}", cfg)
     seconds, peak, results = {}, {}, {}
 
+    failed = {}
+
     def stage(name, fn, *args):
+        if failed:  # a later stage needs the earlier ones' outputs
+            return
         with PeakMemory() as mem:
             t = time.time()
-            results[name] = fn(*args)
+            try:
+                results[name] = fn(*args)
+            except Exception as exc:  # keep what was measured: the failure is a result too
+                failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                print(f"  {name:<17} FAILED after {time.time() - t:.0f}s: {failed[name]}", flush=True)
+                return
             seconds[name] = time.time() - t
         peak[name] = mem.peak
         print(f"  {name:<17} {seconds[name]:7.1f}s  peak RSS {mem.peak / MIB:7.0f} MiB", flush=True)
@@ -147,6 +156,10 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
                                  results["train_als"], results["evaluate"], gate)
 
     stage("publish", gate_and_publish)
+    if "train_als" not in results:
+        return {"plays_per_day": plays, "rows_read": results.get("ingest", {}).get("rows_read", plays),
+                "seconds": seconds, "peak_rss_mb": {k: round(v / MIB) for k, v in peak.items()}, "failed": failed,
+                "matrix": {"nnz": 0}, "spark_peaks_mb": executor_peaks(events), "sizing": {}, "job_phases": {}}
     stats = results["build_confidence"]["stats"][plan["params"]["granularity"]]
     sizing = size_als(MatrixShape(stats["users"], stats["items"], stats["nnz"], plan["params"]["rank"]),
                       cluster_from_env(local=True), strategy=plan["params"].get("strategy", "mllib"))
@@ -159,14 +172,16 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
         "peak_rss_mb": {k: round(v / MIB) for k, v in peak.items()},
         # Inside each Spark job: its own phases (the rest of the stage is spark-submit, JVM and
         # session start-up, and the task's work around the job).
-        "job_phases": {k: results[k].get("seconds") for k in SPARK_JOB_OF if isinstance(results[k].get("seconds"), dict)},
+        "job_phases": {k: results[k]["seconds"] for k in SPARK_JOB_OF
+                       if k in results and isinstance(results[k].get("seconds"), dict)},
         "spark_peaks_mb": {k: {m: round(v / MIB) for m, v in p.items()} for k, p in executor_peaks(events).items()},
-        "train": {k: results["train_als"].get(k) for k in ("strategy", "seconds", "seconds_per_iteration")},
+        "train": {k: results.get("train_als", {}).get(k) for k in ("strategy", "seconds", "seconds_per_iteration")},
         "sizing": {"executor_memory_mb": sizing.executor_memory_mb, "driver_memory_mb": sizing.driver_memory_mb,
                    "predicted_storage_mb": round(sizing.estimate["storage_per_executor_bytes"] / MIB),
                    "predicted_task_mb": round(sizing.estimate["task_bytes"] / MIB),
                    "cg_python_memory_mb_on_a_cluster": sizing_cluster.python_memory_mb},
-        "metrics": {k: results["evaluate"]["model"][k] for k in ("precision", "map")},
+        "metrics": {k: results["evaluate"]["model"][k] for k in ("precision", "map")} if "evaluate" in results else {},
+        "failed": failed,
     }
 
 
@@ -179,7 +194,7 @@ def chart(rows: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     xs = [r["rows_read"] for r in rows]
     for name in STAGES:
-        ax.plot(xs, [r["seconds"][name] for r in rows], marker="o", label=name)
+        ax.plot(xs, [r["seconds"].get(name, float("nan")) for r in rows], marker="o", label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("plays in the day's landing files")
@@ -236,13 +251,16 @@ def main(argv=None) -> int:
     cores = os.cpu_count() or 1
     print(f"\n{'plays/day':>10} {'matrix nnz':>11} " + " ".join(f"{s[:12]:>12}" for s in STAGES))
     for r in rows:
-        print(f"{r['rows_read']:>10} {r['matrix']['nnz']:>11} " + " ".join(f"{r['seconds'][s]:>11.1f}s" for s in STAGES))
+        print(f"{r['rows_read']:>10} {r['matrix']['nnz']:>11} " + " ".join(f"{r['seconds'].get(s, float('nan')):>11.1f}s" for s in STAGES))
     print(f"\n{'stage':<17} {'t0 s':>7} {'s/M plays':>9} {'slope':>6}  peak RSS MiB per size")
     fits = {}
     for s in STAGES:
-        fits[s] = f = fit_cost([r["rows_read"] for r in rows], [r["seconds"][s] for r in rows])
+        pts = [(r["rows_read"], r["seconds"][s]) for r in rows if s in r["seconds"]]
+        if not pts:
+            continue
+        fits[s] = f = fit_cost(*zip(*pts))
         print(f"{s:<17} {f['t0_seconds']:>7.1f} {f['seconds_per_million_plays']:>9.1f} {f['loglog_slope_largest']:>6.2f}  "
-              + ", ".join(str(r["peak_rss_mb"][s]) for r in rows))
+              + ", ".join(str(r["peak_rss_mb"].get(s, "-")) for r in rows))
     print("\nwhere the time goes in the largest size (in-job phases, s; the rest is start-up):")
     for k, phases in rows[-1]["job_phases"].items():
         inside = sum(phases.values())
@@ -250,11 +268,15 @@ def main(argv=None) -> int:
               + ", ".join(f"{n} {v:.1f}" for n, v in phases.items()))
     print("\nthroughput, ingest + validate + confidence (plays per second per core):")
     for r in rows:
+        if not {"ingest", "validate", "build_confidence"} <= set(r["seconds"]):
+            continue
         t = sum(r["seconds"][s] for s in ("ingest", "validate", "build_confidence"))
         print(f"  {r['rows_read']:>10} plays/day: {r['rows_read'] / t / cores:>9.0f}"
               f"  (ingest alone {r['rows_read'] / r['seconds']['ingest'] / cores:.0f})")
     print("\nsizing model vs Spark's executor metrics (train_als; local mode: the driver is the executor):")
     for r in rows:
+        if not r["sizing"]:
+            continue
         m = r["spark_peaks_mb"].get("train_als", {})
         print(f"  {r['matrix']['nnz']:>10} nnz: predicted heap {r['sizing']['executor_memory_mb']} MiB "
               f"(storage {r['sizing']['predicted_storage_mb']}, task {r['sizing']['predicted_task_mb']}); "
