@@ -1,7 +1,7 @@
 """Reading peak executor memory back from Spark event logs (``music_recs.spark_events``).
 
 The event lines follow Spark 4's format (a rolling log folder of zstd-compressed parts, or one
-plain file); the end-to-end DAG test reads the logs of real jobs."""
+plain file). No test reads the logs of a real job yet: bench/pipeline_scaling.py does."""
 
 import json
 
