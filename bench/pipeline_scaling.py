@@ -23,6 +23,7 @@ log-log slope between the two largest sizes to show what grows faster than linea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -39,6 +40,7 @@ sys.path.insert(0, os.path.join(REPO, "plugins"))
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
+from music_recs.params import PARAM_SPECS  # noqa: E402
 from music_recs.spark_events import executor_peaks  # noqa: E402
 
 STAGES = ("ingest", "validate", "build_confidence", "train_als", "evaluate", "publish")
@@ -97,7 +99,8 @@ def fit_cost(xs, ys) -> dict:
 def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
     from music_recs import tasks
     from music_recs.config import load_config
-    from music_recs.executor_sizing import MatrixShape, cluster_from_env, size_als
+    from music_recs.executor_sizing import (MatrixShape, cluster_from_env, factor_exchange, python_memory_mb,
+                                            size_als, size_evaluate)
     from music_recs.s3 import S3Store
     from music_recs.sample_data import Catalogue, CatalogueSpec, upload_days
 
@@ -148,7 +151,7 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
     stage("validate", tasks.validate, plan)
     stage("build_confidence", tasks.build_confidence, plan)
     stage("train_als", tasks.train, plan, results["build_confidence"])
-    stage("evaluate", tasks.evaluate, plan)
+    stage("evaluate", tasks.evaluate, plan, results["build_confidence"])
 
     def gate_and_publish():
         gate = tasks.quality_gate(store, plan, results["evaluate"])
@@ -161,10 +164,18 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
                 "seconds": seconds, "peak_rss_mb": {k: round(v / MIB) for k, v in peak.items()}, "failed": failed,
                 "matrix": {"nnz": 0}, "spark_peaks_mb": executor_peaks(events), "sizing": {}, "job_phases": {}}
     stats = results["build_confidence"]["stats"][plan["params"]["granularity"]]
-    sizing = size_als(MatrixShape(stats["users"], stats["items"], stats["nnz"], plan["params"]["rank"]),
-                      cluster_from_env(local=True), strategy=plan["params"].get("strategy", "mllib"))
-    sizing_cluster = size_als(MatrixShape(stats["users"], stats["items"], stats["nnz"], plan["params"]["rank"]),
-                              cluster_from_env(local=False), strategy="cg")
+    shape = MatrixShape(stats["users"], stats["items"], stats["nnz"], plan["params"]["rank"])
+    strategy = plan["params"]["strategy"]
+    train_sizing = size_als(shape, cluster_from_env(local=True), strategy=strategy)
+    eval_sizing = size_evaluate(shape, cluster_from_env(local=True))
+    # What the model gives the Python workers of one executor with this machine's cores (on a
+    # cluster it becomes spark.executor.pyspark.memory; local mode does not limit it).
+    python_mb = {"train_als": python_memory_mb(shape, train_sizing.user_blocks, train_sizing.executor_cores,
+                                               factor_exchange(shape.users, shape.items, shape.rank))
+                 if strategy == "cg" else None,
+                 "evaluate": size_evaluate(shape, dataclasses.replace(cluster_from_env(local=True), local=False,
+                                                                      cores_per_node=os.cpu_count() or 1,
+                                                                      memory_per_node_mb=1 << 20)).python_memory_mb}
     return {
         "plays_per_day": plays, "window_plays": 2 * plays, "generate_seconds": round(generated, 1),
         "rows_read": results["ingest"]["rows_read"], "matrix": stats,
@@ -176,10 +187,10 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
                        if k in results and isinstance(results[k].get("seconds"), dict)},
         "spark_peaks_mb": {k: {m: round(v / MIB) for m, v in p.items()} for k, p in executor_peaks(events).items()},
         "train": {k: results.get("train_als", {}).get(k) for k in ("strategy", "seconds", "seconds_per_iteration")},
-        "sizing": {"executor_memory_mb": sizing.executor_memory_mb, "driver_memory_mb": sizing.driver_memory_mb,
-                   "predicted_storage_mb": round(sizing.estimate["storage_per_executor_bytes"] / MIB),
-                   "predicted_task_mb": round(sizing.estimate["task_bytes"] / MIB),
-                   "cg_python_memory_mb_on_a_cluster": sizing_cluster.python_memory_mb},
+        "sizing": {job: {"heap_mb": sz.executor_memory_mb, "jvm_max_mb": sz.driver_memory_mb,
+                         "storage_mb": round(sz.estimate["storage_per_executor_bytes"] / MIB),
+                         "task_mb": round(sz.estimate["task_bytes"] / MIB), "python_mb": python_mb[job]}
+                   for job, sz in (("train_als", train_sizing), ("evaluate", eval_sizing))},
         "metrics": {k: results["evaluate"]["model"][k] for k in ("precision", "map")} if "evaluate" in results else {},
         "failed": failed,
     }
@@ -211,19 +222,17 @@ def main(argv=None) -> int:
     p.add_argument("--plays-per-day", type=int, nargs="+", default=[50_000, 500_000, 2_000_000])
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--max-iter", type=int, default=10)
-    p.add_argument("--strategy", choices=["mllib", "cg"], default="mllib")
+    p.add_argument("--strategy", choices=["mllib", "cg"], default=PARAM_SPECS["strategy"][0],
+                   help="training strategy (default: the DAG's, %(default)s)")
     p.add_argument("--files-per-day", type=int, default=4, help="landing files per day (gzip is not splittable)")
     p.add_argument("--json", help="write every measurement here")
     p.add_argument("--chart", help="write the PNG chart here")
     a = p.parse_args(argv)
 
-    import logging
-
-    from music_recs import local_s3, tasks  # noqa: F401 (imports Airflow, which configures logging)
-
     # The stages log every spark-submit line at INFO; the benchmark prints its own summary.
-    for name in ("airflow", "airflow.task", "airflow.task.hooks", "music_recs"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # (Airflow configures logging when imported, from this setting.)
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    from music_recs import local_s3, tasks  # noqa: F401
 
     work = tempfile.mkdtemp(prefix="pipeline_bench_")
     port = _free_port()
@@ -273,16 +282,16 @@ def main(argv=None) -> int:
         t = sum(r["seconds"][s] for s in ("ingest", "validate", "build_confidence"))
         print(f"  {r['rows_read']:>10} plays/day: {r['rows_read'] / t / cores:>9.0f}"
               f"  (ingest alone {r['rows_read'] / r['seconds']['ingest'] / cores:.0f})")
-    print("\nsizing model vs Spark's executor metrics (train_als; local mode: the driver is the executor):")
+    print("\nsizing model vs Spark's executor metrics (local mode: the driver is the executor), MiB:")
+    print(f"  {'nnz':>10} {'job':<10} {'heap: predicted':>15} {'peak used':>9} {'(storage':>8} {'execution)':>10}"
+          f" {'JVM RSS':>8} {'Python: predicted':>17} {'peak RSS':>8}")
     for r in rows:
-        if not r["sizing"]:
-            continue
-        m = r["spark_peaks_mb"].get("train_als", {})
-        print(f"  {r['matrix']['nnz']:>10} nnz: predicted heap {r['sizing']['executor_memory_mb']} MiB "
-              f"(storage {r['sizing']['predicted_storage_mb']}, task {r['sizing']['predicted_task_mb']}); "
-              f"peak used heap {m.get('JVMHeapMemory')}, storage {m.get('OnHeapStorageMemory')}, "
-              f"execution {m.get('OnHeapExecutionMemory')}, JVM RSS {m.get('ProcessTreeJVMRSSMemory')}, "
-              f"Python RSS {m.get('ProcessTreePythonRSSMemory')}")
+        for job, sz in r["sizing"].items():
+            m = r["spark_peaks_mb"].get(SPARK_JOB_OF[job], {})
+            print(f"  {r['matrix']['nnz']:>10} {job:<10} {sz['heap_mb']:>15} {m.get('JVMHeapMemory', '-'):>9} "
+                  f"{m.get('OnHeapStorageMemory', '-'):>8} {m.get('OnHeapExecutionMemory', '-'):>10} "
+                  f"{m.get('ProcessTreeJVMRSSMemory', '-'):>8} {sz['python_mb'] or '-':>17} "
+                  f"{m.get('ProcessTreePythonRSSMemory', '-'):>8}")
     total = time.time() - started
     print(f"\n{cores} cores, {platform.platform()}; {total / 60:.1f} min; command: {' '.join(sys.argv)}")
     if a.json:

@@ -94,8 +94,8 @@ def music_recs_daily():
         return tasks.train(plan, matrix)
 
     @task(pool=SPARK_POOL)
-    def evaluate(plan: dict) -> dict:
-        return tasks.evaluate(plan)
+    def evaluate(plan: dict, matrix: dict) -> dict:
+        return tasks.evaluate(plan, matrix)
 
     @task(retries=0)
     def quality_gate(plan: dict, evaluated: dict) -> dict:
@@ -111,7 +111,7 @@ def music_recs_daily():
     validated = validate(plan)
     matrix = build_confidence(plan)
     trained = train_als(plan, matrix)
-    evaluated = evaluate(plan)
+    evaluated = evaluate(plan, matrix)
     gate = quality_gate(plan, evaluated)
     wait_for_logs = LandingPartitionSensor(
         task_id="wait_for_logs", poke_interval=SENSOR_POKE_S, timeout=SENSOR_TIMEOUT_S, mode="reschedule",

@@ -4,6 +4,14 @@ Ground truth: for each user, the items played in the held-out days that were not
 user's training data (see ``spark_jobs.confidence``): the model is judged on what users
 did next. Candidates exclude items the user already played in training.
 
+Scoring is exact (every user against every item) and made on the executors: when the item
+factors fit the broadcast budget (the rule training's CG strategy uses), they are broadcast and
+each Python worker scores a batch of users with one matrix product per chunk and keeps the top
+n (``music_recs.top_n``), so the job makes n rows per user. Over the budget, MLlib's blocked
+``recommendForAllUsers`` makes candidates, with room for the played items to drop out (up to
+``MAX_EXCLUDED`` more per user: users x (n + max played) rows, which grows with the square of
+traffic).
+
 Metrics at k (``music_recs.metrics`` defines them and is the reference these Spark
 versions are tested against): precision, recall, MAP and NDCG, averaged over evaluated
 users (those with held-out items), plus catalogue coverage of the top-k lists and the
@@ -20,15 +28,20 @@ from __future__ import annotations
 import argparse
 import math
 
+import numpy as np
+import pyarrow as pa
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from music_recs import schema as S
+from music_recs.executor_sizing import DEFAULT_BROADCAST_BUDGET_MB, factor_exchange
 from music_recs.metrics import METRICS
+from music_recs.top_n import top_n_excluding
 from spark_jobs.common import PhaseTimer, get_spark, setup_logging, write_result
 
-# Recommend this many extra candidates per user to survive the exclusion of played items.
+# Look this many places further down a ranking for a user's unplayed items (popularity, and
+# MLlib's candidates when the item factors are too large to broadcast).
 MAX_EXCLUDED = 1000
 
 
@@ -74,13 +87,77 @@ def model_candidates(model: ALSModel, n: int) -> DataFrame:
     )
 
 
-def popularity_candidates(train: DataFrame, users: DataFrame, n: int) -> DataFrame:
-    """Every user gets the n most popular items (by distinct listeners), score = listeners."""
+def _factor_matrix(factors: DataFrame, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids sorted ascending, float32 rows in that order) of a factor DataFrame, through Arrow."""
+    table = factors.select("id", S.FEATURES).orderBy("id").toArrow()
+    ids = table.column("id").to_numpy().astype(np.int32)
+    values = table.column(S.FEATURES).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return ids, values.astype(np.float32).reshape(len(ids), rank)
+
+
+def top_n_dot(spark: SparkSession, queries: DataFrame, targets: DataFrame, rank: int, n: int,
+              query_col: str, target_col: str, score_col: str) -> DataFrame:
+    """Each query's n best targets by dot product, its ``excluded`` target ids left out.
+
+    ``queries``: (query_col, features, excluded array<int>); ``targets``: (id, features), small
+    enough to broadcast (the caller checks the budget). Scoring runs in the Python workers,
+    one batch of queries at a time (``music_recs.top_n``), so only n rows per query are made.
+    """
+    ids, matrix = _factor_matrix(targets, rank)
+    shared = spark.sparkContext.broadcast((ids, matrix))
+    out = pa.schema([(query_col, pa.int32()), (target_col, pa.int32()), (score_col, pa.float32()),
+                     (S.RANK, pa.int32())])
+
+    def score(batches):
+        target_ids, target_matrix = shared.value
+        for batch in batches:
+            features = batch.column(S.FEATURES).flatten().to_numpy(zero_copy_only=False)
+            vectors = features.astype(np.float32).reshape(batch.num_rows, rank)
+            excluded_col = batch.column("excluded")
+            offsets = excluded_col.offsets.to_numpy()
+            positions = np.searchsorted(target_ids, excluded_col.flatten().to_numpy(zero_copy_only=False))
+            excluded = np.split(positions, offsets[1:-1] - offsets[0]) if batch.num_rows else []
+            query_ids = batch.column(query_col).to_numpy(zero_copy_only=False)
+            for rows, cols, scores, ranks in top_n_excluding(vectors, excluded, target_matrix, n):
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(query_ids[rows].astype(np.int32)), pa.array(target_ids[cols]),
+                     pa.array(scores), pa.array(ranks.astype(np.int32))], schema=out)
+
+    ddl = f"{query_col} int, {target_col} int, {score_col} float, {S.RANK} int"
+    return queries.select(query_col, S.FEATURES, "excluded").mapInArrow(score, ddl)
+
+
+def recommend(spark: SparkSession, model: ALSModel, train: DataFrame, n: int) -> DataFrame:
+    """Top-n unplayed items per user: (user_idx, item_idx, score, rank), item factors broadcast."""
+    played = train.groupBy(S.USER_IDX).agg(F.collect_list(S.ITEM_IDX).alias("excluded"))
+    users = model.userFactors.withColumnRenamed("id", S.USER_IDX).join(played, S.USER_IDX)
+    return top_n_dot(spark, users, model.itemFactors, model.rank, n, S.USER_IDX, S.ITEM_IDX, S.SCORE)
+
+
+def popularity_top_k(train: DataFrame, users: DataFrame, k: int, depth: int) -> DataFrame:
+    """Every user's k most popular unplayed items (by distinct listeners; ties: smaller item_idx).
+
+    Looks at most ``depth`` items down the popularity list. Each user gets only the k + (number of
+    those items it played) first places of the list, never a cross join of users with the whole
+    list: the baseline's cost grows with users x k, not users x depth.
+    """
+    w = Window.orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX))
     popular = (
-        train.groupBy(S.ITEM_IDX).agg(F.countDistinct(S.USER_IDX).alias(S.SCORE))
-        .orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX)).limit(n)
+        train.groupBy(S.ITEM_IDX).agg(F.countDistinct(S.USER_IDX).cast("double").alias(S.SCORE))
+        .orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX)).limit(depth)
+        .withColumn("pop_rank", F.row_number().over(w))
     )
-    return users.crossJoin(F.broadcast(popular)).select(S.USER_IDX, S.ITEM_IDX, F.col(S.SCORE).cast("double"))
+    played = (train.select(S.USER_IDX, S.ITEM_IDX).join(F.broadcast(popular), S.ITEM_IDX)
+              .groupBy(S.USER_IDX).agg(F.collect_set("pop_rank").alias("played_ranks")))
+    ranks = F.coalesce(F.col("played_ranks"), F.array().cast("array<int>"))
+    places = F.sequence(F.lit(1), F.least(F.lit(depth), F.lit(k) + F.size(ranks)))
+    unplayed = F.slice(F.filter(places, lambda r: ~F.array_contains(ranks, r)), 1, k)
+    return (
+        users.join(played, S.USER_IDX, "left")
+        .select(S.USER_IDX, F.posexplode(unplayed).alias("pos", "pop_rank"))
+        .join(F.broadcast(popular), "pop_rank")
+        .select(S.USER_IDX, S.ITEM_IDX, S.SCORE, (F.col("pos") + 1).alias(S.RANK))
+    )
 
 
 def normalized(factors: DataFrame) -> DataFrame:
@@ -90,15 +167,19 @@ def normalized(factors: DataFrame) -> DataFrame:
     return factors.select("id", F.transform(S.FEATURES, lambda x: x / safe).cast("array<float>").alias(S.FEATURES))
 
 
-def similar_items(spark: SparkSession, item_factors: DataFrame, rank: int, n: int) -> DataFrame:
+def similar_items(spark: SparkSession, item_factors: DataFrame, rank: int, n: int, broadcast: bool = True) -> DataFrame:
     """Top-n most similar items per item by cosine similarity, computed on the executors.
 
-    An ALSModel whose user and item factors are both the normalized item factors scores every
-    item against every other with the same blocked matrix products (and per-block top-k) that
-    MLlib's ``recommendForAllUsers`` uses, so no factor matrix is collected to the driver and
-    no item x item table of rows is ever materialized.
+    ``broadcast``: the unit item factors go to every Python worker and each item is scored
+    against all of them (``top_n_dot``, itself excluded). Otherwise (too many items to
+    broadcast) an ALSModel whose user and item factors are both the unit item factors scores
+    them with MLlib's blocked matrix products and per-block top-k (``recommendForAllUsers``).
+    Either way no item x item table of rows is ever materialized.
     """
     unit = normalized(item_factors).cache()
+    if broadcast:
+        queries = unit.select(F.col("id").alias(S.ITEM_IDX), S.FEATURES, F.array(F.col("id")).alias("excluded"))
+        return top_n_dot(spark, queries, unit, rank, n, S.ITEM_IDX, "other_idx", S.SIMILARITY)
     jmodel = spark._jvm.org.apache.spark.ml.recommendation.ALSModel("similar_items", rank, unit._jdf, unit._jdf)
     jmodel.setUserCol(S.ITEM_IDX)
     jmodel.setItemCol("other_idx")
@@ -111,7 +192,7 @@ def similar_items(spark: SparkSession, item_factors: DataFrame, rank: int, n: in
 
 
 def run(spark: SparkSession, model_uri: str, matrix_uri: str, out_uri: str, k: int = 10, top_n: int = 50,
-        similar_n: int = 20) -> dict:
+        similar_n: int = 20, broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB) -> dict:
     timer = PhaseTimer()
     matrix = matrix_uri.rstrip("/")
     train = spark.read.parquet(f"{matrix}/train").cache()
@@ -121,18 +202,22 @@ def run(spark: SparkSession, model_uri: str, matrix_uri: str, out_uri: str, k: i
     max_played = train.groupBy(S.USER_IDX).count().agg(F.max("count")).first()[0] or 0
     want = max(k, top_n)
     extra = min(max_played, MAX_EXCLUDED)
-    n_cand = min(n_items, want + extra)
     model = ALSModel.load(f"{model_uri.rstrip('/')}/model")
+    # Same rule as training's CG strategy: item factors within the budget are broadcast.
+    broadcast_items = factor_exchange(1, n_items, model.rank, broadcast_budget_mb)["item"] == "broadcast"
 
     with timer.phase("recommend"):
-        recs = rank_excluding(model_candidates(model, n_cand), train, want).cache()
+        if broadcast_items:
+            recs = recommend(spark, model, train, want)
+        else:  # MLlib's blocked top-k over all users, with room for the played items to drop out
+            recs = rank_excluding(model_candidates(model, min(n_items, want + extra)), train, want)
+        recs = recs.cache()
         n_recs = recs.count()
     with timer.phase("metrics"):
         model_metrics = ranking_metrics(recs, holdout, k)
         coverage = recs.filter(F.col(S.RANK) <= k).select(S.ITEM_IDX).distinct().count() / max(n_items, 1)
         eval_users = holdout.select(S.USER_IDX).distinct()
-        pop = rank_excluding(popularity_candidates(train, eval_users, min(n_items, k + extra)), train, k)
-        baseline = ranking_metrics(pop, holdout, k)
+        baseline = ranking_metrics(popularity_top_k(train, eval_users, k, min(n_items, k + extra)), holdout, k)
     with timer.phase("write"):
         users = train.select(S.USER_IDX, S.USER_ID).distinct()
         items = spark.read.parquet(f"{matrix}/items")
@@ -146,7 +231,7 @@ def run(spark: SparkSession, model_uri: str, matrix_uri: str, out_uri: str, k: i
         names = items.select(S.ITEM_IDX, S.ITEM_ID)
         other = items.select(F.col(S.ITEM_IDX).alias("other_idx"), F.col(S.ITEM_ID).alias(S.SIMILAR_ITEM_ID))
         similar = (
-            similar_items(spark, model.itemFactors, model.rank, min(similar_n, max(n_items - 1, 1)))
+            similar_items(spark, model.itemFactors, model.rank, min(similar_n, max(n_items - 1, 1)), broadcast_items)
             .join(names, S.ITEM_IDX).join(other, "other_idx")
             .select(S.ITEM_ID, S.RANK, S.SIMILAR_ITEM_ID, S.SIMILARITY)
             .repartition(max(1, n_items * similar_n // 2_000_000 + 1), S.ITEM_ID)
@@ -176,10 +261,13 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--top-n", type=int, default=50)
     p.add_argument("--similar-n", type=int, default=20)
+    p.add_argument("--broadcast-budget-mb", type=int, default=DEFAULT_BROADCAST_BUDGET_MB,
+                   help="item factors up to this size are broadcast for scoring (default %(default)s)")
     p.add_argument("--result")
     a = p.parse_args(argv)
     spark = get_spark("music_recs.evaluate")
-    write_result(spark, a.result, run(spark, a.model, a.matrix, a.out, a.k, a.top_n, a.similar_n))
+    write_result(spark, a.result, run(spark, a.model, a.matrix, a.out, a.k, a.top_n, a.similar_n,
+                                         a.broadcast_budget_mb))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 import pytest
 
-from music_recs.executor_sizing import ClusterResources, DataTooLargeError, MatrixShape, estimate, size_als
+from music_recs.executor_sizing import ClusterResources, DataTooLargeError, MatrixShape, estimate, size_als, size_evaluate
 
 CLUSTER = ClusterResources(nodes=10, cores_per_node=16, memory_per_node_mb=64_000, local=False)
 
@@ -67,3 +67,16 @@ def test_the_cg_strategy_gets_a_python_memory_limit_on_a_cluster_only():
     assert s_wide.python_memory_mb > s_small.python_memory_mb  # a broadcast catalogue of 2M items
     assert s_small.spark_conf()["spark.executor.pyspark.memory"] == f"{s_small.python_memory_mb}m"
     assert "spark.executor.pyspark.memory" not in size_als(small, cluster).spark_conf()
+
+
+def test_evaluate_gets_trainings_jvm_sizing_and_python_room_for_the_item_factors():
+    shape = MatrixShape(users=4_000_000, items=500_000, nnz=400_000_000, rank=40)
+    local = ClusterResources(nodes=1, cores_per_node=8, memory_per_node_mb=65536, local=True)
+    assert size_evaluate(shape, local) == size_als(shape, local)
+    cluster = ClusterResources(nodes=10, cores_per_node=16, memory_per_node_mb=65536, local=False)
+    sizing = size_evaluate(shape, cluster)
+    assert sizing.executor_memory_mb == size_als(shape, cluster).executor_memory_mb
+    # 5 cores x (768 MiB base + 2 copies of 500k x 40 floats (153 MiB) + a 64 MiB chunk) = 4.9 GiB
+    assert sizing.python_memory_mb == 5120
+    # item factors over the budget: MLlib's blocked top-k, no Python memory
+    assert size_evaluate(shape, cluster, broadcast_budget_mb=50).python_memory_mb == 0

@@ -73,9 +73,45 @@ def test_als_finds_planted_blocks_and_beats_popularity(spark, tmp_path):
 def test_similar_items_are_cosine_neighbours(spark):
     factors = spark.createDataFrame([(0, [1.0, 0.0]), (1, [10.0, 1.0]), (2, [0.0, 3.0]), (3, [0.2, 2.0])],
                                     "id int, features array<float>")
-    got = {(r.item_idx, r.rank): (r.other_idx, r.similarity) for r in evaluate.similar_items(spark, factors, 2, 1).collect()}
-    assert got[(0, 1)][0] == 1 and got[(2, 1)][0] == 3 and got[(3, 1)][0] == 2
-    assert got[(0, 1)][1] == pytest.approx(10 / (101 ** 0.5), rel=1e-5)
+    for broadcast in (True, False):
+        got = {(r.item_idx, r.rank): (r.other_idx, r.similarity)
+               for r in evaluate.similar_items(spark, factors, 2, 1, broadcast).collect()}
+        assert got[(0, 1)][0] == 1 and got[(2, 1)][0] == 3 and got[(3, 1)][0] == 2
+        assert got[(0, 1)][1] == pytest.approx(10 / (101 ** 0.5), rel=1e-5)
+
+
+def test_broadcast_scoring_agrees_with_mllib_blocked_top_k(spark, tmp_path):
+    """Evaluate's two scoring paths (item factors broadcast to Python workers, or MLlib's
+    recommendForAllUsers when they are over the budget) give the same lists and metrics."""
+    m, out = str(tmp_path / "matrix"), str(tmp_path / "model")
+    planted(spark, m, seed=5)
+    train_als.run(spark, m, out, rank=6, max_iter=5, reg=0.05, alpha=10.0)
+    runs = {}
+    for budget in (256, 0):
+        ev = evaluate.run(spark, out, m, f"{out}/{budget}", k=3, top_n=5, similar_n=3, broadcast_budget_mb=budget)
+        recs = {(r.user_idx, r.rank): (r.item_idx, r.score)
+                for r in spark.read.parquet(f"{out}/{budget}/recommendations").collect()}
+        similar = {(r.item_id, r.rank): (r.similar_item_id, r.similarity)
+                   for r in spark.read.parquet(f"{out}/{budget}/similar_items").collect()}
+        runs[budget] = ev, recs, similar
+    (fast, fast_recs, fast_similar), (slow, slow_recs, slow_similar) = runs[256], runs[0]
+    assert fast["model"] == pytest.approx(slow["model"]) and fast["baseline_popularity"] == slow["baseline_popularity"]
+    assert fast["recommendation_rows"] == slow["recommendation_rows"] == 60 * 5
+    for got, want in ((fast_recs, slow_recs), (fast_similar, slow_similar)):
+        assert got.keys() == want.keys()
+        assert [g[0] for g in got.values()] == [want[key][0] for key in got]
+        assert [g[1] for g in got.values()] == pytest.approx([want[key][1] for key in got], rel=1e-4)
+
+
+def test_popularity_baseline_skips_played_items(spark):
+    listeners = {0: [1, 2, 3], 1: [2, 3, 4], 2: [3, 4], 3: [4], 4: [2]}  # item -> users; item 3 and 4 tie
+    train = spark.createDataFrame([(u, i) for i, us in listeners.items() for u in us], "user_idx int, item_idx int")
+    users = spark.createDataFrame([(u,) for u in (1, 2, 3, 9)], "user_idx int")  # user 9 played nothing
+    got = {}
+    for r in evaluate.popularity_top_k(train, users, 2, 5).collect():
+        got.setdefault(r.user_idx, []).append((r[S.RANK], r.item_idx, r.score))
+    assert {u: [i for _, i, _ in sorted(v)] for u, v in got.items()} == {1: [1, 2], 2: [2, 3], 3: [3, 4], 9: [0, 1]}
+    assert sorted(got[9]) == [(1, 0, 3.0), (2, 1, 3.0)]
 
 
 def test_spark_metrics_agree_with_the_python_reference(spark):

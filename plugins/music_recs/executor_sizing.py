@@ -226,3 +226,21 @@ def size_als(shape: MatrixShape, cluster: ClusterResources, checkpoint_interval:
             shape, blocks, cores, factor_exchange(shape.users, shape.items, shape.rank, broadcast_budget_mb)),
         estimate=est,
     )
+
+
+def size_evaluate(shape: MatrixShape, cluster: ClusterResources,
+                  broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB) -> ExecutorSizing:
+    """Settings for the evaluation job on the same matrix and rank.
+
+    Its JVM side holds what training's does at most (the training ratings cached, factors,
+    per-user shuffles of n recommendations), so it gets training's MLlib sizing. Its Python
+    workers (on a cluster, limited per executor) each hold the broadcast item factors twice
+    (received and unpickled) and one chunk of scores (``music_recs.top_n.CHUNK_BYTES``).
+    """
+    from music_recs.top_n import CHUNK_BYTES
+
+    sizing = size_als(shape, cluster, strategy="mllib")
+    if cluster.local or factor_exchange(shape.users, shape.items, shape.rank, broadcast_budget_mb)["item"] != "broadcast":
+        return sizing
+    per_worker = PYTHON_BASE + 2 * shape.items * shape.rank * 4 + CHUNK_BYTES
+    return sizing.scaled(python_memory_mb=_round_up(sizing.executor_cores * per_worker) // MIB)

@@ -26,8 +26,8 @@ from music_recs.report import publish_report
 from music_recs.s3 import S3Store
 from music_recs.sizing import shuffle_partitions
 from music_recs.executor_sizing import (DEFAULT_BROADCAST_BUDGET_MB, MatrixShape, cluster_from_env, factor_exchange,
-                                       per_executor_limit_mb, size_als)
-from music_recs.spark_submit import REPO_ROOT, run_spark_job, run_with_resubmission, spark_master
+                                       per_executor_limit_mb, size_als, size_evaluate)
+from music_recs.spark_submit import REPO_ROOT, executor_args, run_spark_job, run_with_resubmission, spark_master
 from music_recs.validation import check_run_conf_names_no_location, safe_key_part
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,11 @@ def build_confidence(plan: dict) -> dict:
     return result
 
 
+def broadcast_budget_mb() -> int:
+    """Factors up to this size are broadcast (training's CG strategy, evaluation's scoring)."""
+    return int(os.environ.get("MUSIC_RECS_BROADCAST_BUDGET_MB", DEFAULT_BROADCAST_BUDGET_MB))
+
+
 def train(plan: dict, matrix: dict) -> dict:
     """spark-submit ALS with settings sized to the matrix; failed attempts are classified and resubmitted."""
     p = plan["params"]
@@ -217,7 +222,7 @@ def train(plan: dict, matrix: dict) -> dict:
     cluster = cluster_from_env(local)
     strategy = p["strategy"]
     strategy_args = ["--strategy", strategy]
-    budget = int(os.environ.get("MUSIC_RECS_BROADCAST_BUDGET_MB", DEFAULT_BROADCAST_BUDGET_MB))
+    budget = broadcast_budget_mb()
     sizing = size_als(MatrixShape(stats["users"], stats["items"], stats["nnz"], p["rank"]), cluster,
                       strategy=strategy, broadcast_budget_mb=budget)
     log.info("sizing for %d users x %d items, %d ratings, rank %d, %s on %s: %s", stats["users"], stats["items"],
@@ -246,12 +251,21 @@ def train(plan: dict, matrix: dict) -> dict:
     return result
 
 
-def evaluate(plan: dict) -> dict:
+def evaluate(plan: dict, matrix: dict) -> dict:
+    """Score the model on the held-out days, with Spark settings sized to the matrix (``size_evaluate``)."""
     p = plan["params"]
+    cfg = config_of(plan)
+    stats = matrix["stats"][p["granularity"]]
+    local = spark_master(cfg.spark_conn_id).startswith("local")
+    budget = broadcast_budget_mb()
+    sizing = size_evaluate(MatrixShape(stats["users"], stats["items"], stats["nnz"], p["rank"]),
+                           cluster_from_env(local), budget)
     result = _spark(plan, "evaluate", [
         "--model", plan["paths"]["model"], "--matrix", plan["paths"]["matrix"], "--out", plan["paths"]["model"],
         "--k", str(p["k"]), "--top-n", str(p["top_n"]), "--similar-n", str(SIMILAR_ITEMS),
-    ], input_bytes=_folder_bytes(f"{plan['paths']['matrix']}/train"))
+        "--broadcast-budget-mb", str(budget),
+    ], conf=sizing.spark_conf(), driver_memory=f"{sizing.driver_memory_mb}m",
+        **executor_args(sizing, spark_master(cfg.spark_conn_id)))
     m, b = result["model"], result["baseline_popularity"]
     log.info("evaluation @%d: MAP %.4f (popularity %.4f), precision %.4f (popularity %.4f), %d users",
              p["k"], m["map"], b["map"], m["precision"], b["precision"], m["users_evaluated"])
