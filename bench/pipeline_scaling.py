@@ -225,13 +225,15 @@ def main(argv=None) -> int:
     p.add_argument("--strategy", choices=["mllib", "cg"], default=PARAM_SPECS["strategy"][0],
                    help="training strategy (default: the DAG's, %(default)s)")
     p.add_argument("--files-per-day", type=int, default=4, help="landing files per day (gzip is not splittable)")
+    p.add_argument("--verbose", action="store_true", help="show the stages' logs (every spark-submit line)")
     p.add_argument("--json", help="write every measurement here")
     p.add_argument("--chart", help="write the PNG chart here")
     a = p.parse_args(argv)
 
     # The stages log every spark-submit line at INFO; the benchmark prints its own summary.
     # (Airflow configures logging when imported, from this setting.)
-    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    if not a.verbose:
+        os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     from music_recs import local_s3, tasks  # noqa: F401
 
     work = tempfile.mkdtemp(prefix="pipeline_bench_")

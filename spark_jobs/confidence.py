@@ -12,7 +12,7 @@ Per (user, item), over the training days:
   ``confidence = 1 + alpha * f(r)`` (see ``music_recs.confidence`` for the formulas and the paper).
 
 Two granularities come from the same plays: ``track`` (user x track) and ``artist``
-(user x artist). Users and items with too little support are dropped (``min_user_items``
+(user x artist); ``--granularity`` picks one (the DAG builds the one its run trains on). Users and items with too little support are dropped (``min_user_items``
 distinct items per user, ``min_item_users`` distinct users per item), then string ids
 get stable int32 ids from the persisted index (``spark_jobs.id_index``).
 
@@ -228,12 +228,16 @@ def main(argv=None) -> None:
     p.add_argument("--skip-ms", type=int, default=30_000)
     p.add_argument("--min-user-items", type=int, default=2)
     p.add_argument("--min-item-users", type=int, default=2)
+    p.add_argument("--granularity", choices=[*GRANULARITIES, "all"], default="all",
+                   help="matrix to build (default: all); a daily run builds only the one it trains on: "
+                        "each is a pass over the window's plays")
     p.add_argument("--result")
     a = p.parse_args(argv)
     params = ConfidenceParams(a.function, a.alpha, a.epsilon, a.half_life_days, a.skip_ms)
     spark = get_spark(f"music_recs.confidence.{a.day}")
     write_result(spark, a.result, run(spark, a.day, a.lake, params, a.window_days, a.holdout_days,
-                                      a.min_user_items, a.min_item_users))
+                                      a.min_user_items, a.min_item_users,
+                                      tuple(GRANULARITIES) if a.granularity == "all" else (a.granularity,)))
 
 
 if __name__ == "__main__":

@@ -200,9 +200,10 @@ def _day(run: dict) -> str:
     return run["data_interval_start"][:10]
 
 
-def _check_published(store, manifest: dict, day: dt.date, strategy: str):
+def _check_published(store, manifest: dict, day: dt.date, strategy: str, lake):
     """A published run, end to end: objects as the manifest says, rows accounted for, the window,
-    the strategy, a model that beats popularity and passed the gate, one successful submission."""
+    the strategy, a model that beats popularity and passed the gate, one successful submission,
+    only the matrix it trains on built, evaluation sized to the matrix."""
     for obj in manifest["objects"]:
         data, _ = store.get_bytes(MODELS, obj["key"])
         assert len(data) == obj["size"] and hashlib.sha256(data).hexdigest() == obj["sha256"], obj["key"]
@@ -226,6 +227,11 @@ def _check_published(store, manifest: dict, day: dt.date, strategy: str):
     submission = training["submission"]
     assert submission["attempts"][0]["outcome"] == "success"
     assert submission["sizing"]["user_blocks"] == training["params"]["user_blocks"]
+    matrices = lake / f"matrix/dt={day}"
+    assert [p.name for p in matrices.iterdir()] == [f"granularity={manifest['params']['granularity']}"]
+    settings = manifest["evaluation"]["submission"]["settings"]
+    assert settings["driver_memory"] == f"{submission['sizing']['driver_memory_mb']}m"
+    assert settings["conf"]["spark.sql.shuffle.partitions"] == str(submission["sizing"]["shuffle_partitions"])
 
 
 def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, monkeypatch, capsys):
@@ -286,7 +292,7 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
         expected = BACKFILL_CONF if day != SCHEDULED_DAY else {"window_days": 90, "max_iter": 10, "top_n": 50}
         assert {k: manifest["params"][k] for k in expected} == expected, day
         assert store.get_bytes(MODELS, manifest["report"]["key"]) is not None
-        _check_published(store, manifest, day, "cg" if day == SCHEDULED_DAY else "mllib")
+        _check_published(store, manifest, day, "cg" if day == SCHEDULED_DAY else "mllib", stack["root"] / "lake")
     pointer, manifest = read_latest(store, MODELS, "music_recs/latest.json")
     assert pointer["day"] == SCHEDULED_DAY.isoformat() and pointer["run_id"] == scheduled[0]["dag_run_id"]
 

@@ -198,6 +198,7 @@ def build_confidence(plan: dict) -> dict:
         "--function", p["confidence_function"], "--alpha", str(p["alpha"]), "--epsilon", str(p["epsilon"]),
         "--half-life-days", str(p["half_life_days"]), "--skip-ms", str(p["skip_seconds"] * 1000),
         "--min-user-items", str(p["min_user_items"]), "--min-item-users", str(p["min_item_users"]),
+        "--granularity", p["granularity"],
     ], input_bytes=_folder_bytes(f"{plan['paths']['lake']}/plays"))
     stats = result["stats"][p["granularity"]]
     if stats["nnz"] == 0:
@@ -324,6 +325,7 @@ def publish_run(store: S3Store, plan: dict, ingested: dict, validated: dict, mat
                                               "spark_conf", "submission", "factor_exchange", "cg_steps")
                      if k in trained},
         "metrics": {"k": evaluated["k"], "model": evaluated["model"], "baseline_popularity": evaluated["baseline_popularity"]},
+        "evaluation": {k: evaluated[k] for k in ("seconds", "submission") if k in evaluated},
         "quality_gate": gate,
     }
     prefix = cfg.model_key_prefix(plan["day"], plan["run_key"])
