@@ -115,8 +115,11 @@ def top_n_dot(spark: SparkSession, queries: DataFrame, targets: DataFrame, rank:
             vectors = features.astype(np.float32).reshape(batch.num_rows, rank)
             excluded_col = batch.column("excluded")
             offsets = excluded_col.offsets.to_numpy()
-            positions = np.searchsorted(target_ids, excluded_col.flatten().to_numpy(zero_copy_only=False))
-            excluded = np.split(positions, offsets[1:-1] - offsets[0]) if batch.num_rows else []
+            wanted = excluded_col.flatten().to_numpy(zero_copy_only=False)
+            positions = np.minimum(np.searchsorted(target_ids, wanted), len(target_ids) - 1)
+            # An id without factors excludes nothing (rather than its neighbour in the sorted ids).
+            positions = np.where(target_ids[positions] == wanted, positions, -1)
+            excluded = [e[e >= 0] for e in np.split(positions, offsets[1:-1] - offsets[0])] if batch.num_rows else []
             query_ids = batch.column(query_col).to_numpy(zero_copy_only=False)
             for rows, cols, scores, ranks in top_n_excluding(vectors, excluded, target_matrix, n):
                 yield pa.RecordBatch.from_arrays(
