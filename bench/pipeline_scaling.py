@@ -167,7 +167,8 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
     shape = MatrixShape(stats["users"], stats["items"], stats["nnz"], plan["params"]["rank"])
     strategy = plan["params"]["strategy"]
     train_sizing = size_als(shape, cluster_from_env(local=True), strategy=strategy)
-    eval_sizing = size_evaluate(shape, cluster_from_env(local=True))
+    top_n = max(plan["params"]["k"], plan["params"]["top_n"])
+    eval_sizing = size_evaluate(shape, cluster_from_env(local=True), top_n)
     # What the model gives the Python workers of one executor with this machine's cores (on a
     # cluster it becomes spark.executor.pyspark.memory; local mode does not limit it).
     python_mb = {"train_als": python_memory_mb(shape, train_sizing.user_blocks, train_sizing.executor_cores,
@@ -175,7 +176,7 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
                  if strategy == "cg" else None,
                  "evaluate": size_evaluate(shape, dataclasses.replace(cluster_from_env(local=True), local=False,
                                                                       cores_per_node=os.cpu_count() or 1,
-                                                                      memory_per_node_mb=1 << 20)).python_memory_mb}
+                                                                      memory_per_node_mb=1 << 20), top_n).python_memory_mb}
     return {
         "plays_per_day": plays, "window_plays": 2 * plays, "generate_seconds": round(generated, 1),
         "rows_read": results["ingest"]["rows_read"], "matrix": stats,

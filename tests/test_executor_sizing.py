@@ -69,13 +69,25 @@ def test_the_cg_strategy_gets_a_python_memory_limit_on_a_cluster_only():
     assert "spark.executor.pyspark.memory" not in size_als(small, cluster).spark_conf()
 
 
-def test_evaluate_gets_trainings_jvm_sizing_and_python_room_for_the_item_factors():
+def test_evaluate_adds_the_recommendations_to_trainings_jvm_sizing_and_python_room_for_the_item_factors():
     shape = MatrixShape(users=4_000_000, items=500_000, nnz=400_000_000, rank=40)
-    local = ClusterResources(nodes=1, cores_per_node=8, memory_per_node_mb=65536, local=True)
-    assert size_evaluate(shape, local) == size_als(shape, local)
+    local = ClusterResources(nodes=1, cores_per_node=8, memory_per_node_mb=262144, local=True)
+    # one JVM: 4M users x 50 recommendations x 32 bytes, twice, over the 0.6 memory fraction, x1.5
+    extra_mb = 2 * 4_000_000 * 50 * 32 / 0.6 * 1.5 / 2**20
+    sized = size_evaluate(shape, local)
+    assert sized.executor_memory_mb == -(-(size_als(shape, local).estimate["heap_bytes"] / 2**20 + extra_mb) // 256) * 256
+    assert sized.driver_memory_mb == sized.executor_memory_mb + sized.executor_memory_overhead_mb
+    assert sized.python_memory_mb == 0  # local mode does not limit Python workers
+    # on a smaller machine the JVM gets what local mode allows (3/4 of it) and the sorts spill
+    capped = size_evaluate(shape, ClusterResources(nodes=1, cores_per_node=8, memory_per_node_mb=65536))
+    assert 0.7 * 49152 < capped.driver_memory_mb <= 49152
+    # top_n=1 on a small matrix: training's sizing, the 1 GiB floor
+    small = MatrixShape(users=1000, items=500, nnz=20_000, rank=8)
+    assert size_evaluate(small, local, top_n=1).executor_memory_mb == size_als(small, local).executor_memory_mb
     cluster = ClusterResources(nodes=10, cores_per_node=16, memory_per_node_mb=65536, local=False)
     sizing = size_evaluate(shape, cluster)
-    assert sizing.executor_memory_mb == size_als(shape, cluster).executor_memory_mb
+    assert sizing.executor_memory_mb > size_als(shape, cluster).executor_memory_mb
+    assert sizing.driver_memory_mb == size_als(shape, cluster).driver_memory_mb
     # 5 cores x (768 MiB base + 2 copies of 500k x 40 floats (153 MiB) + a 64 MiB chunk) = 4.9 GiB
     assert sizing.python_memory_mb == 5120
     # item factors over the budget: MLlib's blocked top-k, no Python memory

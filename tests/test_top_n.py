@@ -16,9 +16,13 @@ def brute_force(queries, excluded, targets, n):
 
 
 @pytest.mark.parametrize("chunk_bytes", [4 * 7 * 3, 1 << 20])  # 3 queries per chunk, or all at once
-def test_matches_brute_force_with_exclusions_and_chunks(chunk_bytes):
+@pytest.mark.parametrize("ties", [False, True])  # small integer factors: many equal scores
+def test_matches_brute_force_with_exclusions_and_chunks(chunk_bytes, ties):
     rng = np.random.default_rng(4)
-    queries, targets = rng.normal(size=(10, 3)).astype(np.float32), rng.normal(size=(7, 3)).astype(np.float32)
+    queries, targets = rng.normal(size=(10, 3)), rng.normal(size=(7, 3))
+    if ties:
+        queries, targets = np.round(queries), np.round(targets)
+    queries, targets = queries.astype(np.float32), targets.astype(np.float32)
     excluded = [rng.choice(7, size=rng.integers(0, 7), replace=False) for _ in range(10)]
     excluded[0] = np.arange(7)  # nothing left to recommend
     excluded[1] = np.array([], dtype=np.int64)
@@ -35,6 +39,9 @@ def test_equal_scores_are_ordered_by_target_position():
     targets = np.array([[1.0], [2.0], [2.0], [2.0], [0.5]], dtype=np.float32)
     (rows, cols, scores, ranks), = top_n_excluding(np.ones((1, 1)), [np.array([2])], targets, 4)
     assert cols.tolist() == [1, 3, 0, 4] and ranks.tolist() == [1, 2, 3, 4]
+    # a tie at the last place kept keeps the smaller position
+    (_, cols, _, _), = top_n_excluding(np.ones((1, 1)), [np.array([], int)], targets, 2)
+    assert cols.tolist() == [1, 2]
 
 
 def test_n_larger_than_the_targets_and_bad_input():

@@ -260,7 +260,7 @@ def evaluate(plan: dict, matrix: dict) -> dict:
     local = spark_master(cfg.spark_conn_id).startswith("local")
     budget = broadcast_budget_mb()
     sizing = size_evaluate(MatrixShape(stats["users"], stats["items"], stats["nnz"], p["rank"]),
-                           cluster_from_env(local), budget)
+                           cluster_from_env(local), max(p["k"], p["top_n"]), budget)
     result = _spark(plan, "evaluate", [
         "--model", plan["paths"]["model"], "--matrix", plan["paths"]["matrix"], "--out", plan["paths"]["model"],
         "--k", str(p["k"]), "--top-n", str(p["top_n"]), "--similar-n", str(SIMILAR_ITEMS),
