@@ -215,8 +215,12 @@ def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output
     timer = PhaseTimer()
     day_s = day.isoformat()
     with timer.phase("parse"):
-        rows = classify(normalize(read_records(spark, input_uri, source_format)), day).cache()
+        # normalize() reads the records once per format (a union of four filters); cached, the
+        # files are decompressed and split in Python once instead of four times.
+        records = read_records(spark, input_uri, source_format).cache()
+        rows = classify(normalize(records), day).cache()
         read = rows.count()
+        records.unpersist()
         formats = {r[FORMAT]: r["count"] for r in rows.groupBy(FORMAT).count().collect()}
         by_reason = {r[S.REASON]: r["count"] for r in rows.filter(F.col(S.REASON).isNotNull())
                      .groupBy(S.REASON).count().collect()}
