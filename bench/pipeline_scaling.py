@@ -85,6 +85,14 @@ class PeakMemory:
         self._thread.join()
 
 
+def _mb(spark_memory: str | None) -> int | None:
+    """MiB of a spark-submit memory setting such as ``2560m`` or ``2g``."""
+    if not spark_memory:
+        return None
+    value, unit = spark_memory[:-1], spark_memory[-1].lower()
+    return int(value) * {"m": 1, "g": 1024}[unit]
+
+
 def fit_cost(xs, ys) -> dict:
     """How a stage's seconds grow with plays: a straight line ``t0 + plays * per_million / 1e6``
     (t0: start-up, mostly the JVM and Spark session) and the log-log slope between the two
@@ -188,10 +196,16 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
                        if k in results and isinstance(results[k].get("seconds"), dict)},
         "spark_peaks_mb": {k: {m: round(v / MIB) for m, v in p.items()} for k, p in executor_peaks(events).items()},
         "train": {k: results.get("train_als", {}).get(k) for k in ("strategy", "seconds", "seconds_per_iteration")},
-        "sizing": {job: {"heap_mb": sz.executor_memory_mb, "jvm_max_mb": sz.driver_memory_mb,
-                         "storage_mb": round(sz.estimate["storage_per_executor_bytes"] / MIB),
-                         "task_mb": round(sz.estimate["task_bytes"] / MIB), "python_mb": python_mb[job]}
-                   for job, sz in (("train_als", train_sizing), ("evaluate", eval_sizing))},
+        # The model's heap (given as the driver's memory: in local mode it is the executor) and,
+        # for train and evaluate, its cached share, per-task share and Python workers' memory.
+        "sizing": {stage: {"heap_mb": _mb(results[stage]["submission"]["settings"]["driver_memory"]),
+                           **({"storage_mb": round(sz.estimate["storage_per_executor_bytes"] / MIB),
+                               "task_mb": round(sz.estimate["task_bytes"] / MIB), "python_mb": python_mb[stage]}
+                              if sz else {})}
+                   for stage, sz in (("ingest", None), ("validate", None), ("build_confidence", None),
+                                     ("train_als", train_sizing), ("evaluate", eval_sizing))},
+        "spark_app": {stage: f"{job}.{day}" if stage in ("ingest", "validate", "build_confidence") else job
+                      for stage, job in SPARK_JOB_OF.items()},
         "metrics": {k: results["evaluate"]["model"][k] for k in ("precision", "map")} if "evaluate" in results else {},
         "failed": failed,
     }
@@ -261,6 +275,9 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     cores = os.cpu_count() or 1
+    if a.json:  # every measurement is kept even if the summary below fails
+        with open(a.json, "w") as fh:
+            json.dump({"rows": rows, "cores": cores, "command": " ".join(sys.argv)}, fh, indent=1)
     print(f"\n{'plays/day':>10} {'matrix nnz':>11} " + " ".join(f"{s[:12]:>12}" for s in STAGES))
     for r in rows:
         print(f"{r['rows_read']:>10} {r['matrix']['nnz']:>11} " + " ".join(f"{r['seconds'].get(s, float('nan')):>11.1f}s" for s in STAGES))
@@ -286,14 +303,14 @@ def main(argv=None) -> int:
         print(f"  {r['rows_read']:>10} plays/day: {r['rows_read'] / t / cores:>9.0f}"
               f"  (ingest alone {r['rows_read'] / r['seconds']['ingest'] / cores:.0f})")
     print("\nsizing model vs Spark's executor metrics (local mode: the driver is the executor), MiB:")
-    print(f"  {'nnz':>10} {'job':<10} {'heap: predicted':>15} {'peak used':>9} {'(storage':>8} {'execution)':>10}"
+    print(f"  {'nnz':>10} {'stage':<17} {'heap given':>10} {'peak used':>9} {'(storage':>8} {'execution)':>10}"
           f" {'JVM RSS':>8} {'Python: predicted':>17} {'peak RSS':>8}")
     for r in rows:
-        for job, sz in r["sizing"].items():
-            m = r["spark_peaks_mb"].get(SPARK_JOB_OF[job], {})
-            print(f"  {r['matrix']['nnz']:>10} {job:<10} {sz['heap_mb']:>15} {m.get('JVMHeapMemory', '-'):>9} "
+        for stage, sz in r["sizing"].items():
+            m = r["spark_peaks_mb"].get(r["spark_app"][stage], {})
+            print(f"  {r['matrix']['nnz']:>10} {stage:<17} {sz['heap_mb']:>10} {m.get('JVMHeapMemory', '-'):>9} "
                   f"{m.get('OnHeapStorageMemory', '-'):>8} {m.get('OnHeapExecutionMemory', '-'):>10} "
-                  f"{m.get('ProcessTreeJVMRSSMemory', '-'):>8} {sz['python_mb'] or '-':>17} "
+                  f"{m.get('ProcessTreeJVMRSSMemory', '-'):>8} {sz.get('python_mb') or '-':>17} "
                   f"{m.get('ProcessTreePythonRSSMemory', '-'):>8}")
     total = time.time() - started
     print(f"\n{cores} cores, {platform.platform()}; {total / 60:.1f} min; command: {' '.join(sys.argv)}")

@@ -121,8 +121,7 @@ def run(spark: SparkSession, day: dt.date, lake_uri: str, suite_path: str = DEFA
         max_quarantine_fraction: float = 0.05, docs_dir: str | None = None) -> dict:
     timer = PhaseTimer()
     with timer.phase("validate"):
-        # Cached: GX computes its metrics in several Spark jobs over the same rows.
-        df = spark.read.parquet(f"{lake_uri.rstrip('/')}/plays/dt={day.isoformat()}").cache()
+        df = spark.read.parquet(f"{lake_uri.rstrip('/')}/plays/dt={day.isoformat()}")
         accepted = df.count()
         counts = ingest_counts or {"rows_read": accepted, "duplicates_removed": 0, "rows_quarantined": 0}
         summary_df, summary = day_summary(spark, lake_uri, day, counts["rows_read"], counts["duplicates_removed"],
@@ -130,7 +129,6 @@ def run(spark: SparkSession, day: dt.date, lake_uri: str, suite_path: str = DEFA
         parameters = {**suite_parameters(day), "max_quarantine_fraction": max_quarantine_fraction}
         verdict = validate_frames([(load_suite(suite_path), df), (load_suite(summary_suite_path), summary_df)],
                                   parameters, docs_dir)
-    df.unpersist()
     failed = [c for c in verdict["checks"] if not c["success"]]
     return {"day": day.isoformat(), "suite": os.path.basename(suite_path), **verdict, "summary": summary,
             "failed": failed, "seconds": timer.seconds}

@@ -1,6 +1,7 @@
 import pytest
 
 from music_recs.executor_sizing import ClusterResources, DataTooLargeError, MatrixShape, estimate, size_als, size_evaluate
+from music_recs.sizing import stage_memory_mb
 
 CLUSTER = ClusterResources(nodes=10, cores_per_node=16, memory_per_node_mb=64_000, local=False)
 
@@ -92,3 +93,10 @@ def test_evaluate_adds_the_recommendations_to_trainings_jvm_sizing_and_python_ro
     assert sizing.python_memory_mb == 5120
     # item factors over the budget: MLlib's blocked top-k, no Python memory
     assert size_evaluate(shape, cluster, broadcast_budget_mb=50).python_memory_mb == 0
+
+
+def test_other_stages_get_heap_for_twice_their_input_within_the_limit():
+    assert stage_memory_mb(0, 18_000) == 1024  # spark-submit's default is the floor
+    # 416 MiB in memory (a 1.2M-play day of gzip'd JSON): 300 + 2 x 416 / 0.6 x 1.5 = 2380 -> 2560
+    assert stage_memory_mb(416 * 2**20, 18_000) == 2560
+    assert stage_memory_mb(100 * 2**30, 18_000) == 18_000

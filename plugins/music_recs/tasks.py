@@ -24,7 +24,7 @@ from music_recs.publish import ARTIFACTS, PublishError, publish, read_latest
 from music_recs.quality_gate import QualityGateFailed, decide
 from music_recs.report import publish_report
 from music_recs.s3 import S3Store
-from music_recs.sizing import shuffle_partitions
+from music_recs.sizing import shuffle_partitions, stage_memory_mb
 from music_recs.executor_sizing import (DEFAULT_BROADCAST_BUDGET_MB, MatrixShape, cluster_from_env, factor_exchange,
                                        per_executor_limit_mb, size_als, size_evaluate)
 from music_recs.spark_submit import REPO_ROOT, executor_args, run_spark_job, run_with_resubmission, spark_master
@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 
 SIMILAR_ITEMS = 20  # most similar items published per item
+# In-memory size of input files, for sizing: gzip'd JSON lines expand about 8x, the lake's
+# plays Parquet (dictionary-encoded ids) about 4x once decoded into rows.
+GZIP_JSON_EXPANSION = 8
+PARQUET_EXPANSION = 4
 
 
 class NoLandingData(RuntimeError):
@@ -122,8 +126,12 @@ def _submit_dir(plan: dict) -> str:
 
 
 def _spark(plan: dict, job: str, args: list[str], input_bytes: int = 0, conf: dict | None = None, **kwargs) -> dict:
+    """Submit ``job``; shuffle partitions and (local mode) memory sized to its in-memory input."""
     cfg = config_of(plan)
     conf = {"spark.sql.shuffle.partitions": str(shuffle_partitions(input_bytes)), **(conf or {})}
+    if "driver_memory" not in kwargs and spark_master(cfg.spark_conn_id).startswith("local"):
+        limit = per_executor_limit_mb(cluster_from_env(local=True))
+        kwargs["driver_memory"] = f"{stage_memory_mb(input_bytes, limit)}m"
     return run_spark_job(job, args, _result(plan, job), conn_id=cfg.spark_conn_id, conf=conf,
                          work_dir=_submit_dir(plan), **kwargs)
 
@@ -131,11 +139,10 @@ def _spark(plan: dict, job: str, args: list[str], input_bytes: int = 0, conf: di
 def ingest(store: S3Store, plan: dict) -> dict:
     stage_landing(store, plan)
     staged = plan["paths"]["landing_staging"]
-    # gzip'd JSON expands about 8x in memory
     cfg = config_of(plan)
     result = _spark(plan, "ingest", ["--day", plan["day"], "--input", staged, "--lake", plan["paths"]["lake"],
                                      "--format", cfg.source_format],
-                    input_bytes=8 * _folder_bytes(staged))
+                    input_bytes=GZIP_JSON_EXPANSION * _folder_bytes(staged))
     log.info("ingest dt=%s: read %d, accepted %d, quarantined %d, duplicates %d (formats %s)", plan["day"],
              result["rows_read"], result["rows_accepted"], result["rows_quarantined"], result["duplicates_removed"],
              result.get("formats"))
@@ -177,7 +184,7 @@ def validate(plan: dict) -> dict:
                                        "--ingest-result", _result(plan, "ingest"),
                                        "--max-quarantine-fraction", str(cfg.max_quarantine_fraction),
                                        "--docs-dir", docs_dir],
-                    input_bytes=_folder_bytes(f"{plan['paths']['lake']}/plays/dt={plan['day']}"))
+                    input_bytes=PARQUET_EXPANSION * _folder_bytes(f"{plan['paths']['lake']}/plays/dt={plan['day']}"))
     log.info("GX Data Docs for dt=%s: file://%s", plan["day"], result["data_docs"])
     if not result["success"]:
         failed = "; ".join(
@@ -199,7 +206,7 @@ def build_confidence(plan: dict) -> dict:
         "--half-life-days", str(p["half_life_days"]), "--skip-ms", str(p["skip_seconds"] * 1000),
         "--min-user-items", str(p["min_user_items"]), "--min-item-users", str(p["min_item_users"]),
         "--granularity", p["granularity"],
-    ], input_bytes=_folder_bytes(f"{plan['paths']['lake']}/plays"))
+    ], input_bytes=PARQUET_EXPANSION * _folder_bytes(f"{plan['paths']['lake']}/plays"))
     stats = result["stats"][p["granularity"]]
     if stats["nnz"] == 0:
         raise ValueError(f"the {p['granularity']} matrix for dt={plan['day']} is empty after filtering; "
