@@ -9,7 +9,7 @@ mkdir -p "$OUT"
 cd "$REPO_ROOT"
 started=$(date +%s)
 echo "==> 1. ALS head-to-head (Spark MLlib and CG strategies vs implicit), ranks 32 64 128"
-python bench/als_vs_implicit.py --plays-per-day "${H2H_PLAYS_PER_DAY:-300000}" --days 8 --ranks 32 64 128 \
+python bench/als_vs_implicit.py --plays-per-day "${H2H_PLAYS_PER_DAY:-200000}" --days 8 --ranks 32 64 128 \
   --iterations 6 --repeats 1 --matrix-cache "$OUT/cache" | tee "$OUT/als_vs_implicit.log"
 echo "==> 2 + 3. pipeline scaling and the sizing check"
 # shellcheck disable=SC2086
