@@ -264,16 +264,16 @@ def evaluate(plan: dict, matrix: dict) -> dict:
     p = plan["params"]
     cfg = config_of(plan)
     stats = matrix["stats"][p["granularity"]]
-    local = spark_master(cfg.spark_conn_id).startswith("local")
+    master = spark_master(cfg.spark_conn_id)
     budget = broadcast_budget_mb()
     sizing = size_evaluate(MatrixShape(stats["users"], stats["items"], stats["nnz"], p["rank"]),
-                           cluster_from_env(local), max(p["k"], p["top_n"]), budget)
+                           cluster_from_env(master.startswith("local")), max(p["k"], p["top_n"]), budget)
     result = _spark(plan, "evaluate", [
         "--model", plan["paths"]["model"], "--matrix", plan["paths"]["matrix"], "--out", plan["paths"]["model"],
         "--k", str(p["k"]), "--top-n", str(p["top_n"]), "--similar-n", str(SIMILAR_ITEMS),
         "--broadcast-budget-mb", str(budget),
     ], conf=sizing.spark_conf(), driver_memory=f"{sizing.driver_memory_mb}m",
-        **executor_args(sizing, spark_master(cfg.spark_conn_id)))
+        **executor_args(sizing, master))
     m, b = result["model"], result["baseline_popularity"]
     log.info("evaluation @%d: MAP %.4f (popularity %.4f), precision %.4f (popularity %.4f), %d users",
              p["k"], m["map"], b["map"], m["precision"], b["precision"], m["users_evaluated"])
