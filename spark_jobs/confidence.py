@@ -130,12 +130,15 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake_
     train.write.mode("overwrite").parquet(f"{out_root}/train")
     train = spark.read.parquet(f"{out_root}/train")
 
-    # Held out: what known users played next that the model could know about (items in
-    # the training matrix) and that they had not played in training.
+    # Held out: what users of the training matrix played next among its items (the only ones
+    # the model has factors for) and had not played in training. Users and items are taken
+    # from the matrix, not from the id index: the index also holds ids of other days and
+    # granularities, and grows on a first run, so a rerun would evaluate on other pairs.
     held = (
         plays_holdout.filter(F.col(S.MS_PLAYED) >= params.skip_ms)
         .select(S.USER_ID, F.col(item_col).alias(S.ITEM_ID)).distinct()
-        .join(u, S.USER_ID).join(i, S.ITEM_ID)
+        .join(train.select(S.USER_ID, S.USER_IDX).distinct(), S.USER_ID)
+        .join(train.select(S.ITEM_ID, S.ITEM_IDX).distinct(), S.ITEM_ID)
         .join(train.select(S.USER_IDX, S.ITEM_IDX), [S.USER_IDX, S.ITEM_IDX], "left_anti")
         .select(S.USER_IDX, S.ITEM_IDX, S.USER_ID, S.ITEM_ID)
         .repartition(max(1, n_parts // 4), S.USER_IDX).sortWithinPartitions(S.USER_IDX, S.ITEM_IDX)

@@ -2,6 +2,7 @@
 and a rerun is byte-identical (ALS stage retries rely on deterministic input)."""
 
 import datetime as dt
+import shutil
 import hashlib
 import json
 from pathlib import Path
@@ -28,6 +29,8 @@ def week(tmp_path_factory, spark):
     write_days_local(str(root / "landing"), DAYS, PLAYS, catalogue)
     for d in DAYS:
         ingest.run(spark, d, str(root / "landing" / f"dt={d}"), str(root / "lake"))
+    # The lake as ingest leaves it, before any confidence run has built an id index.
+    shutil.copytree(root / "lake", root / "lake_ingested")
     frames = pd.concat([generate_day(d, PLAYS, catalogue).assign(dt=str(d)) for d in DAYS])
     return root, frames
 
@@ -68,13 +71,33 @@ def test_statistics_file_matches_an_independent_count(week, spark):
 
 
 def test_rerun_is_byte_identical(week, spark):
+    """The first run (which numbers every id) and a rerun write the same files.
+
+    The first run on a fresh lake also numbers users for the artist matrix that the track
+    matrix drops: the held-out pairs must come from the matrix, not from the index."""
     root, _ = week
-    lake = str(root / "lake")
-    out = root / "lake" / f"matrix/dt={END}/granularity=track"
-    confidence.run(spark, END, lake, ConfidenceParams(), window=7, holdout_days=1)
+    lake = root / "lake_rerun"
+    shutil.copytree(root / "lake_ingested", lake)
+    out = lake / f"matrix/dt={END}/granularity=track"
+    confidence.run(spark, END, str(lake), ConfidenceParams(), window=7, holdout_days=1)
     first = {part: file_digests(out / part) for part in ("train", "holdout")}
     stats = (out / "stats.json").read_text()
-    again = confidence.run(spark, END, lake, ConfidenceParams(), window=7, holdout_days=1)
+    again = confidence.run(spark, END, str(lake), ConfidenceParams(), window=7, holdout_days=1)
     assert again["ids_added"]["track"] == {"new_users": 0, "new_items": 0}
     assert {part: file_digests(out / part) for part in ("train", "holdout")} == first
     assert json.loads((out / "stats.json").read_text()) == json.loads(stats)
+
+
+def test_held_out_pairs_are_new_pairs_of_the_matrix_users_and_items(week, spark):
+    root, frames = week
+    confidence.run(spark, END, str(root / "lake"), ConfidenceParams(), window=7, holdout_days=1)
+    out = root / "lake" / f"matrix/dt={END}/granularity=track"
+    train, held = (pd.read_parquet(out / part) for part in ("train", "holdout"))
+    assert len(held) > 0
+    assert set(held[S.USER_IDX]) <= set(train[S.USER_IDX]) and set(held[S.ITEM_IDX]) <= set(train[S.ITEM_IDX])
+    pairs = lambda df: set(zip(df[S.USER_ID], df[S.ITEM_ID]))  # noqa: E731
+    assert not pairs(held) & pairs(train)
+    # Independent count: the last day's non-skip plays of matrix users on matrix items, new pairs.
+    day = frames[(frames.dt == str(END)) & (frames[S.MS_PLAYED] >= 30_000)]
+    day = day[day[S.USER_ID].isin(set(train[S.USER_ID])) & day[S.TRACK_ID].isin(set(train[S.ITEM_ID]))]
+    assert pairs(held) == set(zip(day[S.USER_ID], day[S.TRACK_ID])) - pairs(train)
