@@ -35,6 +35,8 @@ from spark_jobs.common import PhaseTimer, get_spark, setup_logging, write_result
 from spark_jobs.id_index import ID, IDX, extend_index
 
 GRANULARITIES = {"track": S.TRACK_ID, "artist": S.ARTIST_ID}
+# Rows per Parquet file of the training matrix (the held-out pairs: a quarter as many files).
+PAIRS_PER_FILE = 2_000_000
 
 
 def window_days(day: dt.date, n_days: int) -> list[dt.date]:
@@ -121,7 +123,9 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake_
                  .agg(F.min(S.ARTIST_NAME).alias(S.ARTIST_NAME))
                  .withColumn(S.ITEM_NAME, F.col(S.ARTIST_NAME)).withColumn(S.ARTIST_ID, F.col(S.ITEM_ID)))
 
-    n_parts = max(1, positive.rdd.getNumPartitions() // 8)
+    # Files sized to the matrix (~2M pairs each), not to the session's shuffle partitions: those
+    # depend on the lake's size and the machine, and a rerun must write the same files.
+    n_parts = max(1, positive.count() // PAIRS_PER_FILE + 1)
     train = (
         positive.join(u, S.USER_ID).join(i, S.ITEM_ID)
         .select(S.USER_IDX, S.ITEM_IDX, S.USER_ID, S.ITEM_ID, S.PLAYS, S.SKIPS, "strength", S.CONFIDENCE)

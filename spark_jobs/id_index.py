@@ -21,28 +21,40 @@ from pyspark.sql import functions as F
 INT32_MAX = 2**31 - 1
 ID = "id"
 IDX = "idx"
+SUCCESS = "_SUCCESS"  # written by Spark's committer when a write job commits
 
 
-def _chunks(spark: SparkSession, root: str) -> list[str]:
+def _chunks(spark: SparkSession, root: str) -> dict[str, bool]:
+    """Every ``chunk=`` folder under ``root``, and whether its write committed (``_SUCCESS``)."""
     if urlparse(root).scheme in ("", "file"):
         path = urlparse(root).path if root.startswith("file:") else root
         if not os.path.isdir(path):
-            return []
-        return sorted(d for d in os.listdir(path) if d.startswith("chunk="))
+            return {}
+        return {d: os.path.exists(os.path.join(path, d, SUCCESS)) for d in sorted(os.listdir(path))
+                if d.startswith("chunk=")}
     jvm = spark.sparkContext._jvm
     hpath = jvm.org.apache.hadoop.fs.Path(root)
     fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     if not fs.exists(hpath):
-        return []
-    return sorted(s.getPath().getName() for s in fs.listStatus(hpath) if s.getPath().getName().startswith("chunk="))
+        return {}
+    return {s.getPath().getName(): fs.exists(jvm.org.apache.hadoop.fs.Path(s.getPath(), SUCCESS))
+            for s in fs.listStatus(hpath) if s.getPath().getName().startswith("chunk=")}
 
 
 def load_index(spark: SparkSession, lake_uri: str, entity: str) -> DataFrame:
+    """The committed chunks. A chunk whose write failed (no ``_SUCCESS``) is ignored: no matrix
+    can have used its ints, and the ids in it are numbered again by the next run."""
     root = f"{lake_uri.rstrip('/')}/ids/{entity}"
-    chunks = _chunks(spark, root)
+    chunks = [name for name, committed in sorted(_chunks(spark, root).items()) if committed]
     if not chunks:
         return spark.createDataFrame([], f"{ID} string, {IDX} int")
     return spark.read.parquet(*[f"{root}/{c}" for c in chunks]).select(ID, IDX)
+
+
+def _next_chunk(spark: SparkSession, root: str) -> str:
+    """After every chunk folder, failed ones included (``errorifexists`` must not meet one)."""
+    numbers = [int(name.removeprefix("chunk=")) for name in _chunks(spark, root)]
+    return f"chunk={max(numbers, default=-1) + 1:06d}"
 
 
 def extend_index(spark: SparkSession, lake_uri: str, entity: str, ids: DataFrame) -> tuple[DataFrame, int]:
@@ -63,7 +75,7 @@ def extend_index(spark: SparkSession, lake_uri: str, entity: str, ids: DataFrame
                 f"id index '{entity}' would need int {last}, past int32 max {INT32_MAX}: ALS ids are 32-bit; "
                 "compact the index (re-number from active ids) before training"
             )
-        chunk = f"{root}/chunk={len(_chunks(spark, root)):06d}"
+        chunk = f"{root}/{_next_chunk(spark, root)}"
         new.select(ID, F.col(IDX).cast("int").alias(IDX)).coalesce(1).sortWithinPartitions(IDX) \
             .write.mode("errorifexists").parquet(chunk)
     new.unpersist()

@@ -110,3 +110,19 @@ def test_index_overflow_is_detected(spark, tmp_path, monkeypatch):
     lake = str(tmp_path / "lake")
     with pytest.raises(OverflowError, match="past int32 max"):
         extend_index(spark, lake, "user", spark.createDataFrame([("a",), ("b",), ("c",), ("d",)], "id string"))
+
+
+def test_a_chunk_whose_write_failed_is_ignored_and_not_reused(spark, tmp_path):
+    """A write that died leaves a ``chunk=`` folder without ``_SUCCESS`` (empty after Spark's abort,
+    or holding a partial file); the index must not read it, and the next chunk must not collide."""
+    lake = tmp_path / "lake"
+    root = lake / "ids" / "user"
+    (root / "chunk=000000" / "_temporary" / "0").mkdir(parents=True)
+    index, new = extend_index(spark, str(lake), "user", spark.createDataFrame([("b",), ("a",)], "id string"))
+    assert new == 2 and {r.id: r.idx for r in index.collect()} == {"a": 0, "b": 1}
+    # A second failed write, with a part file of ids that no matrix ever used.
+    spark.createDataFrame([("zz", 2)], "id string, idx int").write.parquet(str(root / "chunk=000002"))
+    (root / "chunk=000002" / "_SUCCESS").unlink()
+    index, new = extend_index(spark, str(lake), "user", spark.createDataFrame([("c",), ("a",)], "id string"))
+    assert new == 1 and {r.id: r.idx for r in index.collect()} == {"a": 0, "b": 1, "c": 2}
+    assert sorted(p.name for p in root.iterdir()) == ["chunk=000000", "chunk=000001", "chunk=000002", "chunk=000003"]
