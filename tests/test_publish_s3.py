@@ -58,10 +58,64 @@ def test_pointer_only_moves_forward_unless_rewind_is_allowed(store, bucket, arti
     assert rewound["moved"] and P.read_latest(store, bucket, POINTER)[0]["day"] == "2026-11-20"
 
 
-def test_rerun_of_the_same_run_replaces_its_prefix_without_extra_objects(store, bucket, artifacts):
-    for _ in range(2):
-        P.publish(store, bucket, prefix("2026-11-20", "r1"), POINTER, "2026-11-20", "r1", artifacts, {})
-    assert len(store.list_objects(bucket, prefix("2026-11-20", "r1"))) == len(P.ARTIFACTS) * 2 + 1
+def publish_again(store, bucket, artifacts, day, run):
+    """What the publish task does: publish the run into a new publication folder."""
+    return P.publish(store, bucket, P.publication_prefix(prefix(day, run)), POINTER, day, run, artifacts, {})
+
+
+def assert_latest_is_complete(store, bucket):
+    """The pointer's manifest is intact and every object it lists has the bytes it lists."""
+    pointer, manifest = P.read_latest(store, bucket, POINTER)
+    for obj in manifest["objects"]:
+        data, _ = store.get_bytes(bucket, obj["key"])
+        assert hashlib.sha256(data).hexdigest() == obj["sha256"], obj["key"]
+    return pointer
+
+
+def rewrite(artifacts, rows):
+    for folder in artifacts.values():
+        for part in range(2):
+            pq.write_table(pa.table({"user_id": [f"u{part}"] * rows, "rank": list(range(rows))}),
+                           f"{folder}/part-{part:05d}-abc.snappy.parquet")
+
+
+def test_a_rerun_adds_a_publication_and_the_pointer_names_it(store, bucket, artifacts):
+    first = publish_again(store, bucket, artifacts, "2026-11-20", "r1")["pointer"]["prefix"]
+    second = publish_again(store, bucket, artifacts, "2026-11-20", "r1")["pointer"]["prefix"]
+    assert first.startswith(prefix("2026-11-20", "r1") + "publish=") and first < second
+    folders = {o.key[: len(first)] for o in store.list_objects(bucket, prefix("2026-11-20", "r1"))}
+    assert folders == {first, second}  # each complete: objects and manifest
+    assert all(store.get_json(bucket, f + "manifest.json") for f in folders)
+    assert assert_latest_is_complete(store, bucket)["prefix"] == second
+
+
+def test_a_rerun_of_the_run_behind_the_pointer_that_dies_leaves_its_model_whole(store, bucket, artifacts, monkeypatch):
+    """Dying after some uploads, or between the manifest and the pointer, of a republish of the
+    live run: readers keep the complete earlier publication (objects are never written over)."""
+    live = publish_again(store, bucket, artifacts, "2026-11-20", "r1")["pointer"]["prefix"]
+    rewrite(artifacts, rows=3)
+    real_upload, calls = store.upload_file, []
+
+    def dies_on_third_upload(path, b, key):
+        calls.append(key)
+        if len(calls) == 3:
+            raise ConnectionError("process killed during the uploads")
+        return real_upload(path, b, key)
+
+    monkeypatch.setattr(store, "upload_file", dies_on_third_upload)
+    with pytest.raises(ConnectionError):
+        publish_again(store, bucket, artifacts, "2026-11-20", "r1")
+    monkeypatch.undo()
+    assert assert_latest_is_complete(store, bucket)["prefix"] == live
+
+    monkeypatch.setattr(P, "move_pointer", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("killed")))
+    with pytest.raises(ConnectionError):
+        publish_again(store, bucket, artifacts, "2026-11-20", "r1")
+    monkeypatch.undo()
+    assert assert_latest_is_complete(store, bucket)["prefix"] == live
+    # The next rerun that succeeds moves the pointer to its own complete publication.
+    final = publish_again(store, bucket, artifacts, "2026-11-20", "r1")["pointer"]["prefix"]
+    assert assert_latest_is_complete(store, bucket)["prefix"] == final != live
 
 
 def test_crash_before_the_pointer_leaves_readers_on_the_previous_model(store, bucket, artifacts, monkeypatch):

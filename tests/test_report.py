@@ -106,8 +106,9 @@ def test_publish_stores_a_self_contained_report_with_every_chart_and_the_numbers
 
     pointer, manifest = read_latest(store, bucket, "music_recs/latest.json")
     assert pointer["day"] == "2026-11-20"
-    key = f"music_recs/dt=2026-11-20/run={plan['run_key']}/report.html"
-    assert manifest["report"]["key"] == key and published["report"] == f"s3://{bucket}/{key}"
+    key = manifest["report"]["key"]
+    assert key == pointer["prefix"] + "report.html" and published["report"] == f"s3://{bucket}/{key}"
+    assert key.startswith(f"music_recs/dt=2026-11-20/run={plan['run_key']}/publish=")
     body, _ = store.get_bytes(bucket, key)
     assert hashlib.sha256(body).hexdigest() == manifest["report"]["sha256"] and len(body) == manifest["report"]["size"]
 
@@ -136,6 +137,10 @@ def test_a_rerun_replaces_its_day_in_the_history_and_foreign_objects_are_skipped
     _, manifest = read_latest(store, bucket, "music_recs/latest.json")
     text = " ".join(parse(store.get_bytes(bucket, manifest["report"]["key"])[0].decode()).text)
     assert "1600" in text and "1500" not in text and "broken" not in text
+    # The earlier publication of the run stays whole beside the new one; the pointer names the new one.
+    run_keys = {o.key for o in store.list_objects(bucket, f"music_recs/dt=2026-11-19/run={plan['run_key']}/")}
+    assert len([k for k in run_keys if k.endswith("/manifest.json")]) == 2
+    assert manifest["report"]["key"].replace("report.html", "manifest.json") in run_keys
 
 
 def test_report_escapes_values_from_the_run():
@@ -155,9 +160,10 @@ def test_cli_latest_shows_the_run_params_and_report(store, bucket, publish_day, 
     from music_recs import cli
 
     ok = [{"attempt": 1, "outcome": "success", "seconds": 14.2, "settings": SETTINGS}]
-    plan, _ = publish_day("2026-11-20", 2000, 0.0733, ok)
+    plan, plan_published = publish_day("2026-11-20", 2000, 0.0733, ok)
     monkeypatch.setenv("MUSIC_RECS_MODELS_BUCKET", bucket)
     assert cli.main(["latest"]) == 0
     out = capsys.readouterr().out
     assert "params: rank=8, max_iter=5, window_days=4 (others default)" in out
-    assert f"report: s3://{bucket}/music_recs/dt=2026-11-20/run={plan['run_key']}/report.html" in out
+    assert f"report: s3://{bucket}/music_recs/dt=2026-11-20/run={plan['run_key']}/publish=" in out
+    assert f"report: {plan_published['report']}" in out

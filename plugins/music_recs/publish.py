@@ -1,18 +1,22 @@
-"""Publish a trained model to S3: immutable per-run prefix, manifest, verified, pointer last.
+"""Publish a trained model to S3: a new folder per publication, manifest, verified, pointer last.
 
 Layout under the models bucket::
 
-    {models_prefix}/dt=YYYY-MM-DD/run={run key}/user_factors/part-00000.parquet
-                                               /item_factors/part-00000.parquet
-                                               /recommendations/part-00000.parquet
-                                               /similar_items/part-00000.parquet
-                                               /manifest.json
+    {models_prefix}/dt=YYYY-MM-DD/run={run key}/publish={UTC time}/user_factors/part-00000.parquet
+                                                                /item_factors/part-00000.parquet
+                                                                /recommendations/part-00000.parquet
+                                                                /similar_items/part-00000.parquet
+                                                                /report.html
+                                                                /manifest.json
     {models_prefix}/latest.json        <- the pointer, written last
 
 Order matters: objects, then their verification (size and SHA-256 read back from the
 server), then the manifest, then the pointer. A run that dies anywhere before the pointer
-leaves readers on the previous model. Object names are deterministic, so a rerun of the
-same run overwrites its own prefix instead of adding a second copy.
+leaves readers on the previous model. That holds for a rerun of the very run behind the
+pointer too, because a publication never writes over another's objects: each goes to its own
+``publish=`` folder, and the pointer names exactly one. Nothing is deleted: the pipeline's
+credentials may not delete (``infra/aws/pipeline-iam-policy.json``), earlier publications stay
+readable for comparison and rollback, and retention is a bucket lifecycle rule's job.
 
 The pointer only moves forward in logical day (a rerun of the same day replaces it),
 unless the run explicitly allows a rewind (backfills). It is replaced with a
@@ -37,8 +41,19 @@ MANIFEST = "manifest.json"
 ARTIFACTS = ("user_factors", "item_factors", "recommendations", "similar_items")
 
 
+PUBLICATION = "publish="
+
+
 class PublishError(RuntimeError):
     pass
+
+
+def publication_prefix(run_prefix: str, now: dt.datetime | None = None) -> str:
+    """Where one publication of a run goes: ``{run_prefix}publish=YYYYMMDDTHHMMSS.ffffffZ/``.
+
+    UTC time to the microsecond: folders of one run sort in the order they were published."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"{run_prefix}{PUBLICATION}{now.astimezone(dt.timezone.utc):%Y%m%dT%H%M%S.%fZ}/"
 
 
 def artifact_files(local_dir: str) -> list[str]:

@@ -1,6 +1,6 @@
 """The run report: one self-contained HTML file stored next to the run's manifest.
 
-``dt=D/run=R/report.html`` shows what the run did, from its manifest, and how it compares
+``dt=D/run=R/publish=T/report.html`` shows what the run did, from its manifest, and how it compares
 with the runs published before it, from their manifests:
 
 - rows read, accepted, quarantined and duplicates per day (chart), quarantine reasons;
@@ -26,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on workers
 import matplotlib.pyplot as plt  # noqa: E402
 
-from music_recs.publish import MANIFEST  # noqa: E402
+from music_recs.publish import MANIFEST, PUBLICATION  # noqa: E402
 from music_recs.s3 import S3Store  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,15 @@ def previous_manifests(store: S3Store, bucket: str, models_prefix: str, day: str
                        history_days: int = HISTORY_DAYS) -> list[dict]:
     """Manifests published for the ``history_days`` days up to ``day``, oldest first, this run excluded.
 
-    Reads ``{models_prefix}/dt=*/run=*/manifest.json``; a manifest that does not parse is
+    Reads ``{models_prefix}/dt=*/run=*/publish=*/manifest.json`` (and ``dt=*/run=*/manifest.json``,
+    where publications went before they had their own folder); a manifest that does not parse is
     skipped with a warning (it cannot be fixed by failing this run's publication).
     """
     first = (dt.date.fromisoformat(day) - dt.timedelta(days=history_days)).isoformat()
     keys = []
     for obj in store.list_objects(bucket, f"{models_prefix}/dt="):
         parts = obj.key[len(models_prefix) + 1:].split("/")
-        if len(parts) != 3 or parts[2] != MANIFEST:
+        if parts[-1] != MANIFEST or not (len(parts) == 3 or (len(parts) == 4 and parts[2].startswith(PUBLICATION))):
             continue
         obj_day, obj_run = parts[0].removeprefix("dt="), parts[1].removeprefix("run=")
         if first <= obj_day <= day and obj_run != run_key:

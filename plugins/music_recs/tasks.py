@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 from music_recs import __version__
 from music_recs.config import PipelineConfig
 from music_recs.params import RunParams
-from music_recs.publish import ARTIFACTS, PublishError, publish, read_latest
+from music_recs.publish import ARTIFACTS, PublishError, publication_prefix, publish, read_latest
 from music_recs.quality_gate import QualityGateFailed, decide
 from music_recs.report import publish_report
 from music_recs.s3 import S3Store
@@ -335,20 +335,22 @@ def publish_run(store: S3Store, plan: dict, ingested: dict, validated: dict, mat
         "evaluation": {k: evaluated[k] for k in ("seconds", "submission") if k in evaluated},
         "quality_gate": gate,
     }
-    prefix = cfg.model_key_prefix(plan["day"], plan["run_key"])
+    # A folder of its own: a rerun of the run behind the pointer never writes over the live model.
+    prefix = publication_prefix(cfg.model_key_prefix(plan["day"], plan["run_key"]))
+    uri = f"s3://{cfg.models_bucket}/{prefix}"
     # The report goes up before the manifest and the pointer: a model behind the pointer always has one.
     manifest["report"] = publish_report(
         store, cfg.models_bucket, cfg.models_prefix, prefix,
-        {**manifest, "day": plan["day"], "run_id": plan["run_id"], "prefix": plan["publish_prefix"]}, plan["run_key"])
+        {**manifest, "day": plan["day"], "run_id": plan["run_id"], "prefix": uri}, plan["run_key"])
     decision = publish(
         store, cfg.models_bucket, prefix, cfg.pointer_key,
         plan["day"], plan["run_id"], {name: f"{model_dir}/{name}" for name in ARTIFACTS},
         manifest, allow_rewind=p["allow_pointer_rewind"],
     )
     m = evaluated["model"]
-    log.info("published %s (pointer %s); MAP@%d %.4f, precision@%d %.4f", plan["publish_prefix"],
+    log.info("published %s (pointer %s); MAP@%d %.4f, precision@%d %.4f", uri,
              "moved" if decision["moved"] else "kept: " + decision["reason"], evaluated["k"], m["map"],
              evaluated["k"], m["precision"])
-    return {"prefix": plan["publish_prefix"], "manifest": f"s3://{cfg.models_bucket}/{decision['manifest_key']}",
+    return {"prefix": uri, "manifest": f"s3://{cfg.models_bucket}/{decision['manifest_key']}",
             "report": f"s3://{cfg.models_bucket}/{manifest['report']['key']}",
             "pointer_moved": decision["moved"], "pointer_reason": decision["reason"], "metrics": m}
