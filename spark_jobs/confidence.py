@@ -16,8 +16,11 @@ Two granularities come from the same plays: ``track`` (user x track) and ``artis
 distinct items per user, ``min_item_users`` distinct users per item), then string ids
 get stable int32 ids from the persisted index (``spark_jobs.id_index``).
 
-Output, per granularity G: ``{lake}/matrix/dt=D/granularity=G/{train,holdout,items}/`` Parquet
-(``items`` holds display names) and ``stats.json``. Output is deterministic: same input, same rows in the same files.
+Output, per granularity G: ``{out}/granularity=G/{train,holdout,items}/`` Parquet (``items``
+holds display names) and ``stats.json``; ``out`` defaults to ``{lake}/matrix/dt=D``. The DAG
+gives each run its own ``out`` (``runs/dt=D/run=R/matrix``): the matrix depends on the run's
+parameters (window, holdout, confidence function, support), and a task of one run cleared and
+rerun later must not read the matrix of another run of the same day. Output is deterministic: same input, same rows in the same files.
 """
 
 from __future__ import annotations
@@ -182,7 +185,7 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake_
 
 def run(spark: SparkSession, day: dt.date, lake_uri: str, params: ConfidenceParams, window: int = 90,
         holdout_days: int = 1, min_user_items: int = 2, min_item_users: int = 2,
-        granularities=("track", "artist")) -> dict:
+        granularities=("track", "artist"), out_uri: str | None = None) -> dict:
     if holdout_days >= window:
         raise ValueError(f"holdout_days ({holdout_days}) must be smaller than the window ({window} days)")
     timer = PhaseTimer()
@@ -199,12 +202,13 @@ def run(spark: SparkSession, day: dt.date, lake_uri: str, params: ConfidencePara
     cutoff = train_days[-1].isoformat()
     plays_train = plays.filter(F.col(S.DT) <= cutoff)
     plays_holdout = plays.filter(F.col(S.DT) > cutoff)
+    out_uri = (out_uri or f"{lake_uri.rstrip('/')}/matrix/dt={day.isoformat()}").rstrip("/")
     out, indexed = {}, {}
     for g in granularities:
         with timer.phase(f"matrix_{g}"):
             out[g], indexed[g] = build_granularity(
                 spark, plays_train, plays_holdout, g, day, lake_uri, params, min_user_items, min_item_users,
-                f"{lake_uri.rstrip('/')}/matrix/dt={day.isoformat()}/granularity={g}",
+                f"{out_uri}/granularity={g}",
             )
     plays.unpersist()
     return {
@@ -238,13 +242,15 @@ def main(argv=None) -> None:
     p.add_argument("--granularity", choices=[*GRANULARITIES, "all"], default="all",
                    help="matrix to build (default: all); a daily run builds only the one it trains on: "
                         "each is a pass over the window's plays")
+    p.add_argument("--out", help="where the matrices go (default: {lake}/matrix/dt=D)")
     p.add_argument("--result")
     a = p.parse_args(argv)
     params = ConfidenceParams(a.function, a.alpha, a.epsilon, a.half_life_days, a.skip_ms)
     spark = get_spark(f"music_recs.confidence.{a.day}")
     write_result(spark, a.result, run(spark, a.day, a.lake, params, a.window_days, a.holdout_days,
                                       a.min_user_items, a.min_item_users,
-                                      tuple(GRANULARITIES) if a.granularity == "all" else (a.granularity,)))
+                                      tuple(GRANULARITIES) if a.granularity == "all" else (a.granularity,),
+                                      a.out))
 
 
 if __name__ == "__main__":

@@ -88,3 +88,18 @@ def test_config_rejects_bad_prefix(monkeypatch):
         load_config(use_airflow=False)
     with pytest.raises(ValueError):
         PipelineConfig(models_bucket="UPPER")
+
+
+def test_each_run_of_a_day_builds_and_reads_its_own_matrix(tmp_path):
+    """Two runs of one day with other params (a scheduled run, a UI trigger with a wider window):
+    a task of the first, cleared and rerun after the second, must read its own matrix."""
+    from music_recs import tasks
+
+    cfg = PipelineConfig(lake_uri=str(tmp_path))
+    start = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+    scheduled = tasks.plan_run({}, start, "scheduled__2026-11-20T00:00:00+00:00", cfg)["paths"]
+    manual = tasks.plan_run({"window_days": 30}, start, "manual__2026-11-21T08:00:00+00:00", cfg)["paths"]
+    assert scheduled["matrix"] != manual["matrix"]
+    for paths in (scheduled, manual):
+        assert paths["matrix"] == f"{paths['run_dir']}/matrix/granularity=track"
+        assert paths["matrix"].startswith(paths["matrices"] + "/")

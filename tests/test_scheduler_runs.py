@@ -246,7 +246,8 @@ def _check_published(store, manifest: dict, day: dt.date, strategy: str, lake):
     submission = training["submission"]
     assert submission["attempts"][0]["outcome"] == "success"
     assert submission["sizing"]["user_blocks"] == training["params"]["user_blocks"]
-    matrices = lake / f"matrix/dt={day}"
+    run_key = manifest["prefix"].split("/run=")[1].split("/")[0]
+    matrices = lake / f"runs/dt={day}/run={run_key}/matrix"
     assert [p.name for p in matrices.iterdir()] == [f"granularity={manifest['params']['granularity']}"]
     settings = manifest["evaluation"]["submission"]["settings"]
     assert settings["driver_memory"] == f"{submission['sizing']['driver_memory_mb']}m"

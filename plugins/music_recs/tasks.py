@@ -80,7 +80,9 @@ def plan_run(params: dict, data_interval_start: dt.datetime, run_id: str, cfg: P
             "lake": lake,
             "landing_staging": f"{lake}/_landing/dt={day}",
             "quarantine": f"{lake}/quarantine/dt={day}",
-            "matrix": f"{lake}/matrix/dt={day}/granularity={run.granularity}",
+            # The run's own: the matrix depends on its params (spark_jobs/confidence.py).
+            "matrices": f"{run_dir}/matrix",
+            "matrix": f"{run_dir}/matrix/granularity={run.granularity}",
             "run_dir": run_dir,
             "model": f"{run_dir}/model",
             "results": f"{run_dir}/results",
@@ -205,7 +207,7 @@ def build_confidence(plan: dict) -> dict:
         "--function", p["confidence_function"], "--alpha", str(p["alpha"]), "--epsilon", str(p["epsilon"]),
         "--half-life-days", str(p["half_life_days"]), "--skip-ms", str(p["skip_seconds"] * 1000),
         "--min-user-items", str(p["min_user_items"]), "--min-item-users", str(p["min_item_users"]),
-        "--granularity", p["granularity"],
+        "--granularity", p["granularity"], "--out", plan["paths"]["matrices"],
     ], input_bytes=PARQUET_EXPANSION * _folder_bytes(f"{plan['paths']['lake']}/plays"))
     stats = result["stats"][p["granularity"]]
     if stats["nnz"] == 0:
