@@ -36,6 +36,7 @@ from music_recs import schema as S
 from music_recs.confidence import ConfidenceParams
 from spark_jobs.common import PhaseTimer, get_spark, setup_logging, write_result, write_text
 from spark_jobs.id_index import ID, IDX, extend_index
+from spark_jobs.lake import present_days, read_plays
 
 GRANULARITIES = {"track": S.TRACK_ID, "artist": S.ARTIST_ID}
 # Rows per Parquet file of the training matrix (the held-out pairs: a quarter as many files).
@@ -45,26 +46,6 @@ PAIRS_PER_FILE = 2_000_000
 def window_days(day: dt.date, n_days: int) -> list[dt.date]:
     """The window's days, oldest first: ``[day - n_days + 1, day]``."""
     return [day - dt.timedelta(days=i) for i in range(n_days - 1, -1, -1)]
-
-
-def present_days(spark: SparkSession, lake_uri: str, days: list[dt.date]) -> list[dt.date]:
-    """The days of ``days`` that have an accepted-plays partition in the lake."""
-    root = f"{lake_uri.rstrip('/')}/plays"
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    out = []
-    for d in days:
-        path = jvm.org.apache.hadoop.fs.Path(f"{root}/dt={d.isoformat()}/_SUCCESS")
-        if path.getFileSystem(conf).exists(path):
-            out.append(d)
-    return out
-
-
-def read_plays(spark: SparkSession, lake_uri: str, days: list[dt.date]) -> DataFrame:
-    """Only the listed days' partitions are read, so older days cost nothing."""
-    root = f"{lake_uri.rstrip('/')}/plays"
-    return (spark.read.option("basePath", root).parquet(*[f"{root}/dt={d.isoformat()}" for d in days])
-            .withColumn(S.DT, F.col(S.DT).cast("string")))
 
 
 def aggregate(plays: DataFrame, item_col: str, day: dt.date, params: ConfidenceParams) -> DataFrame:

@@ -4,7 +4,9 @@ Every non-blank input line ends up in exactly one of three places:
 
 * ``{lake}/plays/dt=D/``: accepted, typed, deduplicated plays;
 * ``{lake}/quarantine/dt=D/``: the raw line, the first rule it broke and its file;
-* counted as a duplicate replay of an accepted event (same ``event_id``).
+* counted as a duplicate replay of an accepted event (same ``event_id``), within the day or
+  already accepted into one of the ``LOOKBACK_DAYS`` days before it (a late event can be
+  delivered again the next day, and both days' windows accept it).
 
 The invariant ``read = accepted + quarantined + duplicates`` is checked here and
 recorded in the result. Reruns overwrite the day's partitions: idempotent.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -24,12 +27,16 @@ from pyspark.sql import types as T
 from music_recs import schema as S
 from music_recs.landing import FORMATS, iter_records
 from spark_jobs.common import PhaseTimer, get_spark, setup_logging, write_result
+from spark_jobs.lake import present_days, read_plays
 
 # Events may arrive late (offline listening syncs later): a play up to this many hours
 # before the day still belongs in the day's partition. A small skew forward covers
 # client clocks that run ahead.
 LATE_TOLERANCE_HOURS = 48
 CLOCK_SKEW_MINUTES = 15
+# An event is accepted on any day D with D - 48 h <= ts < D + 1 d + 15 min, so the same event
+# can also sit in the partitions of the 3 days before D: a replay is looked for there too.
+LOOKBACK_DAYS = math.ceil((LATE_TOLERANCE_HOURS * 60 + CLOCK_SKEW_MINUTES) / (24 * 60))
 # A play longer than a day is a broken client counter, not a listen.
 MAX_MS_PLAYED = 24 * 3600 * 1000
 ID_PATTERN = r"^[A-Za-z0-9:._@+-]{1,128}$"
@@ -225,6 +232,15 @@ def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output
         by_reason = {r[S.REASON]: r["count"] for r in rows.filter(F.col(S.REASON).isNotNull())
                      .groupBy(S.REASON).count().collect()}
     good, dupes = dedupe(rows.filter(F.col(S.REASON).isNull()))
+    # Events the days before already accepted: duplicates too (earlier days are not rewritten, so
+    # a rerun of this day finds the same ones). Backfills run oldest first; a day ingested before
+    # an older one keeps a copy the older day also accepts.
+    earlier = present_days(spark, lake_uri, [day - dt.timedelta(days=i) for i in range(LOOKBACK_DAYS, 0, -1)])
+    repeated = None
+    if earlier:
+        seen = read_plays(spark, lake_uri, earlier).select(S.EVENT_ID)
+        repeated = good.join(seen, S.EVENT_ID, "left_semi")
+        good = good.join(seen, S.EVENT_ID, "left_anti")
     # Size the output to the data: ~1M rows per file, at least one.
     n_files = output_files or max(1, read // 1_000_000 + 1)
     with timer.phase("write_plays"):
@@ -242,7 +258,8 @@ def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output
         )
         quarantined.write.mode("overwrite").json(f"{lake_uri.rstrip('/')}/quarantine/dt={day_s}")
     accepted = spark.read.parquet(f"{lake_uri.rstrip('/')}/plays/dt={day_s}").count()
-    duplicates = dupes.count()
+    of_earlier_days = repeated.count() if repeated is not None else 0
+    duplicates = dupes.count() + of_earlier_days
     n_quarantined = sum(by_reason.values())
     rows.unpersist()
     result = {
@@ -251,6 +268,7 @@ def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output
         "rows_accepted": accepted,
         "rows_quarantined": n_quarantined,
         "duplicates_removed": duplicates,
+        "duplicates_of_earlier_days": of_earlier_days,
         "quarantine_reasons": dict(sorted(by_reason.items())),
         "formats": dict(sorted(formats.items())),
         "seconds": timer.seconds,

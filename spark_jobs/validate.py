@@ -18,7 +18,7 @@ import os
 from pyspark.sql import SparkSession
 
 from spark_jobs.common import PhaseTimer, get_spark, setup_logging, write_result
-from spark_jobs.confidence import present_days
+from spark_jobs.lake import present_days
 from spark_jobs.ingest import CLOCK_SKEW_MINUTES, LATE_TOLERANCE_HOURS
 
 EXPECTATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "expectations")

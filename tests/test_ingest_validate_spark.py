@@ -116,3 +116,22 @@ def test_day_level_checks_catch_replays_and_collapsing_volume(spark, tmp_path):
     assert verdict["summary"]["trailing_average"] == 100 and verdict["summary"]["row_count_ratio"] == 0.3
     failed = {c["column"] for c in verdict["failed"]}
     assert failed == {"row_count_ratio", "duplicate_rate", "quarantine_rate"}
+
+
+def test_an_event_accepted_on_an_earlier_day_is_a_duplicate(spark, tmp_path):
+    """A late event delivered again the next day (its time fits both days' windows) is kept once,
+    on the day that accepted it first; a rerun of the later day agrees."""
+    lake = str(tmp_path / "lake")
+    before = DAY - dt.timedelta(days=1)
+    late = good(900, ts=f"{before}T22:00:00Z")
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d1" / "a.jsonl").write_text("\n".join([late, good(901, ts=f"{before}T21:00:00Z")]) + "\n")
+    (tmp_path / "d2").mkdir()
+    (tmp_path / "d2" / "a.jsonl").write_text("\n".join([late, good(1), good(2)]) + "\n")
+    assert ingest.run(spark, before, str(tmp_path / "d1"), lake)["rows_accepted"] == 2
+    for _ in range(2):
+        result = ingest.run(spark, DAY, str(tmp_path / "d2"), lake)
+        assert (result["rows_read"], result["rows_accepted"], result["duplicates_removed"],
+                result["duplicates_of_earlier_days"]) == (3, 2, 1, 1)
+        ids = sorted(r.event_id for r in spark.read.parquet(f"{lake}/plays/dt={DAY}").collect())
+        assert ids == ["e1", "e2"]
