@@ -55,6 +55,7 @@ BACKFILL_DAYS = [SCHEDULED_DAY - dt.timedelta(days=i) for i in (2, 1, 0)]
 HISTORY_DAYS = [BACKFILL_DAYS[0] - dt.timedelta(days=i) for i in (3, 2, 1)]
 # The scheduled run trains with the default strategy (CG), the backfill with MLlib.
 BACKFILL_CONF = {"window_days": 4, "max_iter": 5, "top_n": 10, "strategy": "mllib"}
+API_TIMEOUT_S = 120
 RUNS_DEADLINE_S = 900  # three runs of five Spark stages, 20-40 s each on 2 cores
 
 
@@ -87,7 +88,9 @@ class Api:
     def _call(self, method, path, body=None, headers=None):
         req = urllib.request.Request(self.base + path, method=method, data=None if body is None else json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json", **(headers or {})})
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        # Above SQLite's 60 s lock wait (music_recs.local_airflow): with Spark on both cores and the
+        # scheduler writing, a write request can wait that long for the lock before it is served.
+        with urllib.request.urlopen(req, timeout=API_TIMEOUT_S) as resp:
             return json.loads(resp.read() or b"null")
 
     def __call__(self, method, path, body=None):
