@@ -20,7 +20,8 @@ Output, per granularity G: ``{out}/granularity=G/{train,holdout,items}/`` Parque
 holds display names) and ``stats.json``; ``out`` defaults to ``{lake}/matrix/dt=D``. The DAG
 gives each run its own ``out`` (``runs/dt=D/run=R/matrix``): the matrix depends on the run's
 parameters (window, holdout, confidence function, support), and a task of one run cleared and
-rerun later must not read the matrix of another run of the same day. Output is deterministic: same input, same rows in the same files.
+rerun later must not read the matrix of another run of the same day. Output is deterministic:
+same input, same rows in the same files.
 """
 
 from __future__ import annotations

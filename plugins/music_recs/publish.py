@@ -39,21 +39,18 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 ARTIFACTS = ("user_factors", "item_factors", "recommendations", "similar_items")
-
-
-PUBLICATION = "publish="
+PUBLICATION = "publish="  # one folder per publication, under the run's prefix
 
 
 class PublishError(RuntimeError):
     pass
 
 
-def publication_prefix(run_prefix: str, now: dt.datetime | None = None) -> str:
+def publication_prefix(run_prefix: str) -> str:
     """Where one publication of a run goes: ``{run_prefix}publish=YYYYMMDDTHHMMSS.ffffffZ/``.
 
     UTC time to the microsecond: folders of one run sort in the order they were published."""
-    now = now or dt.datetime.now(dt.timezone.utc)
-    return f"{run_prefix}{PUBLICATION}{now.astimezone(dt.timezone.utc):%Y%m%dT%H%M%S.%fZ}/"
+    return f"{run_prefix}{PUBLICATION}{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S.%fZ}/"
 
 
 def artifact_files(local_dir: str) -> list[str]:
