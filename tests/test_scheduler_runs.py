@@ -18,6 +18,7 @@ on a temporary AIRFLOW_HOME, real Spark in local mode, the moto S3 server over H
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import http.server
@@ -49,10 +50,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.timeout(1200)]
 DAG_ID = "music_recs_daily"
 PLAYS = 2000
 RAW, MODELS = "sched-raw", "sched-models"
-TODAY = dt.datetime.now(dt.timezone.utc).date()
-SCHEDULED_DAY = TODAY - dt.timedelta(days=1)  # catchup off: the scheduler runs the latest interval only
-BACKFILL_DAYS = [SCHEDULED_DAY - dt.timedelta(days=i) for i in (2, 1, 0)]
-HISTORY_DAYS = [BACKFILL_DAYS[0] - dt.timedelta(days=i) for i in (3, 2, 1)]
+# From the stack's start to the last assertion takes 8-10 min here; a UTC midnight inside that span
+# changes the interval the scheduler runs (and adds a second scheduled run), so the test starts after it.
+MIDNIGHT_MARGIN = dt.timedelta(minutes=15)
 # The scheduled run trains with the default strategy (CG), the backfill with MLlib.
 BACKFILL_CONF = {"window_days": 4, "max_iter": 5, "top_n": 10, "strategy": "mllib"}
 API_TIMEOUT_S = 120
@@ -116,20 +116,61 @@ def _stop_stack(env, pid_file: Path):
     psutil.wait_procs(family, timeout=15)
 
 
+@dataclasses.dataclass(frozen=True)
+class Days:
+    """The days the test works on, all relative to the interval the scheduler will run."""
+    scheduled: dt.date  # catchup off: the scheduler runs the latest complete interval only
+    backfill: list[dt.date]  # three days ending on the scheduled one
+    history: list[dt.date]  # the three before, already in the lake
+
+    @classmethod
+    def clear_of_midnight(cls, margin: dt.timedelta = MIDNIGHT_MARGIN, sleep=time.sleep,
+                          clock=lambda: dt.datetime.now(dt.timezone.utc)) -> "Days":
+        """Days for a test that starts now; if a UTC midnight is less than `margin` away, wait for it.
+
+        Computed here, not at import: pytest imports this module when the suite starts, minutes
+        before the stack runs (a CI run that began at 23:55 expected the day before the scheduler's).
+        """
+        now = clock()
+        next_midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.timezone.utc)
+        if next_midnight - now < margin:
+            sleep((next_midnight - now).total_seconds() + 5)
+            now = clock()
+        scheduled = now.date() - dt.timedelta(days=1)
+        backfill = [scheduled - dt.timedelta(days=i) for i in (2, 1, 0)]
+        return cls(scheduled, backfill, [backfill[0] - dt.timedelta(days=i) for i in (3, 2, 1)])
+
+
+@pytest.mark.parametrize("clock, waited, scheduled", [
+    ("2026-11-24T23:55:00", 305.0, "2026-11-24"),  # the CI run that failed: wait, then yesterday is the 24th
+    ("2026-11-24T23:44:00", None, "2026-11-23"),
+    ("2026-11-25T00:00:01", None, "2026-11-24"),
+])
+def test_days_never_straddle_a_utc_midnight(clock, waited, scheduled):
+    slept = []
+    start = dt.datetime.fromisoformat(clock).replace(tzinfo=dt.timezone.utc)
+    days = Days.clear_of_midnight(sleep=slept.append,
+                                  clock=lambda: start + dt.timedelta(seconds=sum(slept)))
+    assert slept == ([waited] if waited else [])
+    assert days.scheduled.isoformat() == scheduled and days.backfill[-1] == days.scheduled
+    assert (days.backfill[0] - days.history[-1]).days == 1 and len(days.history) == len(days.backfill) == 3
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, s3_endpoint, spark):
     from music_recs.s3 import S3Store
 
+    days = Days.clear_of_midnight()
     root = tmp_path_factory.mktemp("sched")
     store = S3Store.from_endpoint(s3_endpoint, "testing", "testing")
     for b in (RAW, MODELS):
         store.ensure_bucket(b)
     catalogue = Catalogue(CatalogueSpec.for_plays_per_day(PLAYS))
-    upload_days(store, RAW, "stream_logs", [*HISTORY_DAYS, *BACKFILL_DAYS], PLAYS, catalogue)
+    upload_days(store, RAW, "stream_logs", [*days.history, *days.backfill], PLAYS, catalogue)
     # History: the days before the backfill are in the lake, as earlier daily runs leave them.
     lake = str(root / "lake")
-    write_days_local(str(root / "landing"), HISTORY_DAYS, PLAYS, catalogue)
-    for d in HISTORY_DAYS:
+    write_days_local(str(root / "landing"), days.history, PLAYS, catalogue)
+    for d in days.history:
         ingest.run(spark, d, str(root / "landing" / f"dt={d}"), lake)
 
     alerts = http.server.HTTPServer(("127.0.0.1", 0), _AlertReceiver)
@@ -168,7 +209,7 @@ def stack(tmp_path_factory, s3_endpoint, spark):
         assert start.returncode == 0, start.stdout[-3000:] + start.stderr[-3000:]
         assert f"http://127.0.0.1:{port}" in start.stdout
         passwords = json.loads((root / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())
-        yield {"env": cli_env, "store": store, "root": root, "api": Api(f"http://127.0.0.1:{port}", passwords["admin"]),
+        yield {"days": days, "env": cli_env, "store": store, "root": root, "api": Api(f"http://127.0.0.1:{port}", passwords["admin"]),
                "alerts": alerts, "alert_token": alert_token, "started": started}
     finally:
         _stop_stack(env, pid_file)
@@ -258,11 +299,11 @@ def _check_published(store, manifest: dict, day: dt.date, strategy: str, lake):
 
 
 def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, monkeypatch, capsys):
-    api, env, store = stack["api"], stack["env"], stack["store"]
+    api, env, store, days = stack["api"], stack["env"], stack["store"], stack["days"]
 
     # Scheduled path: unpaused by airflow.sh, the scheduler creates the latest interval's run by itself.
     scheduled = _wait(lambda: [r for r in _runs(api) if r["run_type"] == "scheduled"], 120, "the scheduled run")
-    assert [_day(r) for r in scheduled] == [SCHEDULED_DAY.isoformat()]
+    assert [_day(r) for r in scheduled] == [days.scheduled.isoformat()]
 
     # UI trigger: the form shows every param with its description and bounds...
     params = api("GET", f"/api/v2/dags/{DAG_ID}/details")["params"]
@@ -277,7 +318,7 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
                "conf": {"window_days": 3, "holdout_days": 3}})
 
     # CLI backfill over three days ending on the scheduled day, one run at a time.
-    first, last = BACKFILL_DAYS[0].isoformat(), BACKFILL_DAYS[-1].isoformat()
+    first, last = days.backfill[0].isoformat(), days.backfill[-1].isoformat()
     backfill = _create_backfill(api, env, "--dag-id", DAG_ID, "--from-date", first, "--to-date", last,
                                 "--max-active-runs", "1", "--dag-run-conf", json.dumps(BACKFILL_CONF))
 
@@ -295,7 +336,7 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
 
     # Each day once: the day the scheduled run was processing was not run again by the backfill.
     backfilled = sorted(by_type["backfill"], key=_day)
-    assert [_day(r) for r in backfilled] == [d.isoformat() for d in BACKFILL_DAYS[:-1]]
+    assert [_day(r) for r in backfilled] == [d.isoformat() for d in days.backfill[:-1]]
     assert all(r["conf"] == BACKFILL_CONF for r in backfilled)
     # In order, one at a time: the first day's last task ended before the second day's first began.
     first_run, second_run = (_task_spans(api, r["dag_run_id"]) for r in backfilled)
@@ -308,16 +349,16 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
         assert a[1] <= b[0], f"{a[2]}.{a[3]} overlapped {b[2]}.{b[3]}"
 
     # Every day published, with its params in the manifest; the pointer ends on the last day.
-    for day in BACKFILL_DAYS:
+    for day in days.backfill:
         runs_of_day = [o.key for o in store.list_objects(MODELS, f"music_recs/dt={day}/") if o.key.endswith("manifest.json")]
         assert len(runs_of_day) == 1, (day, runs_of_day)
         manifest = json.loads(store.get_bytes(MODELS, runs_of_day[0])[0])
-        expected = BACKFILL_CONF if day != SCHEDULED_DAY else {"window_days": 90, "max_iter": 10, "top_n": 50}
+        expected = BACKFILL_CONF if day != days.scheduled else {"window_days": 90, "max_iter": 10, "top_n": 50}
         assert {k: manifest["params"][k] for k in expected} == expected, day
         assert store.get_bytes(MODELS, manifest["report"]["key"]) is not None
-        _check_published(store, manifest, day, "cg" if day == SCHEDULED_DAY else "mllib", stack["root"] / "lake")
+        _check_published(store, manifest, day, "cg" if day == days.scheduled else "mllib", stack["root"] / "lake")
     pointer, manifest = read_latest(store, MODELS, "music_recs/latest.json")
-    assert pointer["day"] == SCHEDULED_DAY.isoformat() and pointer["run_id"] == scheduled[0]["dag_run_id"]
+    assert pointer["day"] == days.scheduled.isoformat() and pointer["run_id"] == scheduled[0]["dag_run_id"]
 
     # A person can read the result: the CLI prints recommendations from the published model.
     first_rec = next(o for o in manifest["objects"] if o["artifact"] == "recommendations")
@@ -340,7 +381,7 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
 
     # Rerunning the completed range: none (default) skips every existing run, failed only failed
     # ones (none here), completed all three. (The dry run the CLI's --dry-run prints, via the API.)
-    for behavior, expected_days in (("none", []), ("failed", []), ("completed", BACKFILL_DAYS)):
+    for behavior, expected_days in (("none", []), ("failed", []), ("completed", days.backfill)):
         dry = api("POST", "/api/v2/backfills/dry_run", {
             "dag_id": DAG_ID, "from_date": f"{first}T00:00:00Z", "to_date": f"{last}T00:00:00Z",
             "reprocess_behavior": behavior})
