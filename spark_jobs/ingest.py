@@ -5,8 +5,9 @@ Every non-blank input line ends up in exactly one of three places:
 * ``{lake}/plays/dt=D/``: accepted, typed, deduplicated plays;
 * ``{lake}/quarantine/dt=D/``: the raw line, the first rule it broke and its file;
 * counted as a duplicate replay of an accepted event (same ``event_id``), within the day or
-  already accepted into one of the ``LOOKBACK_DAYS`` days before it (a late event can be
-  delivered again the next day, and both days' windows accept it).
+  already accepted into one of the ``NEIGHBOUR_DAYS`` days before or after it (a late event can
+  be delivered again the next day, and both days' windows accept it; a backfill may ingest the
+  later day first).
 
 The invariant ``read = accepted + quarantined + duplicates`` is checked here and
 recorded in the result. Reruns overwrite the day's partitions: idempotent.
@@ -35,8 +36,8 @@ from spark_jobs.lake import present_days, read_plays
 LATE_TOLERANCE_HOURS = 48
 CLOCK_SKEW_MINUTES = 15
 # An event is accepted on any day D with D - 48 h <= ts < D + 1 d + 15 min, so the same event
-# can also sit in the partitions of the 3 days before D: a replay is looked for there too.
-LOOKBACK_DAYS = math.ceil((LATE_TOLERANCE_HOURS * 60 + CLOCK_SKEW_MINUTES) / (24 * 60))
+# can also sit in the partitions of the 3 days before or after D: a replay is looked for there.
+NEIGHBOUR_DAYS = math.ceil((LATE_TOLERANCE_HOURS * 60 + CLOCK_SKEW_MINUTES) / (24 * 60))
 # A play longer than a day is a broken client counter, not a listen.
 MAX_MS_PLAYED = 24 * 3600 * 1000
 ID_PATTERN = r"^[A-Za-z0-9:._@+-]{1,128}$"
@@ -232,13 +233,16 @@ def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output
         by_reason = {r[S.REASON]: r["count"] for r in rows.filter(F.col(S.REASON).isNotNull())
                      .groupBy(S.REASON).count().collect()}
     good, dupes = dedupe(rows.filter(F.col(S.REASON).isNull()))
-    # Events the days before already accepted: duplicates too (earlier days are not rewritten, so
-    # a rerun of this day finds the same ones). Backfills run oldest first; a day ingested before
-    # an older one keeps a copy the older day also accepts.
-    earlier = present_days(spark, lake_uri, [day - dt.timedelta(days=i) for i in range(LOOKBACK_DAYS, 0, -1)])
+    # Events a neighbouring day already accepted are duplicates too, whichever day was ingested
+    # first (a backfill can ingest the day before after this one). The other days are not
+    # rewritten, so a rerun of this day finds the same ones and each event stays in one day.
+    # Days whose ingests overlap could both keep an event: the DAG's single-slot Spark pool
+    # runs one ingest at a time.
+    neighbours = [day + dt.timedelta(days=i) for i in range(-NEIGHBOUR_DAYS, NEIGHBOUR_DAYS + 1) if i]
+    others = present_days(spark, lake_uri, neighbours)
     repeated = None
-    if earlier:
-        seen = read_plays(spark, lake_uri, earlier).select(S.EVENT_ID)
+    if others:
+        seen = read_plays(spark, lake_uri, others).select(S.EVENT_ID)
         repeated = good.join(seen, S.EVENT_ID, "left_semi")
         good = good.join(seen, S.EVENT_ID, "left_anti")
     # Size the output to the data: ~1M rows per file, at least one.
@@ -258,8 +262,8 @@ def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output
         )
         quarantined.write.mode("overwrite").json(f"{lake_uri.rstrip('/')}/quarantine/dt={day_s}")
     accepted = spark.read.parquet(f"{lake_uri.rstrip('/')}/plays/dt={day_s}").count()
-    of_earlier_days = repeated.count() if repeated is not None else 0
-    duplicates = dupes.count() + of_earlier_days
+    of_other_days = repeated.count() if repeated is not None else 0
+    duplicates = dupes.count() + of_other_days
     n_quarantined = sum(by_reason.values())
     rows.unpersist()
     result = {
@@ -268,7 +272,7 @@ def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output
         "rows_accepted": accepted,
         "rows_quarantined": n_quarantined,
         "duplicates_removed": duplicates,
-        "duplicates_of_earlier_days": of_earlier_days,
+        "duplicates_of_other_days": of_other_days,
         "quarantine_reasons": dict(sorted(by_reason.items())),
         "formats": dict(sorted(formats.items())),
         "seconds": timer.seconds,

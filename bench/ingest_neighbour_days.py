@@ -1,11 +1,11 @@
-"""What ingest's look-back for events accepted on the days before costs.
+"""What ingest's look-up of events already accepted on neighbouring days costs.
 
 Ingests the last of ``--days`` generated days twice per repeat, in one warm Spark session:
 into a lake without the earlier days (nothing to look up) and into one holding them (the
-event ids of up to ``ingest.LOOKBACK_DAYS`` days are read and anti-joined). Prints the medians
-and their ratio.
+event ids of the ``ingest.NEIGHBOUR_DAYS`` days before are read and anti-joined; in daily
+operation the days after are not there yet). Prints the medians and their ratio.
 
-Run: ``python bench/ingest_lookback.py --plays-per-day 1200000 --repeats 3``
+Run: ``python bench/ingest_neighbour_days.py --plays-per-day 1200000 --repeats 3``
 """
 
 from __future__ import annotations
@@ -28,18 +28,18 @@ from spark_jobs.common import BASE_CONF
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--plays-per-day", type=int, default=1_200_000)
-    p.add_argument("--days", type=int, default=ingest.LOOKBACK_DAYS + 1)
+    p.add_argument("--days", type=int, default=ingest.NEIGHBOUR_DAYS + 1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--driver-memory", default="6g")
     a = p.parse_args()
 
-    builder = (SparkSession.builder.master("local[*]").appName("bench.ingest_lookback")
+    builder = (SparkSession.builder.master("local[*]").appName("bench.ingest_neighbour_days")
                .config("spark.ui.enabled", "false").config("spark.driver.memory", a.driver_memory))
     for key, value in BASE_CONF.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
-    root = Path(tempfile.mkdtemp(prefix="ingest_lookback_"))
+    root = Path(tempfile.mkdtemp(prefix="ingest_neighbour_days_"))
     try:
         days = [dt.date(2026, 11, 17) + dt.timedelta(days=i) for i in range(a.days)]
         write_days_local(str(root / "landing"), days, a.plays_per_day,
