@@ -6,6 +6,18 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$REPO_ROOT/infra/local/setup.sh"
+# The scheduler test runs Airflow on a throwaway PostgreSQL (music_recs.local_postgres), as a
+# deployment does: on SQLite its concurrent writers failed with "database is locked" now and then.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing PostgreSQL's server programs (apt-get install postgresql)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; } \
+      >/dev/null 2>&1 || { echo "test.sh: could not install PostgreSQL (apt-get install postgresql)" >&2; exit 1; }
+  else
+    echo "test.sh: PostgreSQL's server programs are needed by the scheduler test; install them (Debian: sudo apt-get install postgresql)" >&2
+    exit 1
+  fi
+fi
 cd "$REPO_ROOT"
 echo "==> running tests (unit, Spark, S3 and DAG runs on a real scheduler: 13-16 minutes on 2 cores)"
 # --durations: the slowest tests are listed at the end, to keep the suite well under 20 minutes.
