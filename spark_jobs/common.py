@@ -17,6 +17,8 @@ log = logging.getLogger("music_recs.job")
 # Defaults every job runs with, whatever launched it. Kryo: the JVM-side objects ALS
 # shuffles (rating blocks, factor blocks) serialize several times smaller and faster
 # than with Java serialization; registering them avoids writing class names per object.
+SUCCESS = "_SUCCESS"  # written by Spark's committer when a write job commits
+
 BASE_CONF = {
     "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
     "spark.kryo.registrationRequired": "false",

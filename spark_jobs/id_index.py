@@ -18,10 +18,11 @@ from urllib.parse import urlparse
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from spark_jobs.common import SUCCESS
+
 INT32_MAX = 2**31 - 1
 ID = "id"
 IDX = "idx"
-SUCCESS = "_SUCCESS"  # written by Spark's committer when a write job commits
 
 
 def _chunks(spark: SparkSession, root: str) -> dict[str, bool]:

@@ -8,6 +8,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from music_recs import schema as S
+from spark_jobs.common import SUCCESS
 
 
 def present_days(spark: SparkSession, lake_uri: str, days: list[dt.date]) -> list[dt.date]:
@@ -17,7 +18,7 @@ def present_days(spark: SparkSession, lake_uri: str, days: list[dt.date]) -> lis
     conf = spark.sparkContext._jsc.hadoopConfiguration()
     out = []
     for d in days:
-        path = jvm.org.apache.hadoop.fs.Path(f"{root}/dt={d.isoformat()}/_SUCCESS")
+        path = jvm.org.apache.hadoop.fs.Path(f"{root}/dt={d.isoformat()}/{SUCCESS}")
         if path.getFileSystem(conf).exists(path):
             out.append(d)
     return out

@@ -3,10 +3,11 @@
 import sqlalchemy
 
 from music_recs.local_postgres import LocalPostgres
+from tests.conftest import free_port
 
 
 def test_serves_a_database_and_stop_removes_it():
-    pg = LocalPostgres().start()
+    pg = LocalPostgres(free_port()).start()
     try:
         engine = sqlalchemy.create_engine(pg.url)
         with engine.begin() as conn:

@@ -162,7 +162,7 @@ def metadata_db():
     file lock, and REST calls and `backfill create` failed with "database is locked" now and then."""
     from music_recs.local_postgres import LocalPostgres
 
-    pg = LocalPostgres().start()
+    pg = LocalPostgres(free_port()).start()
     try:
         yield pg.url
     finally:

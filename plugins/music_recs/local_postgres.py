@@ -16,7 +16,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,18 +37,12 @@ def _bindir() -> Path:
                        "(Debian: apt-get install postgresql)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 class LocalPostgres:
-    """``start()`` initialises a cluster, starts it and creates database ``airflow``;
-    ``url`` is its SQLAlchemy URL; ``stop()`` stops the server and removes the folder."""
+    """``start()`` initialises a cluster listening on ``port``, starts it and creates database
+    ``airflow``; ``url`` is its SQLAlchemy URL; ``stop()`` stops the server and removes the folder."""
 
-    def __init__(self):
-        self.port = _free_port()
+    def __init__(self, port: int):
+        self.port = port
         self.dir = Path(tempfile.mkdtemp(prefix="music_recs_pg_"))
         self.data = self.dir / "data"
         self.log = self.dir / "server.log"

@@ -89,7 +89,6 @@ def plan_run(params: dict, data_interval_start: dt.datetime, run_id: str, cfg: P
             "checkpoints": f"{lake}/_checkpoints/dt={day}/run={run_key}",
         },
         "landing": f"s3://{cfg.raw_bucket}/{cfg.landing_key_prefix(day)}",
-        "publish_prefix": f"s3://{cfg.models_bucket}/{cfg.model_key_prefix(day, run_key)}",
     }
     log.info("run %s processes dt=%s with %s", run_id, day, run.as_dict())
     return plan
