@@ -3,7 +3,7 @@
 Same confidence matrix (generated logs, log confidence), same rank, alpha, lambda and
 iterations, same held-out split (the last generated day, items new to each user).
 
-* Spark: ``spark_jobs/train_als.py`` through ``music_recs.spark_submit.run_spark_job`` -- the
+* Spark: ``spark_jobs/train_als.py`` through ``music_recs_airflow.spark_submit.run_spark_job`` -- the
   exact path the DAG's train task takes -- on ``local[*]``, with each strategy of
   ``--strategies``: ``mllib`` (MLlib's ALS, Cholesky per row) and ``cg`` (the project's
   conjugate-gradient ALS on cached blocks, ``spark_jobs/als_cg.py``).
@@ -49,8 +49,8 @@ import scipy.sparse as sp  # noqa: E402
 
 from music_recs import schema as S  # noqa: E402
 from music_recs.metrics import mean_metrics  # noqa: E402
-from music_recs.sample_data import Catalogue, CatalogueSpec, generate_day  # noqa: E402
-from music_recs.spark_submit import run_spark_job  # noqa: E402
+from music_recs_dev.sample_data import Catalogue, CatalogueSpec, generate_day  # noqa: E402
+from music_recs_airflow.spark_submit import run_spark_job  # noqa: E402
 
 K = 10
 

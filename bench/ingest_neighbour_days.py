@@ -20,9 +20,9 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from music_recs.sample_data import Catalogue, CatalogueSpec, write_days_local
+from music_recs_dev.sample_data import Catalogue, CatalogueSpec, write_days_local
 from spark_jobs import ingest
-from spark_jobs.common import BASE_CONF
+from spark_jobs.lib.session import BASE_CONF
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ and the sizing model's predicted executor memory against what Spark's executors 
 
 For each size (plays per day) it generates two days of stream logs into a local S3 server
 (moto, over HTTP, as in the tests), ingests and validates the first day as an earlier daily
-run would have, and then runs the DAG's own task functions (``music_recs.tasks``: the code
+run would have, and then runs the DAG's own task functions (``music_recs_airflow.tasks``: the code
 each Airflow task calls) for the second day, in the DAG's order: ingest, validate,
 build_confidence, train_als, evaluate, quality_gate + publish. Airflow's scheduling is left
 out; every Spark stage is a real ``spark-submit`` on ``local[*]`` with the settings the DAG
@@ -13,7 +13,7 @@ Measured per stage: wall time; peak resident memory of the whole process tree of
 (the spark-submit JVM and its Python workers; for publish, this process), sampled every
 0.2 s; and from Spark's event log (``MUSIC_RECS_SPARK_EVENT_LOG_DIR``), the executor's peak
 JVM heap, storage and execution memory and Python RSS. The training stage's peaks are
-compared with ``music_recs.executor_sizing.size_als``'s prediction for the same matrix.
+compared with ``music_recs.sizing.size_als``'s prediction for the same matrix.
 
 Each stage's cost is fitted as start-up plus a cost per play (``fit_cost``), with the
 log-log slope between the two largest sizes to show what grows faster than linearly. Output: a table on stdout, ``--json`` with every number and
@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from music_recs.params import PARAM_SPECS  # noqa: E402
-from music_recs.spark_events import executor_peaks  # noqa: E402
+from music_recs_dev.spark_events import executor_peaks  # noqa: E402
 
 STAGES = ("ingest", "validate", "build_confidence", "train_als", "evaluate", "publish")
 SPARK_JOB_OF = {"ingest": "ingest", "validate": "validate", "build_confidence": "confidence",
@@ -105,12 +105,12 @@ def fit_cost(xs, ys) -> dict:
 
 
 def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
-    from music_recs import tasks
-    from music_recs.config import load_config
-    from music_recs.executor_sizing import (MatrixShape, cluster_from_env, factor_exchange, python_memory_mb,
+    from music_recs_airflow import tasks
+    from music_recs.settings import load_config
+    from music_recs.sizing import (MatrixShape, cluster_from_env, factor_exchange, python_memory_mb,
                                             size_als, size_evaluate)
-    from music_recs.s3 import S3Store
-    from music_recs.sample_data import Catalogue, CatalogueSpec, upload_days
+    from music_recs_airflow.s3 import S3Store
+    from music_recs_dev.sample_data import Catalogue, CatalogueSpec, upload_days
 
     lake, events = os.path.join(work, f"lake_{plays}"), os.path.join(work, f"events_{plays}")
     os.environ["MUSIC_RECS_LAKE_URI"] = lake
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     # (Airflow configures logging when imported, from this setting.)
     if not a.verbose:
         os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
-    from music_recs import local_s3, tasks  # noqa: F401
+    from music_recs_dev import local_s3, tasks  # noqa: F401
 
     work = tempfile.mkdtemp(prefix="pipeline_bench_")
     port = _free_port()

@@ -13,39 +13,40 @@ of the run's data interval (a scheduled run at 00:00 UTC on D+1 processes D).
 | `ingest` | Spark: landing JSON lines -> typed Parquet in the lake; bad rows quarantined with a reason |
 | `validate` | Spark + Great Expectations suite `expectations/stream_logs_daily.json` |
 | `build_confidence` | Spark: plays -> (user, item, confidence) over the window, last days held out |
-| `train_als` | spark-submit of Spark MLlib implicit ALS |
+| `train_als` | Spark: implicit ALS (CG solver by default, MLlib on request), sized to the matrix, resubmitted on failure |
 | `evaluate` | Spark: precision/recall/MAP/NDCG@k vs a popularity baseline; top-N recommendations, similar items |
 | `quality_gate` | publishes only if the model beats popularity and did not collapse vs the published model |
 | `publish` | S3: factors + recommendations + `manifest.json`, verified, then the `latest.json` pointer |
 
 Trigger with params to change rank, iterations, alpha, regularization or the window.
-Code: `plugins/music_recs/tasks.py` (task logic), `spark_jobs/` (Spark entry points).
+Code: `plugins/music_recs_airflow/tasks.py` (task logic), `spark_jobs/` (Spark entry points).
+A failure that cannot succeed on a retry (bad data, failed validation, a non-retryable Spark
+error, training whose resubmissions are used up) fails its task at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, task
 
-from music_recs import tasks
-from music_recs.config import load_config
-from music_recs.notifier import FailureNotifier
-from music_recs.params import airflow_params
-from music_recs.s3 import S3Store
-from music_recs.sensors import LandingPartitionSensor
+from music_recs.jobs import EvaluateResult, IngestResult, MatrixResult, TrainResult, ValidateResult
+from music_recs.plan import RunPlan
+from music_recs.settings import dag_settings
+from music_recs_airflow import tasks
+from music_recs_airflow.notifier import FailureNotifier
+from music_recs_airflow.s3 import S3Store
+from music_recs_airflow.sensors import LandingPartitionSensor
 
-SENSOR_TIMEOUT_S = int(os.environ.get("MUSIC_RECS_SENSOR_TIMEOUT_S", 6 * 3600))
-SENSOR_POKE_S = int(os.environ.get("MUSIC_RECS_SENSOR_POKE_S", 300))
-TASK_RETRIES = int(os.environ.get("MUSIC_RECS_TASK_RETRIES", 2))
-# Every Spark stage takes a slot of this pool (infra/airflow/pools.json, one slot), so a
-# backfill and the daily run never train at the same time or extend the id index together.
-SPARK_POOL = os.environ.get("MUSIC_RECS_SPARK_POOL", "music_recs_spark")
+SETTINGS = dag_settings()
 
 
-def _store(plan: dict) -> S3Store:
-    return S3Store.from_airflow(plan["config"]["aws_conn_id"])
+def _plan(plan: dict) -> RunPlan:
+    return RunPlan.from_dict(plan)
+
+
+def _store(plan: RunPlan) -> S3Store:
+    return S3Store.from_airflow(plan.settings.aws_conn_id)
 
 
 @dag(
@@ -56,10 +57,10 @@ def _store(plan: dict) -> S3Store:
     start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,
-    params=airflow_params(),
+    params=tasks.airflow_params(),
     default_args={
         "owner": "music-recs",
-        "retries": TASK_RETRIES,
+        "retries": SETTINGS.task_retries,
         "retry_delay": dt.timedelta(minutes=2),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": dt.timedelta(minutes=30),
@@ -71,51 +72,61 @@ def _store(plan: dict) -> S3Store:
     doc_md=__doc__,
 )
 def music_recs_daily():
+    # Every Spark stage takes a slot of this pool (infra/airflow/pools.json, one slot), so a
+    # backfill and the daily run never train at the same time or extend the id index together.
+    pool = SETTINGS.spark_pool
+
     @task(execution_timeout=dt.timedelta(minutes=5), retries=0)
     def plan_run() -> dict:
         ctx = get_current_context()
         # .get: a manual run without a logical date has no interval; plan_run says so.
-        return tasks.plan_run(ctx["params"], ctx.get("data_interval_start"), ctx["run_id"], load_config())
+        return tasks.plan_run(ctx["params"], ctx.get("data_interval_start"), ctx["run_id"],
+                              tasks.load_settings()).to_dict()
 
-    @task(pool=SPARK_POOL)
+    @task(pool=pool)
     def ingest(plan: dict) -> dict:
-        return tasks.ingest(_store(plan), plan)
+        plan = _plan(plan)
+        return tasks.ingest(_store(plan), plan).to_dict()
 
-    @task(pool=SPARK_POOL)
-    def validate(plan: dict) -> dict:
-        return tasks.validate(plan)
+    @task(pool=pool)
+    def validate(plan: dict, ingested: dict) -> dict:
+        return tasks.validate(_plan(plan), IngestResult.from_dict(ingested)).to_dict()
 
-    @task(pool=SPARK_POOL)
+    @task(pool=pool)
     def build_confidence(plan: dict) -> dict:
-        return tasks.build_confidence(plan)
+        return tasks.build_confidence(_plan(plan)).to_dict()
 
-    @task(pool=SPARK_POOL, execution_timeout=dt.timedelta(hours=4))
+    @task(pool=pool, execution_timeout=dt.timedelta(hours=4))
     def train_als(plan: dict, matrix: dict) -> dict:
-        return tasks.train(plan, matrix)
+        return tasks.train(_plan(plan), MatrixResult.from_dict(matrix)).to_dict()
 
-    @task(pool=SPARK_POOL)
+    @task(pool=pool)
     def evaluate(plan: dict, matrix: dict) -> dict:
-        return tasks.evaluate(plan, matrix)
+        return tasks.evaluate(_plan(plan), MatrixResult.from_dict(matrix)).to_dict()
 
     @task(retries=0)
     def quality_gate(plan: dict, evaluated: dict) -> dict:
-        return tasks.quality_gate(_store(plan), plan, evaluated)
+        plan = _plan(plan)
+        return tasks.quality_gate(_store(plan), plan, EvaluateResult.from_dict(evaluated))
 
     @task
     def publish(plan: dict, ingested: dict, validated: dict, matrix: dict, trained: dict, evaluated: dict,
                 gate: dict) -> dict:
-        return tasks.publish_run(_store(plan), plan, ingested, validated, matrix, trained, evaluated, gate)
+        plan = _plan(plan)
+        return tasks.publish_run(_store(plan), plan, IngestResult.from_dict(ingested),
+                                 ValidateResult.from_dict(validated), MatrixResult.from_dict(matrix),
+                                 TrainResult.from_dict(trained), EvaluateResult.from_dict(evaluated), gate)
 
     plan = plan_run()
     ingested = ingest(plan)
-    validated = validate(plan)
+    validated = validate(plan, ingested)
     matrix = build_confidence(plan)
     trained = train_als(plan, matrix)
     evaluated = evaluate(plan, matrix)
     gate = quality_gate(plan, evaluated)
     wait_for_logs = LandingPartitionSensor(
-        task_id="wait_for_logs", poke_interval=SENSOR_POKE_S, timeout=SENSOR_TIMEOUT_S, mode="reschedule",
-        execution_timeout=dt.timedelta(minutes=5),
+        task_id="wait_for_logs", poke_interval=SETTINGS.sensor_poke_s, timeout=SETTINGS.sensor_timeout_s,
+        mode="reschedule", execution_timeout=dt.timedelta(minutes=5),
     )
     plan >> wait_for_logs >> ingested >> validated >> matrix >> trained >> evaluated >> gate
     publish(plan, ingested, validated, matrix, trained, evaluated, gate)

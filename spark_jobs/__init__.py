@@ -1,5 +1,7 @@
 """Spark jobs of the pipeline.
 
-Each module is an entry point for ``spark-submit`` (``python`` file with ``main()``) and
-exposes a ``run(spark, ...)`` function that tests call with a local SparkSession.
+Each module here is an entry point for ``spark-submit``: ``--spec FILE`` (its spec from
+``music_recs.jobs``, written by the task) and ``--result FILE``; each exposes
+``run(spark, spec) -> result`` that tests call with a local SparkSession. Libraries they use
+are in ``spark_jobs.lib``.
 """

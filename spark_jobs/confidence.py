@@ -12,9 +12,9 @@ Per (user, item), over the training days:
   ``confidence = 1 + alpha * f(r)`` (see ``music_recs.confidence`` for the formulas and the paper).
 
 Two granularities come from the same plays: ``track`` (user x track) and ``artist``
-(user x artist); ``--granularity`` picks one (the DAG builds the one its run trains on). Users and items with too little support are dropped (``min_user_items``
+(user x artist); the spec's ``granularities`` picks them (the DAG builds the one its run trains on). Users and items with too little support are dropped (``min_user_items``
 distinct items per user, ``min_item_users`` distinct users per item), then string ids
-get stable int32 ids from the persisted index (``spark_jobs.id_index``).
+get stable int32 ids from the persisted index (``spark_jobs.lib.id_index``).
 
 Output, per granularity G: ``{out}/granularity=G/{train,holdout,items}/`` Parquet (``items``
 holds display names) and ``stats.json``; ``out`` defaults to ``{lake}/matrix/dt=D``. The DAG
@@ -26,7 +26,6 @@ same input, same rows in the same files.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 
@@ -34,12 +33,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from music_recs import schema as S
-from music_recs.confidence import ConfidenceParams
-from spark_jobs.common import PhaseTimer, get_spark, setup_logging, write_result, write_text
-from spark_jobs.id_index import ID, IDX, extend_index
-from spark_jobs.lake import present_days, read_plays
+from music_recs.confidence import ConfidenceParams, confidence, decay_weight, strength
+from music_recs.jobs import ConfidenceSpec, MatrixResult
+from music_recs.plan import LakeLayout, matrix_of
+from spark_jobs.lib.id_index import ID, IDX, extend_index
+from spark_jobs.lib.lake import present_days, read_plays
+from spark_jobs.lib.session import PhaseTimer, job_main, write_text
 
-GRANULARITIES = {"track": S.TRACK_ID, "artist": S.ARTIST_ID}
+ITEM_COLUMN = {"track": S.TRACK_ID, "artist": S.ARTIST_ID}
 # Rows per Parquet file of the training matrix (the held-out pairs: a quarter as many files).
 PAIRS_PER_FILE = 2_000_000
 
@@ -53,7 +54,7 @@ def aggregate(plays: DataFrame, item_col: str, day: dt.date, params: ConfidenceP
     """(user_id, item_id, plays, skips, r, strength, confidence) over the given plays."""
     is_play = F.col(S.MS_PLAYED) >= F.lit(params.skip_ms)
     age_days = F.datediff(F.lit(day.isoformat()).cast("date"), F.col(S.DT).cast("date"))
-    weight = F.pow(F.lit(0.5), age_days / F.lit(params.half_life_days)) if params.half_life_days > 0 else F.lit(1.0)
+    weight = decay_weight(age_days, params.half_life_days)  # 1.0, or a column
     agg = (
         plays.groupBy(F.col(S.USER_ID), F.col(item_col).alias(S.ITEM_ID))
         .agg(
@@ -62,11 +63,9 @@ def aggregate(plays: DataFrame, item_col: str, day: dt.date, params: ConfidenceP
             F.sum(F.when(is_play, weight).otherwise(0.0)).alias("r"),
         )
     )
-    if params.function == "linear":
-        f = F.col("r")
-    else:
-        f = F.log1p(F.col("r") / F.lit(params.epsilon))
-    return agg.withColumn("strength", f).withColumn(S.CONFIDENCE, 1.0 + F.lit(params.alpha) * F.col("strength"))
+    # The formulas of music_recs.confidence, on columns.
+    return (agg.withColumn("strength", strength(F.col("r"), params, F.log1p))
+            .withColumn(S.CONFIDENCE, confidence(F.col("r"), params, F.log1p)))
 
 
 def filter_support(pairs: DataFrame, min_user_items: int, min_item_users: int) -> DataFrame:
@@ -86,14 +85,14 @@ def percentiles(df: DataFrame, col: str) -> dict:
     return out
 
 
-def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake_uri, params,
+def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake: LakeLayout, params,
                       min_user_items, min_item_users, out_root):
-    item_col = GRANULARITIES[granularity]
+    item_col = ITEM_COLUMN[granularity]
     pairs = aggregate(plays_train, item_col, day, params)
     positive = filter_support(pairs.filter(F.col(S.PLAYS) > 0), min_user_items, min_item_users).cache()
 
-    users_index, new_users = extend_index(spark, lake_uri, "user", positive.select(F.col(S.USER_ID).alias(ID)))
-    items_index, new_items = extend_index(spark, lake_uri, granularity, positive.select(F.col(S.ITEM_ID).alias(ID)))
+    users_index, new_users = extend_index(spark, lake, "user", positive.select(F.col(S.USER_ID).alias(ID)))
+    items_index, new_items = extend_index(spark, lake, granularity, positive.select(F.col(S.ITEM_ID).alias(ID)))
     u = users_index.select(F.col(ID).alias(S.USER_ID), F.col(IDX).alias(S.USER_IDX))
     i = items_index.select(F.col(ID).alias(S.ITEM_ID), F.col(IDX).alias(S.ITEM_IDX))
 
@@ -165,74 +164,44 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake_
     return stats, {"new_users": new_users, "new_items": new_items}
 
 
-def run(spark: SparkSession, day: dt.date, lake_uri: str, params: ConfidenceParams, window: int = 90,
-        holdout_days: int = 1, min_user_items: int = 2, min_item_users: int = 2,
-        granularities=("track", "artist"), out_uri: str | None = None) -> dict:
-    if holdout_days >= window:
-        raise ValueError(f"holdout_days ({holdout_days}) must be smaller than the window ({window} days)")
+def run(spark: SparkSession, spec: ConfidenceSpec) -> MatrixResult:
+    """Build ``spec.granularities``' matrices for ``spec.day``; see the module docstring."""
     timer = PhaseTimer()
+    day, lake, window = dt.date.fromisoformat(spec.day), LakeLayout(spec.lake_uri), spec.window_days
     days = window_days(day, window)
-    train_days, held_days = days[: window - holdout_days], days[window - holdout_days:]
-    present = present_days(spark, lake_uri, days)
+    train_days, held_days = days[: window - spec.holdout_days], days[window - spec.holdout_days:]
+    present = present_days(spark, lake, days)
     if not any(d in present for d in train_days):
         raise FileNotFoundError(
             f"no accepted plays in the lake for the training days {train_days[0]}..{train_days[-1]} "
             f"(present: {', '.join(map(str, present)) or 'none'}); ingest earlier days first "
             "(music-recs ingest --from-day ... --to-day ...)"
         )
-    plays = read_plays(spark, lake_uri, present).cache()
+    plays = read_plays(spark, lake, present).cache()
     cutoff = train_days[-1].isoformat()
     plays_train = plays.filter(F.col(S.DT) <= cutoff)
     plays_holdout = plays.filter(F.col(S.DT) > cutoff)
-    out_uri = (out_uri or f"{lake_uri.rstrip('/')}/matrix/dt={day.isoformat()}").rstrip("/")
+    out_uri = spec.out_uri or lake.default_matrix(spec.day)
     out, indexed = {}, {}
-    for g in granularities:
+    for g in spec.granularities:
         with timer.phase(f"matrix_{g}"):
             out[g], indexed[g] = build_granularity(
-                spark, plays_train, plays_holdout, g, day, lake_uri, params, min_user_items, min_item_users,
-                f"{out_uri}/granularity={g}",
+                spark, plays_train, plays_holdout, g, day, lake, spec.confidence, spec.min_user_items,
+                spec.min_item_users, matrix_of(out_uri, g),
             )
     plays.unpersist()
-    return {
-        "day": day.isoformat(),
-        "window": {"first_day": days[0].isoformat(), "last_train_day": cutoff,
-                   "holdout_days": [d.isoformat() for d in held_days],
-                   "days_present": [d.isoformat() for d in present]},
-        "params": params.__dict__,
-        "min_user_items": min_user_items,
-        "min_item_users": min_item_users,
-        "stats": out,
-        "ids_added": indexed,
-        "seconds": timer.seconds,
-    }
+    return MatrixResult(
+        day=spec.day,
+        window={"first_day": days[0].isoformat(), "last_train_day": cutoff,
+                "holdout_days": [d.isoformat() for d in held_days],
+                "days_present": [d.isoformat() for d in present]},
+        params=spec.confidence.__dict__, min_user_items=spec.min_user_items, min_item_users=spec.min_item_users,
+        stats=out, ids_added=indexed, seconds=timer.seconds,
+    )
 
 
 def main(argv=None) -> None:
-    setup_logging()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--day", required=True, type=dt.date.fromisoformat)
-    p.add_argument("--lake", required=True)
-    p.add_argument("--window-days", type=int, default=90)
-    p.add_argument("--holdout-days", type=int, default=1)
-    p.add_argument("--function", default="log")
-    p.add_argument("--alpha", type=float, default=40.0)
-    p.add_argument("--epsilon", type=float, default=1.0)
-    p.add_argument("--half-life-days", type=float, default=0.0)
-    p.add_argument("--skip-ms", type=int, default=30_000)
-    p.add_argument("--min-user-items", type=int, default=2)
-    p.add_argument("--min-item-users", type=int, default=2)
-    p.add_argument("--granularity", choices=[*GRANULARITIES, "all"], default="all",
-                   help="matrix to build (default: all); a daily run builds only the one it trains on: "
-                        "each is a pass over the window's plays")
-    p.add_argument("--out", help="where the matrices go (default: {lake}/matrix/dt=D)")
-    p.add_argument("--result")
-    a = p.parse_args(argv)
-    params = ConfidenceParams(a.function, a.alpha, a.epsilon, a.half_life_days, a.skip_ms)
-    spark = get_spark(f"music_recs.confidence.{a.day}")
-    write_result(spark, a.result, run(spark, a.day, a.lake, params, a.window_days, a.holdout_days,
-                                      a.min_user_items, a.min_item_users,
-                                      tuple(GRANULARITIES) if a.granularity == "all" else (a.granularity,),
-                                      a.out))
+    job_main(ConfidenceSpec, run, argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ did next. Candidates exclude items the user already played in training.
 Scoring is exact (every user against every item) and made on the executors: when the item
 factors fit the broadcast budget (the rule training's CG strategy uses), they are broadcast and
 each Python worker scores a batch of users with one matrix product per chunk and keeps the top
-n (``music_recs.top_n``), so the job makes n rows per user. Over the budget, MLlib's blocked
+n (``spark_jobs.lib.top_n``), so the job makes n rows per user. Over the budget, MLlib's blocked
 ``recommendForAllUsers`` makes candidates, with room for the played items to drop out (up to
 ``MAX_EXCLUDED`` more per user: users x (n + max played) rows, which grows with the square of
 traffic).
@@ -25,7 +25,6 @@ the most similar items by cosine similarity of item factors, the "related artist
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -35,10 +34,11 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from music_recs import schema as S
-from music_recs.executor_sizing import DEFAULT_BROADCAST_BUDGET_MB, factor_exchange
+from music_recs.jobs import EvaluateResult, EvaluateSpec
 from music_recs.metrics import METRICS
-from music_recs.top_n import top_n_excluding
-from spark_jobs.common import PhaseTimer, get_spark, setup_logging, write_result
+from music_recs.sizing import factor_exchange
+from spark_jobs.lib.session import PhaseTimer, job_main
+from spark_jobs.lib.top_n import top_n_excluding
 
 # Look this many places further down a ranking for a user's unplayed items (popularity, and
 # MLlib's candidates when the item factors are too large to broadcast).
@@ -101,7 +101,7 @@ def top_n_dot(spark: SparkSession, queries: DataFrame, targets: DataFrame, rank:
 
     ``queries``: (query_col, features, excluded array<int>); ``targets``: (id, features), small
     enough to broadcast (the caller checks the budget). Scoring runs in the Python workers,
-    one batch of queries at a time (``music_recs.top_n``), so only n rows per query are made.
+    one batch of queries at a time (``spark_jobs.lib.top_n``), so only n rows per query are made.
     """
     ids, matrix = _factor_matrix(targets, rank)
     shared = spark.sparkContext.broadcast((ids, matrix))
@@ -194,10 +194,11 @@ def similar_items(spark: SparkSession, item_factors: DataFrame, rank: int, n: in
     return pairs.withColumn(S.RANK, F.row_number().over(w)).filter(F.col(S.RANK) <= n)
 
 
-def run(spark: SparkSession, model_uri: str, matrix_uri: str, out_uri: str, k: int = 10, top_n: int = 50,
-        similar_n: int = 20, broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB) -> dict:
+def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
+    """Score ``spec.model_uri`` on the held-out pairs of ``spec.matrix_uri``; write its recommendations."""
     timer = PhaseTimer()
-    matrix = matrix_uri.rstrip("/")
+    k, top_n, similar_n = spec.k, spec.top_n, spec.similar_n
+    matrix, out_uri = spec.matrix_uri.rstrip("/"), spec.out_uri.rstrip("/")
     train = spark.read.parquet(f"{matrix}/train").cache()
     holdout = spark.read.parquet(f"{matrix}/holdout")
     n_items = train.select(S.ITEM_IDX).distinct().count()
@@ -205,9 +206,9 @@ def run(spark: SparkSession, model_uri: str, matrix_uri: str, out_uri: str, k: i
     max_played = train.groupBy(S.USER_IDX).count().agg(F.max("count")).first()[0] or 0
     want = max(k, top_n)
     extra = min(max_played, MAX_EXCLUDED)
-    model = ALSModel.load(f"{model_uri.rstrip('/')}/model")
+    model = ALSModel.load(f"{spec.model_uri.rstrip('/')}/model")
     # Same rule as training's CG strategy: item factors within the budget are broadcast.
-    broadcast_items = factor_exchange(1, n_items, model.rank, broadcast_budget_mb)["item"] == "broadcast"
+    broadcast_items = factor_exchange(1, n_items, model.rank, spec.broadcast_budget_mb)["item"] == "broadcast"
 
     with timer.phase("recommend"):
         if broadcast_items:
@@ -229,7 +230,7 @@ def run(spark: SparkSession, model_uri: str, matrix_uri: str, out_uri: str, k: i
             .select(S.USER_ID, S.RANK, S.ITEM_ID, S.SCORE, S.ITEM_NAME, S.ARTIST_NAME, S.USER_IDX, S.ITEM_IDX)
             .repartition(max(1, n_recs // 2_000_000 + 1), S.USER_ID).sortWithinPartitions(S.USER_ID, S.RANK)
         )
-        out.write.mode("overwrite").parquet(f"{out_uri.rstrip('/')}/recommendations")
+        out.write.mode("overwrite").parquet(f"{out_uri}/recommendations")
     with timer.phase("similar_items"):
         names = items.select(S.ITEM_IDX, S.ITEM_ID)
         other = items.select(F.col(S.ITEM_IDX).alias("other_idx"), F.col(S.ITEM_ID).alias(S.SIMILAR_ITEM_ID))
@@ -240,37 +241,20 @@ def run(spark: SparkSession, model_uri: str, matrix_uri: str, out_uri: str, k: i
             .repartition(max(1, n_items * similar_n // 2_000_000 + 1), S.ITEM_ID)
             .sortWithinPartitions(S.ITEM_ID, S.RANK)
         )
-        similar.write.mode("overwrite").parquet(f"{out_uri.rstrip('/')}/similar_items")
+        similar.write.mode("overwrite").parquet(f"{out_uri}/similar_items")
     recs.unpersist()
     train.unpersist()
-    return {
-        "k": k,
-        "top_n": top_n,
-        "model": {**model_metrics, "coverage": coverage,
-                  "share_users_evaluated": model_metrics["users_evaluated"] / max(n_users, 1)},
-        "baseline_popularity": baseline,
-        "recommendation_rows": n_recs,
-        "similar_items_per_item": similar_n,
-        "seconds": timer.seconds,
-    }
+    return EvaluateResult(
+        k=k, top_n=top_n,
+        model={**model_metrics, "coverage": coverage,
+               "share_users_evaluated": model_metrics["users_evaluated"] / max(n_users, 1)},
+        baseline_popularity=baseline, recommendation_rows=n_recs, similar_items_per_item=similar_n,
+        seconds=timer.seconds,
+    )
 
 
 def main(argv=None) -> None:
-    setup_logging()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="training output folder holding model/")
-    p.add_argument("--matrix", required=True, help="matrix folder holding train/ and holdout/")
-    p.add_argument("--out", required=True)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--top-n", type=int, default=50)
-    p.add_argument("--similar-n", type=int, default=20)
-    p.add_argument("--broadcast-budget-mb", type=int, default=DEFAULT_BROADCAST_BUDGET_MB,
-                   help="item factors up to this size are broadcast for scoring (default %(default)s)")
-    p.add_argument("--result")
-    a = p.parse_args(argv)
-    spark = get_spark("music_recs.evaluate")
-    write_result(spark, a.result, run(spark, a.model, a.matrix, a.out, a.k, a.top_n, a.similar_n,
-                                         a.broadcast_budget_mb))
+    job_main(EvaluateSpec, run, argv)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,11 @@ Every non-blank input line ends up in exactly one of three places:
 The invariant ``read = accepted + quarantined + duplicates`` is checked here and
 recorded in the result. Reruns overwrite the day's partitions: idempotent.
 
-Run: ``spark-submit spark_jobs/ingest.py --day 2026-11-20 --input DIR --lake URI --result FILE``
+Run: ``spark-submit spark_jobs/ingest.py --spec SPEC.json --result FILE`` (``music_recs.jobs.IngestSpec``)
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import math
 
@@ -26,9 +25,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from music_recs import schema as S
-from music_recs.landing import FORMATS, iter_records
-from spark_jobs.common import PhaseTimer, get_spark, setup_logging, write_result
-from spark_jobs.lake import present_days, read_plays
+from music_recs.jobs import IngestResult, IngestSpec
+from music_recs.plan import LakeLayout
+from spark_jobs.lib.lake import present_days, read_plays
+from spark_jobs.lib.landing import iter_records
+from spark_jobs.lib.session import PhaseTimer, job_main
 
 # Events may arrive late (offline listening syncs later): a play up to this many hours
 # before the day still belongs in the day's partition. A small skew forward covers
@@ -82,7 +83,7 @@ LISTENBRAINZ_SCHEMA = T.StructType([
 def read_records(spark: SparkSession, input_uri: str, source_format: str = "auto") -> DataFrame:
     """One row per record of every landing file: ``raw_line, source_file, format, pre_reason``.
 
-    Files are read whole on the executors and split by ``music_recs.landing`` (gzip, BOM,
+    Files are read whole on the executors and split by ``spark_jobs.lib.landing`` (gzip, BOM,
     CRLF, broken streams, JSON arrays), so a file that breaks midway keeps its good lines.
     """
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_uri)
@@ -218,14 +219,15 @@ def dedupe(good: DataFrame) -> tuple[DataFrame, DataFrame]:
     return ranked.filter("_rn = 1").drop("_rn"), ranked.filter("_rn > 1").drop("_rn")
 
 
-def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output_files: int = 0,
-        source_format: str = "auto") -> dict:
+def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
+    """Ingest ``spec.day`` from ``spec.input_uri`` into the lake; see the module docstring."""
     timer = PhaseTimer()
-    day_s = day.isoformat()
+    day_s, day = spec.day, dt.date.fromisoformat(spec.day)
+    lake = LakeLayout(spec.lake_uri)
     with timer.phase("parse"):
         # normalize() reads the records once per format (a union of four filters); cached, the
         # files are decompressed and split in Python once instead of four times.
-        records = read_records(spark, input_uri, source_format).cache()
+        records = read_records(spark, spec.input_uri, spec.source_format).cache()
         rows = classify(normalize(records), day).cache()
         read = rows.count()
         records.unpersist()
@@ -239,44 +241,39 @@ def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output
     # Days whose ingests overlap could both keep an event: the DAG's single-slot Spark pool
     # runs one ingest at a time.
     neighbours = [day + dt.timedelta(days=i) for i in range(-NEIGHBOUR_DAYS, NEIGHBOUR_DAYS + 1) if i]
-    others = present_days(spark, lake_uri, neighbours)
+    others = present_days(spark, lake, neighbours)
     repeated = None
     if others:
-        seen = read_plays(spark, lake_uri, others).select(S.EVENT_ID)
+        seen = read_plays(spark, lake, others).select(S.EVENT_ID)
         repeated = good.join(seen, S.EVENT_ID, "left_semi")
         good = good.join(seen, S.EVENT_ID, "left_anti")
     # Size the output to the data: ~1M rows per file, at least one.
-    n_files = output_files or max(1, read // 1_000_000 + 1)
+    n_files = spec.output_files or max(1, read // 1_000_000 + 1)
     with timer.phase("write_plays"):
         plays = (
             good.select(S.EVENT_ID, S.TS, S.USER_ID, S.TRACK_ID, S.ARTIST_ID, S.MS_PLAYED, *S.OPTIONAL_LOG_COLUMNS)
             .repartition(n_files, S.USER_ID)
             .sortWithinPartitions(S.USER_ID, S.TS, S.EVENT_ID)
         )
-        plays.write.mode("overwrite").parquet(f"{lake_uri.rstrip('/')}/plays/dt={day_s}")
+        plays.write.mode("overwrite").parquet(lake.plays(day_s))
     with timer.phase("write_quarantine"):
         quarantined = (
             rows.filter(F.col(S.REASON).isNotNull())
             .select(S.REASON, S.RAW_LINE, S.SOURCE_FILE, FORMAT)
             .repartition(1).sortWithinPartitions(S.SOURCE_FILE, S.RAW_LINE)
         )
-        quarantined.write.mode("overwrite").json(f"{lake_uri.rstrip('/')}/quarantine/dt={day_s}")
-    accepted = spark.read.parquet(f"{lake_uri.rstrip('/')}/plays/dt={day_s}").count()
+        quarantined.write.mode("overwrite").json(lake.quarantine(day_s))
+    accepted = spark.read.parquet(lake.plays(day_s)).count()
     of_other_days = repeated.count() if repeated is not None else 0
     duplicates = dupes.count() + of_other_days
     n_quarantined = sum(by_reason.values())
     rows.unpersist()
-    result = {
-        "day": day_s,
-        "rows_read": read,
-        "rows_accepted": accepted,
-        "rows_quarantined": n_quarantined,
-        "duplicates_removed": duplicates,
-        "duplicates_of_other_days": of_other_days,
-        "quarantine_reasons": dict(sorted(by_reason.items())),
-        "formats": dict(sorted(formats.items())),
-        "seconds": timer.seconds,
-    }
+    result = IngestResult(
+        day=day_s, rows_read=read, rows_accepted=accepted, rows_quarantined=n_quarantined,
+        duplicates_removed=duplicates, duplicates_of_other_days=of_other_days,
+        quarantine_reasons=dict(sorted(by_reason.items())), formats=dict(sorted(formats.items())),
+        seconds=timer.seconds,
+    )
     # Nothing may vanish between reading and writing.
     if read != accepted + n_quarantined + duplicates:
         raise RuntimeError(
@@ -287,16 +284,7 @@ def run(spark: SparkSession, day: dt.date, input_uri: str, lake_uri: str, output
 
 
 def main(argv=None) -> None:
-    setup_logging()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--day", required=True, type=dt.date.fromisoformat)
-    p.add_argument("--input", required=True, help="folder or URI with the day's landing files")
-    p.add_argument("--lake", required=True)
-    p.add_argument("--format", default="auto", help="auto (detect per file) or one of " + ", ".join(FORMATS))
-    p.add_argument("--result", help="where to write the JSON result")
-    args = p.parse_args(argv)
-    spark = get_spark(f"music_recs.ingest.{args.day}")
-    write_result(spark, args.result, run(spark, args.day, args.input, args.lake, source_format=args.format))
+    job_main(IngestSpec, run, argv)
 
 
 if __name__ == "__main__":

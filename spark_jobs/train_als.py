@@ -1,14 +1,16 @@
 """Train implicit ALS (Hu-Koren-Volinsky) on one confidence matrix.
 
 Reads ``{matrix}/train`` (``user_idx, item_idx, strength``), fits it with one of two
-strategies and writes to ``--out``:
+strategies behind one ``fit(spark, ratings, spec) -> Fitted`` and writes to ``spec.out_uri``:
 
-* ``mllib`` (default, the reference): ``pyspark.ml.recommendation.ALS(implicitPrefs=True)``,
-  an exact Cholesky solve per row;
-* ``cg``: ``spark_jobs.als_cg``, a few conjugate-gradient steps per row on cached CSR
-  blocks, same objective, several times faster at ranks of 32 and more.
+* ``cg`` (default): ``spark_jobs.lib.als_cg``, a few conjugate-gradient steps per row on
+  cached CSR blocks, same objective, several times faster at ranks of 32 and more;
+* ``mllib`` (the reference): ``pyspark.ml.recommendation.ALS(implicitPrefs=True)``, an exact
+  Cholesky solve per row.
 
-Outputs: 
+Run: ``spark-submit spark_jobs/train_als.py --spec SPEC.json --result FILE`` (``music_recs.jobs.TrainSpec``).
+
+Outputs:
 ``user_factors/`` and ``item_factors/`` (``id int, features array<float>``), the fitted
 ``model/`` (for batch scoring), and the JSON result (parameters, timings, data stats,
 the Spark configuration it really ran with).
@@ -26,22 +28,23 @@ Design choices:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
-from pyspark.ml.recommendation import ALS
+from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from music_recs import schema as S
-from music_recs.executor_sizing import DEFAULT_BROADCAST_BUDGET_MB, factor_exchange
-from spark_jobs import als_cg
-from spark_jobs.common import PhaseTimer, get_spark, setup_logging, write_result
+from music_recs.jobs import TrainResult, TrainSpec
+from music_recs.sizing import factor_exchange
+from spark_jobs.lib import als_cg
+from spark_jobs.lib.session import PhaseTimer, job_main
 
-STRATEGIES = ("mllib", "cg")
 log = logging.getLogger("music_recs.job")
 
 
@@ -63,22 +66,73 @@ def check_finite(user_factors: DataFrame, item_factors: DataFrame) -> None:
         )
 
 
-def run(spark: SparkSession, matrix_uri: str, out_uri: str, rank: int = 32, max_iter: int = 10,
-        reg: float = 0.1, alpha: float = 40.0, user_blocks: int = 0, item_blocks: int = 0,
-        checkpoint_dir: str | None = None, checkpoint_interval: int = 5, seed: int = 42,
-        strategy: str = "mllib", cg_steps: int = 3, exchange: dict | None = None,
-        broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB, track_loss: bool = False) -> dict:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+@dataclass
+class Fitted:
+    """What every strategy's fit returns.
+
+    user_factors, item_factors: ``(id int, features array<float>)``, materialized.
+    model: an ``ALSModel`` over those factors (for batch scoring).
+    details: the strategy's own figures (``TrainResult`` fields: cg_steps, factor_exchange, loss,
+    iteration_seconds, profile); release: frees what the fit keeps cached, once it is written.
+    """
+
+    user_factors: DataFrame
+    item_factors: DataFrame
+    model: ALSModel
+    details: dict = field(default_factory=dict)
+    release: Callable[[], None] = lambda: None
+
+
+def fit_mllib(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tuple[int, int]) -> Fitted:
+    als = ALS(
+        rank=spec.rank, maxIter=spec.max_iter, regParam=spec.reg, alpha=spec.alpha, implicitPrefs=True,
+        userCol=S.USER_IDX, itemCol=S.ITEM_IDX, ratingCol="strength",
+        numUserBlocks=blocks[0], numItemBlocks=blocks[1],
+        checkpointInterval=spec.checkpoint_interval, seed=spec.seed,
+        intermediateStorageLevel="MEMORY_AND_DISK", finalStorageLevel="MEMORY_AND_DISK",
+        coldStartStrategy="drop",
+    )
+    model = als.fit(ratings)
+    return Fitted(model.userFactors, model.itemFactors, model)
+
+
+def fit_cg(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tuple[int, int]) -> Fitted:
+    exchange = dict(spec.exchange or {})
+    if set(exchange) != {"user", "item"}:
+        n_users = ratings.select(S.USER_IDX).distinct().count()
+        n_items = ratings.select(S.ITEM_IDX).distinct().count()
+        exchange = {**factor_exchange(n_users, n_items, spec.rank, spec.broadcast_budget_mb), **exchange}
+    fitted = als_cg.fit(spark, ratings, spec.rank, spec.max_iter, spec.reg, spec.alpha, blocks[0], blocks[1], exchange,
+                        spec.checkpoint_interval, spec.seed, spec.cg_steps, spec.track_loss, log=log.info)
+    users = als_cg.factors_frame(spark, fitted.user_factors).persist(StorageLevel.MEMORY_AND_DISK)
+    items = als_cg.factors_frame(spark, fitted.item_factors).persist(StorageLevel.MEMORY_AND_DISK)
+    details = {"cg_steps": spec.cg_steps, "factor_exchange": fitted.exchange, "loss": fitted.loss,
+               "iteration_seconds": fitted.seconds_per_iteration, "profile": fitted.profile}
+    # release only once written: the factors' lineage still names the broadcasts
+    return Fitted(users, items, als_cg.als_model(spark, spec.rank, users, items), details, fitted.release)
+
+
+STRATEGY_FIT = {"cg": fit_cg, "mllib": fit_mllib}
+
+
+def fit(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tuple[int, int]) -> Fitted:
+    """Fit ``ratings`` (``user_idx, item_idx, strength``) with ``spec.strategy``; factors materialized."""
+    fitted = STRATEGY_FIT[spec.strategy](spark, ratings, spec, blocks)
+    fitted.user_factors.count(), fitted.item_factors.count()  # forces the fit
+    return fitted
+
+
+def run(spark: SparkSession, spec: TrainSpec) -> TrainResult:
+    """Train on ``spec.matrix_uri`` and write factors and model to ``spec.out_uri``."""
     timer = PhaseTimer()
     sc = spark.sparkContext
-    checkpoint_dir = checkpoint_dir or os.path.join(tempfile.gettempdir(), "music_recs_checkpoints")
+    checkpoint_dir = spec.checkpoint_dir or os.path.join(tempfile.gettempdir(), "music_recs_checkpoints")
     sc.setCheckpointDir(checkpoint_dir)
-    blocks = sc.defaultParallelism
-    user_blocks, item_blocks = user_blocks or blocks, item_blocks or blocks
+    blocks = (spec.user_blocks or sc.defaultParallelism, spec.item_blocks or sc.defaultParallelism)
+    matrix_uri = spec.matrix_uri.rstrip("/")
 
     with timer.phase("load"):
-        matrix = spark.read.parquet(f"{matrix_uri.rstrip('/')}/train")
+        matrix = spark.read.parquet(f"{matrix_uri}/train")
         S.require_columns(matrix.columns, (S.USER_IDX, S.ITEM_IDX, "strength"), f"the training matrix {matrix_uri}/train")
         ratings = (
             matrix.select(S.USER_IDX, S.ITEM_IDX, F.col("strength").cast("float").alias("strength"))
@@ -87,94 +141,42 @@ def run(spark: SparkSession, matrix_uri: str, out_uri: str, rank: int = 32, max_
         nnz = ratings.count()
         if nnz == 0:
             raise ValueError(f"the training matrix {matrix_uri}/train is empty: nothing to train on")
-    extra: dict = {}
-    if strategy == "mllib":
-        als = ALS(
-            rank=rank, maxIter=max_iter, regParam=reg, alpha=alpha, implicitPrefs=True,
-            userCol=S.USER_IDX, itemCol=S.ITEM_IDX, ratingCol="strength",
-            numUserBlocks=user_blocks, numItemBlocks=item_blocks,
-            checkpointInterval=checkpoint_interval, seed=seed,
-            intermediateStorageLevel="MEMORY_AND_DISK", finalStorageLevel="MEMORY_AND_DISK",
-            coldStartStrategy="drop",
-        )
-        with timer.phase("fit"):
-            model = als.fit(ratings)
-            user_factors, item_factors = model.userFactors, model.itemFactors
-            n_users, n_items = user_factors.count(), item_factors.count()  # forces the fit
-    else:
-        with timer.phase("fit"):
-            if set(exchange or {}) != {"user", "item"}:
-                n_users = ratings.select(S.USER_IDX).distinct().count()
-                n_items = ratings.select(S.ITEM_IDX).distinct().count()
-                exchange = {**factor_exchange(n_users, n_items, rank, broadcast_budget_mb), **(exchange or {})}
-            fitted = als_cg.fit(spark, ratings, rank, max_iter, reg, alpha, user_blocks, item_blocks, exchange,
-                                checkpoint_interval, seed, cg_steps, track_loss, log=log.info)
-            user_factors = als_cg.factors_frame(spark, fitted.user_factors).persist(StorageLevel.MEMORY_AND_DISK)
-            item_factors = als_cg.factors_frame(spark, fitted.item_factors).persist(StorageLevel.MEMORY_AND_DISK)
-            n_users, n_items = user_factors.count(), item_factors.count()
-            model = als_cg.als_model(spark, rank, user_factors, item_factors)
-        extra = {"cg_steps": cg_steps, "factor_exchange": fitted.exchange, "loss": fitted.loss,
-                 "iteration_seconds": fitted.seconds_per_iteration, "profile": fitted.profile}
+    with timer.phase("fit"):
+        fitted = fit(spark, ratings, spec, blocks)
+        n_users, n_items = fitted.user_factors.count(), fitted.item_factors.count()
     ratings.unpersist()
     with timer.phase("check"):
-        check_finite(user_factors, item_factors)
-    out = out_uri.rstrip("/")
+        check_finite(fitted.user_factors, fitted.item_factors)
+    out = spec.out_uri.rstrip("/")
     with timer.phase("write"):
         # Published factors carry the original string ids next to the ALS ints.
-        names = spark.read.parquet(f"{matrix_uri.rstrip('/')}/train")
-        for side, idx, sid in (("user", S.USER_IDX, S.USER_ID), ("item", S.ITEM_IDX, S.ITEM_ID)):
-            factors = user_factors if side == "user" else item_factors
+        names = spark.read.parquet(f"{matrix_uri}/train")
+        for side, idx, sid, factors in (("user", S.USER_IDX, S.USER_ID, fitted.user_factors),
+                                        ("item", S.ITEM_IDX, S.ITEM_ID, fitted.item_factors)):
             ids = names.select(F.col(idx).alias("id"), F.col(sid)).distinct()
             (factors.join(ids, "id").select("id", sid, S.FEATURES).orderBy("id").coalesce(1)
              .write.mode("overwrite").parquet(f"{out}/{side}_factors"))
-        model.write().overwrite().save(f"{out}/model")
-    if strategy == "cg":
-        fitted.release()  # only now: everything written above still named the broadcasts in its lineage
+        fitted.model.write().overwrite().save(f"{out}/model")
+    fitted.release()
     conf = {k: v for k, v in sc.getConf().getAll()
             if k.startswith("spark.") and not any(s in k.lower() for s in ("secret", "password", "token", "key"))}
-    return {
-        "strategy": strategy,
-        **extra,
-        "params": {"rank": rank, "max_iter": max_iter, "reg": reg, "alpha": alpha, "seed": seed, "strategy": strategy,
-                   "user_blocks": user_blocks, "item_blocks": item_blocks,
-                   "checkpoint_interval": checkpoint_interval, "checkpoint_dir": checkpoint_dir},
-        "data": {"nnz": nnz, "users": n_users, "items": n_items},
-        "iterations": max_iter,
-        "seconds": timer.seconds,
-        "seconds_per_iteration": round(timer.seconds["fit"] / max_iter, 3),
-        "spark_conf": dict(sorted(conf.items())),
-        "spark_version": spark.version,
-    }
+    return TrainResult(
+        strategy=spec.strategy,
+        params={"rank": spec.rank, "max_iter": spec.max_iter, "reg": spec.reg, "alpha": spec.alpha, "seed": spec.seed,
+                "strategy": spec.strategy, "user_blocks": blocks[0], "item_blocks": blocks[1],
+                "checkpoint_interval": spec.checkpoint_interval, "checkpoint_dir": checkpoint_dir},
+        data={"nnz": nnz, "users": n_users, "items": n_items},
+        iterations=spec.max_iter,
+        seconds=timer.seconds,
+        seconds_per_iteration=round(timer.seconds["fit"] / spec.max_iter, 3),
+        spark_conf=dict(sorted(conf.items())),
+        spark_version=spark.version,
+        **fitted.details,
+    )
 
 
 def main(argv=None) -> None:
-    setup_logging()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--matrix", required=True, help="matrix folder holding train/")
-    p.add_argument("--out", required=True)
-    p.add_argument("--rank", type=int, default=32)
-    p.add_argument("--max-iter", type=int, default=10)
-    p.add_argument("--reg", type=float, default=0.1)
-    p.add_argument("--alpha", type=float, default=40.0)
-    p.add_argument("--user-blocks", type=int, default=0)
-    p.add_argument("--item-blocks", type=int, default=0)
-    p.add_argument("--checkpoint-dir")
-    p.add_argument("--checkpoint-interval", type=int, default=5)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--strategy", choices=STRATEGIES, default="mllib")
-    p.add_argument("--cg-steps", type=int, default=3, help="CG steps per row and half-iteration (cg)")
-    p.add_argument("--user-exchange", choices=(als_cg.BROADCAST, als_cg.JOIN),
-                   help="how user factors reach item blocks (cg; default: by --broadcast-budget-mb)")
-    p.add_argument("--item-exchange", choices=(als_cg.BROADCAST, als_cg.JOIN))
-    p.add_argument("--broadcast-budget-mb", type=int, default=DEFAULT_BROADCAST_BUDGET_MB)
-    p.add_argument("--track-loss", action="store_true", help="compute the objective every iteration (cg)")
-    p.add_argument("--result")
-    a = p.parse_args(argv)
-    exchange = {side: how for side, how in (("user", a.user_exchange), ("item", a.item_exchange)) if how}
-    spark = get_spark("music_recs.train_als")
-    write_result(spark, a.result, run(spark, a.matrix, a.out, a.rank, a.max_iter, a.reg, a.alpha,
-                                      a.user_blocks, a.item_blocks, a.checkpoint_dir, a.checkpoint_interval, a.seed,
-                                      a.strategy, a.cg_steps, exchange, a.broadcast_budget_mb, a.track_loss))
+    job_main(TrainSpec, run, argv)
 
 
 if __name__ == "__main__":

@@ -5,21 +5,22 @@ records the verdict (and every failed expectation with its unexpected count) in 
 result; the Airflow task decides to fail the run, so the message a person reads is the
 pipeline's, not a stack trace.
 
-Run: ``spark-submit spark_jobs/validate.py --day D --lake URI --suite FILE --result FILE``
+Run: ``spark-submit spark_jobs/validate.py --spec SPEC.json --result FILE`` (``music_recs.jobs.ValidateSpec``)
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
 
 from pyspark.sql import SparkSession
 
-from spark_jobs.common import PhaseTimer, get_spark, setup_logging, write_result
-from spark_jobs.lake import present_days
+from music_recs.jobs import ValidateResult, ValidateSpec
+from music_recs.plan import LakeLayout
 from spark_jobs.ingest import CLOCK_SKEW_MINUTES, LATE_TOLERANCE_HOURS
+from spark_jobs.lib.lake import present_days
+from spark_jobs.lib.session import PhaseTimer, job_main
 
 EXPECTATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "expectations")
 DEFAULT_SUITE = os.path.join(EXPECTATIONS, "stream_logs_daily.json")
@@ -96,13 +97,12 @@ def validate_frames(batches: list[tuple[dict, object]], parameters: dict, docs_d
     return {"success": success, "checks": checks, "statistics": statistics, "data_docs": docs}
 
 
-def day_summary(spark: SparkSession, lake_uri: str, day: dt.date, rows_read: int, duplicates: int,
+def day_summary(spark: SparkSession, lake: LakeLayout, day: dt.date, rows_read: int, duplicates: int,
                 quarantined: int, accepted: int):
     """One row: duplicate and quarantine rates, and accepted rows against the trailing average."""
-    root = f"{lake_uri.rstrip('/')}/plays"
     history = [day - dt.timedelta(days=i) for i in range(TRAILING_DAYS, 0, -1)]
-    present = present_days(spark, lake_uri, history)
-    counts = [spark.read.parquet(f"{root}/dt={d.isoformat()}").count() for d in present]
+    present = present_days(spark, lake, history)
+    counts = [spark.read.parquet(lake.plays(d.isoformat())).count() for d in present]
     trailing = sum(counts) / len(counts) if counts else None
     row = {
         "rows_read": rows_read,
@@ -116,44 +116,26 @@ def day_summary(spark: SparkSession, lake_uri: str, day: dt.date, rows_read: int
     return spark.createDataFrame([tuple(row.values())], schema), row
 
 
-def run(spark: SparkSession, day: dt.date, lake_uri: str, suite_path: str = DEFAULT_SUITE,
-        summary_suite_path: str = SUMMARY_SUITE, ingest_counts: dict | None = None,
-        max_quarantine_fraction: float = 0.05, docs_dir: str | None = None) -> dict:
+def run(spark: SparkSession, spec: ValidateSpec) -> ValidateResult:
+    """Run both suites on ``spec.day``; the verdict is in the result, the task decides what it means."""
     timer = PhaseTimer()
+    day, lake = dt.date.fromisoformat(spec.day), LakeLayout(spec.lake_uri)
     with timer.phase("validate"):
-        df = spark.read.parquet(f"{lake_uri.rstrip('/')}/plays/dt={day.isoformat()}")
+        df = spark.read.parquet(lake.plays(spec.day))
         accepted = df.count()
-        counts = ingest_counts or {"rows_read": accepted, "duplicates_removed": 0, "rows_quarantined": 0}
-        summary_df, summary = day_summary(spark, lake_uri, day, counts["rows_read"], counts["duplicates_removed"],
+        counts = spec.ingest_counts or {"rows_read": accepted, "duplicates_removed": 0, "rows_quarantined": 0}
+        summary_df, summary = day_summary(spark, lake, day, counts["rows_read"], counts["duplicates_removed"],
                                           counts["rows_quarantined"], accepted)
-        parameters = {**suite_parameters(day), "max_quarantine_fraction": max_quarantine_fraction}
-        verdict = validate_frames([(load_suite(suite_path), df), (load_suite(summary_suite_path), summary_df)],
-                                  parameters, docs_dir)
+        parameters = {**suite_parameters(day), "max_quarantine_fraction": spec.max_quarantine_fraction}
+        verdict = validate_frames([(load_suite(spec.suite_path), df), (load_suite(spec.summary_suite_path), summary_df)],
+                                  parameters, spec.docs_dir)
     failed = [c for c in verdict["checks"] if not c["success"]]
-    return {"day": day.isoformat(), "suite": os.path.basename(suite_path), **verdict, "summary": summary,
-            "failed": failed, "seconds": timer.seconds}
+    return ValidateResult(day=spec.day, suite=os.path.basename(spec.suite_path), **verdict, summary=summary,
+                          failed=failed, seconds=timer.seconds)
 
 
 def main(argv=None) -> None:
-    setup_logging()
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--day", required=True, type=dt.date.fromisoformat)
-    p.add_argument("--lake", required=True)
-    p.add_argument("--suite", default=DEFAULT_SUITE)
-    p.add_argument("--summary-suite", default=SUMMARY_SUITE)
-    p.add_argument("--ingest-result", help="ingest's JSON result (rows read, duplicates, quarantined)")
-    p.add_argument("--max-quarantine-fraction", type=float, default=0.05)
-    p.add_argument("--docs-dir", help="folder for the GX project whose Data Docs are built")
-    p.add_argument("--result")
-    args = p.parse_args(argv)
-    counts = None
-    if args.ingest_result:
-        with open(args.ingest_result) as fh:
-            counts = json.load(fh)
-    spark = get_spark(f"music_recs.validate.{args.day}")
-    write_result(spark, args.result, run(spark, args.day, args.lake, args.suite, args.summary_suite, counts,
-                                         args.max_quarantine_fraction, args.docs_dir))
+    job_main(ValidateSpec, run, argv)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def session_tmp() -> Path:
 
 @pytest.fixture(scope="session")
 def spark():
-    from spark_jobs.common import BASE_CONF
+    from spark_jobs.lib.session import BASE_CONF
     from pyspark.sql import SparkSession
 
     builder = (SparkSession.builder.master("local[2]").appName("music_recs_tests")
@@ -74,7 +74,7 @@ def spark():
 @pytest.fixture(scope="session")
 def s3_endpoint(session_tmp):
     """A moto S3 server in its own process on a free loopback port."""
-    from music_recs import local_s3
+    from music_recs_dev import local_s3
 
     port = free_port()
     proc = local_s3.start(port, str(session_tmp / "s3.log"))
@@ -91,7 +91,7 @@ def s3_endpoint(session_tmp):
 
 @pytest.fixture
 def store(s3_endpoint):
-    from music_recs.s3 import S3Store
+    from music_recs_airflow.s3 import S3Store
 
     return S3Store.from_endpoint(s3_endpoint, "testing", "testing")
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from music_recs.als_cg import gram, initial_factors, rows_loss, solve_rows
+from spark_jobs.lib.cg_kernels import gram, initial_factors, rows_loss, solve_rows
 
 
 def random_csr(rng, rows: int, cols: int, per_row: int):

@@ -8,7 +8,7 @@ import pytest
 
 from music_recs.confidence import ConfidenceParams
 from spark_jobs import confidence
-from spark_jobs.id_index import extend_index, load_index
+from spark_jobs.lib.id_index import extend_index, load_index
 
 pytestmark = pytest.mark.spark
 
@@ -104,7 +104,7 @@ def test_ids_stay_stable_across_days_and_reruns(spark, tmp_path):
 
 
 def test_index_overflow_is_detected(spark, tmp_path, monkeypatch):
-    from spark_jobs import id_index
+    from spark_jobs.lib import id_index
 
     monkeypatch.setattr(id_index, "INT32_MAX", 2)
     lake = str(tmp_path / "lake")

@@ -12,7 +12,7 @@ import pytest
 
 from music_recs import schema as S
 from music_recs.confidence import ConfidenceParams
-from music_recs.sample_data import Catalogue, CatalogueSpec, generate_day, write_days_local
+from music_recs_dev.sample_data import Catalogue, CatalogueSpec, generate_day, write_days_local
 from spark_jobs import confidence, ingest
 
 pytestmark = pytest.mark.spark

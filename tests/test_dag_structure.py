@@ -63,7 +63,7 @@ def test_params_are_typed_and_bounded(dag):
 
 def test_each_run_covers_one_day_from_its_data_interval(dag):
     from airflow.sdk import CronDataIntervalTimetable
-    from music_recs.tasks import logical_day
+    from music_recs_airflow.tasks import logical_day
 
     assert isinstance(dag.timetable, CronDataIntervalTimetable)
     start = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)

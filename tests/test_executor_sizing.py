@@ -1,6 +1,6 @@
 import pytest
 
-from music_recs.executor_sizing import ClusterResources, DataTooLargeError, MatrixShape, estimate, size_als, size_evaluate
+from music_recs.sizing import ClusterResources, DataTooLargeError, MatrixShape, estimate, size_als, size_evaluate
 from music_recs.sizing import stage_memory_mb
 
 CLUSTER = ClusterResources(nodes=10, cores_per_node=16, memory_per_node_mb=64_000, local=False)

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from music_recs.config import PipelineConfig
+from music_recs.settings import PipelineConfig
 
 AWS = Path(__file__).resolve().parent.parent / "infra" / "aws"
 CFG = PipelineConfig()

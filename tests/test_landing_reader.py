@@ -3,7 +3,7 @@
 import gzip
 import json
 
-from music_recs.landing import GZIP_BROKEN, NOT_JSON_ARRAY, NOT_UTF8, detect_format, iter_records
+from spark_jobs.lib.landing import GZIP_BROKEN, NOT_JSON_ARRAY, NOT_UTF8, detect_format, iter_records
 
 
 def records(path, data, fmt="auto"):

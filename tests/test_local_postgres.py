@@ -2,7 +2,7 @@
 
 import sqlalchemy
 
-from music_recs.local_postgres import LocalPostgres
+from music_recs_dev.local_postgres import LocalPostgres
 from tests.conftest import free_port
 
 

@@ -9,9 +9,9 @@ import types
 
 import pytest
 
-from music_recs.notifier import FailureNotifier, alert_payload, failure_class, webhook_of
+from music_recs_airflow.notifier import FailureNotifier, alert_payload, failure_class, webhook_of
 from music_recs.quality_gate import QualityGateFailed
-from music_recs.spark_submit import SparkJobError
+from music_recs_airflow.spark_submit import SparkJobError
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -72,9 +72,9 @@ def test_failure_is_posted_to_the_configured_webhook_with_run_task_class_and_log
 
 def test_without_the_connection_the_alert_is_logged_only(monkeypatch, caplog):
     monkeypatch.delenv("AIRFLOW_CONN_MUSIC_RECS_ALERTS", raising=False)
-    with caplog.at_level(logging.WARNING, logger="music_recs.notifier"):
+    with caplog.at_level(logging.WARNING, logger="music_recs_airflow.notifier"):
         FailureNotifier()(_context(QualityGateFailed("dt=2026-11-20: map 0.01 < baseline 0.02; not published")))
-    (record,) = [r for r in caplog.records if r.name == "music_recs.notifier"]
+    (record,) = [r for r in caplog.records if r.name == "music_recs_airflow.notifier"]
     assert "no connection music_recs_alerts" in record.getMessage()
     assert "QualityGateFailed: dt=2026-11-20: map 0.01" in record.getMessage()
 

@@ -2,9 +2,9 @@ import datetime as dt
 
 import pytest
 
-from music_recs.config import PipelineConfig, load_config
+from music_recs.settings import PipelineConfig, load_config
 from music_recs.params import PARAM_SPECS, RunParams
-from music_recs.validation import check_bucket, check_prefix, parse_day, safe_key_part
+from music_recs.checks import check_bucket, check_prefix, parse_day, safe_key_part
 
 
 def test_defaults_are_valid():
@@ -93,7 +93,7 @@ def test_config_rejects_bad_prefix(monkeypatch):
 def test_each_run_of_a_day_builds_and_reads_its_own_matrix(tmp_path):
     """Two runs of one day with other params (a scheduled run, a UI trigger with a wider window):
     a task of the first, cleared and rerun after the second, must read its own matrix."""
-    from music_recs import tasks
+    from music_recs_airflow import tasks
 
     cfg = PipelineConfig(lake_uri=str(tmp_path))
     start = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)

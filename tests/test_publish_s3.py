@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from music_recs import publish as P
-from music_recs.s3 import S3Store, check_endpoint
+from music_recs_airflow import publish as P
+from music_recs_airflow.s3 import S3Store, check_endpoint
 
 POINTER = "music_recs/latest.json"
 
@@ -182,8 +182,8 @@ def test_manifest_is_valid_json_with_objects(store, bucket, artifacts):
 
 
 def test_quality_gate_task_compares_with_the_published_model(store, bucket, artifacts):
-    from music_recs import tasks
-    from music_recs.config import PipelineConfig
+    from music_recs_airflow import tasks
+    from music_recs.settings import PipelineConfig
     from music_recs.quality_gate import QualityGateFailed
 
     cfg = PipelineConfig(models_bucket=bucket)

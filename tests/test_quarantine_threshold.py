@@ -1,6 +1,6 @@
 import pytest
 
-from music_recs.tasks import TooManyBadRows, check_quarantine_share
+from music_recs_airflow.tasks import TooManyBadRows, check_quarantine_share
 
 
 def result(read, reasons):

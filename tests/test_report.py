@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from music_recs import tasks
-from music_recs.config import PipelineConfig
-from music_recs.publish import ARTIFACTS, read_latest
+from music_recs_airflow import tasks
+from music_recs.settings import PipelineConfig
+from music_recs_airflow.publish import ARTIFACTS, read_latest
 from music_recs.quality_gate import decide
-from music_recs.report import build_report
+from music_recs_airflow.report import build_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -157,7 +157,7 @@ def test_report_escapes_values_from_the_run():
 
 
 def test_cli_latest_shows_the_run_params_and_report(store, bucket, publish_day, monkeypatch, capsys):
-    from music_recs import cli
+    from music_recs_airflow import cli
 
     ok = [{"attempt": 1, "outcome": "success", "seconds": 14.2, "settings": SETTINGS}]
     plan, plan_published = publish_day("2026-11-20", 2000, 0.0733, ok)

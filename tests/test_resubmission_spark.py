@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from music_recs.executor_sizing import ClusterResources, MatrixShape, size_als
-from music_recs.spark_submit import SparkJobError, run_with_resubmission
+from music_recs.sizing import ClusterResources, MatrixShape, size_als
+from music_recs_airflow.spark_submit import SparkJobError, run_with_resubmission
 
 pytestmark = pytest.mark.spark
 

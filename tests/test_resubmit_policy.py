@@ -2,8 +2,8 @@
 
 import pytest
 
-from music_recs.executor_sizing import ExecutorSizing
-from music_recs.resubmit_policy import Failure, classify_failure, mask_secrets, next_settings
+from music_recs.sizing import ExecutorSizing
+from music_recs.resubmission import Failure, classify_failure, mask_secrets, next_settings
 
 EXCERPTS = {
     Failure.EXECUTOR_OOM: """26/11/24 10:00:44 WARN TaskSetManager: Lost task 3.0 in stage 12.0 (TID 40) (10.0.0.5 executor 1): java.lang.OutOfMemoryError: Java heap space

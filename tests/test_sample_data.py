@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from music_recs import schema as S
-from music_recs.sample_data import Catalogue, CatalogueSpec, day_files, generate_day
+from music_recs_dev.sample_data import Catalogue, CatalogueSpec, day_files, generate_day
 
 DAY = dt.date(2026, 11, 20)
 

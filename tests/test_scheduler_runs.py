@@ -39,10 +39,10 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from music_recs import cli
-from music_recs.cli import load_recommendations
-from music_recs.publish import read_latest
-from music_recs.sample_data import Catalogue, CatalogueSpec, upload_days, write_days_local
+from music_recs_airflow import cli
+from music_recs_airflow.cli import load_recommendations
+from music_recs_airflow.publish import read_latest
+from music_recs_dev.sample_data import Catalogue, CatalogueSpec, upload_days, write_days_local
 from spark_jobs import ingest
 from tests.conftest import REPO, airflow_env, free_port
 
@@ -160,7 +160,7 @@ def test_days_never_straddle_a_utc_midnight(clock, waited, scheduled):
 def metadata_db():
     """PostgreSQL, as in a deployment: on SQLite the scheduler, API server and CLI contend for one
     file lock, and REST calls and `backfill create` failed with "database is locked" now and then."""
-    from music_recs.local_postgres import LocalPostgres
+    from music_recs_dev.local_postgres import LocalPostgres
 
     pg = LocalPostgres(free_port()).start()
     try:
@@ -171,7 +171,7 @@ def metadata_db():
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, s3_endpoint, spark, metadata_db):
-    from music_recs.s3 import S3Store
+    from music_recs_airflow.s3 import S3Store
 
     days = Days.clear_of_midnight()
     root = tmp_path_factory.mktemp("sched")

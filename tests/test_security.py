@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-from music_recs import cli, tasks
-from music_recs.config import PipelineConfig, load_config
-from music_recs.validation import check_lake_uri, check_prefix
+from music_recs_airflow import cli, tasks
+from music_recs.settings import PipelineConfig, load_config
+from music_recs.checks import check_lake_uri, check_prefix
 
 from tests.conftest import REPO
 

@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
-from music_recs.sensors import LandingPartitionSensor
+from music_recs_airflow.sensors import LandingPartitionSensor
 
 
 @pytest.fixture

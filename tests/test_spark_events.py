@@ -1,4 +1,4 @@
-"""Reading peak executor memory back from Spark event logs (``music_recs.spark_events``).
+"""Reading peak executor memory back from Spark event logs (``music_recs_dev.spark_events``).
 
 The event lines follow Spark 4's format (a rolling log folder of zstd-compressed parts, or one
 plain file). No test reads the logs of a real job yet: bench/pipeline_scaling.py does."""
@@ -7,8 +7,8 @@ import json
 
 import zstandard
 
-from music_recs.spark_events import executor_peaks
-from music_recs.spark_submit import event_log_conf
+from music_recs_dev.spark_events import executor_peaks
+from music_recs_airflow.spark_submit import event_log_conf
 
 
 def _lines(app, heap, python_rss):

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from music_recs import schema as S
-from music_recs.executor_sizing import ExecutorSizing
-from music_recs.resubmit_policy import Failure
-from music_recs.spark_submit import SparkJobError, run_with_resubmission
+from music_recs.sizing import ExecutorSizing
+from music_recs.resubmission import Failure
+from music_recs_airflow.spark_submit import SparkJobError, run_with_resubmission
 from tests.spark_cluster import StandaloneCluster
 
 pytestmark = pytest.mark.spark

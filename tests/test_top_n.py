@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from music_recs.top_n import chunk_rows, top_n_excluding
+from spark_jobs.lib.top_n import chunk_rows, top_n_excluding
 
 
 def brute_force(queries, excluded, targets, n):

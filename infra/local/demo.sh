@@ -41,8 +41,8 @@ log="$LOCAL_STATE/logs/dag-$DAY.log"
 set +e
 airflow dags test -c "{\"window_days\": $((HISTORY_DAYS + 1))}" music_recs_daily "$next_day" 2>&1 \
   | tee "$log" \
-  | grep --line-buffered -E '\[music_recs\.tasks\]|Task failed|ValueError|Error:' \
-  | sed -u -E 's/^[0-9T:.-]+([0-9]{2}:[0-9]{2}:[0-9]{2})[^]]*\] */  \1 /; s/ +\[music_recs\.tasks\].*$//'
+  | grep --line-buffered -E '\[music_recs_airflow\.tasks\]|Task failed|ValueError|Error:' \
+  | sed -u -E 's/^[0-9T:.-]+([0-9]{2}:[0-9]{2}:[0-9]{2})[^]]*\] */  \1 /; s/ +\[music_recs_airflow\.tasks\].*$//'
 set -e
 if ! grep -q "DagRun Finished.*state=success" "$log"; then
   echo "demo: the DAG run for dt=$DAY did not succeed; the failing task and its error are in $log" >&2

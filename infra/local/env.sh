@@ -13,9 +13,9 @@ export AIRFLOW__CORE__PLUGINS_FOLDER="$REPO_ROOT/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
 export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}"
-# SQLite (the default metadata DB here): wait up to 60 s for a lock (music_recs.local_airflow).
+# SQLite (the default metadata DB here): wait up to 60 s for a lock (music_recs_dev.local_airflow).
 if [[ "${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite}" == sqlite* ]]; then
-  export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS:-music_recs.local_airflow.SQLITE_CONNECT_ARGS}"
+  export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS:-music_recs_dev.local_airflow.SQLITE_CONNECT_ARGS}"
 fi
 
 # Local S3-compatible server (moto in server mode) on loopback. The credentials are

@@ -46,7 +46,7 @@ say "installing pinned dependencies from requirements.lock (first time: about a 
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
 "$VENV/bin/uv" pip sync --quiet --python "$VENV/bin/python" "$REPO_ROOT/requirements.lock"
 "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e "$REPO_ROOT"
-"$VENV/bin/python" -c "import pyspark, airflow, great_expectations, boto3, music_recs" >/dev/null 2>&1 \
+"$VENV/bin/python" -c "import pyspark, airflow, great_expectations, boto3, music_recs, music_recs_airflow, spark_jobs" >/dev/null 2>&1 \
   || fail "the environment was installed but a core package does not import; delete $VENV and run again."
 echo "$want" > "$stamp"
 say "environment ready ($VENV)"

@@ -6,7 +6,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$REPO_ROOT/infra/local/setup.sh"
-# The scheduler test runs Airflow on a throwaway PostgreSQL (music_recs.local_postgres), as a
+# The scheduler test runs Airflow on a throwaway PostgreSQL (music_recs_dev.local_postgres), as a
 # deployment does: on SQLite its concurrent writers failed with "database is locked" now and then.
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -26,8 +26,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on workers
 import matplotlib.pyplot as plt  # noqa: E402
 
-from music_recs.publish import MANIFEST, PUBLICATION  # noqa: E402
-from music_recs.s3 import S3Store  # noqa: E402
+from music_recs_airflow.publish import MANIFEST, PUBLICATION  # noqa: E402
+from music_recs_airflow.s3 import S3Store  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ import json
 import zlib
 from collections.abc import Iterator
 
-FORMATS = ("native", "spotify", "lastfm", "listenbrainz")
+from music_recs.schema import LANDING_FORMATS as FORMATS
+
 NOT_UTF8 = "not_utf8"
 GZIP_BROKEN = "gzip_stream_broken"
 NOT_JSON_ARRAY = "not_json_array"

@@ -22,6 +22,9 @@ TRACK_NAME = "track_name"
 ARTIST_NAME = "artist_name"
 OPTIONAL_LOG_COLUMNS = (TRACK_NAME, ARTIST_NAME)
 
+# Landing formats (``spark_jobs.lib.landing`` reads them; a setting may force one).
+LANDING_FORMATS = ("native", "spotify", "lastfm", "listenbrainz")
+
 # --- quarantine ------------------------------------------------------------------------
 RAW_LINE = "raw_line"
 REASON = "reason"

@@ -33,6 +33,16 @@ while they are solved, so on a cluster each executor also gets a Python memory l
 side is broadcast (a worker holds the other side's as ``Y`` and its own as the warm start),
 the block's share when joined; each held twice, received and unpickled).
 
+Stages other than ALS (``shuffle_partitions``, ``stage_memory_mb``): Spark's default of 200
+shuffle partitions is tuned for nobody. Too many on a small day cost more in task scheduling
+than the work itself (GX validation of 3k rows took 50 s with 200, 20 s with 4); too few on a
+large day spill. Aim at ~128 MiB of shuffle input per partition, never fewer than two tasks per
+core. Memory (local mode, where the driver JVM is the executor): spark-submit's default 1 GiB
+ran ingest out of heap on a day of 1.2M plays. Each stage caches its rows and shuffles them
+about once, so the heap is Spark's reserved 300 MiB plus twice the in-memory input over the
+memory fraction, with the same 1.5x headroom as the ALS model; at least 1 GiB, at most what one
+executor may use.
+
 Blocks start at one per core (Spark's default) and double until a task fits; when even the
 largest block count leaves a task or the cached share over what one executor may have,
 ``size_als`` refuses with a message that says what does not fit.
@@ -42,6 +52,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+
+from music_recs.failures import PermanentFailure
 
 MIB = 1024 * 1024
 RATING_BYTES = 12  # int destination index + float rating + amortized per-source pointers
@@ -59,9 +71,11 @@ DEFAULT_BROADCAST_BUDGET_MB = 256
 PYTHON_BASE = 768 * MIB  # a Python worker's address space with numpy, numba, pyarrow loaded (~570 MiB)
 CSR_BYTES_PER_RATING = 16  # int32 index + int32 local index + float32 confidence + float32 of slack
 RECOMMENDATION_BYTES = 32  # one (user, item, score, rank) row in Spark's columnar cache, ~26 measured
+# Scores one scoring worker holds at a time (``spark_jobs.lib.top_n``): chunk rows x targets float32.
+CHUNK_BYTES = 64 * MIB
 
 
-class DataTooLargeError(ValueError):
+class DataTooLargeError(PermanentFailure, ValueError):
     """The matrix cannot be trained on the configured cluster, whatever the block count."""
 
 
@@ -82,6 +96,13 @@ class ClusterResources:
     memory_per_node_mb: int = 8192
     max_executors: int = 0  # 0 = as many as fit
     local: bool = True
+
+    @property
+    def total_cores(self) -> int:
+        return self.nodes * self.cores_per_node
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -122,23 +143,6 @@ def factor_exchange(users: int, items: int, rank: int, budget_mb: int = DEFAULT_
         return "broadcast" if rows * rank * 4 <= budget_mb * MIB else "join"
 
     return {"user": how(users), "item": how(items)}
-
-
-def cluster_from_env(local: bool) -> ClusterResources:
-    """The cluster as configured: ``MUSIC_RECS_CLUSTER_{NODES,CORES_PER_NODE,MEMORY_PER_NODE_MB}``
-    and ``MUSIC_RECS_MAX_EXECUTORS``; by default this machine (one node, its cores and memory)."""
-    import os
-
-    def env(name, default):
-        return int(os.environ.get(f"MUSIC_RECS_{name}") or default)
-
-    try:
-        total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MIB
-    except (ValueError, OSError, AttributeError):
-        total_mb = 8192
-    return ClusterResources(nodes=env("CLUSTER_NODES", 1), cores_per_node=env("CLUSTER_CORES_PER_NODE", os.cpu_count() or 1),
-                            memory_per_node_mb=env("CLUSTER_MEMORY_PER_NODE_MB", total_mb),
-                            max_executors=env("MAX_EXECUTORS", 0), local=local)
 
 
 def per_executor_limit_mb(cluster: ClusterResources) -> int:
@@ -238,9 +242,9 @@ def size_evaluate(shape: MatrixShape, cluster: ClusterResources, top_n: int = 50
     metrics and the write (``RECOMMENDATION_BYTES`` each; measured: 201 MiB of storage for 7.7M
     rows and 0.6M ratings). Python workers (on a cluster, limited per executor): each holds the
     broadcast item factors twice (received and unpickled) and one chunk of scores
-    (``music_recs.top_n.CHUNK_BYTES``).
+    (``spark_jobs.lib.top_n.CHUNK_BYTES``).
     """
-    from music_recs.top_n import CHUNK_BYTES
+    from spark_jobs.lib.top_n import CHUNK_BYTES
 
     sizing = size_als(shape, cluster, strategy="mllib")
     recs = 2 * shape.users * top_n * RECOMMENDATION_BYTES / sizing.num_executors
@@ -255,3 +259,19 @@ def size_evaluate(shape: MatrixShape, cluster: ClusterResources, top_n: int = 50
         return sizing
     per_worker = PYTHON_BASE + 2 * shape.items * shape.rank * 4 + CHUNK_BYTES
     return sizing.scaled(python_memory_mb=_round_up(sizing.executor_cores * per_worker) // MIB)
+
+
+TARGET_PARTITION_BYTES = 128 * MIB
+
+
+def shuffle_partitions(input_bytes: int, cluster: ClusterResources) -> int:
+    """Shuffle partitions for a stage whose rows take ``input_bytes`` in memory on ``cluster``."""
+    by_size = -(-max(input_bytes, 0) // TARGET_PARTITION_BYTES)
+    return int(min(max(by_size, 2 * cluster.total_cores), 20_000))
+
+
+def stage_memory_mb(input_bytes: int, limit_mb: int) -> int:
+    """Heap for a stage whose rows take ``input_bytes`` in memory (see the module docstring)."""
+    need = JVM_RESERVED + 2 * max(input_bytes, 0) / MEMORY_FRACTION * SAFETY
+    step = 256 * MIB
+    return int(min(max(-(-need // step) * step, 1024 * MIB), limit_mb * MIB) // MIB)

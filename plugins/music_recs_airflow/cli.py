@@ -18,28 +18,27 @@ import io
 import os
 import sys
 
-from music_recs import local_s3
-from music_recs.config import load_config
-from music_recs.params import PARAM_SPECS
-from music_recs.publish import PublishError, read_latest
-from music_recs.s3 import S3Store
-from music_recs.sample_data import Catalogue, CatalogueSpec, upload_days
-from music_recs.validation import parse_day
-
-
-def _state_dir() -> str:
-    return os.environ.get("MUSIC_RECS_LOCAL_STATE", os.path.join(os.getcwd(), ".local"))
+from music_recs.checks import parse_day
+from music_recs.failures import PermanentFailure
+from music_recs.params import RunParams
+from music_recs.settings import local_settings, resolve
+from music_recs_airflow.publish import PublishError, read_latest
+from music_recs_airflow.s3 import S3Store
+from airflow.sdk.exceptions import AirflowFailException
 
 
 def _store() -> S3Store:
-    return S3Store.from_airflow(load_config(use_airflow=False).aws_conn_id)
+    return S3Store.from_airflow(resolve().aws_conn_id)
 
 
 def cmd_s3(args) -> int:
-    port = int(os.environ.get("MUSIC_RECS_S3_PORT", "5055"))
-    pid_path = os.path.join(_state_dir(), "s3.pid")
+    from music_recs_dev import local_s3  # dev tooling: the one-machine S3 server
+
+    local = local_settings()
+    port = local.s3_port
+    pid_path = os.path.join(local.state_dir, "s3.pid")
     if args.action == "start":
-        proc = local_s3.start(port, os.path.join(_state_dir(), "s3.log"), pid_path)
+        proc = local_s3.start(port, os.path.join(local.state_dir, "s3.log"), pid_path)
         print(f"S3 server {'started' if proc else 'already running'} at {local_s3.endpoint(port)}")
     elif args.action == "stop":
         print("S3 server stopped" if local_s3.stop(pid_path) else "no S3 server started from here")
@@ -51,7 +50,9 @@ def cmd_s3(args) -> int:
 
 
 def cmd_seed(args) -> int:
-    cfg = load_config(use_airflow=False)
+    from music_recs_dev.sample_data import Catalogue, CatalogueSpec, upload_days  # dev tooling: generated logs
+
+    cfg = resolve()
     store = _store()
     for bucket in (cfg.raw_bucket, cfg.models_bucket):
         store.ensure_bucket(bucket)
@@ -66,9 +67,9 @@ def cmd_seed(args) -> int:
 
 def cmd_ingest(args) -> int:
     """Load history into the lake with the DAG's own ingest and validate steps (first deployment)."""
-    from music_recs import tasks
+    from music_recs_airflow import tasks
 
-    cfg = load_config(use_airflow=False)
+    cfg = resolve()
     store = _store()
     first, last = parse_day(args.from_day, "--from-day"), parse_day(args.to_day, "--to-day")
     if last < first:
@@ -78,15 +79,15 @@ def cmd_ingest(args) -> int:
         start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
         plan = tasks.plan_run({}, start, f"cli_ingest__{day.isoformat()}", cfg)
         result = tasks.ingest(store, plan)
-        tasks.validate(plan)
-        print(f"dt={day}: read {result['rows_read']}, accepted {result['rows_accepted']}, "
-              f"quarantined {result['rows_quarantined']}, duplicates {result['duplicates_removed']}; valid")
+        tasks.validate(plan, result)
+        print(f"dt={day}: read {result.rows_read}, accepted {result.rows_accepted}, "
+              f"quarantined {result.rows_quarantined}, duplicates {result.duplicates_removed}; valid")
         day += dt.timedelta(days=1)
     return 0
 
 
 def cmd_latest(args) -> int:
-    cfg = load_config(use_airflow=False)
+    cfg = resolve()
     store = _store()
     pointer, manifest = read_latest(store, cfg.models_bucket, cfg.pointer_key)
     m, b = manifest["metrics"]["model"], manifest["metrics"]["baseline_popularity"]
@@ -100,8 +101,8 @@ def cmd_latest(args) -> int:
     print(f"  precision@{k} {m['precision']:.4f} (popularity {b['precision']:.4f}), "
           f"MAP@{k} {m['map']:.4f} (popularity {b['map']:.4f}), NDCG@{k} {m['ndcg']:.4f}, "
           f"recall@{k} {m['recall']:.4f}, coverage {m['coverage']:.3f}")
-    used = manifest["params"]
-    changed = {k: used[k] for k, (default, *_) in PARAM_SPECS.items() if k in used and used[k] != default}
+    used = {k: v for k, v in manifest["params"].items() if k in RunParams.__dataclass_fields__}
+    changed = RunParams(**used).changed()
     print("  params: " + (", ".join(f"{k}={v}" for k, v in changed.items()) + " (others default)" if changed
                           else "all default"))
     if manifest.get("report"):
@@ -143,7 +144,7 @@ def load_recommendations(store: S3Store, bucket: str, manifest: dict, user_id: s
 
 
 def cmd_recommend(args) -> int:
-    cfg = load_config(use_airflow=False)
+    cfg = resolve()
     store = _store()
     pointer, manifest = read_latest(store, cfg.models_bucket, cfg.pointer_key)
     recs = load_recommendations(store, cfg.models_bucket, manifest, args.user)
@@ -184,8 +185,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         return args.func(args)
-    except (PublishError, ValueError, RuntimeError) as exc:
-        print(f"music-recs: {exc}", file=sys.stderr)
+    except (PublishError, PermanentFailure, ValueError, RuntimeError, AirflowFailException) as exc:
+        print(f"music-recs: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 1
 
 

@@ -18,7 +18,8 @@ from urllib.parse import urlparse
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from spark_jobs.common import SUCCESS
+from music_recs.plan import LakeLayout
+from spark_jobs.lib.session import SUCCESS
 
 INT32_MAX = 2**31 - 1
 ID = "id"
@@ -42,10 +43,10 @@ def _chunks(spark: SparkSession, root: str) -> dict[str, bool]:
             for s in fs.listStatus(hpath) if s.getPath().getName().startswith("chunk=")}
 
 
-def load_index(spark: SparkSession, lake_uri: str, entity: str) -> DataFrame:
+def load_index(spark: SparkSession, lake: LakeLayout, entity: str) -> DataFrame:
     """The committed chunks. A chunk whose write failed (no ``_SUCCESS``) is ignored: no matrix
     can have used its ints, and the ids in it are numbered again by the next run."""
-    root = f"{lake_uri.rstrip('/')}/ids/{entity}"
+    root = lake.ids(entity)
     chunks = [name for name, committed in sorted(_chunks(spark, root).items()) if committed]
     if not chunks:
         return spark.createDataFrame([], f"{ID} string, {IDX} int")
@@ -58,10 +59,10 @@ def _next_chunk(spark: SparkSession, root: str) -> str:
     return f"chunk={max(numbers, default=-1) + 1:06d}"
 
 
-def extend_index(spark: SparkSession, lake_uri: str, entity: str, ids: DataFrame) -> tuple[DataFrame, int]:
+def extend_index(spark: SparkSession, lake: LakeLayout, entity: str, ids: DataFrame) -> tuple[DataFrame, int]:
     """Give every id in ``ids`` (column ``id``) an int; return the full index and how many were new."""
-    root = f"{lake_uri.rstrip('/')}/ids/{entity}"
-    existing = load_index(spark, lake_uri, entity).cache()
+    root = lake.ids(entity)
+    existing = load_index(spark, lake, entity).cache()
     top = existing.agg(F.max(IDX)).first()[0]
     next_idx = 0 if top is None else top + 1
     new = ids.select(ID).distinct().join(existing, ID, "left_anti")
@@ -81,4 +82,4 @@ def extend_index(spark: SparkSession, lake_uri: str, entity: str, ids: DataFrame
             .write.mode("errorifexists").parquet(chunk)
     new.unpersist()
     existing.unpersist()
-    return load_index(spark, lake_uri, entity), n_new
+    return load_index(spark, lake, entity), n_new

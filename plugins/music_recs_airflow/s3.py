@@ -21,6 +21,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from music_recs.settings import s3_endpoint
+
 log = logging.getLogger(__name__)
 
 _CHUNK = 8 * 1024 * 1024
@@ -100,7 +102,7 @@ class S3Store:
         conn = BaseHook.get_connection(conn_id)
         extra = conn.extra_dejson
         return cls.from_endpoint(
-            extra.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3"),
+            extra.get("endpoint_url") or s3_endpoint(),
             conn.login,
             conn.password,
             extra.get("region_name"),

@@ -1,16 +1,20 @@
-"""What every Spark job shares: the session, the result file, logging."""
+"""What every Spark job shares: the command line (spec in, result out), the session, logging."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
+
+from music_recs.jobs import JobSpec
 
 log = logging.getLogger("music_recs.job")
 
@@ -74,19 +78,30 @@ def write_text(spark: SparkSession, uri: str, text: str) -> None:
         out.close()
 
 
-def read_text(spark: SparkSession, uri: str) -> str:
-    if _is_local(uri):
-        with open(_local_path(uri)) as fh:
-            return fh.read()
-    return "\n".join(r.value for r in spark.read.text(uri).collect())
-
-
-def write_result(spark: SparkSession, uri: str | None, result: dict) -> None:
-    """The job's JSON result, read by the Airflow task that launched it."""
-    text = json.dumps(result, indent=2, sort_keys=True, default=str)
-    log.info("result: %s", json.dumps(result, sort_keys=True, default=str)[:2000])
+def write_result(spark: SparkSession, uri: str | None, result) -> None:
+    """The job's result (a ``music_recs.jobs`` result), as JSON for the task that launched it."""
+    values = result.to_dict()
+    log.info("result: %s", json.dumps(values, sort_keys=True, default=str)[:2000])
     if uri:
-        write_text(spark, uri, text)
+        write_text(spark, uri, json.dumps(values, indent=2, sort_keys=True, default=str))
+
+
+def parse_args(spec_class: type[JobSpec], argv=None) -> tuple[JobSpec, str | None]:
+    """``--spec FILE`` (the task's spec, JSON) and ``--result FILE``: what every job's command line takes."""
+    p = argparse.ArgumentParser(prog=f"spark_jobs/{spec_class.JOB}.py", description=spec_class.__doc__.splitlines()[0])
+    p.add_argument("--spec", required=True, help=f"the job's {spec_class.__name__} as JSON (music_recs.jobs)")
+    p.add_argument("--result", help="where to write the JSON result")
+    args = p.parse_args(argv)
+    with open(args.spec) as fh:
+        return spec_class.from_json(fh.read()), args.result
+
+
+def job_main(spec_class: type[JobSpec], run: Callable, argv=None) -> None:
+    """A job's entry point: read the spec, run on the session spark-submit made, write the result."""
+    setup_logging()
+    spec, result_path = parse_args(spec_class, argv)
+    spark = get_spark(f"music_recs.{spec_class.JOB}")
+    write_result(spark, result_path, run(spark, spec))
 
 
 class PhaseTimer:

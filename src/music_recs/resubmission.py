@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import re
 
-from music_recs.executor_sizing import ExecutorSizing
+from music_recs.sizing import ExecutorSizing
 
 
 class Failure(str, enum.Enum):

@@ -3,7 +3,7 @@
 The second training strategy of ``train_als`` (``--strategy cg``); MLlib's ALS stays the
 reference. Same objective as MLlib's implicit ALS (confidence ``1 + alpha * r``, lambda scaled
 by each row's number of ratings), solved per row with a few CG steps warm-started from the
-previous factors (``music_recs.als_cg``), vectorized over a whole block in numba.
+previous factors (``spark_jobs.lib.cg_kernels``), vectorized over a whole block in numba.
 
 Layout ("half gridify", the layout of MLlib's ALS): the ratings are grouped once into user
 blocks and item blocks (row ``r`` belongs to block ``r % blocks``), each a CSR array cached
@@ -35,7 +35,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from music_recs import schema as S
-from music_recs.als_cg import DEFAULT_CG_STEPS, gram, initial_factors, rows_loss, solve_rows
+from spark_jobs.lib.cg_kernels import DEFAULT_CG_STEPS, gram, initial_factors, rows_loss, solve_rows
 
 BROADCAST, JOIN = "broadcast", "join"
 PAYLOAD_SCHEMA = "blk int, payload binary"

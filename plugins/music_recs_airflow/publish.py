@@ -33,7 +33,7 @@ import json
 import logging
 import os
 
-from music_recs.s3 import PreconditionFailed, S3Store
+from music_recs_airflow.s3 import PreconditionFailed, S3Store
 
 log = logging.getLogger(__name__)
 

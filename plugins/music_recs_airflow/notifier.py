@@ -23,8 +23,9 @@ from urllib.parse import urlparse
 
 from airflow.sdk import BaseNotifier
 
-from music_recs.resubmit_policy import classify_failure, mask_secrets
-from music_recs.s3 import is_loopback
+from music_recs.failures import SparkJobError
+from music_recs.resubmission import mask_secrets
+from music_recs_airflow.s3 import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,10 @@ def failure_class(exc: BaseException | None) -> str:
     """A short name for what went wrong: the Spark failure class for Spark jobs, else the exception type."""
     if exc is None:
         return "unknown"
-    from music_recs.spark_submit import SparkJobError
-
-    if isinstance(exc, SparkJobError):
-        return f"spark:{classify_failure(exc.output, exc.returncode)[0].value}"
-    return type(exc).__name__
+    cause = exc.__cause__ or exc  # a task that fails fast wraps the cause in AirflowFailException
+    if isinstance(cause, SparkJobError):
+        return f"spark:{cause.failure}"
+    return type(cause).__name__
 
 
 def _iso(value) -> str | None:

@@ -19,12 +19,14 @@ summing, so last week counts more than last quarter (``half_life_days=0`` disabl
 
 Spark MLlib's implicit ALS takes ``f(r)`` as its rating column and computes
 ``1 + alpha * |rating|`` itself, so the matrix stores ``strength = f(r)`` for training and
-``confidence = 1 + alpha * f(r)`` for people and other trainers.
+``confidence = 1 + alpha * f(r)`` for people and other trainers. The functions below are what
+``spark_jobs.confidence`` computes the matrix with (on Spark columns), not a copy of it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 CONFIDENCE_FUNCTIONS = ("linear", "log")
@@ -60,20 +62,28 @@ class ConfidenceParams:
             raise ValueError(f"skip_ms must be >= 0, got {self.skip_ms}")
 
 
-def decay_weight(age_days: float, half_life_days: float) -> float:
-    """Weight of one play ``age_days`` old (1.0 for today, 0.5 one half-life ago)."""
+def decay_weight(age_days, half_life_days: float):
+    """Weight of one play ``age_days`` old (1.0 for today, 0.5 one half-life ago).
+
+    ``age_days`` is a number or a Spark column (``spark_jobs.confidence`` passes one): the
+    same formula serves the reference and the job.
+    """
     if half_life_days <= 0:
         return 1.0
     return 0.5 ** (age_days / half_life_days)
 
 
-def strength(r: float, params: ConfidenceParams) -> float:
-    """``f(r)``: what MLlib's ALS receives as the rating."""
+def strength(r, params: ConfidenceParams, log1p: Callable = math.log1p):
+    """``f(r)``: what MLlib's ALS receives as the rating.
+
+    r: the (decayed) play count, a number or a Spark column.
+    log1p: ``math.log1p`` for numbers (default), ``pyspark.sql.functions.log1p`` for columns.
+    """
     if params.function == "linear":
-        return float(r)
-    return math.log1p(r / params.epsilon)
+        return r
+    return log1p(r / params.epsilon)
 
 
-def confidence(r: float, params: ConfidenceParams) -> float:
-    """``c = 1 + alpha * f(r)``."""
-    return 1.0 + params.alpha * strength(r, params)
+def confidence(r, params: ConfidenceParams, log1p: Callable = math.log1p):
+    """``c = 1 + alpha * f(r)``; ``r`` and ``log1p`` as for ``strength``."""
+    return 1.0 + params.alpha * strength(r, params, log1p)

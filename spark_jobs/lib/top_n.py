@@ -22,10 +22,11 @@ import os
 import numpy as np
 from numba import njit
 
+from music_recs.sizing import CHUNK_BYTES  # one chunk's score matrix: rows x items float32
+
 # numba caches compiled code next to this file; imported from spark-submit's --py-files zip
 # there is no such folder, and each Python worker compiles once (well under a second).
 _CACHE = os.path.isfile(__file__)
-CHUNK_BYTES = 64 * 1024 * 1024  # one chunk's score matrix: rows x items float32
 
 
 def chunk_rows(n_targets: int, chunk_bytes: int = CHUNK_BYTES) -> int:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
-from music_recs.config import load_config
-from music_recs.s3 import S3Store
-from music_recs.tasks import landing_files, logical_day
+from music_recs_airflow.s3 import S3Store
+from music_recs_airflow.tasks import landing_files, load_settings, logical_day
 
 
 class LandingPartitionSensor(BaseSensorOperator):
@@ -23,7 +22,7 @@ class LandingPartitionSensor(BaseSensorOperator):
         self.aws_conn_id = aws_conn_id
 
     def _landing(self, context) -> tuple[S3Store, object, str]:
-        cfg = load_config()
+        cfg = load_settings()
         day = logical_day(context["data_interval_start"]).isoformat()
         return S3Store.from_airflow(self.aws_conn_id or cfg.aws_conn_id), cfg, day
 

@@ -1,0 +1,298 @@
+"""Launch the pipeline's Spark jobs with spark-submit.
+
+``SparkJobHook`` does the work: it writes the job's spec (``music_recs.jobs``) as JSON,
+runs ``spark-submit ... spark_jobs/<job>.py --spec FILE --result FILE`` against the master
+of an Airflow Spark connection (every job gets ``infra/spark/spark-defaults.conf``, the quiet
+log4j2 configuration and the core and Spark-side packages as ``--py-files``), keeps the job's
+whole output in its own log file, and reads the typed result back.
+
+Why not the Spark provider's ``SparkSubmitHook``: its public API gives neither the job's
+output nor its exit code (only an exception whose text is the command line), and reading
+them means overriding its private methods, which breaks silently on a provider upgrade.
+This hook reads the same connection (host or URL as master, ``deploy-mode``, ``queue`` and
+``spark-binary`` extras) and runs spark-submit in client mode itself. A failed job raises
+``SparkJobError`` whose message is one line: the job, the day, the cause (the first decisive
+line of the driver's output, as ``music_recs.resubmission.classify_failure`` finds it) and
+where the full log is; never the command line. A failure that no resubmission can fix raises
+``PermanentSparkJobError``.
+
+``run_with_resubmission`` resubmits a failed job with settings the failure class calls for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import subprocess
+import time
+import zipfile
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from airflow.sdk import BaseHook
+
+from music_recs.failures import PermanentSparkJobError, SparkJobError
+from music_recs.jobs import RESULTS, JobSpec
+from music_recs.resubmission import Failure, classify_failure, next_settings
+from music_recs.settings import spark_submit_env
+from music_recs.sizing import ExecutorSizing
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+JOBS_DIR = REPO_ROOT / "spark_jobs"
+CORE_DIR = REPO_ROOT / "src" / "music_recs"
+SPARK_DEFAULTS = REPO_ROOT / "infra" / "spark" / "spark-defaults.conf"
+LOG4J2 = REPO_ROOT / "infra" / "spark" / "log4j2.properties"
+
+
+def spark_master(conn_id: str) -> str:
+    """The master of the Spark connection ``conn_id``, spelled as the provider's hook spells it
+    (``host`` holding a URL or ``local[*]``, else ``conn_type://host:port``).
+
+    A missing connection is an error here: the provider would fall back to YARN silently.
+    """
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception as exc:  # AirflowNotFoundException, or no way to reach connections
+        raise ValueError(f"the Spark connection {conn_id!r} is not defined ({type(exc).__name__}); create it, e.g. "
+                         f"AIRFLOW_CONN_{conn_id.upper()}='{{\"conn_type\": \"spark\", \"host\": \"local[*]\"}}'") from None
+    if conn.conn_type == "spark" and conn.host and ("://" in conn.host or not conn.port):
+        master = conn.host
+    else:
+        master = f"{conn.conn_type}://{conn.host or ''}"
+    return f"{master}:{conn.port}" if conn.port else master
+
+
+def package_zip(dest_dir: str) -> str:
+    """Zip the core (``music_recs``) and ``spark_jobs`` for ``--py-files`` (rebuilt when sources change)."""
+    sources = sorted(p for d in (CORE_DIR, JOBS_DIR) for p in d.rglob("*.py"))
+    stamp = str(max((p.stat().st_mtime_ns for p in sources), default=0))
+    path = os.path.join(dest_dir, f"music_recs_pyfiles_{stamp}.zip")
+    if not os.path.exists(path):
+        os.makedirs(dest_dir, exist_ok=True)
+        tmp = path + ".tmp"
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for p in sources:
+                base = CORE_DIR.parent if CORE_DIR in p.parents else REPO_ROOT
+                zf.write(p, p.relative_to(base).as_posix())
+        os.replace(tmp, path)
+    return path
+
+
+def job_path(job: str) -> str:
+    path = JOBS_DIR / f"{job}.py"
+    if not path.exists():
+        raise ValueError(f"unknown Spark job {job!r}: no {path}")
+    return str(path)
+
+
+def base_conf(event_log_dir: str = "") -> dict[str, str]:
+    log4j = f"-Dlog4j2.configurationFile=file:{LOG4J2}"
+    conf = {
+        "spark.driver.extraJavaOptions": log4j,
+        "spark.executor.extraJavaOptions": log4j,
+        # Executors use the same interpreter as the driver (the project's environment).
+        "spark.pyspark.python": spark_submit_env()["PYSPARK_PYTHON"],
+    }
+    return {**conf, **event_log_conf(event_log_dir)}
+
+
+def event_log_conf(directory: str) -> dict[str, str]:
+    """Spark event logs for the History Server (off unless ``directory`` is set), with each
+    stage's peak executor memory: JVM heap, storage and execution memory, and the resident
+    memory of the JVM and its Python workers (process-tree metrics, Linux only)."""
+    if not directory:
+        return {}
+    if "://" not in directory:
+        os.makedirs(directory, exist_ok=True)
+        directory = f"file://{os.path.abspath(directory)}"
+    return {
+        "spark.eventLog.enabled": "true",
+        "spark.eventLog.dir": directory,
+        "spark.eventLog.logStageExecutorMetrics": "true",
+        "spark.executor.processTreeMetrics.enabled": "true",
+        # Poll peaks every second; by default they are sampled at heartbeats only (20 s here),
+        # which misses every short stage.
+        "spark.executor.metrics.pollingInterval": "1s",
+    }
+
+
+def cause_line(output: str, returncode: int | None) -> tuple[Failure, str]:
+    """The failure class and its first decisive line (the exception that caused it)."""
+    failure, lines = classify_failure(output, returncode)
+    return failure, next((line for line in lines if line), "no output")
+
+
+class SparkJobHook(BaseHook):
+    """Submits one pipeline job to the master of an Airflow Spark connection.
+
+    :param conn_id: the Spark connection (default ``spark_default``): ``host`` is the master
+        (``local[*]``, ``spark://h:7077``, ``yarn``, ...), extras ``queue`` and ``spark-binary``.
+    :param work_dir: where the spec, the result and the job's log go (default a temp folder).
+    :param pyfiles_dir: where the ``--py-files`` zip is kept (default ``work_dir``).
+    :param label: what the one-line error names besides the job, e.g. ``dt=2026-11-20`` (default none).
+    :param event_log_dir: Spark event log folder for the History Server (default off).
+    """
+
+    conn_name_attr = "conn_id"
+    default_conn_name = "spark_default"
+    conn_type = "spark"
+    hook_name = "music-recs Spark job"
+
+    def __init__(self, conn_id: str = default_conn_name, work_dir: str = "/tmp/music_recs_submit",
+                 pyfiles_dir: str | None = None, label: str = "", event_log_dir: str = ""):
+        super().__init__()
+        self.conn_id = conn_id
+        self.work_dir = work_dir
+        self.pyfiles_dir = pyfiles_dir or work_dir
+        self.label = label
+        self.event_log_dir = event_log_dir
+        self._process: subprocess.Popen | None = None
+
+    def command(self, spec_path: str, result_path: str, job: str, conf: dict[str, str],
+                options: dict[str, str | int | None]) -> list[str]:
+        """The spark-submit command line for ``job`` (no secret in it: none is passed to a job)."""
+        conn = self.get_connection(self.conn_id)
+        extra = conn.extra_dejson or {}
+        binary = extra.get("spark-binary", "spark-submit")
+        if binary not in ("spark-submit", "spark2-submit", "spark3-submit"):
+            raise ValueError(f"the spark-binary extra of {self.conn_id} must be spark-submit, spark2-submit or "
+                             f"spark3-submit, got {binary!r}")
+        cmd = [binary, "--master", spark_master(self.conn_id), "--deploy-mode", "client"]
+        if extra.get("queue"):
+            cmd += ["--queue", str(extra["queue"])]
+        for key, value in {**base_conf(self.event_log_dir), **conf}.items():
+            cmd += ["--conf", f"{key}={value}"]
+        cmd += ["--properties-file", str(SPARK_DEFAULTS), "--py-files", package_zip(self.pyfiles_dir),
+                "--name", f"music_recs.{job}"]
+        for option, value in options.items():
+            if value is not None:
+                cmd += [f"--{option.replace('_', '-')}", str(value)]
+        return [*cmd, job_path(job), *job_arguments(spec_path, result_path)]
+
+    def submit(self, spec: JobSpec, conf: dict[str, str] | None = None, driver_memory: str | None = None,
+               executor_memory: str | None = None, executor_cores: int | None = None,
+               num_executors: int | None = None, total_executor_cores: int | None = None):
+        """Run ``spec``'s job; return its typed result (``music_recs.jobs.RESULTS``), with ``submission``.
+
+        :param spec: the job's spec; its class names the job.
+        :param conf: Spark properties on top of the defaults (``--conf``); default none.
+        :param driver_memory, executor_memory: e.g. ``"2048m"``; default Spark's.
+        :param executor_cores, num_executors, total_executor_cores: executor shape; default Spark's.
+        """
+        job = spec.JOB
+        os.makedirs(self.work_dir, exist_ok=True)
+        spec_path = os.path.join(self.work_dir, f"{job}.spec.json")
+        result_path = os.path.join(self.work_dir, f"{job}.json")
+        log_path = os.path.join(self.work_dir, f"{job}.log")
+        with open(spec_path, "w") as fh:
+            fh.write(spec.to_json())
+        if os.path.exists(result_path):
+            os.remove(result_path)  # never read a previous attempt's result
+        options = {"driver_memory": driver_memory, "executor_memory": executor_memory,
+                   "executor_cores": executor_cores, "num_executors": num_executors,
+                   "total_executor_cores": total_executor_cores}
+        cmd = self.command(spec_path, result_path, job, conf or {}, options)
+        master = cmd[cmd.index("--master") + 1]
+        log.info("spark-submit %s on %s (log: %s)", job, master, log_path)
+        started = time.time()
+        recent: deque[str] = deque(maxlen=5000)
+        try:
+            with open(log_path, "w") as log_file:
+                self._process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                                 errors="replace", env=spark_submit_env())
+                for line in self._process.stdout:
+                    log_file.write(line)
+                    recent.append(line.rstrip("\n"))
+                    log.info("%s", line.rstrip("\n"))
+                returncode = self._process.wait()
+        except OSError as exc:  # spark-submit not found, not executable
+            recent.append(f"{type(exc).__name__}: {exc}")
+            returncode = None
+        if returncode != 0:
+            failure, cause = cause_line("\n".join(recent), returncode)
+            where = f" {self.label}" if self.label else ""
+            error = PermanentSparkJobError if failure is Failure.NON_RETRYABLE else SparkJobError
+            raise error(f"Spark job {job}{where} failed ({failure.value}): {cause} (full log: {log_path})",
+                        "\n".join(recent), returncode, master, failure.value)
+        if not os.path.exists(result_path):
+            raise SparkJobError(f"Spark job {job} finished but wrote no result at {result_path} (full log: {log_path})")
+        with open(result_path) as fh:
+            result = RESULTS[job].from_json(fh.read())
+        return dataclasses.replace(result, submission={"settings": {"master": master, **options, "conf": conf or {}},
+                                                       "attempts": [{"attempt": 1, "outcome": "success",
+                                                                     "seconds": round(time.time() - started, 1)}]})
+
+    def on_kill(self) -> None:
+        if self._process and self._process.poll() is None:
+            self._process.kill()
+
+
+def job_arguments(spec_path: str, result_path: str) -> list[str]:
+    """The job's command line: what ``spark_jobs.lib.session.parse_args`` reads."""
+    return ["--spec", spec_path, "--result", result_path]
+
+
+def executor_args(sizing: ExecutorSizing, master: str) -> dict:
+    """spark-submit's executor options for ``master``: none in local mode (one JVM, sized by the
+    driver memory); a standalone master counts cores (``--total-executor-cores``), YARN and
+    Kubernetes count executors (``--num-executors``)."""
+    if master.startswith("local"):
+        return {}
+    args = {"executor_memory": f"{sizing.executor_memory_mb}m", "executor_cores": sizing.executor_cores}
+    if master.startswith("spark://"):
+        args["total_executor_cores"] = sizing.num_executors * sizing.executor_cores
+    else:
+        args["num_executors"] = sizing.num_executors
+    return args
+
+
+def run_with_resubmission(
+    hook: SparkJobHook,
+    build_spec: Callable[[ExecutorSizing], JobSpec],
+    sizing: ExecutorSizing,
+    local: bool,
+    memory_cap_mb: int,
+    max_attempts: int = 3,
+    conf: dict[str, str] | None = None,
+):
+    """Submit the job ``build_spec(sizing)`` describes; on failure classify it and resubmit with
+    adjusted settings (``music_recs.resubmission.next_settings``).
+
+    Non-retryable failures (bad input, bad parameter, a bug) stop at once. Every attempt
+    (settings, seconds, failure class, decisive log lines with secrets masked) is logged and
+    returned in ``result.submission["attempts"]``. When no attempt succeeds the error says so in
+    one line and is a ``PermanentSparkJobError``: the resubmissions were the retries, and
+    Airflow must not multiply them.
+    """
+    attempts: list[dict] = []
+    current = sizing
+    master = spark_master(hook.conn_id)
+    for attempt in range(1, max_attempts + 1):
+        settings = current.as_dict()
+        log.info("attempt %d/%d with %s", attempt, max_attempts, {k: v for k, v in settings.items() if k != "estimate"})
+        started = time.time()
+        try:
+            result = hook.submit(build_spec(current), conf={**(conf or {}), **current.spark_conf()},
+                                 driver_memory=f"{current.driver_memory_mb}m", **executor_args(current, master))
+        except SparkJobError as exc:
+            failure, lines = classify_failure(exc.output, exc.returncode)
+            attempts.append({"attempt": attempt, "seconds": round(time.time() - started, 1), "outcome": failure.value,
+                             "settings": settings, "log": lines})
+            log.warning("attempt %d failed: %s\n  %s", attempt, failure.value, "\n  ".join(lines))
+            nxt = next_settings(failure, current, local, memory_cap_mb)
+            if nxt is None or attempt == max_attempts:
+                summary = "; ".join(f"attempt {a['attempt']}: {a['outcome']} after {a['seconds']}s" for a in attempts)
+                reason = "not retryable" if nxt is None else f"{max_attempts} attempts used"
+                raise PermanentSparkJobError(f"{exc} [{reason}: {summary}]", exc.output, exc.returncode, exc.master,
+                                             failure.value) from None
+            current = nxt
+            continue
+        attempts.append({"attempt": attempt, "seconds": round(time.time() - started, 1), "outcome": "success",
+                         "settings": settings})
+        return dataclasses.replace(result, submission={**result.submission, "attempts": attempts,
+                                                       "sizing": current.as_dict()})
+    raise AssertionError("unreachable")

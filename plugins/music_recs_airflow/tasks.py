@@ -1,0 +1,352 @@
+"""What each task of ``music_recs_daily`` does. The DAG file only wires these together.
+
+Every function takes plain values (the run plan, a store) so it can be called and tested
+without a scheduler. ``plan_run`` makes the run's ``RunPlan`` (``music_recs.plan``) once;
+it crosses task boundaries as a dict, and so do the jobs' typed results (``music_recs.jobs``).
+
+Failures that can never succeed on a retry (``music_recs.failures.is_permanent``: bad data,
+a failed validation, a matrix too large for the cluster, a Spark job that failed for a
+non-retryable reason, training whose resubmissions are used up) end their task at once with
+``AirflowFailException`` and their one-line message; the rest keep the task's retries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import glob
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
+
+from airflow.sdk import Param
+from airflow.sdk.exceptions import AirflowFailException
+
+from music_recs import __version__, settings
+from music_recs.checks import check_run_conf_names_no_location, safe_key_part
+from music_recs.failures import EmptyMatrix, NoLandingData, QualityGateFailed, TooManyBadRows, ValidationFailed, \
+    is_permanent
+from music_recs.jobs import (ConfidenceSpec, EvaluateResult, EvaluateSpec, IngestResult, IngestSpec, MatrixResult,
+                             TrainResult, TrainSpec, ValidateResult, ValidateSpec)
+from music_recs.params import DEFAULTS, DESCRIPTIONS, SCHEMAS, RunParams
+from music_recs.plan import RunPlan
+from music_recs.quality_gate import decide
+from music_recs.settings import DeploymentSettings
+from music_recs.sizing import (ExecutorSizing, MatrixShape, factor_exchange, per_executor_limit_mb, shuffle_partitions, size_als,
+                               size_evaluate, stage_memory_mb)
+from music_recs_airflow.publish import ARTIFACTS, PublishError, publication_prefix, publish, read_latest
+from music_recs_airflow.report import publish_report
+from music_recs_airflow.s3 import S3Store
+from music_recs_airflow.spark_submit import REPO_ROOT, SparkJobHook, executor_args, run_with_resubmission, spark_master
+
+log = logging.getLogger(__name__)
+
+EXPECTATIONS = REPO_ROOT / "expectations"
+ROW_SUITE = EXPECTATIONS / "stream_logs_daily.json"
+SUMMARY_SUITE = EXPECTATIONS / "stream_logs_day_summary.json"
+SIMILAR_ITEMS = 20  # most similar items published per item
+# In-memory size of input files, for sizing: gzip'd JSON lines expand about 8x, the lake's
+# plays Parquet (dictionary-encoded ids) about 4x once decoded into rows.
+GZIP_JSON_EXPANSION = 8
+PARQUET_EXPANSION = 4
+
+
+def fail_fast(func):
+    """End the task without retries when its failure can never succeed (``is_permanent``)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            if is_permanent(exc):
+                raise AirflowFailException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+            raise
+
+    return wrapper
+
+
+def airflow_params() -> dict[str, Param]:
+    """The trigger form: one ``Param`` per ``RunParams`` field, with its default, schema and description."""
+    return {name: Param(DEFAULTS[name], description=DESCRIPTIONS[name], **SCHEMAS[name]) for name in DEFAULTS}
+
+
+def load_settings(use_airflow: bool = True) -> DeploymentSettings:
+    """Deployment settings: environment > the Airflow Variable ``music_recs_config`` > defaults."""
+    variable = None
+    if use_airflow:
+        from airflow.sdk import Variable
+
+        try:
+            variable = Variable.get(settings.AIRFLOW_VARIABLE, default=None, deserialize_json=True)
+        except Exception as exc:  # no task context or API server (CLI, tests): the environment and defaults
+            log.debug("Variable %s not readable: %s", settings.AIRFLOW_VARIABLE, exc)
+        if variable is not None and not isinstance(variable, dict):
+            raise ValueError(f"Airflow Variable {settings.AIRFLOW_VARIABLE} must be a JSON object")
+    return settings.resolve(variable)
+
+
+def logical_day(data_interval_start: dt.datetime | None) -> dt.date:
+    """The partition a run processes: the day its data interval starts (UTC), never "now"."""
+    if data_interval_start is None:
+        raise ValueError("the run has no data interval, so no day to process: it was triggered without a logical "
+                         "date; trigger it with one (the trigger form's default, `airflow dags trigger -l ...`)")
+    return data_interval_start.astimezone(dt.timezone.utc).date()
+
+
+@fail_fast
+def plan_run(params: dict, data_interval_start, run_id: str, cfg: DeploymentSettings) -> RunPlan:
+    """Check the run's params, fix its day, run key, settings and cluster resources."""
+    check_run_conf_names_no_location(params, set(settings.FIELDS))
+    run = RunParams.from_params(dict(params))
+    if urlparse(cfg.lake_uri).scheme not in ("", "file"):
+        raise ValueError(f"lake_uri {cfg.lake_uri!r}: this version stages landing files and publishes from a local "
+                         "lake; set MUSIC_RECS_LAKE_URI to a local folder")
+    master = spark_master(cfg.spark_conn_id)
+    plan = RunPlan(day=logical_day(data_interval_start).isoformat(), run_id=run_id, run_key=safe_key_part(run_id),
+                   params=run, settings=cfg, cluster=settings.cluster_resources(master.startswith("local")),
+                   spark_master=master)
+    log.info("run %s processes dt=%s on %s (%s) with %s", run_id, plan.day, master, plan.cluster, run.as_dict())
+    return plan
+
+
+def spark_hook(plan: RunPlan) -> SparkJobHook:
+    return SparkJobHook(plan.settings.spark_conn_id, work_dir=plan.results, pyfiles_dir=plan.lake.submit_dir,
+                        label=f"dt={plan.day}", event_log_dir=plan.settings.spark_event_log_dir)
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _submit_stage(plan: RunPlan, spec, input_bytes: int):
+    """Submit a stage other than ALS: shuffle partitions and (local mode) memory sized to its input."""
+    conf = {"spark.sql.shuffle.partitions": str(shuffle_partitions(input_bytes, plan.cluster))}
+    memory = f"{stage_memory_mb(input_bytes, per_executor_limit_mb(plan.cluster))}m" if plan.local else None
+    return spark_hook(plan).submit(spec, conf=conf, driver_memory=memory)
+
+
+def landing_files(store: S3Store, cfg: DeploymentSettings, day: str) -> list:
+    return [o for o in store.list_objects(cfg.raw_bucket, cfg.landing_key_prefix(day)) if not o.key.endswith("/")]
+
+
+def stage_landing(store: S3Store, plan: RunPlan) -> list[str]:
+    """Copy the day's landing files next to the lake for Spark (no S3 connector in local mode)."""
+    dest = plan.landing_staging
+    shutil.rmtree(dest, ignore_errors=True)  # a rerun must not see a previous copy
+    files = store.download_prefix(plan.settings.raw_bucket, plan.settings.landing_key_prefix(plan.day), dest)
+    if not files:
+        raise NoLandingData(f"no stream logs under {plan.landing_uri}; nothing to ingest")
+    log.info("staged %d landing file(s) from %s", len(files), plan.landing_uri)
+    return files
+
+
+def ingest_spec(plan: RunPlan) -> IngestSpec:
+    return IngestSpec(day=plan.day, input_uri=plan.landing_staging, lake_uri=plan.lake.root,
+                      source_format=plan.settings.source_format)
+
+
+@fail_fast
+def ingest(store: S3Store, plan: RunPlan) -> IngestResult:
+    stage_landing(store, plan)
+    result = _submit_stage(plan, ingest_spec(plan), GZIP_JSON_EXPANSION * _folder_bytes(plan.landing_staging))
+    log.info("ingest dt=%s: read %d, accepted %d, quarantined %d, duplicates %d (formats %s)", plan.day,
+             result.rows_read, result.rows_accepted, result.rows_quarantined, result.duplicates_removed, result.formats)
+    # Quarantined rows are stored before any verdict, so they are kept even when the run stops.
+    result = dataclasses.replace(result, quarantine_uri=upload_quarantine(store, plan))
+    check_quarantine_share(result, plan.settings.max_quarantine_fraction, plan.day)
+    return result
+
+
+def check_quarantine_share(result: IngestResult, limit: float, day: str) -> None:
+    """Fail when more than ``limit`` of the day's rows broke a row-level check, naming the checks."""
+    read, bad = result.rows_read, result.rows_quarantined
+    share = bad / read if read else 0.0
+    if share > limit:
+        worst = ", ".join(f"{reason}: {n} rows" for reason, n in
+                          sorted(result.quarantine_reasons.items(), key=lambda kv: -kv[1]))
+        raise TooManyBadRows(
+            f"dt={day}: {bad} of {read} rows ({share:.1%}) failed row-level checks, above the "
+            f"{limit:.0%} threshold ({worst}); quarantined rows are in {result.quarantine_uri}"
+        )
+
+
+def upload_quarantine(store: S3Store, plan: RunPlan) -> str:
+    """Quarantined rows go to S3 under a fixed name per day, so a rerun replaces them."""
+    cfg = plan.settings
+    parts = sorted(glob.glob(os.path.join(plan.lake.quarantine(plan.day), "part-*")))
+    body = b"".join(Path(p).read_bytes() for p in parts)
+    key = f"{cfg.quarantine_key_prefix(plan.day)}quarantine.jsonl"
+    store.client.put_object(Bucket=cfg.raw_bucket, Key=key, Body=body)
+    return f"s3://{cfg.raw_bucket}/{key}"
+
+
+def validate_spec(plan: RunPlan, ingested: IngestResult | None) -> ValidateSpec:
+    return ValidateSpec(day=plan.day, lake_uri=plan.lake.root, suite_path=str(ROW_SUITE),
+                        summary_suite_path=str(SUMMARY_SUITE), ingest_counts=ingested.counts if ingested else None,
+                        max_quarantine_fraction=plan.settings.max_quarantine_fraction, docs_dir=plan.data_docs)
+
+
+@fail_fast
+def validate(plan: RunPlan, ingested: IngestResult | None = None) -> ValidateResult:
+    result = _submit_stage(plan, validate_spec(plan, ingested), PARQUET_EXPANSION * _folder_bytes(plan.lake.plays(plan.day)))
+    log.info("GX Data Docs for dt=%s: file://%s", plan.day, result.data_docs)
+    if not result.success:
+        failed = "; ".join(
+            f"{c['expectation']}({c['column'] or ''}): "
+            f"{c['unexpected_count'] if c['unexpected_count'] is not None else c['observed_value']}"
+            for c in result.failed
+        )
+        raise ValidationFailed(f"dt={plan.day} failed {len(result.failed)} expectation(s): {failed}; "
+                               f"Data Docs: file://{result.data_docs}")
+    log.info("validation dt=%s: %d expectations passed", plan.day, len(result.checks))
+    return result
+
+
+def confidence_spec(plan: RunPlan) -> ConfidenceSpec:
+    p = plan.params
+    return ConfidenceSpec(day=plan.day, lake_uri=plan.lake.root, confidence=p.confidence, window_days=p.window_days,
+                          holdout_days=p.holdout_days, min_user_items=p.min_user_items,
+                          min_item_users=p.min_item_users, granularities=(p.granularity,), out_uri=plan.matrices)
+
+
+@fail_fast
+def build_confidence(plan: RunPlan) -> MatrixResult:
+    granularity = plan.params.granularity
+    result = _submit_stage(plan, confidence_spec(plan), PARQUET_EXPANSION * _folder_bytes(plan.lake.plays()))
+    stats = result.stats[granularity]
+    if stats["nnz"] == 0:
+        raise EmptyMatrix(f"the {granularity} matrix for dt={plan.day} is empty after filtering; "
+                          "lower min_user_items/min_item_users or widen window_days")
+    log.info("matrix %s dt=%s: %d users x %d items, %d non-zeros", granularity, plan.day,
+             stats["users"], stats["items"], stats["nnz"])
+    return result
+
+
+def _shape(plan: RunPlan, matrix: MatrixResult) -> MatrixShape:
+    stats = matrix.stats[plan.params.granularity]
+    return MatrixShape(stats["users"], stats["items"], stats["nnz"], plan.params.rank)
+
+
+def train_spec(plan: RunPlan, shape: MatrixShape, sizing: ExecutorSizing) -> TrainSpec:
+    p, budget = plan.params, plan.settings.broadcast_budget_mb
+    exchange = factor_exchange(shape.users, shape.items, p.rank, budget) if p.strategy == "cg" else None
+    return TrainSpec(matrix_uri=plan.matrix, out_uri=plan.model, rank=p.rank, max_iter=p.max_iter, reg=p.reg,
+                     alpha=p.alpha, strategy=p.strategy, user_blocks=sizing.user_blocks, item_blocks=sizing.item_blocks,
+                     checkpoint_dir=plan.checkpoints, checkpoint_interval=sizing.checkpoint_interval,
+                     exchange=exchange, broadcast_budget_mb=budget)
+
+
+@fail_fast
+def train(plan: RunPlan, matrix: MatrixResult) -> TrainResult:
+    """Train ALS with settings sized to the matrix; failed attempts are classified and resubmitted here,
+    so a failure that outlives them is final (no Airflow retry on top)."""
+    p, budget, shape = plan.params, plan.settings.broadcast_budget_mb, _shape(plan, matrix)
+    sizing = size_als(shape, plan.cluster, strategy=p.strategy, broadcast_budget_mb=budget)
+    log.info("sizing for %s, %s on %s: %s", shape, p.strategy, plan.cluster, sizing.as_dict())
+    result = run_with_resubmission(spark_hook(plan), lambda s: train_spec(plan, shape, s), sizing, plan.local,
+                                   per_executor_limit_mb(plan.cluster), max_attempts=plan.settings.train_attempts)
+    log.info("ALS (%s) rank %d: %d users, %d items in %.1fs (%.2fs/iteration)", p.strategy, p.rank,
+             result.data["users"], result.data["items"], result.seconds["fit"], result.seconds_per_iteration)
+    return result
+
+
+def evaluate_spec(plan: RunPlan) -> EvaluateSpec:
+    p = plan.params
+    return EvaluateSpec(model_uri=plan.model, matrix_uri=plan.matrix, out_uri=plan.model, k=p.k, top_n=p.top_n,
+                        similar_n=SIMILAR_ITEMS, broadcast_budget_mb=plan.settings.broadcast_budget_mb)
+
+
+@fail_fast
+def evaluate(plan: RunPlan, matrix: MatrixResult) -> EvaluateResult:
+    """Score the model on the held-out days, with Spark settings sized to the matrix (``size_evaluate``)."""
+    p = plan.params
+    sizing = size_evaluate(_shape(plan, matrix), plan.cluster, max(p.k, p.top_n), plan.settings.broadcast_budget_mb)
+    result = spark_hook(plan).submit(evaluate_spec(plan), conf=sizing.spark_conf(),
+                                     driver_memory=f"{sizing.driver_memory_mb}m",
+                                     **executor_args(sizing, plan.spark_master))
+    m, b = result.model, result.baseline_popularity
+    log.info("evaluation @%d: MAP %.4f (popularity %.4f), precision %.4f (popularity %.4f), %d users",
+             p.k, m["map"], b["map"], m["precision"], b["precision"], m["users_evaluated"])
+    return result
+
+
+def published_metrics(store: S3Store, plan: RunPlan) -> dict | None:
+    """Metrics of the model behind the pointer, if it is comparable (same granularity and k)."""
+    cfg = plan.settings
+    try:
+        _, manifest = read_latest(store, cfg.models_bucket, cfg.pointer_key)
+    except PublishError as exc:
+        log.info("no published model to compare with: %s", exc)
+        return None
+    if manifest["params"].get("granularity") != plan.params.granularity or manifest["metrics"].get("k") != plan.params.k:
+        log.info("the published model has another granularity or k; comparing with the baseline only")
+        return None
+    return manifest["metrics"]["model"]
+
+
+@fail_fast
+def quality_gate(store: S3Store, plan: RunPlan, evaluated: EvaluateResult) -> dict:
+    p = plan.params
+    decision = decide(p.primary_metric, evaluated.model, evaluated.baseline_popularity,
+                      published_metrics(store, plan), p.gate_min_lift, p.gate_max_drop, p.override_quality_gate)
+    if not decision.publish:
+        raise QualityGateFailed(f"dt={plan.day}: {decision.message()}; not published")
+    (log.warning if decision.overridden else log.info)("dt=%s: %s", plan.day, decision.message())
+    return decision.as_dict()
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+TRAINING_FIELDS = ("strategy", "params", "data", "seconds", "seconds_per_iteration", "spark_conf", "submission",
+                   "factor_exchange", "cg_steps")
+
+
+@fail_fast
+def publish_run(store: S3Store, plan: RunPlan, ingested: IngestResult, validated: ValidateResult,
+                matrix: MatrixResult, trained: TrainResult, evaluated: EvaluateResult, gate: dict) -> dict:
+    cfg, p = plan.settings, plan.params
+    training = trained.to_dict()
+    manifest = {
+        "code_version": code_version(),
+        "params": p.as_dict(),
+        "data_window": matrix.window,
+        "rows": ingested.counts,
+        "quarantine": {"uri": ingested.quarantine_uri, "reasons": ingested.quarantine_reasons},
+        "validation": {"suite": validated.suite, "statistics": validated.statistics},
+        "matrix": matrix.stats[p.granularity],
+        "training": {k: training[k] for k in TRAINING_FIELDS if training[k] is not None},
+        "metrics": {"k": evaluated.k, "model": evaluated.model, "baseline_popularity": evaluated.baseline_popularity},
+        "evaluation": {"seconds": evaluated.seconds, "submission": evaluated.submission},
+        "quality_gate": gate,
+    }
+    # A folder of its own: a rerun of the run behind the pointer never writes over the live model.
+    prefix = publication_prefix(cfg.model_key_prefix(plan.day, plan.run_key))
+    uri = f"s3://{cfg.models_bucket}/{prefix}"
+    # The report goes up before the manifest and the pointer: a model behind the pointer always has one.
+    manifest["report"] = publish_report(
+        store, cfg.models_bucket, cfg.models_prefix, prefix,
+        {**manifest, "day": plan.day, "run_id": plan.run_id, "prefix": uri}, plan.run_key)
+    decision = publish(
+        store, cfg.models_bucket, prefix, cfg.pointer_key,
+        plan.day, plan.run_id, {name: f"{plan.model}/{name}" for name in ARTIFACTS},
+        manifest, allow_rewind=p.allow_pointer_rewind,
+    )
+    m = evaluated.model
+    log.info("published %s (pointer %s); MAP@%d %.4f, precision@%d %.4f", uri,
+             "moved" if decision["moved"] else "kept: " + decision["reason"], evaluated.k, m["map"],
+             evaluated.k, m["precision"])
+    return {"prefix": uri, "manifest": f"s3://{cfg.models_bucket}/{decision['manifest_key']}",
+            "report": f"s3://{cfg.models_bucket}/{manifest['report']['key']}",
+            "pointer_moved": decision["moved"], "pointer_reason": decision["reason"], "metrics": m}

@@ -1,0 +1,62 @@
+"""Failure classes the pipeline raises, split by whether retrying can help.
+
+A ``PermanentFailure`` can never succeed on a retry with the same input (bad data, a
+validation verdict, a matrix too large for the cluster, a Spark job that failed for a
+non-retryable reason): the Airflow side ends the task at once with the exception's one-line
+message. Anything else (a lost S3 connection, a Spark executor that died) keeps the task's
+retries.
+"""
+
+from __future__ import annotations
+
+
+class PermanentFailure(RuntimeError):
+    """Retrying cannot help; the message is one line that names the cause."""
+
+
+class NoLandingData(PermanentFailure):
+    """The day's landing prefix holds no file to ingest."""
+
+
+class TooManyBadRows(PermanentFailure):
+    """More of the day's rows failed row-level checks than the configured share."""
+
+
+class ValidationFailed(PermanentFailure):
+    """The Great Expectations suites failed on the day's accepted plays."""
+
+
+class EmptyMatrix(PermanentFailure):
+    """No (user, item) pair is left after the support filters: nothing to train on."""
+
+
+class QualityGateFailed(PermanentFailure):
+    """The model did not clear the quality gate; nothing is published."""
+
+
+class SparkJobError(RuntimeError):
+    """A Spark job failed.
+
+    message: one line with the job, the cause (the first decisive line of the driver's output)
+        and where the full log is.
+    output: the job's recent output (for classification); returncode: spark-submit's exit code.
+    failure: the failure class ``music_recs.resubmission.classify_failure`` gave it.
+    """
+
+    def __init__(self, message: str, output: str = "", returncode: int | None = None, master: str = "",
+                 failure: str = "unknown"):
+        super().__init__(message)
+        self.output = output
+        self.returncode = returncode
+        self.master = master
+        self.failure = failure
+
+
+class PermanentSparkJobError(SparkJobError, PermanentFailure):
+    """A Spark job failed for a reason a resubmission cannot fix (bad path, bad parameter, a bug)."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether ``exc`` can never succeed on a retry: a ``PermanentFailure``, or a ``ValueError``
+    (a value that breaks a rule: a bad param, setting or input)."""
+    return isinstance(exc, (PermanentFailure, ValueError))

@@ -1,0 +1,286 @@
+"""The contract between a task and its Spark job: one spec and one result type per job.
+
+The task builds the spec, writes it as JSON and submits the job with ``--spec FILE``; the job
+reads it back with the same class (``from_json``), runs, and writes its result as JSON
+(``--result FILE``), which the task reads back with the result class. Both sides import this
+module, so a field renamed on one side is renamed on the other, and ``from_dict`` refuses
+unknown or missing fields instead of passing a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Mapping
+from typing import ClassVar
+
+from music_recs.checks import parse_day
+from music_recs.confidence import ConfidenceParams
+from music_recs.sizing import DEFAULT_BROADCAST_BUDGET_MB
+
+GRANULARITIES = ("track", "artist")
+STRATEGIES = ("cg", "mllib")
+EXCHANGES = ("broadcast", "join")
+
+
+class _Contract:
+    """JSON round trip for the frozen dataclasses below."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, default=str)
+
+    @classmethod
+    def from_dict(cls, values: Mapping):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = required - set(values)
+        if missing:
+            raise ValueError(f"{cls.__name__} is missing field(s) {sorted(missing)}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for name, value in values.items():
+            if hints[name] is ConfidenceParams and isinstance(value, Mapping):
+                value = ConfidenceParams(**value)
+            elif isinstance(value, list) and typing.get_origin(hints[name]) is tuple:
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+
+class JobSpec(_Contract):
+    JOB: ClassVar[str]
+
+
+# --- specs --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class IngestSpec(JobSpec):
+    """Ingest one day of landing files into the lake (``spark_jobs/ingest.py``).
+
+    day: the partition ``dt=D`` (ISO date). input_uri: folder of the day's landing files.
+    lake_uri: the lake root. source_format: ``auto`` (detect per file) or one landing format.
+    output_files: Parquet files of the day's plays; 0 (default) = about one per million rows.
+    """
+
+    JOB: ClassVar[str] = "ingest"
+    day: str
+    input_uri: str
+    lake_uri: str
+    source_format: str = "auto"
+    output_files: int = 0
+
+    def __post_init__(self):
+        parse_day(self.day, "day")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidateSpec(JobSpec):
+    """Validate one day of accepted plays with the GX suites (``spark_jobs/validate.py``).
+
+    day, lake_uri: as for ingest. suite_path: the row-level suite (JSON); summary_suite_path: the
+    day-summary suite. ingest_counts: ingest's ``rows_read``, ``duplicates_removed`` and
+    ``rows_quarantined`` (None: read from the lake, no duplicates or quarantine known).
+    max_quarantine_fraction: the summary suite's bound (0.05). docs_dir: where Data Docs are
+    built (None: no Data Docs).
+    """
+
+    JOB: ClassVar[str] = "validate"
+    day: str
+    lake_uri: str
+    suite_path: str
+    summary_suite_path: str
+    ingest_counts: dict | None = None
+    max_quarantine_fraction: float = 0.05
+    docs_dir: str | None = None
+
+    def __post_init__(self):
+        parse_day(self.day, "day")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfidenceSpec(JobSpec):
+    """Build the confidence matrices for day D (``spark_jobs/confidence.py``).
+
+    confidence: how plays become confidence (``music_recs.confidence.ConfidenceParams``).
+    window_days: days ``[D - window_days + 1, D]`` are read (90); the last ``holdout_days`` (1)
+    are held out for evaluation. min_user_items, min_item_users: support filters (2, 2).
+    granularities: matrices to build (``track``, ``artist``). out_uri: where they go (None:
+    ``{lake}/matrix/dt=D``).
+    """
+
+    JOB: ClassVar[str] = "confidence"
+    day: str
+    lake_uri: str
+    confidence: ConfidenceParams = ConfidenceParams()
+    window_days: int = 90
+    holdout_days: int = 1
+    min_user_items: int = 2
+    min_item_users: int = 2
+    granularities: tuple[str, ...] = GRANULARITIES
+    out_uri: str | None = None
+
+    def __post_init__(self):
+        parse_day(self.day, "day")
+        if self.holdout_days >= self.window_days:
+            raise ValueError(f"holdout_days ({self.holdout_days}) must be smaller than the window "
+                             f"({self.window_days} days)")
+        bad = set(self.granularities) - set(GRANULARITIES)
+        if bad or not self.granularities:
+            raise ValueError(f"granularities must be some of {GRANULARITIES}, got {self.granularities}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec(JobSpec):
+    """Train implicit ALS on one matrix (``spark_jobs/train_als.py``).
+
+    matrix_uri: a granularity's matrix folder (holding ``train/``); out_uri: where factors go.
+    rank (32), max_iter (10), reg (0.1, scaled by each row's ratings), alpha (40.0): the model.
+    strategy: ``cg`` (default; conjugate-gradient solves on cached blocks) or ``mllib`` (the reference).
+    user_blocks, item_blocks: 0 = one per core. checkpoint_dir: None = a temp folder;
+    checkpoint_interval: 5. seed: 42. cg_steps: CG steps per row and half-iteration (3).
+    exchange: per side (``user``, ``item``) ``broadcast`` or ``join`` (cg); None = by
+    ``broadcast_budget_mb`` (256). track_loss: compute the objective every iteration (cg).
+    """
+
+    JOB: ClassVar[str] = "train_als"
+    matrix_uri: str
+    out_uri: str
+    rank: int = 32
+    max_iter: int = 10
+    reg: float = 0.1
+    alpha: float = 40.0
+    strategy: str = "cg"
+    user_blocks: int = 0
+    item_blocks: int = 0
+    checkpoint_dir: str | None = None
+    checkpoint_interval: int = 5
+    seed: int = 42
+    cg_steps: int = 3
+    exchange: dict | None = None
+    broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB
+    track_loss: bool = False
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        if self.exchange is not None and (set(self.exchange) - {"user", "item"}
+                                          or set(self.exchange.values()) - set(EXCHANGES)):
+            raise ValueError(f"exchange maps user/item to one of {EXCHANGES}, got {self.exchange}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateSpec(JobSpec):
+    """Evaluate a model on held-out listening and write its recommendations (``spark_jobs/evaluate.py``).
+
+    model_uri: training's output (holding ``model/``); matrix_uri: the matrix it was trained on;
+    out_uri: where ``recommendations/`` and ``similar_items/`` go. k: metric cut-off (10);
+    top_n: recommendations per user (50); similar_n: similar items per item (20);
+    broadcast_budget_mb: item factors up to this size are broadcast for scoring (256).
+    """
+
+    JOB: ClassVar[str] = "evaluate"
+    model_uri: str
+    matrix_uri: str
+    out_uri: str
+    k: int = 10
+    top_n: int = 50
+    similar_n: int = 20
+    broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB
+
+
+# --- results ------------------------------------------------------------------------------
+# ``submission``: how the job was submitted (settings, attempts), added by the Airflow side.
+@dataclasses.dataclass(frozen=True)
+class IngestResult(_Contract):
+    day: str
+    rows_read: int
+    rows_accepted: int
+    rows_quarantined: int
+    duplicates_removed: int
+    duplicates_of_other_days: int
+    quarantine_reasons: dict
+    formats: dict
+    seconds: dict
+    quarantine_uri: str | None = None
+    submission: dict | None = None
+
+    @property
+    def counts(self) -> dict:
+        return {"rows_read": self.rows_read, "rows_accepted": self.rows_accepted,
+                "rows_quarantined": self.rows_quarantined, "duplicates_removed": self.duplicates_removed}
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidateResult(_Contract):
+    day: str
+    suite: str
+    success: bool
+    checks: list
+    statistics: dict
+    data_docs: str | None
+    summary: dict
+    failed: list
+    seconds: dict
+    submission: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixResult(_Contract):
+    day: str
+    window: dict
+    params: dict
+    min_user_items: int
+    min_item_users: int
+    stats: dict  # per granularity: users, items, nnz, ...
+    ids_added: dict
+    seconds: dict
+    submission: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult(_Contract):
+    """The same fields for both strategies; ``cg_steps``, ``factor_exchange``, ``loss`` and
+    ``iteration_seconds`` are the CG strategy's (None for MLlib)."""
+
+    strategy: str
+    params: dict
+    data: dict
+    iterations: int
+    seconds: dict
+    seconds_per_iteration: float
+    spark_conf: dict
+    spark_version: str
+    cg_steps: int | None = None
+    factor_exchange: dict | None = None
+    loss: list | None = None
+    iteration_seconds: list | None = None
+    profile: dict | None = None
+    submission: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateResult(_Contract):
+    k: int
+    top_n: int
+    model: dict
+    baseline_popularity: dict
+    recommendation_rows: int
+    similar_items_per_item: int
+    seconds: dict
+    submission: dict | None = None
+
+
+SPECS = {cls.JOB: cls for cls in (IngestSpec, ValidateSpec, ConfidenceSpec, TrainSpec, EvaluateSpec)}
+RESULTS = {"ingest": IngestResult, "validate": ValidateResult, "confidence": MatrixResult, "train_als": TrainResult,
+           "evaluate": EvaluateResult}

@@ -1,0 +1,103 @@
+"""The DAG's run parameters, declared once: default, JSON schema and description per field.
+
+``RunParams`` is the declaration. The Airflow side turns each field into a trigger-form
+``Param`` (``music_recs_airflow.tasks.airflow_params``), so Airflow refuses a wrong type or
+an out-of-range number before a run is created; ``RunParams.from_params`` checks the same
+schema again with ``jsonschema`` (a run conf can bypass the form) and then the rules that
+span several values, in the DAG's first task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import jsonschema
+
+from music_recs.confidence import CONFIDENCE_FUNCTIONS, ConfidenceParams
+
+
+def _param(default, description: str, **schema):
+    return dataclasses.field(default=default, metadata={"schema": schema, "description": description})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunParams:
+    rank: int = _param(32, "Number of latent factors per user and item (ALS rank).",
+                       type="integer", minimum=2, maximum=512)
+    strategy: str = _param("cg", "ALS solver: 'cg' = the project's conjugate-gradient ALS on cached blocks (same "
+                           "objective as MLlib, faster at ranks of 32 and more); 'mllib' = Spark MLlib (exact "
+                           "Cholesky per row, the reference).", type="string", enum=["cg", "mllib"])
+    max_iter: int = _param(10, "ALS iterations (each solves users, then items).",
+                           type="integer", minimum=1, maximum=50)
+    reg: float = _param(0.1, "L2 regularization lambda, scaled by each row's number of ratings (as Spark MLlib does).",
+                        type="number", exclusiveMinimum=0, maximum=100)
+    alpha: float = _param(40.0, "Confidence scale: c = 1 + alpha * f(r) (Hu, Koren & Volinsky 2008).",
+                          type="number", exclusiveMinimum=0, maximum=10000)
+    confidence_function: str = _param("log", "f(r): 'log' = log(1 + r/epsilon), 'linear' = r.",
+                                      type="string", enum=list(CONFIDENCE_FUNCTIONS))
+    epsilon: float = _param(1.0, "Scale of the log confidence function, in plays.",
+                            type="number", exclusiveMinimum=0, maximum=1000)
+    half_life_days: float = _param(0.0, "Exponential time decay of plays by age; 0 disables.",
+                                   type="number", minimum=0, maximum=3650)
+    skip_seconds: int = _param(30, "Plays shorter than this are skips: counted, never a preference.",
+                               type="integer", minimum=0, maximum=600)
+    window_days: int = _param(90, "Training window: days of plays ending at the logical day.",
+                              type="integer", minimum=2, maximum=730)
+    holdout_days: int = _param(1, "Last days of the window held out to evaluate on (must be < window_days).",
+                               type="integer", minimum=1, maximum=30)
+    granularity: str = _param("track", "What to recommend: tracks (user x track) or artists (user x artist).",
+                              type="string", enum=["track", "artist"])
+    min_user_items: int = _param(2, "Drop users with fewer distinct items than this.",
+                                 type="integer", minimum=1, maximum=1000)
+    min_item_users: int = _param(2, "Drop items with fewer distinct listeners than this.",
+                                 type="integer", minimum=1, maximum=100000)
+    k: int = _param(10, "Cut-off of the ranking metrics (precision@k, MAP@k, ...).",
+                    type="integer", minimum=1, maximum=100)
+    top_n: int = _param(50, "Recommendations published per user.", type="integer", minimum=1, maximum=500)
+    primary_metric: str = _param("map", "Metric the quality gate compares (at k).",
+                                 type="string", enum=["map", "ndcg", "precision", "recall"])
+    gate_min_lift: float = _param(0.05, "Publish only if the model beats the popularity baseline by this relative margin.",
+                                  type="number", minimum=0, maximum=10)
+    gate_max_drop: float = _param(0.2, "Publish only if the model is at most this much (relative) below the published one.",
+                                  type="number", minimum=0, maximum=1)
+    override_quality_gate: bool = _param(False, "Publish even if the quality gate fails (recorded in the manifest).",
+                                         type="boolean")
+    allow_pointer_rewind: bool = _param(False, "Let this run move the 'latest' pointer back to an older day (backfills).",
+                                        type="boolean")
+
+    @classmethod
+    def from_params(cls, params: Mapping) -> RunParams:
+        """Check every value against its schema, then the cross-field rules; one readable line on failure."""
+        params = dict(params)
+        unknown = set(params) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        for name, value in params.items():
+            try:
+                jsonschema.validate(value, SCHEMAS[name])
+            except jsonschema.ValidationError as exc:
+                raise ValueError(f"parameter {name}: {exc.message}") from None
+        run = cls(**{name: float(v) if SCHEMAS[name]["type"] == "number" else v for name, v in params.items()})
+        if run.holdout_days >= run.window_days:
+            raise ValueError(f"holdout_days ({run.holdout_days}) must be smaller than window_days ({run.window_days})")
+        run.confidence  # noqa: B018  (validates the confidence parameters)
+        return run
+
+    @property
+    def confidence(self) -> ConfidenceParams:
+        return ConfidenceParams(self.confidence_function, float(self.alpha), float(self.epsilon),
+                                float(self.half_life_days), int(self.skip_seconds) * 1000)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def changed(self) -> dict:
+        """The params that differ from their defaults."""
+        return {name: value for name, value in self.as_dict().items() if value != DEFAULTS[name]}
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(RunParams))
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunParams)}
+SCHEMAS = {f.name: f.metadata["schema"] for f in dataclasses.fields(RunParams)}
+DESCRIPTIONS = {f.name: f.metadata["description"] for f in dataclasses.fields(RunParams)}

@@ -1,0 +1,151 @@
+"""The run plan and the lake's layout: what every task of a run agrees on.
+
+``plan_run`` (the DAG's first task) makes one ``RunPlan``: the day, the run key, the
+checked params, the deployment settings and the cluster's resources, all resolved once. It
+crosses task boundaries as JSON (``to_dict``/``from_dict``) and is frozen, so a later task
+cannot drift from what the first one decided. Paths are derived from it, never stored twice.
+
+``LakeLayout`` is the one place that spells the lake's folders; the Airflow side and the
+Spark jobs both use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from music_recs.checks import parse_day
+from music_recs.params import RunParams
+from music_recs.settings import DeploymentSettings
+from music_recs.sizing import ClusterResources
+
+
+@dataclasses.dataclass(frozen=True)
+class LakeLayout:
+    """Folders of the Parquet lake rooted at ``root`` (a local folder, ``file://``, ``s3a://`` or ``hdfs://``).
+
+    ::
+
+        plays/dt=D/                     accepted plays of day D (ingest)
+        quarantine/dt=D/                rejected rows of day D with their reason (ingest)
+        ids/{entity}/chunk=N/           the append-only id index (user, track, artist)
+        _landing/dt=D/                  the day's landing files, staged for Spark
+        matrix/dt=D/                    matrices built outside a DAG run (confidence's default)
+        runs/dt=D/run=R/                one DAG run: matrix/, model/, results/, data_docs/
+        _checkpoints/dt=D/run=R/        Spark checkpoints of that run's training
+        _submit/                        the --py-files zip of the jobs
+    """
+
+    root: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", self.root.rstrip("/"))
+
+    def plays(self, day: str | None = None) -> str:
+        return f"{self.root}/plays" if day is None else f"{self.root}/plays/dt={day}"
+
+    def quarantine(self, day: str) -> str:
+        return f"{self.root}/quarantine/dt={day}"
+
+    def ids(self, entity: str) -> str:
+        return f"{self.root}/ids/{entity}"
+
+    def landing_staging(self, day: str) -> str:
+        return f"{self.root}/_landing/dt={day}"
+
+    def default_matrix(self, day: str) -> str:
+        return f"{self.root}/matrix/dt={day}"
+
+    def run_dir(self, day: str, run_key: str) -> str:
+        return f"{self.root}/runs/dt={day}/run={run_key}"
+
+    def checkpoints(self, day: str, run_key: str) -> str:
+        return f"{self.root}/_checkpoints/dt={day}/run={run_key}"
+
+    @property
+    def submit_dir(self) -> str:
+        return f"{self.root}/_submit"
+
+
+def matrix_of(matrices_uri: str, granularity: str) -> str:
+    """The folder of one granularity's matrix (``train/``, ``holdout/``, ``items/``, ``stats.json``)."""
+    return f"{matrices_uri.rstrip('/')}/granularity={granularity}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """Everything later tasks need to know about a run, fixed by ``plan_run``.
+
+    day: the partition ``dt=D`` the run processes (its data interval's start), ISO format.
+    run_id: Airflow's run id; run_key: the same, safe as one S3 key or folder segment.
+    params: the run's checked params; settings: deployment settings; cluster: what Spark may use.
+    spark_master: the master of the Spark connection (``local[*]``, ``spark://host:7077``, ``yarn`` ...).
+    """
+
+    day: str
+    run_id: str
+    run_key: str
+    params: RunParams
+    settings: DeploymentSettings
+    cluster: ClusterResources
+    spark_master: str
+
+    def __post_init__(self):
+        parse_day(self.day, "the run's day")
+
+    # --- where things are -------------------------------------------------------------
+    @property
+    def lake(self) -> LakeLayout:
+        return LakeLayout(self.settings.lake_uri)
+
+    @property
+    def run_dir(self) -> str:
+        return self.lake.run_dir(self.day, self.run_key)
+
+    @property
+    def matrices(self) -> str:
+        return f"{self.run_dir}/matrix"
+
+    @property
+    def matrix(self) -> str:
+        return matrix_of(self.matrices, self.params.granularity)
+
+    @property
+    def model(self) -> str:
+        return f"{self.run_dir}/model"
+
+    @property
+    def results(self) -> str:
+        return f"{self.run_dir}/results"
+
+    @property
+    def data_docs(self) -> str:
+        return f"{self.run_dir}/data_docs"
+
+    @property
+    def checkpoints(self) -> str:
+        return self.lake.checkpoints(self.day, self.run_key)
+
+    @property
+    def landing_staging(self) -> str:
+        return self.lake.landing_staging(self.day)
+
+    @property
+    def landing_uri(self) -> str:
+        return f"s3://{self.settings.raw_bucket}/{self.settings.landing_key_prefix(self.day)}"
+
+    @property
+    def local(self) -> bool:
+        return self.spark_master.startswith("local")
+
+    # --- crossing task boundaries -------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"day": self.day, "run_id": self.run_id, "run_key": self.run_key, "params": self.params.as_dict(),
+                "settings": self.settings.as_dict(), "cluster": self.cluster.as_dict(),
+                "spark_master": self.spark_master}
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> RunPlan:
+        return cls(day=values["day"], run_id=values["run_id"], run_key=values["run_key"],
+                   params=RunParams(**values["params"]), settings=DeploymentSettings(**values["settings"]),
+                   cluster=ClusterResources(**values["cluster"]), spark_master=values["spark_master"])
