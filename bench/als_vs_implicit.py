@@ -3,10 +3,11 @@
 Same confidence matrix (generated logs, log confidence), same rank, alpha, lambda and
 iterations, same held-out split (the last generated day, items new to each user).
 
-* Spark: ``spark_jobs/train_als.py`` through ``music_recs_airflow.spark_submit.run_spark_job`` -- the
-  exact path the DAG's train task takes -- on ``local[*]``, with each strategy of
-  ``--strategies``: ``mllib`` (MLlib's ALS, Cholesky per row) and ``cg`` (the project's
-  conjugate-gradient ALS on cached blocks, ``spark_jobs/als_cg.py``).
+* Spark: ``spark_jobs/train_als.py`` with a ``music_recs.jobs.TrainSpec``, submitted through
+  ``music_recs_airflow.spark_submit.SparkJobHook.submit`` -- the exact path the DAG's train task
+  takes -- on ``local[*]``, with each strategy of ``--strategies``: ``mllib`` (MLlib's ALS,
+  Cholesky per row) and ``cg`` (the project's conjugate-gradient ALS on cached blocks,
+  ``spark_jobs/lib/als_cg.py``).
 * implicit: ``AlternatingLeastSquares`` with its conjugate-gradient solver and with its
   Cholesky solver, ``num_threads`` = this machine's cores, ``OPENBLAS_NUM_THREADS=1``.
 
@@ -48,9 +49,10 @@ import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from music_recs import schema as S  # noqa: E402
+from music_recs.jobs import TrainResult, TrainSpec  # noqa: E402
 from music_recs.metrics import mean_metrics  # noqa: E402
+from music_recs_airflow.spark_submit import SparkJobHook  # noqa: E402
 from music_recs_dev.sample_data import Catalogue, CatalogueSpec, generate_day  # noqa: E402
-from music_recs_airflow.spark_submit import run_spark_job  # noqa: E402
 
 K = 10
 
@@ -95,13 +97,12 @@ def top_k(user_factors: np.ndarray, item_factors: np.ndarray, csr, users) -> dic
     return out
 
 
-def spark_fit(matrix_dir, out_dir, rank, iters, reg, alpha, strategy="mllib"):
-    return run_spark_job("train_als", ["--matrix", matrix_dir, "--out", out_dir, "--rank", str(rank),
-                                       "--max-iter", str(iters), "--reg", str(reg), "--alpha", str(alpha),
-                                       "--checkpoint-interval", "5", "--strategy", strategy],
-                         os.path.join(out_dir, "result.json"), conn_id="spark_default",
-                         conf={"spark.sql.shuffle.partitions": str(2 * (os.cpu_count() or 1))},
-                         driver_memory="8g", work_dir=os.path.join(out_dir, "_submit"))
+def spark_fit(matrix_dir, out_dir, rank, iters, reg, alpha, strategy="mllib") -> TrainResult:
+    spec = TrainSpec(matrix_uri=matrix_dir, out_uri=out_dir, rank=rank, max_iter=iters, reg=reg, alpha=alpha,
+                     checkpoint_interval=5, strategy=strategy)
+    hook = SparkJobHook("spark_default", work_dir=os.path.join(out_dir, "_submit"))
+    return hook.submit(spec, conf={"spark.sql.shuffle.partitions": str(2 * (os.cpu_count() or 1))},
+                       driver_memory="8g")
 
 
 def load_factors(path: str, n: int) -> np.ndarray:
@@ -163,12 +164,12 @@ def main(argv=None) -> int:
             per_iter, spark_out = [], os.path.join(work, f"spark_{strategy}_{rank}")
             for _ in range(a.repeats):
                 if strategy == "mllib":  # from the difference of two fits
-                    one = spark_fit(matrix_dir, spark_out, rank, 1, a.reg, a.alpha)["seconds"]["fit"]
-                    full = spark_fit(matrix_dir, spark_out, rank, a.iterations, a.reg, a.alpha)["seconds"]["fit"]
+                    one = spark_fit(matrix_dir, spark_out, rank, 1, a.reg, a.alpha).seconds["fit"]
+                    full = spark_fit(matrix_dir, spark_out, rank, a.iterations, a.reg, a.alpha).seconds["fit"]
                     per_iter.append((full - one) / (a.iterations - 1))
                 else:
                     seconds = spark_fit(matrix_dir, spark_out, rank, a.iterations, a.reg, a.alpha,
-                                        strategy)["iteration_seconds"]
+                                        strategy).iteration_seconds
                     per_iter.append(float(np.median(seconds[1:])))
             uf = load_factors(os.path.join(spark_out, "user_factors"), csr.shape[0])
             itf = load_factors(os.path.join(spark_out, "item_factors"), csr.shape[1])

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from music_recs.jobs import IngestSpec
 from music_recs_dev.sample_data import Catalogue, CatalogueSpec, write_days_local
 from spark_jobs import ingest
 from spark_jobs.lib.session import BASE_CONF
@@ -46,15 +47,16 @@ def main() -> None:
                          Catalogue(CatalogueSpec.for_plays_per_day(a.plays_per_day)))
         landing = lambda d: str(root / "landing" / f"dt={d}")  # noqa: E731
         for d in days[:-1]:
-            ingest.run(spark, d, landing(d), str(root / "with"))
+            ingest.run(spark, IngestSpec(day=d.isoformat(), input_uri=landing(d), lake_uri=str(root / "with")))
         seconds = {"without": [], "with": []}
         for _ in range(a.repeats):
             for label in seconds:
                 t0 = time.perf_counter()
-                result = ingest.run(spark, days[-1], landing(days[-1]), str(root / label))
+                result = ingest.run(spark, IngestSpec(day=days[-1].isoformat(), input_uri=landing(days[-1]),
+                                                      lake_uri=str(root / label)))
                 seconds[label].append(time.perf_counter() - t0)
         without, with_ = (statistics.median(seconds[k]) for k in ("without", "with"))
-        print(f"ingest of {result['rows_read']} rows, median of {a.repeats}: {without:.1f} s without earlier days, "
+        print(f"ingest of {result.rows_read} rows, median of {a.repeats}: {without:.1f} s without earlier days, "
               f"{with_:.1f} s with {len(days) - 1} earlier days in the lake; ratio {with_ / without:.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)

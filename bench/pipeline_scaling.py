@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.join(REPO, "plugins"))
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from music_recs.params import PARAM_SPECS  # noqa: E402
+from music_recs.params import DEFAULTS  # noqa: E402
 from music_recs_dev.spark_events import executor_peaks  # noqa: E402
 
 STAGES = ("ingest", "validate", "build_confidence", "train_als", "evaluate", "publish")
@@ -105,17 +105,16 @@ def fit_cost(xs, ys) -> dict:
 
 
 def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
+    from music_recs.settings import cluster_resources, resolve
+    from music_recs.sizing import MatrixShape, factor_exchange, python_memory_mb, size_als, size_evaluate
     from music_recs_airflow import tasks
-    from music_recs.settings import load_config
-    from music_recs.sizing import (MatrixShape, cluster_from_env, factor_exchange, python_memory_mb,
-                                            size_als, size_evaluate)
     from music_recs_airflow.s3 import S3Store
     from music_recs_dev.sample_data import Catalogue, CatalogueSpec, upload_days
 
     lake, events = os.path.join(work, f"lake_{plays}"), os.path.join(work, f"events_{plays}")
     os.environ["MUSIC_RECS_LAKE_URI"] = lake
     os.environ["MUSIC_RECS_SPARK_EVENT_LOG_DIR"] = events
-    cfg = load_config(use_airflow=False)
+    cfg = resolve()  # environment > defaults (no Airflow Variable outside a task)
     store = S3Store.from_airflow(cfg.aws_conn_id)
     for bucket in (cfg.raw_bucket, cfg.models_bucket):
         store.ensure_bucket(bucket)
@@ -130,10 +129,11 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
     def start(d):
         return dt.datetime.combine(d, dt.time(), tzinfo=dt.timezone.utc)
 
-    # What the earlier daily run left in the lake.
-    earlier = tasks.plan_run({}, start(history), f"bench__{history}", cfg)
-    tasks.ingest(store, earlier)
-    tasks.validate(earlier)
+    # What the earlier daily run left in the lake. Its Spark applications are named like the
+    # measured day's (music_recs.<job>, no day in the name), so it logs no Spark events: the
+    # executor peaks read below are the measured day's only.
+    earlier = tasks.plan_run({}, start(history), f"bench__{history}", dataclasses.replace(cfg, spark_event_log_dir=""))
+    tasks.validate(earlier, tasks.ingest(store, earlier))
 
     plan = tasks.plan_run(params, start(day), f"bench__{day}__{plays}", cfg)
     seconds, peak, results = {}, {}, {}
@@ -156,7 +156,7 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
         print(f"  {name:<17} {seconds[name]:7.1f}s  peak RSS {mem.peak / MIB:7.0f} MiB", flush=True)
 
     stage("ingest", tasks.ingest, store, plan)
-    stage("validate", tasks.validate, plan)
+    stage("validate", tasks.validate, plan, results.get("ingest"))
     stage("build_confidence", tasks.build_confidence, plan)
     stage("train_als", tasks.train, plan, results["build_confidence"])
     stage("evaluate", tasks.evaluate, plan, results["build_confidence"])
@@ -168,45 +168,45 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
 
     stage("publish", gate_and_publish)
     if "train_als" not in results:
-        return {"plays_per_day": plays, "rows_read": results.get("ingest", {}).get("rows_read", plays),
+        return {"plays_per_day": plays, "rows_read": results["ingest"].rows_read if "ingest" in results else plays,
                 "seconds": seconds, "peak_rss_mb": {k: round(v / MIB) for k, v in peak.items()}, "failed": failed,
                 "matrix": {"nnz": 0}, "spark_peaks_mb": executor_peaks(events), "sizing": {}, "job_phases": {}}
-    stats = results["build_confidence"]["stats"][plan["params"]["granularity"]]
-    shape = MatrixShape(stats["users"], stats["items"], stats["nnz"], plan["params"]["rank"])
-    strategy = plan["params"]["strategy"]
-    train_sizing = size_als(shape, cluster_from_env(local=True), strategy=strategy)
-    top_n = max(plan["params"]["k"], plan["params"]["top_n"])
-    eval_sizing = size_evaluate(shape, cluster_from_env(local=True), top_n)
+    stats = results["build_confidence"].stats[plan.params.granularity]
+    shape = MatrixShape(stats["users"], stats["items"], stats["nnz"], plan.params.rank)
+    strategy = plan.params.strategy
+    train_sizing = size_als(shape, cluster_resources(local=True), strategy=strategy)
+    top_n = max(plan.params.k, plan.params.top_n)
+    eval_sizing = size_evaluate(shape, cluster_resources(local=True), top_n)
     # What the model gives the Python workers of one executor with this machine's cores (on a
     # cluster it becomes spark.executor.pyspark.memory; local mode does not limit it).
     python_mb = {"train_als": python_memory_mb(shape, train_sizing.user_blocks, train_sizing.executor_cores,
                                                factor_exchange(shape.users, shape.items, shape.rank))
                  if strategy == "cg" else None,
-                 "evaluate": size_evaluate(shape, dataclasses.replace(cluster_from_env(local=True), local=False,
+                 "evaluate": size_evaluate(shape, dataclasses.replace(cluster_resources(local=True), local=False,
                                                                       cores_per_node=os.cpu_count() or 1,
                                                                       memory_per_node_mb=1 << 20), top_n).python_memory_mb}
     return {
         "plays_per_day": plays, "window_plays": 2 * plays, "generate_seconds": round(generated, 1),
-        "rows_read": results["ingest"]["rows_read"], "matrix": stats,
+        "rows_read": results["ingest"].rows_read, "matrix": stats,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "peak_rss_mb": {k: round(v / MIB) for k, v in peak.items()},
         # Inside each Spark job: its own phases (the rest of the stage is spark-submit, JVM and
         # session start-up, and the task's work around the job).
-        "job_phases": {k: results[k]["seconds"] for k in SPARK_JOB_OF
-                       if k in results and isinstance(results[k].get("seconds"), dict)},
+        "job_phases": {k: results[k].seconds for k in SPARK_JOB_OF
+                       if k in results and isinstance(results[k].seconds, dict)},
         "spark_peaks_mb": {k: {m: round(v / MIB) for m, v in p.items()} for k, p in executor_peaks(events).items()},
-        "train": {k: results.get("train_als", {}).get(k) for k in ("strategy", "seconds", "seconds_per_iteration")},
+        "train": {k: getattr(results.get("train_als"), k, None) for k in ("strategy", "seconds", "seconds_per_iteration")},
         # The model's heap (given as the driver's memory: in local mode it is the executor) and,
         # for train and evaluate, its cached share, per-task share and Python workers' memory.
-        "sizing": {stage: {"heap_mb": _mb(results[stage]["submission"]["settings"]["driver_memory"]),
+        "sizing": {stage: {"heap_mb": _mb(results[stage].submission["settings"]["driver_memory"]),
                            **({"storage_mb": round(sz.estimate["storage_per_executor_bytes"] / MIB),
                                "task_mb": round(sz.estimate["task_bytes"] / MIB), "python_mb": python_mb[stage]}
                               if sz else {})}
                    for stage, sz in (("ingest", None), ("validate", None), ("build_confidence", None),
                                      ("train_als", train_sizing), ("evaluate", eval_sizing))},
-        "spark_app": {stage: f"{job}.{day}" if stage in ("ingest", "validate", "build_confidence") else job
-                      for stage, job in SPARK_JOB_OF.items()},
-        "metrics": {k: results["evaluate"]["model"][k] for k in ("precision", "map")} if "evaluate" in results else {},
+        # Spark application of each stage, without executor_peaks' "music_recs." prefix.
+        "spark_app": dict(SPARK_JOB_OF),
+        "metrics": {k: results["evaluate"].model[k] for k in ("precision", "map")} if "evaluate" in results else {},
         "failed": failed,
     }
 
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     p.add_argument("--plays-per-day", type=int, nargs="+", default=[50_000, 500_000, 2_000_000])
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--max-iter", type=int, default=10)
-    p.add_argument("--strategy", choices=["mllib", "cg"], default=PARAM_SPECS["strategy"][0],
+    p.add_argument("--strategy", choices=["mllib", "cg"], default=DEFAULTS["strategy"],
                    help="training strategy (default: the DAG's, %(default)s)")
     p.add_argument("--files-per-day", type=int, default=4, help="landing files per day (gzip is not splittable)")
     p.add_argument("--verbose", action="store_true", help="show the stages' logs (every spark-submit line)")
@@ -249,7 +249,8 @@ def main(argv=None) -> int:
     # (Airflow configures logging when imported, from this setting.)
     if not a.verbose:
         os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
-    from music_recs_dev import local_s3, tasks  # noqa: F401
+    from music_recs_airflow import tasks  # noqa: F401  (imports Airflow, which reads the level now)
+    from music_recs_dev import local_s3
 
     work = tempfile.mkdtemp(prefix="pipeline_bench_")
     port = _free_port()

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from music_recs.jobs import EvaluateSpec, TrainSpec
+
 from spark_jobs import evaluate, train_als
 from tests.test_model_spark import planted
 
@@ -22,15 +24,14 @@ def test_cg_matches_mllib_on_planted_blocks_and_its_loss_never_increases(spark, 
     scores = {}
     for strategy in ("mllib", "cg"):
         out = str(tmp_path / strategy)
-        result = train_als.run(spark, m, out, checkpoint_dir=str(tmp_path / f"ckpt-{strategy}"), strategy=strategy,
-                               track_loss=True, **COMMON)
-        assert result["strategy"] == strategy and result["data"] == {"nnz": len(train), "users": 60, "items": 40}
-        scores[strategy] = evaluate.run(spark, out, m, out, k=3, top_n=5)["model"]
+        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, checkpoint_dir=str(tmp_path / f"ckpt-{strategy}"), strategy=strategy, track_loss=True))
+        assert result.strategy == strategy and result.data == {"nnz": len(train), "users": 60, "items": 40}
+        scores[strategy] = evaluate.run(spark, EvaluateSpec(model_uri=out, matrix_uri=m, out_uri=out, k=3, top_n=5)).model
         if strategy == "cg":
-            loss = result["loss"]
+            loss = result.loss
             assert len(loss) == 8 and all(b <= a * (1 + 1e-5) for a, b in zip(loss, loss[1:])), loss
             assert loss[-1] < loss[0]
-            assert result["factor_exchange"] == {"user": "broadcast", "item": "broadcast"}
+            assert result.factor_exchange == {"user": "broadcast", "item": "broadcast"}
     # Both find the planted blocks (precision@3 is 1.0 for a perfect model).
     assert scores["cg"]["precision"] > 0.9
     assert scores["cg"]["precision"] >= scores["mllib"]["precision"] - 0.05
@@ -45,9 +46,8 @@ def test_broadcast_and_join_exchange_give_the_same_factors(spark, tmp_path):
     # between two Python workers) grow from iteration to iteration instead of dying out.
     for how in ("broadcast", "join"):
         out = str(tmp_path / how)
-        result = train_als.run(spark, m, out, checkpoint_dir=str(tmp_path / f"ckpt-{how}"), strategy="cg",
-                               exchange={"user": how, "item": how}, **{**COMMON, "max_iter": 4, "rank": 3})
-        assert result["factor_exchange"] == {"user": how, "item": how}
+        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, checkpoint_dir=str(tmp_path / f"ckpt-{how}"), strategy="cg", exchange={"user": how, "item": how}))
+        assert result.factor_exchange == {"user": how, "item": how}
         got[how] = factors(spark, out, "user"), factors(spark, out, "item")
     for side in (0, 1):
         ids_b, f_b = got["broadcast"][side]
@@ -59,6 +59,5 @@ def test_broadcast_and_join_exchange_give_the_same_factors(spark, tmp_path):
 def test_a_tiny_broadcast_budget_chooses_the_join_path(spark, tmp_path):
     m = str(tmp_path / "matrix")
     planted(spark, m, users=20, items=12, groups=2, seed=7)
-    result = train_als.run(spark, m, str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"), strategy="cg",
-                           broadcast_budget_mb=0, **{**COMMON, "max_iter": 2})
-    assert result["factor_exchange"] == {"user": "join", "item": "join"}
+    result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"), strategy="cg", broadcast_budget_mb=0))
+    assert result.factor_exchange == {"user": "join", "item": "join"}

@@ -6,6 +6,8 @@ import math
 
 import pytest
 
+from music_recs.jobs import ConfidenceSpec
+from music_recs.plan import LakeLayout
 from music_recs.confidence import ConfidenceParams
 from spark_jobs import confidence
 from spark_jobs.lib.id_index import extend_index, load_index
@@ -44,8 +46,8 @@ def test_skips_windows_and_confidence(spark, tmp_path):
         (D, "u1", "t3", "a1", 200_000), (D, "u2", "t1", "a1", 200_000),  # held out (last day)
     ])
     params = ConfidenceParams(function="linear", alpha=2.0, skip_ms=30_000)
-    result = confidence.run(spark, D, lake, params, window=3, holdout_days=1, min_user_items=1, min_item_users=1)
-    assert result["window"] == {"first_day": str(d(2)), "last_train_day": str(d(1)), "holdout_days": [str(D)],
+    result = confidence.run(spark, ConfidenceSpec(day=str(D), lake_uri=str(lake), confidence=params, window_days=3, holdout_days=1, min_user_items=1, min_item_users=1))
+    assert result.window == {"first_day": str(d(2)), "last_train_day": str(d(1)), "holdout_days": [str(D)],
                                 "days_present": [str(d(2)), str(d(1)), str(D)]}
     m = matrix(spark, lake)
     assert (m["u1", "t1"].plays, m["u1", "t1"].skips) == (2, 1)
@@ -69,7 +71,7 @@ def test_log_function_decay_and_min_support(spark, tmp_path):
              (D - dt.timedelta(days=1), "u3", "t3", "a3", 100_000), (D, "u2", "t9", "a9", 100_000)]
     write_plays(spark, lake, rows)
     params = ConfidenceParams(function="log", alpha=1.0, epsilon=1.0, half_life_days=2.0)
-    confidence.run(spark, D, lake, params, window=5, holdout_days=1, min_user_items=1, min_item_users=2)
+    confidence.run(spark, ConfidenceSpec(day=str(D), lake_uri=str(lake), confidence=params, window_days=5, holdout_days=1, min_user_items=1, min_item_users=2))
     m = matrix(spark, lake)
     # t1 has 2 listeners and survives; t2 and t3 have 1 and are dropped, and u3 with them.
     assert set(m) == {("u1", "t1"), ("u2", "t1")}
@@ -81,11 +83,11 @@ def test_missing_history_fails_with_a_readable_message(spark, tmp_path):
     lake = str(tmp_path / "lake")
     write_plays(spark, lake, [(D, "u1", "t1", "a1", 100_000)])
     with pytest.raises(FileNotFoundError, match="no accepted plays in the lake for the training days"):
-        confidence.run(spark, D, lake, ConfidenceParams(), window=3)
+        confidence.run(spark, ConfidenceSpec(day=str(D), lake_uri=str(lake), confidence=ConfidenceParams(), window_days=3))
 
 
 def test_ids_stay_stable_across_days_and_reruns(spark, tmp_path):
-    lake = str(tmp_path / "lake")
+    lake = LakeLayout(str(tmp_path / "lake"))
     day1 = spark.createDataFrame([("b",), ("a",), ("c",)], "id string")
     index1, new1 = extend_index(spark, lake, "user", day1)
     first = {r.id: r.idx for r in index1.collect()}
@@ -107,7 +109,7 @@ def test_index_overflow_is_detected(spark, tmp_path, monkeypatch):
     from spark_jobs.lib import id_index
 
     monkeypatch.setattr(id_index, "INT32_MAX", 2)
-    lake = str(tmp_path / "lake")
+    lake = LakeLayout(str(tmp_path / "lake"))
     with pytest.raises(OverflowError, match="past int32 max"):
         extend_index(spark, lake, "user", spark.createDataFrame([("a",), ("b",), ("c",), ("d",)], "id string"))
 
@@ -118,11 +120,11 @@ def test_a_chunk_whose_write_failed_is_ignored_and_not_reused(spark, tmp_path):
     lake = tmp_path / "lake"
     root = lake / "ids" / "user"
     (root / "chunk=000000" / "_temporary" / "0").mkdir(parents=True)
-    index, new = extend_index(spark, str(lake), "user", spark.createDataFrame([("b",), ("a",)], "id string"))
+    index, new = extend_index(spark, LakeLayout(str(lake)), "user", spark.createDataFrame([("b",), ("a",)], "id string"))
     assert new == 2 and {r.id: r.idx for r in index.collect()} == {"a": 0, "b": 1}
     # A second failed write, with a part file of ids that no matrix ever used.
     spark.createDataFrame([("zz", 2)], "id string, idx int").write.parquet(str(root / "chunk=000002"))
     (root / "chunk=000002" / "_SUCCESS").unlink()
-    index, new = extend_index(spark, str(lake), "user", spark.createDataFrame([("c",), ("a",)], "id string"))
+    index, new = extend_index(spark, LakeLayout(str(lake)), "user", spark.createDataFrame([("c",), ("a",)], "id string"))
     assert new == 1 and {r.id: r.idx for r in index.collect()} == {"a": 0, "b": 1, "c": 2}
     assert sorted(p.name for p in root.iterdir()) == ["chunk=000000", "chunk=000001", "chunk=000002", "chunk=000003"]

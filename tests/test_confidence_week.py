@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from music_recs.jobs import IngestSpec, ConfidenceSpec
 from music_recs import schema as S
 from music_recs.confidence import ConfidenceParams
 from music_recs_dev.sample_data import Catalogue, CatalogueSpec, generate_day, write_days_local
@@ -28,7 +29,7 @@ def week(tmp_path_factory, spark):
     catalogue = Catalogue(CatalogueSpec.for_plays_per_day(PLAYS))
     write_days_local(str(root / "landing"), DAYS, PLAYS, catalogue)
     for d in DAYS:
-        ingest.run(spark, d, str(root / "landing" / f"dt={d}"), str(root / "lake"))
+        ingest.run(spark, IngestSpec(day=str(d), input_uri=str(root / "landing" / f"dt={d}"), lake_uri=str(root / "lake")))
     # The lake as ingest leaves it, before any confidence run has built an id index.
     shutil.copytree(root / "lake", root / "lake_ingested")
     frames = pd.concat([generate_day(d, PLAYS, catalogue).assign(dt=str(d)) for d in DAYS])
@@ -51,9 +52,9 @@ def file_digests(folder: Path) -> list[str]:
 def test_statistics_file_matches_an_independent_count(week, spark):
     root, frames = week
     lake = str(root / "lake")
-    result = confidence.run(spark, END, lake, ConfidenceParams(), window=7, holdout_days=1)
+    result = confidence.run(spark, ConfidenceSpec(day=str(END), lake_uri=str(lake), confidence=ConfidenceParams(), window_days=7, holdout_days=1))
     stats = json.loads((root / "lake" / f"matrix/dt={END}/granularity=track/stats.json").read_text())
-    assert stats == result["stats"]["track"]
+    assert stats == result.stats["track"]
     want = expected_track_matrix(frames)
     assert stats["nnz"] == len(want)
     assert stats["users"] == want[S.USER_ID].nunique()
@@ -65,8 +66,8 @@ def test_statistics_file_matches_an_independent_count(week, spark):
     assert abs(stats["plays_per_user"]["p50"] - per_user.median()) <= 1
     assert stats["skips"] == int(((frames.dt < str(END)) & (frames[S.MS_PLAYED] < 30_000)).sum())
     assert stats["holdout_users"] > 0 and stats["max_user_idx"] < 2**31 - 1
-    assert result["window"]["first_day"] == str(DAYS[0]) and result["window"]["holdout_days"] == [str(END)]
-    artist = result["stats"]["artist"]
+    assert result.window["first_day"] == str(DAYS[0]) and result.window["holdout_days"] == [str(END)]
+    artist = result.stats["artist"]
     assert 0 < artist["items"] < stats["items"]
 
 
@@ -79,18 +80,18 @@ def test_rerun_is_byte_identical(week, spark):
     lake = root / "lake_rerun"
     shutil.copytree(root / "lake_ingested", lake)
     out = lake / f"matrix/dt={END}/granularity=track"
-    confidence.run(spark, END, str(lake), ConfidenceParams(), window=7, holdout_days=1)
+    confidence.run(spark, ConfidenceSpec(day=str(END), lake_uri=str(lake), confidence=ConfidenceParams(), window_days=7, holdout_days=1))
     first = {part: file_digests(out / part) for part in ("train", "holdout")}
     stats = (out / "stats.json").read_text()
-    again = confidence.run(spark, END, str(lake), ConfidenceParams(), window=7, holdout_days=1)
-    assert again["ids_added"]["track"] == {"new_users": 0, "new_items": 0}
+    again = confidence.run(spark, ConfidenceSpec(day=str(END), lake_uri=str(lake), confidence=ConfidenceParams(), window_days=7, holdout_days=1))
+    assert again.ids_added["track"] == {"new_users": 0, "new_items": 0}
     assert {part: file_digests(out / part) for part in ("train", "holdout")} == first
     assert json.loads((out / "stats.json").read_text()) == json.loads(stats)
 
 
 def test_held_out_pairs_are_new_pairs_of_the_matrix_users_and_items(week, spark):
     root, frames = week
-    confidence.run(spark, END, str(root / "lake"), ConfidenceParams(), window=7, holdout_days=1)
+    confidence.run(spark, ConfidenceSpec(day=str(END), lake_uri=str(root / "lake"), confidence=ConfidenceParams(), window_days=7, holdout_days=1))
     out = root / "lake" / f"matrix/dt={END}/granularity=track"
     train, held = (pd.read_parquet(out / part) for part in ("train", "holdout"))
     assert len(held) > 0

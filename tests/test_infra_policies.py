@@ -3,10 +3,10 @@
 import json
 from pathlib import Path
 
-from music_recs.settings import PipelineConfig
+from music_recs.settings import DeploymentSettings
 
 AWS = Path(__file__).resolve().parent.parent / "infra" / "aws"
-CFG = PipelineConfig()
+CFG = DeploymentSettings()
 
 
 def statements(name):

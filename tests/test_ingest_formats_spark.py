@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from music_recs.jobs import IngestSpec
 from spark_jobs import ingest
 
 pytestmark = pytest.mark.spark
@@ -61,12 +62,12 @@ def landing(tmp_path):
 
 def test_every_format_maps_to_the_same_schema(spark, landing, tmp_path):
     lake = str(tmp_path / "lake")
-    result = ingest.run(spark, DAY, str(landing), lake)
-    assert result["formats"] == {"lastfm": 5, "listenbrainz": 3, "spotify": 4}
-    assert result["rows_read"] == 12
-    assert result["rows_read"] == result["rows_accepted"] + result["rows_quarantined"] + result["duplicates_removed"]
-    assert result["duplicates_removed"] == 2  # the Spotify replay and the Last.fm double scrobble
-    assert result["quarantine_reasons"] == {"missing_track_id": 1, "podcast_not_music": 1, "unparseable_ts": 1,
+    result = ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(landing), lake_uri=str(lake)))
+    assert result.formats == {"lastfm": 5, "listenbrainz": 3, "spotify": 4}
+    assert result.rows_read == 12
+    assert result.rows_read == result.rows_accepted + result.rows_quarantined + result.duplicates_removed
+    assert result.duplicates_removed == 2  # the Spotify replay and the Last.fm double scrobble
+    assert result.quarantine_reasons == {"missing_track_id": 1, "podcast_not_music": 1, "unparseable_ts": 1,
                                             "wrong_field_count": 1}
     plays = {(r.user_id, r.track_name): r for r in spark.read.parquet(f"{lake}/plays/dt={DAY}").collect()}
 
@@ -96,7 +97,7 @@ def test_derived_ids_ignore_case_and_spacing(spark, tmp_path):
     (folder / "a.tsv").write_text("u1\t2026-11-20T10:00:00Z\t\tThe  Cure\t\tLullaby\n"
                                   "u2\t2026-11-20T11:00:00Z\t\tthe cure \t\tLULLABY\n")
     lake = str(tmp_path / "lake")
-    ingest.run(spark, DAY, str(folder), lake)
+    ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(folder), lake_uri=str(lake)))
     rows = spark.read.parquet(f"{lake}/plays/dt={DAY}").collect()
     assert len({r.track_id for r in rows}) == 1 and len({r.artist_id for r in rows}) == 1
 
@@ -109,7 +110,7 @@ def test_a_gzip_stream_broken_midway_loses_nothing(spark, tmp_path):
     data = gzip.compress("\n".join(lines).encode())
     (folder / "cut.jsonl.gz").write_bytes(data[: len(data) * 2 // 3])
     lake = str(tmp_path / "lake")
-    result = ingest.run(spark, DAY, str(folder), lake)
-    assert result["quarantine_reasons"] == {"gzip_stream_broken": 1}
-    assert 0 < result["rows_accepted"] < 3000
-    assert result["rows_read"] == result["rows_accepted"] + 1
+    result = ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(folder), lake_uri=str(lake)))
+    assert result.quarantine_reasons == {"gzip_stream_broken": 1}
+    assert 0 < result.rows_accepted < 3000
+    assert result.rows_read == result.rows_accepted + 1

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from music_recs.jobs import IngestSpec, ValidateSpec
 from spark_jobs import ingest, validate
 
 pytestmark = pytest.mark.spark
@@ -50,12 +51,12 @@ def landing(tmp_path):
 
 def test_every_row_is_accepted_quarantined_or_a_counted_duplicate(spark, landing, tmp_path):
     lake = str(tmp_path / "lake")
-    result = ingest.run(spark, DAY, str(landing), lake)
-    assert result["rows_read"] == 20 + 2 + len(BROKEN)
-    assert result["rows_accepted"] == 21
-    assert result["duplicates_removed"] == 1
-    assert result["rows_quarantined"] == len(BROKEN)
-    assert result["rows_read"] == result["rows_accepted"] + result["rows_quarantined"] + result["duplicates_removed"]
+    result = ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(landing), lake_uri=str(lake)))
+    assert result.rows_read == 20 + 2 + len(BROKEN)
+    assert result.rows_accepted == 21
+    assert result.duplicates_removed == 1
+    assert result.rows_quarantined == len(BROKEN)
+    assert result.rows_read == result.rows_accepted + result.rows_quarantined + result.duplicates_removed
 
     quarantined = {r["raw_line"]: r["reason"] for r in spark.read.json(f"{lake}/quarantine/dt={DAY}").collect()}
     assert quarantined == BROKEN
@@ -67,24 +68,24 @@ def test_every_row_is_accepted_quarantined_or_a_counted_duplicate(spark, landing
 
 def test_rerun_gives_the_same_partition_and_quarantine(spark, landing, tmp_path):
     lake = str(tmp_path / "lake")
-    first = ingest.run(spark, DAY, str(landing), lake)
+    first = ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(landing), lake_uri=str(lake)))
     rows1 = sorted(map(tuple, spark.read.parquet(f"{lake}/plays/dt={DAY}").collect()))
     q1 = sorted(map(tuple, spark.read.json(f"{lake}/quarantine/dt={DAY}").collect()))
-    second = ingest.run(spark, DAY, str(landing), lake)
-    assert {k: v for k, v in first.items() if k != "seconds"} == {k: v for k, v in second.items() if k != "seconds"}
+    second = ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(landing), lake_uri=str(lake)))
+    assert {**first.to_dict(), "seconds": None} == {**second.to_dict(), "seconds": None}
     assert sorted(map(tuple, spark.read.parquet(f"{lake}/plays/dt={DAY}").collect())) == rows1
     assert sorted(map(tuple, spark.read.json(f"{lake}/quarantine/dt={DAY}").collect())) == q1
 
 
 def test_gx_suite_passes_on_ingested_day_and_fails_on_bad_data(spark, landing, tmp_path):
     lake = str(tmp_path / "lake")
-    ingest.run(spark, DAY, str(landing), lake)
+    ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(landing), lake_uri=str(lake)))
     docs = tmp_path / "docs"
-    verdict = validate.run(spark, DAY, lake, docs_dir=str(docs))
-    assert verdict["success"], verdict["failed"]
-    assert verdict["statistics"]["stream_logs_daily"]["evaluated_expectations"] >= 15
-    assert verdict["statistics"]["stream_logs_day_summary"]["evaluated_expectations"] == 3
-    assert verdict["data_docs"].endswith("index.html") and (docs / "gx/uncommitted/data_docs/local_site/index.html").exists()
+    verdict = validate.run(spark, ValidateSpec(day=str(DAY), lake_uri=str(lake), suite_path=validate.DEFAULT_SUITE, summary_suite_path=validate.SUMMARY_SUITE, docs_dir=str(docs)))
+    assert verdict.success, verdict.failed
+    assert verdict.statistics["stream_logs_daily"]["evaluated_expectations"] >= 15
+    assert verdict.statistics["stream_logs_day_summary"]["evaluated_expectations"] == 3
+    assert verdict.data_docs.endswith("index.html") and (docs / "gx/uncommitted/data_docs/local_site/index.html").exists()
     assert list(docs.glob("gx/uncommitted/data_docs/local_site/validations/**/*.html"))
 
     # A partition written around ingest (duplicate ids, negative ms_played) must fail the suite.
@@ -92,9 +93,9 @@ def test_gx_suite_passes_on_ingested_day_and_fails_on_bad_data(spark, landing, t
     from pyspark.sql import functions as F
     broken = bad.unionByName(bad.limit(2)).withColumn("ms_played", F.lit(-5).cast("long"))
     broken.write.mode("overwrite").parquet(str(tmp_path / "bad" / "plays" / f"dt={DAY}"))
-    verdict = validate.run(spark, DAY, str(tmp_path / "bad"))
-    assert not verdict["success"]
-    failed = {(c["expectation"], c["column"]) for c in verdict["failed"]}
+    verdict = validate.run(spark, ValidateSpec(day=str(DAY), lake_uri=str(tmp_path / "bad"), suite_path=validate.DEFAULT_SUITE, summary_suite_path=validate.SUMMARY_SUITE))
+    assert not verdict.success
+    failed = {(c["expectation"], c["column"]) for c in verdict.failed}
     assert ("expect_column_values_to_be_unique", "event_id") in failed
     assert ("expect_column_values_to_be_between", "ms_played") in failed
 
@@ -112,9 +113,9 @@ def test_day_level_checks_catch_replays_and_collapsing_volume(spark, tmp_path):
             .write.parquet(f"{lake}/plays/dt={d}")
     spark.createDataFrame(base[:30], schema).write.parquet(f"{lake}/plays/dt={DAY}")  # today: 30
     counts = {"rows_read": 60, "duplicates_removed": 20, "rows_quarantined": 10}
-    verdict = validate.run(spark, DAY, lake, ingest_counts=counts, max_quarantine_fraction=0.1)
-    assert verdict["summary"]["trailing_average"] == 100 and verdict["summary"]["row_count_ratio"] == 0.3
-    failed = {c["column"] for c in verdict["failed"]}
+    verdict = validate.run(spark, ValidateSpec(day=str(DAY), lake_uri=str(lake), suite_path=validate.DEFAULT_SUITE, summary_suite_path=validate.SUMMARY_SUITE, ingest_counts=counts, max_quarantine_fraction=0.1))
+    assert verdict.summary["trailing_average"] == 100 and verdict.summary["row_count_ratio"] == 0.3
+    failed = {c["column"] for c in verdict.failed}
     assert failed == {"row_count_ratio", "duplicate_rate", "quarantine_rate"}
 
 
@@ -136,11 +137,11 @@ def test_an_event_accepted_on_a_neighbouring_day_is_kept_once(spark, tmp_path, o
     keeps = {first: 1, second: 0}
     for _ in range(2):  # the second pass reruns both days in the same order
         for day in (first, second):
-            result = ingest.run(spark, day, inputs[day], lake)
+            result = ingest.run(spark, IngestSpec(day=str(day), input_uri=str(inputs[day]), lake_uri=str(lake)))
             other_day_copies = 1 - keeps[day]
-            assert result["duplicates_of_other_days"] == other_day_copies
-            assert result["rows_read"] == result["rows_accepted"] + result["duplicates_removed"]
-            assert result["duplicates_removed"] == other_day_copies
+            assert result.duplicates_of_other_days == other_day_copies
+            assert result.rows_read == result.rows_accepted + result.duplicates_removed
+            assert result.duplicates_removed == other_day_copies
     rows = spark.read.parquet(f"{lake}/plays").collect()
     assert sorted(r.event_id for r in rows) == ["e1", "e2", "e900", "e901"]
     assert [str(r.dt) for r in rows if r.event_id == "e900"] == [str(first)]

@@ -3,6 +3,8 @@
 import random
 
 import pytest
+
+from music_recs.jobs import EvaluateSpec, TrainSpec
 from pyspark.sql import functions as F
 
 from music_recs import schema as S
@@ -41,17 +43,16 @@ def planted(spark, path, users=60, items=40, groups=4, seed=3):
 def test_als_finds_planted_blocks_and_beats_popularity(spark, tmp_path):
     m, out = str(tmp_path / "matrix"), str(tmp_path / "model")
     train, held = planted(spark, m)
-    result = train_als.run(spark, m, out, rank=8, max_iter=8, reg=0.05, alpha=10.0,
-                           checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_interval=2)
-    assert result["data"] == {"nnz": len(train), "users": 60, "items": 40}
-    assert result["params"]["checkpoint_dir"].endswith("ckpt")
+    result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, rank=8, max_iter=8, reg=0.05, alpha=10.0, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_interval=2, strategy="mllib"))
+    assert result.data == {"nnz": len(train), "users": 60, "items": 40}
+    assert result.params["checkpoint_dir"].endswith("ckpt")
     factors = spark.read.parquet(f"{out}/item_factors")
     assert set(factors.columns) == {"id", S.ITEM_ID, S.FEATURES}
 
-    ev = evaluate.run(spark, out, m, out, k=3, top_n=5)
-    assert ev["model"]["precision"] > 0.9  # the held-out items are exactly the rest of the block
-    assert ev["model"]["precision"] > ev["baseline_popularity"]["precision"] + 0.3
-    assert ev["model"]["users_evaluated"] == 60
+    ev = evaluate.run(spark, EvaluateSpec(model_uri=out, matrix_uri=m, out_uri=out, k=3, top_n=5))
+    assert ev.model["precision"] > 0.9  # the held-out items are exactly the rest of the block
+    assert ev.model["precision"] > ev.baseline_popularity["precision"] + 0.3
+    assert ev.model["users_evaluated"] == 60
 
     recs = spark.read.parquet(f"{out}/recommendations")
     played = {(u, i) for u, i, *_ in train}
@@ -85,18 +86,18 @@ def test_broadcast_scoring_agrees_with_mllib_blocked_top_k(spark, tmp_path):
     recommendForAllUsers when they are over the budget) give the same lists and metrics."""
     m, out = str(tmp_path / "matrix"), str(tmp_path / "model")
     planted(spark, m, seed=5)
-    train_als.run(spark, m, out, rank=6, max_iter=5, reg=0.05, alpha=10.0)
+    train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, rank=6, max_iter=5, reg=0.05, alpha=10.0, strategy="mllib"))
     runs = {}
     for budget in (256, 0):
-        ev = evaluate.run(spark, out, m, f"{out}/{budget}", k=3, top_n=5, similar_n=3, broadcast_budget_mb=budget)
+        ev = evaluate.run(spark, EvaluateSpec(model_uri=out, matrix_uri=m, out_uri=f"{out}/{budget}", k=3, top_n=5, similar_n=3, broadcast_budget_mb=budget))
         recs = {(r.user_idx, r.rank): (r.item_idx, r.score)
                 for r in spark.read.parquet(f"{out}/{budget}/recommendations").collect()}
         similar = {(r.item_id, r.rank): (r.similar_item_id, r.similarity)
                    for r in spark.read.parquet(f"{out}/{budget}/similar_items").collect()}
         runs[budget] = ev, recs, similar
     (fast, fast_recs, fast_similar), (slow, slow_recs, slow_similar) = runs[256], runs[0]
-    assert fast["model"] == pytest.approx(slow["model"]) and fast["baseline_popularity"] == slow["baseline_popularity"]
-    assert fast["recommendation_rows"] == slow["recommendation_rows"] == 60 * 5
+    assert fast.model == pytest.approx(slow.model) and fast.baseline_popularity == slow.baseline_popularity
+    assert fast.recommendation_rows == slow.recommendation_rows == 60 * 5
     for got, want in ((fast_recs, slow_recs), (fast_similar, slow_similar)):
         assert got.keys() == want.keys()
         assert [g[0] for g in got.values()] == [want[key][0] for key in got]
@@ -161,4 +162,4 @@ def test_a_matrix_without_the_strength_column_is_refused_by_name(spark, tmp_path
     m = str(tmp_path / "matrix")
     spark.createDataFrame([(0, 0)], "user_idx int, item_idx int").write.parquet(f"{m}/train")
     with pytest.raises(ValueError, match="missing required column\\(s\\): strength"):
-        train_als.run(spark, m, str(tmp_path / "model"), rank=2, max_iter=1)
+        train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "model"), rank=2, max_iter=1, strategy="mllib"))

@@ -10,8 +10,8 @@ import types
 import pytest
 
 from music_recs_airflow.notifier import FailureNotifier, alert_payload, failure_class, webhook_of
-from music_recs.quality_gate import QualityGateFailed
-from music_recs_airflow.spark_submit import SparkJobError
+from music_recs.failures import QualityGateFailed
+from music_recs.failures import SparkJobError
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):

@@ -2,8 +2,8 @@ import datetime as dt
 
 import pytest
 
-from music_recs.settings import PipelineConfig, load_config
-from music_recs.params import PARAM_SPECS, RunParams
+from music_recs.settings import DeploymentSettings, resolve
+from music_recs.params import DEFAULTS, DESCRIPTIONS, SCHEMAS, RunParams
 from music_recs.checks import check_bucket, check_prefix, parse_day, safe_key_part
 
 
@@ -14,12 +14,12 @@ def test_defaults_are_valid():
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"rank": 0}, "rank must be >= 2"),
-    ({"rank": "32"}, "rank must be a integer"),
-    ({"rank": True}, "rank must be a integer"),
-    ({"alpha": 0}, "alpha must be > 0"),
-    ({"max_iter": 51}, "max_iter must be <= 50"),
-    ({"confidence_function": "sqrt"}, "confidence_function must be one of"),
+    ({"rank": 0}, "parameter rank: 0 is less than the minimum of 2"),
+    ({"rank": "32"}, "parameter rank: '32' is not of type 'integer'"),
+    ({"rank": True}, "parameter rank: True is not of type 'integer'"),
+    ({"alpha": 0}, "parameter alpha: 0 is less than or equal to the minimum of 0"),
+    ({"max_iter": 51}, "parameter max_iter: 51 is greater than the maximum of 50"),
+    ({"confidence_function": "sqrt"}, "parameter confidence_function: 'sqrt' is not one of ['linear', 'log']"),
     ({"window_days": 5, "holdout_days": 5}, "holdout_days (5) must be smaller than window_days (5)"),
     ({"rnak": 3}, "unknown parameter(s): rnak"),
 ])
@@ -30,19 +30,22 @@ def test_invalid_params_are_rejected_with_a_readable_message(params, message):
 
 
 def test_every_param_has_a_description_type_and_default_in_schema():
-    for name, (default, schema, description) in PARAM_SPECS.items():
-        assert description and schema["type"], name
+    assert set(DEFAULTS) == set(SCHEMAS) == set(DESCRIPTIONS) == set(RunParams.__dataclass_fields__)
+    for name, default in DEFAULTS.items():
+        assert DESCRIPTIONS[name] and SCHEMAS[name]["type"], name
         RunParams.from_params({name: default})  # the default passes its own schema
+    assert RunParams.from_params({}) == RunParams()
 
 
 def test_airflow_params_carry_schema_and_reject_bad_values():
     from airflow.sdk import Param
-    from music_recs.params import airflow_params
+    from airflow.sdk.exceptions import ParamValidationError
+    from music_recs_airflow.tasks import airflow_params
 
     params = airflow_params()
     assert isinstance(params["rank"], Param)
     assert params["rank"].schema["maximum"] == 512
-    with pytest.raises(Exception):
+    with pytest.raises(ParamValidationError):
         params["rank"].resolve(1000)
     assert params["rank"].resolve(64) == 64
 
@@ -76,7 +79,7 @@ def test_run_ids_become_safe_key_segments():
 
 def test_config_from_environment_overrides_defaults(monkeypatch):
     monkeypatch.setenv("MUSIC_RECS_RAW_BUCKET", "other-raw")
-    cfg = load_config(use_airflow=False)
+    cfg = resolve()
     assert cfg.raw_bucket == "other-raw"
     assert cfg.landing_key_prefix("2026-11-20") == "stream_logs/dt=2026-11-20/"
     assert cfg.model_key_prefix("2026-11-20", "r1") == "music_recs/dt=2026-11-20/run=r1/"
@@ -85,9 +88,9 @@ def test_config_from_environment_overrides_defaults(monkeypatch):
 def test_config_rejects_bad_prefix(monkeypatch):
     monkeypatch.setenv("MUSIC_RECS_MODELS_PREFIX", "../escape")
     with pytest.raises(ValueError, match="models_prefix"):
-        load_config(use_airflow=False)
+        resolve()
     with pytest.raises(ValueError):
-        PipelineConfig(models_bucket="UPPER")
+        DeploymentSettings(models_bucket="UPPER")
 
 
 def test_each_run_of_a_day_builds_and_reads_its_own_matrix(tmp_path):
@@ -95,11 +98,11 @@ def test_each_run_of_a_day_builds_and_reads_its_own_matrix(tmp_path):
     a task of the first, cleared and rerun after the second, must read its own matrix."""
     from music_recs_airflow import tasks
 
-    cfg = PipelineConfig(lake_uri=str(tmp_path))
+    cfg = DeploymentSettings(lake_uri=str(tmp_path))
     start = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
-    scheduled = tasks.plan_run({}, start, "scheduled__2026-11-20T00:00:00+00:00", cfg)["paths"]
-    manual = tasks.plan_run({"window_days": 30}, start, "manual__2026-11-21T08:00:00+00:00", cfg)["paths"]
-    assert scheduled["matrix"] != manual["matrix"]
-    for paths in (scheduled, manual):
-        assert paths["matrix"] == f"{paths['run_dir']}/matrix/granularity=track"
-        assert paths["matrix"].startswith(paths["matrices"] + "/")
+    scheduled = tasks.plan_run({}, start, "scheduled__2026-11-20T00:00:00+00:00", cfg)
+    manual = tasks.plan_run({"window_days": 30}, start, "manual__2026-11-21T08:00:00+00:00", cfg)
+    assert scheduled.matrix != manual.matrix
+    for plan in (scheduled, manual):
+        assert plan.matrix == f"{plan.run_dir}/matrix/granularity=track"
+        assert plan.matrix.startswith(plan.matrices + "/")

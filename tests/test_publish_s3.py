@@ -181,26 +181,32 @@ def test_manifest_is_valid_json_with_objects(store, bucket, artifacts):
     assert {o["artifact"] for o in manifest["objects"]} == set(P.ARTIFACTS)
 
 
-def test_quality_gate_task_compares_with_the_published_model(store, bucket, artifacts):
-    from music_recs_airflow import tasks
-    from music_recs.settings import PipelineConfig
-    from music_recs.quality_gate import QualityGateFailed
+def test_quality_gate_task_compares_with_the_published_model(store, bucket, artifacts, tmp_path):
+    import datetime as dt
 
-    cfg = PipelineConfig(models_bucket=bucket)
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from music_recs.failures import QualityGateFailed
+    from music_recs.jobs import EvaluateResult
+    from music_recs.settings import DeploymentSettings
+    from music_recs_airflow import tasks
+
+    cfg = DeploymentSettings(models_bucket=bucket, lake_uri=str(tmp_path))
     P.publish(store, bucket, cfg.model_key_prefix("2026-11-19", "r0"), cfg.pointer_key, "2026-11-19", "r0", artifacts,
               {"params": {"granularity": "track", "k": 10}, "metrics": {"k": 10, "model": {"map": 0.30}}})
-    plan = {"day": "2026-11-20", "config": {**cfg.__dict__},
-            "params": {"granularity": "track", "k": 10, "primary_metric": "map", "gate_min_lift": 0.05,
-                       "gate_max_drop": 0.2, "override_quality_gate": False}}
-    evaluated = {"model": {"map": 0.15}, "baseline_popularity": {"map": 0.05}}
-    with pytest.raises(QualityGateFailed, match=r"model 0\.1500.*baseline 0\.0500.*published model 0\.3000"):
-        tasks.quality_gate(store, plan, evaluated)
-    plan["params"]["override_quality_gate"] = True
-    decision = tasks.quality_gate(store, plan, evaluated)
+
+    def plan(**params):
+        return tasks.plan_run(params, dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc), "r1", cfg)
+
+    evaluated = EvaluateResult(k=10, top_n=50, model={"map": 0.15}, baseline_popularity={"map": 0.05},
+                               recommendation_rows=0, similar_items_per_item=20, seconds={})
+    with pytest.raises(AirflowFailException, match=r"model 0\.1500.*baseline 0\.0500.*published model 0\.3000") as err:
+        tasks.quality_gate(store, plan(), evaluated)
+    assert isinstance(err.value.__cause__, QualityGateFailed)  # fails at once: no retry can change the verdict
+    decision = tasks.quality_gate(store, plan(override_quality_gate=True), evaluated)
     assert decision["overridden"] and decision["publish"] and decision["published"] == 0.30
     # another granularity is not comparable: only the baseline counts
-    plan["params"].update(granularity="artist", override_quality_gate=False)
-    assert tasks.quality_gate(store, plan, evaluated)["passed"]
+    assert tasks.quality_gate(store, plan(granularity="artist"), evaluated)["passed"]
 
 
 def test_objects_then_manifest_then_pointer(store, bucket, artifacts):

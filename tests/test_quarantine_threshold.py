@@ -1,11 +1,15 @@
 import pytest
 
-from music_recs_airflow.tasks import TooManyBadRows, check_quarantine_share
+from music_recs.failures import TooManyBadRows
+from music_recs.jobs import IngestResult
+from music_recs_airflow.tasks import check_quarantine_share
 
 
 def result(read, reasons):
-    return {"rows_read": read, "rows_quarantined": sum(reasons.values()), "quarantine_reasons": reasons,
-            "quarantine_uri": "s3://music-raw/quarantine/stream_logs/dt=2026-11-20/quarantine.jsonl"}
+    bad = sum(reasons.values())
+    return IngestResult(day="2026-11-20", rows_read=read, rows_accepted=read - bad, rows_quarantined=bad,
+                        duplicates_removed=0, duplicates_of_other_days=0, quarantine_reasons=reasons, formats={},
+                        seconds={}, quarantine_uri="s3://music-raw/quarantine/stream_logs/dt=2026-11-20/quarantine.jsonl")
 
 
 def test_under_the_threshold_the_run_goes_on():

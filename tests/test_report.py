@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from music_recs.jobs import EvaluateResult, IngestResult, MatrixResult, TrainResult, ValidateResult
 from music_recs_airflow import tasks
-from music_recs.settings import PipelineConfig
+from music_recs.settings import DeploymentSettings
 from music_recs_airflow.publish import ARTIFACTS, read_latest
 from music_recs.quality_gate import decide
 from music_recs_airflow.report import build_report
@@ -53,23 +54,28 @@ def png_size(uri: str) -> tuple[int, int]:
 
 
 def run_inputs(day: str, rows_read: int, model_map: float, attempts: list[dict]) -> tuple:
-    ingested = {"rows_read": rows_read, "rows_accepted": rows_read - 110, "rows_quarantined": 37,
-                "duplicates_removed": 73, "quarantine_uri": f"s3://raw/quarantine/stream_logs/dt={day}/quarantine.jsonl",
-                "quarantine_reasons": {"unparseable_ts": 29, "malformed_user_id": 8}}
-    validated = {"suite": "stream_logs_daily", "statistics": {"evaluated_expectations": 12, "successful_expectations": 12}}
-    matrix = {"window": {"first_day": "2026-11-17", "last_train_day": "2026-11-19", "holdout_days": [day],
-                         "days_present": []},
-              "stats": {"track": {"users": 311, "items": 977, "nnz": 4242}}}
-    trained = {"params": {"rank": 8, "max_iter": 5, "reg": 0.1, "alpha": 40.0, "user_blocks": 2, "item_blocks": 2,
-                          "checkpoint_interval": 5},
-               "data": {"users": 311, "items": 977, "nnz": 4242}, "seconds": {"fit": 12.75},
-               "seconds_per_iteration": 2.55, "spark_conf": {},
-               "submission": {"settings": {}, "attempts": attempts, "sizing": attempts[-1]["settings"]}}
+    ingested = IngestResult(day=day, rows_read=rows_read, rows_accepted=rows_read - 110, rows_quarantined=37,
+                            duplicates_removed=73, duplicates_of_other_days=0,
+                            quarantine_uri=f"s3://raw/quarantine/stream_logs/dt={day}/quarantine.jsonl",
+                            quarantine_reasons={"unparseable_ts": 29, "malformed_user_id": 8}, formats={}, seconds={})
+    validated = ValidateResult(day=day, suite="stream_logs_daily", success=True, checks=[], data_docs=None, summary={},
+                               failed=[], seconds={},
+                               statistics={"evaluated_expectations": 12, "successful_expectations": 12})
+    matrix = MatrixResult(day=day, window={"first_day": "2026-11-17", "last_train_day": "2026-11-19",
+                                           "holdout_days": [day], "days_present": []},
+                          params={}, min_user_items=2, min_item_users=2, ids_added={}, seconds={},
+                          stats={"track": {"users": 311, "items": 977, "nnz": 4242}})
+    trained = TrainResult(strategy="cg", params={"rank": 8, "max_iter": 5, "reg": 0.1, "alpha": 40.0, "user_blocks": 2,
+                                                 "item_blocks": 2, "checkpoint_interval": 5},
+                          data={"users": 311, "items": 977, "nnz": 4242}, iterations=5, seconds={"fit": 12.75},
+                          seconds_per_iteration=2.55, spark_conf={}, spark_version="4.1.1",
+                          submission={"settings": {}, "attempts": attempts, "sizing": attempts[-1]["settings"]})
     model = {"precision": 0.0912, "recall": 0.1733, "map": model_map, "ndcg": 0.1411, "coverage": 0.31,
              "users_evaluated": 250}
     baseline = {"precision": 0.0311, "recall": 0.0622, "map": 0.0188, "ndcg": 0.0455, "coverage": 0.01,
                 "users_evaluated": 250}
-    evaluated = {"k": 10, "model": model, "baseline_popularity": baseline}
+    evaluated = EvaluateResult(k=10, top_n=50, model=model, baseline_popularity=baseline, recommendation_rows=0,
+                               similar_items_per_item=20, seconds={})
     gate = decide("map", model, baseline, None).as_dict()
     return ingested, validated, matrix, trained, evaluated, gate
 
@@ -80,14 +86,14 @@ SETTINGS = {"executor_memory_mb": 1024, "executor_cores": 2, "num_executors": 1,
 
 @pytest.fixture
 def publish_day(store, bucket, tmp_path):
-    cfg = PipelineConfig(models_bucket=bucket, lake_uri=str(tmp_path / "lake"))
+    cfg = DeploymentSettings(models_bucket=bucket, lake_uri=str(tmp_path / "lake"))
 
     def run(day: str, rows_read: int, model_map: float, attempts: list[dict]) -> tuple[dict, dict]:
         start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc)
         plan = tasks.plan_run({"rank": 8, "max_iter": 5, "window_days": 4}, start, f"scheduled__{day}T00:00:00+00:00",
                               cfg)
         for name in ARTIFACTS:
-            folder = tmp_path / "lake" / "runs" / f"dt={day}" / f"run={plan['run_key']}" / "model" / name
+            folder = tmp_path / "lake" / "runs" / f"dt={day}" / f"run={plan.run_key}" / "model" / name
             folder.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.table({"user_id": ["u1"], "item_id": ["t1"]}), folder / "part-00000-x.snappy.parquet")
         published = tasks.publish_run(store, plan, *run_inputs(day, rows_read, model_map, attempts))
@@ -108,7 +114,7 @@ def test_publish_stores_a_self_contained_report_with_every_chart_and_the_numbers
     assert pointer["day"] == "2026-11-20"
     key = manifest["report"]["key"]
     assert key == pointer["prefix"] + "report.html" and published["report"] == f"s3://{bucket}/{key}"
-    assert key.startswith(f"music_recs/dt=2026-11-20/run={plan['run_key']}/publish=")
+    assert key.startswith(f"music_recs/dt=2026-11-20/run={plan.run_key}/publish=")
     body, _ = store.get_bytes(bucket, key)
     assert hashlib.sha256(body).hexdigest() == manifest["report"]["sha256"] and len(body) == manifest["report"]["size"]
 
@@ -138,7 +144,7 @@ def test_a_rerun_replaces_its_day_in_the_history_and_foreign_objects_are_skipped
     text = " ".join(parse(store.get_bytes(bucket, manifest["report"]["key"])[0].decode()).text)
     assert "1600" in text and "1500" not in text and "broken" not in text
     # The earlier publication of the run stays whole beside the new one; the pointer names the new one.
-    run_keys = {o.key for o in store.list_objects(bucket, f"music_recs/dt=2026-11-19/run={plan['run_key']}/")}
+    run_keys = {o.key for o in store.list_objects(bucket, f"music_recs/dt=2026-11-19/run={plan.run_key}/")}
     assert len([k for k in run_keys if k.endswith("/manifest.json")]) == 2
     assert manifest["report"]["key"].replace("report.html", "manifest.json") in run_keys
 
@@ -147,10 +153,8 @@ def test_report_escapes_values_from_the_run():
     ok = [{"attempt": 1, "outcome": "success", "seconds": 1.0, "settings": SETTINGS}]
     ingested, validated, matrix, trained, evaluated, gate = run_inputs("2026-11-20", 100, 0.05, ok)
     manifest = {"day": "2026-11-20", "run_id": "manual__<script>alert(1)</script>", "params": {"primary_metric": "map"},
-                "rows": {k: ingested[k] for k in ("rows_read", "rows_accepted", "rows_quarantined",
-                                                  "duplicates_removed")},
-                "quarantine": {"uri": "", "reasons": {}}, "data_window": matrix["window"], "training": trained,
-                "metrics": evaluated, "quality_gate": gate}
+                "rows": ingested.counts, "quarantine": {"uri": "", "reasons": {}}, "data_window": matrix.window,
+                "training": trained.to_dict(), "metrics": evaluated.to_dict(), "quality_gate": gate}
     page = build_report(manifest, [])
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert json.dumps(manifest)  # the manifest given is left JSON-able
@@ -165,5 +169,5 @@ def test_cli_latest_shows_the_run_params_and_report(store, bucket, publish_day, 
     assert cli.main(["latest"]) == 0
     out = capsys.readouterr().out
     assert "params: rank=8, max_iter=5, window_days=4 (others default)" in out
-    assert f"report: s3://{bucket}/music_recs/dt=2026-11-20/run={plan['run_key']}/publish=" in out
+    assert f"report: s3://{bucket}/music_recs/dt=2026-11-20/run={plan.run_key}/publish=" in out
     assert f"report: {plan_published['report']}" in out

@@ -39,6 +39,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from music_recs.jobs import IngestSpec
 from music_recs_airflow import cli
 from music_recs_airflow.cli import load_recommendations
 from music_recs_airflow.publish import read_latest
@@ -184,7 +185,7 @@ def stack(tmp_path_factory, s3_endpoint, spark, metadata_db):
     lake = str(root / "lake")
     write_days_local(str(root / "landing"), days.history, PLAYS, catalogue)
     for d in days.history:
-        ingest.run(spark, d, str(root / "landing" / f"dt={d}"), lake)
+        ingest.run(spark, IngestSpec(day=str(d), input_uri=str(root / "landing" / f"dt={d}"), lake_uri=str(lake)))
 
     alerts = http.server.HTTPServer(("127.0.0.1", 0), _AlertReceiver)
     alerts.received = []

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from music_recs_airflow import cli, tasks
-from music_recs.settings import PipelineConfig, load_config
+from music_recs.settings import DeploymentSettings, resolve
 from music_recs.checks import check_lake_uri, check_prefix
 
 from tests.conftest import REPO
@@ -80,7 +80,7 @@ def test_connection_and_variable_files_hold_no_secrets():
     for conn in conns.values():
         assert not conn.get("password") and not conn.get("login"), conn
     config = json.loads((REPO / "infra" / "airflow" / "variables.json").read_text())["music_recs_config"]["value"]
-    assert PipelineConfig(**config).aws_conn_id in conns  # the Variable is a valid configuration
+    assert DeploymentSettings(**config).aws_conn_id in conns  # the Variable is a valid configuration
 
 
 START = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
@@ -93,8 +93,10 @@ START = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
     ({"landing_prefix": "s3://other-bucket/stream_logs"}, "landing_prefix"),
 ])
 def test_run_conf_cannot_name_buckets_prefixes_or_paths(conf, named, tmp_path):
-    with pytest.raises(ValueError) as err:
-        tasks.plan_run(conf, START, "manual__x", PipelineConfig(lake_uri=str(tmp_path)))
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException) as err:  # a run conf that breaks a rule fails without retries
+        tasks.plan_run(conf, START, "manual__x", DeploymentSettings(lake_uri=str(tmp_path)))
     assert f"run conf may not set {named}" in str(err.value) and "configuration" in str(err.value)
 
 
@@ -110,7 +112,7 @@ def test_run_conf_cannot_name_buckets_prefixes_or_paths(conf, named, tmp_path):
 def test_configuration_rejects_traversal_absolute_prefixes_and_other_locations(monkeypatch, setting, value, message):
     monkeypatch.setenv(setting, value)
     with pytest.raises(ValueError) as err:
-        load_config(use_airflow=False)
+        resolve()
     assert message in str(err.value) and value in str(err.value)
 
 

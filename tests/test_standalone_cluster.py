@@ -1,5 +1,5 @@
 """Training on a real Spark standalone cluster (a master and two workers on 127.0.0.1),
-submitted through Airflow's Spark provider like the DAG does."""
+submitted through the pipeline's Spark hook like the DAG does."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 
 from music_recs import schema as S
-from music_recs.sizing import ExecutorSizing
+from music_recs.failures import PermanentSparkJobError
+from music_recs.jobs import TrainSpec
 from music_recs.resubmission import Failure
-from music_recs_airflow.spark_submit import SparkJobError, run_with_resubmission
+from music_recs.sizing import ExecutorSizing
+from music_recs_airflow.spark_submit import SparkJobHook, run_with_resubmission
 from tests.spark_cluster import StandaloneCluster
 
 pytestmark = pytest.mark.spark
@@ -56,16 +58,15 @@ def sizing(memory_mb: int = 1024, blocks: int = 2) -> ExecutorSizing:
 
 
 def train(tmp_path, matrix: str, s: ExecutorSizing, max_iter: int = 2, rank: int = 8, attempts: int = 3,
-          conf: dict | None = None, extra: tuple = ()) -> dict:
-    def args(z):
-        return ["--matrix", matrix, "--out", str(tmp_path / "model"), "--rank", str(rank),
-                "--max-iter", str(max_iter), "--checkpoint-dir", str(tmp_path / "checkpoints"),
-                "--user-blocks", str(z.user_blocks), "--item-blocks", str(z.item_blocks),
-                "--checkpoint-interval", str(z.checkpoint_interval), *extra]
+          conf: dict | None = None, **spec):
+    def build(z):
+        return TrainSpec(matrix_uri=matrix, out_uri=str(tmp_path / "model"), rank=rank, max_iter=max_iter,
+                         checkpoint_dir=str(tmp_path / "checkpoints"), user_blocks=z.user_blocks,
+                         item_blocks=z.item_blocks, checkpoint_interval=z.checkpoint_interval,
+                         **{"strategy": "mllib", **spec})
 
-    return run_with_resubmission("train_als", args, str(tmp_path / "result.json"), s, local=False,
-                                 memory_cap_mb=2048, max_attempts=attempts, conf=conf, conn_id=CONN_ID,
-                                 work_dir=str(tmp_path / "submit"))
+    return run_with_resubmission(SparkJobHook(CONN_ID, work_dir=str(tmp_path / "submit")), build, s, local=False,
+                                 memory_cap_mb=2048, max_attempts=attempts, conf=conf)
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -77,7 +78,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 def test_a_missing_input_fails_once_fast_on_the_cluster(cluster, tmp_path):
     started = time.time()
-    with pytest.raises(SparkJobError) as err:
+    with pytest.raises(PermanentSparkJobError) as err:
         train(tmp_path, str(tmp_path / "no-such-matrix"), sizing())
     message = str(err.value)
     assert "not retryable" in message and "attempt 1: non_retryable" in message and "attempt 2" not in message
@@ -92,13 +93,13 @@ def test_too_little_executor_memory_fails_out_of_memory_and_the_resubmission_wit
     matrix = write_matrix(tmp_path / "matrix", users=2000, items=600_000, per_user=300)
     first = sizing(memory_mb=1024, blocks=2).scaled(python_memory_mb=640)
     result = train(tmp_path, matrix, first, max_iter=2, rank=64, attempts=3,
-                   extra=("--strategy", "cg", "--user-exchange", "broadcast", "--item-exchange", "broadcast"))
-    attempts = result["submission"]["attempts"]
+                   strategy="cg", exchange={"user": "broadcast", "item": "broadcast"})
+    attempts = result.submission["attempts"]
     assert [a["outcome"] for a in attempts] == [Failure.EXECUTOR_OOM.value, "success"], attempts
     assert any("MemoryError" in line for line in attempts[0]["log"])
     assert attempts[0]["settings"]["python_memory_mb"] == 640 and attempts[1]["settings"]["python_memory_mb"] == 1280
-    assert result["submission"]["sizing"]["user_blocks"] == 4  # smaller blocks too
-    assert result["data"]["items"] == 600_000 and result["spark_conf"]["spark.executor.pyspark.memory"] == "1280m"
+    assert result.submission["sizing"]["user_blocks"] == 4  # smaller blocks too
+    assert result.data["items"] == 600_000 and result.spark_conf["spark.executor.pyspark.memory"] == "1280m"
 
 
 def test_a_worker_killed_during_training_does_not_lose_the_run(cluster, tmp_path):
@@ -124,11 +125,11 @@ def test_a_worker_killed_during_training_does_not_lose_the_run(cluster, tmp_path
     worker.join(600)
     assert "error" not in outcome, outcome.get("error")
     result = outcome["result"]
-    assert result["seconds"]["fit"] > 0 and result["data"]["users"] == 3000
+    assert result.seconds["fit"] > 0 and result.data["users"] == 3000
     # The run finished after the kill, on the worker that was left.
     assert time.time() > killed_at
     alive = [w for w in (cluster.state() or {}).get("workers", []) if w["state"] == "ALIVE"]
     assert len(alive) == 1
     # Either Spark's task retries carried it (one attempt) or a resubmission did.
-    outcomes = [a["outcome"] for a in result["submission"]["attempts"]]
+    outcomes = [a["outcome"] for a in result.submission["attempts"]]
     assert outcomes[-1] == "success" and set(outcomes[:-1]) <= {Failure.EXECUTORS_LOST.value}

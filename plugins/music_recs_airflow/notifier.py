@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 from airflow.sdk import BaseNotifier
 
 from music_recs.failures import SparkJobError
-from music_recs.resubmission import mask_secrets
+from music_recs.resubmission import classify_failure, mask_secrets
 from music_recs_airflow.s3 import is_loopback
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def failure_class(exc: BaseException | None) -> str:
         return "unknown"
     cause = exc.__cause__ or exc  # a task that fails fast wraps the cause in AirflowFailException
     if isinstance(cause, SparkJobError):
-        return f"spark:{cause.failure}"
+        return f"spark:{classify_failure(cause.output, cause.returncode)[0].value}"
     return type(cause).__name__
 
 

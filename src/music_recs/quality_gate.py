@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-
-class QualityGateFailed(RuntimeError):
-    pass
+from music_recs.failures import QualityGateFailed  # noqa: F401  (raised by the task that applies the gate)
 
 
 @dataclass(frozen=True)
