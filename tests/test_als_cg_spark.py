@@ -24,7 +24,7 @@ def test_cg_matches_mllib_on_planted_blocks_and_its_loss_never_increases(spark, 
     scores = {}
     for strategy in ("mllib", "cg"):
         out = str(tmp_path / strategy)
-        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, checkpoint_dir=str(tmp_path / f"ckpt-{strategy}"), strategy=strategy, track_loss=True))
+        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, checkpoint_dir=str(tmp_path / f"ckpt-{strategy}"), strategy=strategy, track_loss=True, **COMMON))
         assert result.strategy == strategy and result.data == {"nnz": len(train), "users": 60, "items": 40}
         scores[strategy] = evaluate.run(spark, EvaluateSpec(model_uri=out, matrix_uri=m, out_uri=out, k=3, top_n=5)).model
         if strategy == "cg":
@@ -46,7 +46,8 @@ def test_broadcast_and_join_exchange_give_the_same_factors(spark, tmp_path):
     # between two Python workers) grow from iteration to iteration instead of dying out.
     for how in ("broadcast", "join"):
         out = str(tmp_path / how)
-        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, checkpoint_dir=str(tmp_path / f"ckpt-{how}"), strategy="cg", exchange={"user": how, "item": how}))
+        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, checkpoint_dir=str(tmp_path / f"ckpt-{how}"), strategy="cg", exchange={"user": how, "item": how},
+                                                **{**COMMON, "max_iter": 4, "rank": 3}))
         assert result.factor_exchange == {"user": how, "item": how}
         got[how] = factors(spark, out, "user"), factors(spark, out, "item")
     for side in (0, 1):
@@ -59,5 +60,6 @@ def test_broadcast_and_join_exchange_give_the_same_factors(spark, tmp_path):
 def test_a_tiny_broadcast_budget_chooses_the_join_path(spark, tmp_path):
     m = str(tmp_path / "matrix")
     planted(spark, m, users=20, items=12, groups=2, seed=7)
-    result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"), strategy="cg", broadcast_budget_mb=0))
+    result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"), strategy="cg", broadcast_budget_mb=0,
+                                            **{**COMMON, "max_iter": 2}))
     assert result.factor_exchange == {"user": "join", "item": "join"}

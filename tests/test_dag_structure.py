@@ -57,7 +57,9 @@ def test_params_are_typed_and_bounded(dag):
     for name in ("rank", "max_iter", "reg", "alpha", "window_days"):
         assert params.get_param(name).description, name
         assert "minimum" in params.get_param(name).schema or "exclusiveMinimum" in params.get_param(name).schema
-    with pytest.raises(Exception):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="-3 is less than the minimum of 2"):
         params.get_param("rank").resolve(-3)
 
 

@@ -6,6 +6,9 @@ import hashlib
 import html.parser
 import json
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,6 +20,7 @@ from music_recs.settings import DeploymentSettings
 from music_recs_airflow.publish import ARTIFACTS, read_latest
 from music_recs.quality_gate import decide
 from music_recs_airflow.report import build_report
+from tests.conftest import airflow_env
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -95,7 +99,12 @@ def publish_day(store, bucket, tmp_path):
         for name in ARTIFACTS:
             folder = tmp_path / "lake" / "runs" / f"dt={day}" / f"run={plan.run_key}" / "model" / name
             folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.table({"user_id": ["u1"], "item_id": ["t1"]}), folder / "part-00000-x.snappy.parquet")
+            table = pa.table({"user_id": ["u1"], "item_id": ["t1"]})
+            if name == "recommendations":
+                table = pa.table({"user_id": ["u1", "u1", "u2"], "rank": [2, 1, 1], "item_id": ["t2", "t1", "t3"],
+                                  "score": [0.5, 0.9, 0.7], "item_name": ["Roads", "Teardrop", None],
+                                  "artist_name": ["Portishead", "Massive Attack", None]})
+            pq.write_table(table, folder / "part-00000-x.snappy.parquet")
         published = tasks.publish_run(store, plan, *run_inputs(day, rows_read, model_map, attempts))
         return plan, published
 
@@ -160,14 +169,28 @@ def test_report_escapes_values_from_the_run():
     assert json.dumps(manifest)  # the manifest given is left JSON-able
 
 
-def test_cli_latest_shows_the_run_params_and_report(store, bucket, publish_day, monkeypatch, capsys):
-    from music_recs_airflow import cli
-
+def test_cli_commands_run_as_processes_exit_0_and_show_the_model(store, bucket, publish_day):
+    """``music-recs latest`` and ``recommend`` as a user runs them: their own process, exit code 0."""
     ok = [{"attempt": 1, "outcome": "success", "seconds": 14.2, "settings": SETTINGS}]
     plan, plan_published = publish_day("2026-11-20", 2000, 0.0733, ok)
-    monkeypatch.setenv("MUSIC_RECS_MODELS_BUCKET", bucket)
-    assert cli.main(["latest"]) == 0
-    out = capsys.readouterr().out
+    env = airflow_env({"MUSIC_RECS_MODELS_BUCKET": bucket})
+    command = [str(Path(sys.executable).parent / "music-recs")]
+    latest = subprocess.run([*command, "latest"], env=env, capture_output=True, text=True, timeout=120)
+    assert (latest.returncode, latest.stderr) == (0, "")
+    out = latest.stdout
+    assert out.startswith("latest model: day 2026-11-20, run scheduled__2026-11-20T00:00:00+00:00\n")
+    assert "MAP@10 0.0733 (popularity 0.0188)" in out and "try: music-recs recommend --user u1" in out
     assert "params: rank=8, max_iter=5, window_days=4 (others default)" in out
     assert f"report: s3://{bucket}/music_recs/dt=2026-11-20/run={plan.run_key}/publish=" in out
     assert f"report: {plan_published['report']}" in out
+
+    recommend = subprocess.run([*command, "recommend", "--user", "u1"], env=env, capture_output=True, text=True,
+                               timeout=120)
+    assert (recommend.returncode, recommend.stderr) == (0, "")
+    assert recommend.stdout.splitlines() == [
+        "top 2 tracks for u1 (model of 2026-11-20):",
+        "    1. Teardrop by Massive Attack  (t1, score 0.900)",
+        "    2. Roads by Portishead  (t2, score 0.500)"]
+    unknown = subprocess.run([*command, "recommend", "--user", "nobody"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert unknown.returncode == 1 and unknown.stderr == "no recommendations for user 'nobody' in the model of 2026-11-20\n"

@@ -26,6 +26,7 @@ def parse_day(value: str, what: str = "date") -> _dt.date:
 
 
 def check_bucket(name: str, what: str = "bucket") -> str:
+    """``name`` if it is a valid S3 bucket name (lower case, 3-63 characters, no ``..``); ``what`` names it in the error."""
     if not isinstance(name, str) or not _BUCKET_RE.fullmatch(name) or ".." in name:
         raise ValueError(f"{what} {name!r} is not a valid S3 bucket name")
     return name

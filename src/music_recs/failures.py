@@ -26,6 +26,10 @@ class ValidationFailed(PermanentFailure):
     """The Great Expectations suites failed on the day's accepted plays."""
 
 
+class DataTooLargeError(PermanentFailure, ValueError):
+    """The matrix cannot be trained on the configured cluster, whatever the block count."""
+
+
 class EmptyMatrix(PermanentFailure):
     """No (user, item) pair is left after the support filters: nothing to train on."""
 

@@ -60,6 +60,8 @@ class _Contract:
 
 
 class JobSpec(_Contract):
+    """A job's input; ``JOB`` names the entry point ``spark_jobs/<JOB>.py``."""
+
     JOB: ClassVar[str]
 
 
@@ -203,6 +205,8 @@ class EvaluateSpec(JobSpec):
 # ``submission``: how the job was submitted (settings, attempts), added by the Airflow side.
 @dataclasses.dataclass(frozen=True)
 class IngestResult(_Contract):
+    """What ingest did: rows read = accepted + quarantined + duplicates, by reason and format."""
+
     day: str
     rows_read: int
     rows_accepted: int
@@ -223,6 +227,8 @@ class IngestResult(_Contract):
 
 @dataclasses.dataclass(frozen=True)
 class ValidateResult(_Contract):
+    """The GX verdict: every check, the failed ones, statistics per suite and the Data Docs page."""
+
     day: str
     suite: str
     success: bool
@@ -237,6 +243,8 @@ class ValidateResult(_Contract):
 
 @dataclasses.dataclass(frozen=True)
 class MatrixResult(_Contract):
+    """The matrices built: the window's days, the confidence params, per granularity their statistics."""
+
     day: str
     window: dict
     params: dict
@@ -271,6 +279,8 @@ class TrainResult(_Contract):
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateResult(_Contract):
+    """Metrics at k of the model and of the popularity baseline on the held-out pairs."""
+
     k: int
     top_n: int
     model: dict

@@ -22,6 +22,7 @@ METRICS = ("precision", "recall", "map", "ndcg")
 
 
 def user_metrics(recs: Sequence, relevant: set, k: int) -> dict[str, float]:
+    """Precision, recall, AP and NDCG at ``k`` of one user's ranked ``recs`` against the ``relevant`` set."""
     if not relevant:
         raise ValueError("a user without held-out items is not evaluated")
     top = list(recs)[:k]

@@ -23,6 +23,8 @@ def _param(default, description: str, **schema):
 
 @dataclasses.dataclass(frozen=True)
 class RunParams:
+    """A run's parameters; each field's metadata holds its JSON schema and its description."""
+
     rank: int = _param(32, "Number of latent factors per user and item (ALS rank).",
                        type="integer", minimum=2, maximum=512)
     strategy: str = _param("cg", "ALS solver: 'cg' = the project's conjugate-gradient ALS on cached blocks (same "

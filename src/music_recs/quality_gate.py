@@ -22,6 +22,8 @@ from music_recs.failures import QualityGateFailed  # noqa: F401  (raised by the 
 
 @dataclass(frozen=True)
 class GateDecision:
+    """The gate's verdict with the numbers behind it (recorded in the manifest and the report)."""
+
     passed: bool
     overridden: bool
     metric: str

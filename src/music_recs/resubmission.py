@@ -16,6 +16,8 @@ from music_recs.sizing import ExecutorSizing
 
 
 class Failure(str, enum.Enum):
+    """Why a Spark job failed, as far as its output tells; ``NON_RETRYABLE`` is never resubmitted."""
+
     CONTAINER_MEMORY = "container_killed_for_memory"
     EXECUTOR_OOM = "executor_out_of_memory"
     DRIVER_OOM = "driver_out_of_memory"
@@ -56,6 +58,7 @@ _SECRET = re.compile(r"(?i)((?:secret|password|token|access[_.-]?key)[\w.-]*\s*[
 
 
 def mask_secrets(line: str) -> str:
+    """``line`` with the value after any secret-, password-, token- or key-like name replaced by ``***``."""
     return _SECRET.sub(r"\1***", line)
 
 

@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-from music_recs.failures import PermanentFailure
+from music_recs.failures import DataTooLargeError
 
 MIB = 1024 * 1024
 RATING_BYTES = 12  # int destination index + float rating + amortized per-source pointers
@@ -75,12 +75,10 @@ RECOMMENDATION_BYTES = 32  # one (user, item, score, rank) row in Spark's column
 CHUNK_BYTES = 64 * MIB
 
 
-class DataTooLargeError(PermanentFailure, ValueError):
-    """The matrix cannot be trained on the configured cluster, whatever the block count."""
-
-
 @dataclass(frozen=True)
 class MatrixShape:
+    """A confidence matrix as sizing sees it: users, items, non-zeros and the factors' rank."""
+
     users: int
     items: int
     nnz: int
@@ -107,6 +105,10 @@ class ClusterResources:
 
 @dataclass(frozen=True)
 class ExecutorSizing:
+    """Spark settings for one job: executor memory, overhead and cores, executors, ALS blocks, shuffle
+    partitions, driver memory, checkpoint interval, Python memory (0 = unlimited), and the estimate
+    they came from."""
+
     executor_memory_mb: int
     executor_memory_overhead_mb: int
     executor_cores: int
@@ -146,6 +148,8 @@ def factor_exchange(users: int, items: int, rank: int, budget_mb: int = DEFAULT_
 
 
 def per_executor_limit_mb(cluster: ClusterResources) -> int:
+    """What one executor may use: 3/4 of the machine in local mode (the rest: OS, Python workers);
+    on a cluster, a node's memory less 1 GiB for the OS, split between its executors."""
     if cluster.local:
         return int(cluster.memory_per_node_mb * 0.75)
     per_node = max(1, cluster.cores_per_node // min(MAX_CORES_PER_EXECUTOR, cluster.cores_per_node))
@@ -157,6 +161,8 @@ def _round_up(nbytes: float, step: int = 256 * MIB) -> int:
 
 
 def estimate(shape: MatrixShape, blocks: int, executors: int, cores: int) -> dict:
+    """The memory model of the module docstring, in bytes, for ``blocks`` blocks per side on
+    ``executors`` executors of ``cores`` cores each."""
     vec = 4 * shape.rank + 16
     ratings = shape.nnz * RATING_BYTES * 2
     factors = (shape.users + shape.items) * vec * 2
@@ -242,10 +248,8 @@ def size_evaluate(shape: MatrixShape, cluster: ClusterResources, top_n: int = 50
     metrics and the write (``RECOMMENDATION_BYTES`` each; measured: 201 MiB of storage for 7.7M
     rows and 0.6M ratings). Python workers (on a cluster, limited per executor): each holds the
     broadcast item factors twice (received and unpickled) and one chunk of scores
-    (``spark_jobs.lib.top_n.CHUNK_BYTES``).
+    (``CHUNK_BYTES``).
     """
-    from spark_jobs.lib.top_n import CHUNK_BYTES
-
     sizing = size_als(shape, cluster, strategy="mllib")
     recs = 2 * shape.users * top_n * RECOMMENDATION_BYTES / sizing.num_executors
     limit = per_executor_limit_mb(cluster) * MIB

@@ -1,0 +1,97 @@
+"""A failure that can never succeed ends its task after one try (AirflowFailException: no retry),
+with its one-line cause; a transient one keeps the task's retries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from music_recs.failures import (DataTooLargeError, NoLandingData, PermanentSparkJobError, TooManyBadRows,
+                                 ValidationFailed)
+from music_recs.jobs import MatrixResult
+from music_recs.settings import DeploymentSettings
+from music_recs_airflow import tasks
+
+DAY = "2026-11-20"
+START = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture
+def plan(tmp_path, bucket):
+    cfg = DeploymentSettings(raw_bucket=bucket, models_bucket=bucket, lake_uri=str(tmp_path / "lake"))
+    return tasks.plan_run({"rank": 4, "max_iter": 1}, START, "manual__fail_fast", cfg)
+
+
+def matrix(users: int, items: int, nnz: int) -> MatrixResult:
+    return MatrixResult(day=DAY, window={}, params={}, min_user_items=2, min_item_users=2, ids_added={}, seconds={},
+                        stats={"track": {"users": users, "items": items, "nnz": nnz}})
+
+
+def fails_at_once(call, cause: type) -> str:
+    with pytest.raises(AirflowFailException) as err:
+        call()
+    assert isinstance(err.value.__cause__, cause), repr(err.value.__cause__)
+    message = str(err.value)
+    assert message and "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_no_landing_files(store, plan):
+    message = fails_at_once(lambda: tasks.ingest(store, plan), NoLandingData)
+    assert message == f"no stream logs under {plan.landing_uri}; nothing to ingest"
+
+
+def test_a_matrix_too_large_for_the_cluster(plan):
+    message = fails_at_once(lambda: tasks.train(plan, matrix(10**9, 10**8, 10**11)), DataTooLargeError)
+    assert "need about" in message and "add nodes or memory, or lower the rank" in message
+
+
+def test_a_transient_failure_keeps_its_retries():
+    @tasks.fail_fast
+    def lost_connection():
+        raise ConnectionError("S3 endpoint reset the connection")
+
+    with pytest.raises(ConnectionError):
+        lost_connection()
+
+
+@pytest.mark.spark
+def test_too_many_bad_rows(store, bucket, plan):
+    good = [{"event_id": f"e{i}", "ts": "2026-11-20T10:00:00Z", "user_id": "u1", "track_id": f"t{i}",
+             "artist_id": "a1", "ms_played": 60000} for i in range(10)]
+    lines = [json.dumps(r) for r in good] + ["{not json"] * 5
+    store.client.put_object(Bucket=bucket, Key=f"stream_logs/dt={DAY}/part-0.jsonl.gz",
+                            Body=gzip.compress("\n".join(lines).encode()))
+    message = fails_at_once(lambda: tasks.ingest(store, plan), TooManyBadRows)
+    assert message.startswith(f"dt={DAY}: 5 of 15 rows (33.3%) failed row-level checks") and "not_json_object" in message
+
+
+@pytest.mark.spark
+def test_a_failed_validation(plan):
+    partition = plan.lake.plays(DAY)
+    table = pa.table({"event_id": ["e1", "e1"], "ts": pa.array([dt.datetime(2026, 11, 20, 10)] * 2, pa.timestamp("us")),
+                      "user_id": ["u1", "u1"], "track_id": ["t1", "t1"], "artist_id": ["a1", "a1"],
+                      "ms_played": pa.array([-5, 60000], pa.int64()), "track_name": ["x", "x"],
+                      "artist_name": ["y", "y"]})
+    import os
+
+    os.makedirs(partition)
+    pq.write_table(table, f"{partition}/part-00000.parquet")
+    open(f"{partition}/_SUCCESS", "w").close()
+    message = fails_at_once(lambda: tasks.validate(plan), ValidationFailed)
+    assert message.startswith(f"dt={DAY} failed") and "expect_column_values_to_be_unique(event_id)" in message
+
+
+@pytest.mark.spark
+def test_a_spark_job_that_cannot_succeed_is_submitted_once(plan):
+    """No matrix at the plan's path: the job fails non-retryably; training does not resubmit it and
+    the task does not retry it (before: 3 Airflow tries of it)."""
+    message = fails_at_once(lambda: tasks.train(plan, matrix(20, 10, 100)), PermanentSparkJobError)
+    assert message.startswith(f"Spark job train_als dt={DAY} failed (non_retryable): ")
+    assert "attempt 1: non_retryable" in message and "attempt 2" not in message and "spark-submit" not in message
