@@ -175,8 +175,11 @@ def test_cli_commands_run_as_processes_exit_0_and_show_the_model(store, bucket, 
     plan, plan_published = publish_day("2026-11-20", 2000, 0.0733, ok)
     env = airflow_env({"MUSIC_RECS_MODELS_BUCKET": bucket})
     command = [str(Path(sys.executable).parent / "music-recs")]
-    latest = subprocess.run([*command, "latest"], env=env, capture_output=True, text=True, timeout=120)
-    assert (latest.returncode, latest.stderr) == (0, "")
+    # Three times: reading Parquet from S3 once aborted the interpreter at exit now and then
+    # (exit 134, Arrow threads freeing Python buffers; see S3Store.get_parquet).
+    for _ in range(3):
+        latest = subprocess.run([*command, "latest"], env=env, capture_output=True, text=True, timeout=120)
+        assert (latest.returncode, latest.stderr) == (0, "")
     out = latest.stdout
     assert out.startswith("latest model: day 2026-11-20, run scheduled__2026-11-20T00:00:00+00:00\n")
     assert "MAP@10 0.0733 (popularity 0.0188)" in out and "try: music-recs recommend --user u1" in out

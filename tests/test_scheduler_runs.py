@@ -23,7 +23,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import http.server
-import io
 import json
 import secrets
 import subprocess
@@ -36,7 +35,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psutil
-import pyarrow.parquet as pq
 import pytest
 
 from music_recs.jobs import IngestSpec
@@ -359,7 +357,7 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
 
     # A person can read the result: the CLI prints recommendations from the published model.
     first_rec = next(o for o in manifest["objects"] if o["artifact"] == "recommendations")
-    user = pq.read_table(io.BytesIO(store.get_bytes(MODELS, first_rec["key"])[0])).column("user_id")[0].as_py()
+    user = store.get_parquet(MODELS, first_rec["key"]).column("user_id")[0].as_py()
     monkeypatch.setenv("MUSIC_RECS_RAW_BUCKET", RAW)
     monkeypatch.setenv("MUSIC_RECS_MODELS_BUCKET", MODELS)
     monkeypatch.setenv("MUSIC_RECS_LAKE_URI", str(stack["root"] / "lake"))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import os
 import sys
 
@@ -114,27 +113,23 @@ def cmd_latest(args) -> int:
 
 
 def first_user(store: S3Store, bucket: str, manifest: dict) -> str | None:
-    import pyarrow.parquet as pq
-
     for obj in manifest["objects"]:
         if obj["artifact"] == "recommendations":
-            table = pq.read_table(io.BytesIO(store.get_bytes(bucket, obj["key"])[0]), columns=["user_id"])
+            table = store.get_parquet(bucket, obj["key"], columns=["user_id"])
             if table.num_rows:
                 return table.column("user_id")[0].as_py()
     return None
 
 
 def load_recommendations(store: S3Store, bucket: str, manifest: dict, user_id: str):
-    import pyarrow.parquet as pq
-    import pyarrow.compute as pc
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     tables = []
     for obj in manifest["objects"]:
         if obj["artifact"] != "recommendations":
             continue
-        data, _ = store.get_bytes(bucket, obj["key"])
-        table = pq.read_table(io.BytesIO(data), filters=[("user_id", "=", user_id)])
+        table = store.get_parquet(bucket, obj["key"], filters=[("user_id", "=", user_id)])
         if table.num_rows:
             tables.append(table)
     if not tables:

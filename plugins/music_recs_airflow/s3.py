@@ -126,6 +126,24 @@ class S3Store:
             raise
         return resp["Body"].read(), resp["ETag"].strip('"')
 
+    def get_parquet(self, bucket: str, key: str, **read_options):
+        """A Parquet object as a ``pyarrow.Table`` (``read_options`` go to ``pyarrow.parquet.read_table``).
+
+        The bytes are copied into Arrow-owned memory first. Read from a Python object, Arrow's
+        I/O threads free Python buffers after ``read_table`` returns; at interpreter exit such a
+        thread cannot take the GIL and the process aborts ("terminate called without an active
+        exception", exit 134; apache/arrow#33975).
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        got = self.get_bytes(bucket, key)
+        if got is None:
+            raise FileNotFoundError(f"s3://{bucket}/{key} does not exist")
+        owned = pa.BufferOutputStream()
+        owned.write(got[0])
+        return pq.read_table(pa.BufferReader(owned.getvalue()), **read_options)
+
     def get_json(self, bucket: str, key: str) -> tuple[dict, str] | None:
         got = self.get_bytes(bucket, key)
         if got is None:
