@@ -28,7 +28,7 @@ from music_recs import schema as S
 from music_recs.jobs import IngestResult, IngestSpec
 from music_recs.plan import LakeLayout
 from spark_jobs.lib.lake import present_days, read_plays
-from spark_jobs.lib.landing import iter_records
+from spark_jobs.lib.landing import BLANK, QUARANTINE_CHARS, inspect, iter_records
 from spark_jobs.lib.session import PhaseTimer, job_main
 
 # Events may arrive late (offline listening syncs later): a play up to this many hours
@@ -58,6 +58,8 @@ R_FIELD_COUNT = "wrong_field_count"
 SCROBBLE_MS = 30_000
 FORMAT = "format"
 PRE_REASON = "pre_reason"
+# A line with a character outside ``landing.BLANK`` is a record; the same rule as the Python path.
+BLANK_LINE_NOT = "[^" + "".join(f"\\x{ord(c):02x}" for c in BLANK) + "]"
 
 _RAW_FIELDS = (*S.REQUIRED_LOG_COLUMNS, *S.OPTIONAL_LOG_COLUMNS)
 # Everything is read as text first, so a wrong type becomes a quarantine reason
@@ -80,20 +82,45 @@ LISTENBRAINZ_SCHEMA = T.StructType([
 ])
 
 
-def read_records(spark: SparkSession, input_uri: str, source_format: str = "auto") -> DataFrame:
-    """One row per record of every landing file: ``raw_line, source_file, format, pre_reason``.
+def read_records(spark: SparkSession, input_uri: str, source_format: str = "auto") -> tuple[DataFrame, dict]:
+    """One row per record of every landing file: ``raw_line, source_file, format, pre_reason``, and
+    how many files each path read (``{"spark": n, "python": m}``).
 
-    Files are read whole on the executors and split by ``spark_jobs.lib.landing`` (gzip, BOM,
-    CRLF, broken streams, JSON arrays), so a file that breaks midway keeps its good lines.
+    Each file is inspected once on the executors (``landing.inspect``: format, intact gzip, valid
+    UTF-8, sane line lengths; only a verdict per file comes back). Files Spark's text reader can
+    take exactly are read by it (gzip through Hadoop's codec) and never cross into Python; the
+    rest (a broken gzip stream, bytes that are not UTF-8, a Spotify JSON array, an endless line)
+    are split by ``landing.iter_records``, so a file that breaks midway keeps its good lines.
     """
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_uri)
-
-    def split(row):
-        for line, fmt, reason in iter_records(row.path, bytes(row.content), source_format):
-            yield line, row.path, fmt, reason
-
+    verdicts = (files.select("path", "content").rdd
+                .map(lambda row: (row.path, *inspect(row.path, bytes(row.content), source_format))).collect())
     schema = f"{S.RAW_LINE} string, {S.SOURCE_FILE} string, {FORMAT} string, {PRE_REASON} string"
-    return spark.createDataFrame(files.select("path", "content").rdd.flatMap(split), schema)
+    parts = []
+    by_format: dict[str, list[str]] = {}
+    for path, fmt, jvm_readable in verdicts:
+        if jvm_readable:
+            by_format.setdefault(fmt, []).append(path)
+    for fmt, paths in sorted(by_format.items()):
+        lines = spark.read.text(sorted(paths)).select(
+            F.regexp_replace("value", "^\ufeff", "").alias(S.RAW_LINE), F.col("_metadata.file_path").alias(S.SOURCE_FILE))
+        parts.append(lines.filter(F.col(S.RAW_LINE).rlike(BLANK_LINE_NOT)).select(
+            S.RAW_LINE, S.SOURCE_FILE, F.lit(fmt).alias(FORMAT), F.lit(None).cast("string").alias(PRE_REASON)))
+    in_python = sorted(path for path, _, jvm_readable in verdicts if not jvm_readable)
+    if in_python:
+        def split(row):
+            for line, fmt, reason in iter_records(row.path, bytes(row.content), source_format):
+                yield line, row.path, fmt, reason
+
+        chosen = files.filter(F.col("path").isin(in_python)).select("path", "content")
+        parts.append(spark.createDataFrame(chosen.rdd.flatMap(split), schema))
+    paths = {"spark": len(verdicts) - len(in_python), "python": len(in_python)}
+    if not parts:
+        return spark.createDataFrame([], schema), paths
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.unionByName(part)
+    return out, paths
 
 
 def _norm(col):
@@ -147,7 +174,7 @@ def normalize(records: DataFrame) -> DataFrame:
         S.RAW_LINE, S.SOURCE_FILE, FORMAT,
         F.coalesce(PRE_REASON, _json_object_reason(), F.when(podcast, F.lit(R_PODCAST))).alias(PRE_REASON),
         # Exports without a username belong to the user named by their folder: spotify/<user>/*.json
-        F.coalesce(F.col("_j.username"), F.element_at(F.split(S.SOURCE_FILE, "/"), -2)).alias(S.USER_ID),
+        F.coalesce(F.col("_j.username"), F.try_element_at(F.split(S.SOURCE_FILE, "/"), F.lit(-2))).alias(S.USER_ID),
         F.coalesce(F.col("_j.spotify_track_uri"), derived_id(artist, track)).alias(S.TRACK_ID),
         derived_id(artist).alias(S.ARTIST_ID),
         F.col("_j.ts").alias("_ts_raw"), F.col("_j.ms_played").alias("_ms_raw"),
@@ -169,13 +196,15 @@ def normalize(records: DataFrame) -> DataFrame:
     lb = of("listenbrainz").withColumn("_j", F.from_json(S.RAW_LINE, LISTENBRAINZ_SCHEMA))
     meta = "_j.track_metadata"
     lb_artist, lb_track = F.col(f"{meta}.artist_name"), F.col(f"{meta}.track_name")
+    # Seconds since the epoch, within years 1..9999 (beyond, timestamp_seconds overflows in ANSI mode).
     listened = F.expr("try_cast(_j.listened_at AS BIGINT)")
+    listened = F.when(listened.between(-62135596800, 253402300799), listened)
     listenbrainz = lb.select(
         S.RAW_LINE, S.SOURCE_FILE, FORMAT, F.coalesce(PRE_REASON, _json_object_reason()).alias(PRE_REASON),
         F.col("_j.user_name").alias(S.USER_ID),
         F.coalesce(F.concat(F.lit("mbid:"), F.col(f"{meta}.additional_info.recording_mbid")),
                    derived_id(lb_artist, lb_track)).alias(S.TRACK_ID),
-        F.coalesce(F.concat(F.lit("mbid:"), F.element_at(F.col(f"{meta}.additional_info.artist_mbids"), 1)),
+        F.coalesce(F.concat(F.lit("mbid:"), F.try_element_at(F.col(f"{meta}.additional_info.artist_mbids"), F.lit(1))),
                    derived_id(lb_artist)).alias(S.ARTIST_ID),
         F.when(listened.isNotNull(), F.date_format(F.timestamp_seconds(listened), "yyyy-MM-dd'T'HH:mm:ss'Z'"))
         .otherwise(F.col("_j.listened_at")).alias("_ts_raw"),
@@ -206,10 +235,15 @@ def classify(normalized: DataFrame, day: dt.date) -> DataFrame:
     reason = (
         reason.when(F.col(S.TS).isNull(), F.lit(R_BAD_TS))
         .when((F.col(S.TS) < F.lit(lo)) | (F.col(S.TS) >= F.lit(hi)), F.lit(R_TS_OUTSIDE_DAY))
-        .when(F.col("_ms_double").isNull() | (F.col("_ms_double") != F.floor("_ms_double")), F.lit(R_BAD_MS))
+        .when(F.col("_ms_double").isNull() | F.isnan("_ms_double"), F.lit(R_BAD_MS))
+        # Range before integrality: 1e30 is out of range (and floor() of it would saturate).
         .when((F.col("_ms_double") < 0) | (F.col("_ms_double") > MAX_MS_PLAYED), F.lit(R_MS_RANGE))
+        .when(F.col("_ms_double") != F.floor("_ms_double"), F.lit(R_BAD_MS))
     )
-    return typed.withColumn(S.REASON, reason).withColumn(S.MS_PLAYED, F.col("_ms_double").cast("long"))
+    # Every cast of an input value is total (Spark 4's ANSI mode fails the job on an overflowing
+    # cast): only rows that passed every rule are cast, and with try_cast all the same.
+    ms = F.when(F.col(S.REASON).isNull(), F.expr("try_cast(_ms_double AS BIGINT)"))
+    return typed.withColumn(S.REASON, reason).withColumn(S.MS_PLAYED, ms)
 
 
 def dedupe(good: DataFrame) -> tuple[DataFrame, DataFrame]:
@@ -227,7 +261,8 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
     with timer.phase("parse"):
         # normalize() reads the records once per format (a union of four filters); cached, the
         # files are decompressed and split in Python once instead of four times.
-        records = read_records(spark, spec.input_uri, spec.source_format).cache()
+        records, files_by_reader = read_records(spark, spec.input_uri, spec.source_format)
+        records = records.cache()
         rows = classify(normalize(records), day).cache()
         read = rows.count()
         records.unpersist()
@@ -259,7 +294,8 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
     with timer.phase("write_quarantine"):
         quarantined = (
             rows.filter(F.col(S.REASON).isNotNull())
-            .select(S.REASON, S.RAW_LINE, S.SOURCE_FILE, FORMAT)
+            # The quarantine copy is cut; parsing saw the whole line.
+            .select(S.REASON, F.substring(S.RAW_LINE, 1, QUARANTINE_CHARS).alias(S.RAW_LINE), S.SOURCE_FILE, FORMAT)
             .repartition(1).sortWithinPartitions(S.SOURCE_FILE, S.RAW_LINE)
         )
         quarantined.write.mode("overwrite").json(lake.quarantine(day_s))
@@ -272,6 +308,7 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
         day=day_s, rows_read=read, rows_accepted=accepted, rows_quarantined=n_quarantined,
         duplicates_removed=duplicates, duplicates_of_other_days=of_other_days,
         quarantine_reasons=dict(sorted(by_reason.items())), formats=dict(sorted(formats.items())),
+        files_by_reader=files_by_reader,
         seconds=timer.seconds,
     )
     # Nothing may vanish between reading and writing.

@@ -184,7 +184,6 @@ def build_report(manifest: dict, history: list[dict]) -> str:
     metrics, gate, training = manifest["metrics"], manifest["quality_gate"], manifest.get("training") or {}
     primary = manifest["params"].get("primary_metric", "map")
     k = metrics["k"]
-    rows = manifest["rows"]
     submission = training.get("submission") or {}
     window = manifest.get("data_window") or {}
 

@@ -35,7 +35,7 @@ from airflow.sdk import BaseHook
 
 from music_recs.failures import PermanentSparkJobError, SparkJobError
 from music_recs.jobs import RESULTS, JobSpec
-from music_recs.resubmission import Failure, classify_failure, next_settings
+from music_recs.resubmission import Failure, classify_failure, first_exception, next_settings
 from music_recs.settings import spark_submit_env
 from music_recs.sizing import ExecutorSizing
 
@@ -82,8 +82,8 @@ def package_zip(dest_dir: str) -> str:
     return path
 
 
-def job_path(job: str) -> str:
-    path = JOBS_DIR / f"{job}.py"
+def job_path(job: str, jobs_dir: Path = JOBS_DIR) -> str:
+    path = Path(jobs_dir) / f"{job}.py"
     if not path.exists():
         raise ValueError(f"unknown Spark job {job!r}: no {path}")
     return str(path)
@@ -121,9 +121,9 @@ def event_log_conf(directory: str) -> dict[str, str]:
 
 
 def cause_line(output: str, returncode: int | None) -> tuple[Failure, str]:
-    """The failure class and its first decisive line (the exception that caused it)."""
+    """The failure class, and the cause: the first exception in the output, else its first decisive line."""
     failure, lines = classify_failure(output, returncode)
-    return failure, next((line for line in lines if line), "no output")
+    return failure, first_exception(output) or next((line for line in lines if line), "no output")
 
 
 class SparkJobHook(BaseHook):
@@ -135,6 +135,7 @@ class SparkJobHook(BaseHook):
     :param pyfiles_dir: where the ``--py-files`` zip is kept (default ``work_dir``).
     :param label: what the one-line error names besides the job, e.g. ``dt=2026-11-20`` (default none).
     :param event_log_dir: Spark event log folder for the History Server (default off).
+    :param jobs_dir: where the jobs' entry points are (default ``spark_jobs/``).
     """
 
     conn_name_attr = "conn_id"
@@ -143,13 +144,15 @@ class SparkJobHook(BaseHook):
     hook_name = "music-recs Spark job"
 
     def __init__(self, conn_id: str = default_conn_name, work_dir: str = "/tmp/music_recs_submit",
-                 pyfiles_dir: str | None = None, label: str = "", event_log_dir: str = ""):
+                 pyfiles_dir: str | None = None, label: str = "", event_log_dir: str = "",
+                 jobs_dir: Path = JOBS_DIR):
         super().__init__()
         self.conn_id = conn_id
         self.work_dir = work_dir
         self.pyfiles_dir = pyfiles_dir or work_dir
         self.label = label
         self.event_log_dir = event_log_dir
+        self.jobs_dir = jobs_dir
         self._process: subprocess.Popen | None = None
 
     def command(self, spec_path: str, result_path: str, job: str, conf: dict[str, str],
@@ -171,7 +174,7 @@ class SparkJobHook(BaseHook):
         for option, value in options.items():
             if value is not None:
                 cmd += [f"--{option.replace('_', '-')}", str(value)]
-        return [*cmd, job_path(job), *job_arguments(spec_path, result_path)]
+        return [*cmd, job_path(job, self.jobs_dir), *job_arguments(spec_path, result_path)]
 
     def submit(self, spec: JobSpec, conf: dict[str, str] | None = None, driver_memory: str | None = None,
                executor_memory: str | None = None, executor_cores: int | None = None,

@@ -119,11 +119,11 @@ def spark_hook(plan: RunPlan) -> SparkJobHook:
                         label=f"dt={plan.day}", event_log_dir=plan.settings.spark_event_log_dir)
 
 
-def _folder_bytes(path: str) -> int:
+def folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def _submit_stage(plan: RunPlan, spec, input_bytes: int):
+def submit_stage(plan: RunPlan, spec, input_bytes: int):
     """Submit a stage other than ALS: shuffle partitions and (local mode) memory sized to its input."""
     conf = {"spark.sql.shuffle.partitions": str(shuffle_partitions(input_bytes, plan.cluster))}
     memory = f"{stage_memory_mb(input_bytes, per_executor_limit_mb(plan.cluster))}m" if plan.local else None
@@ -153,7 +153,7 @@ def ingest_spec(plan: RunPlan) -> IngestSpec:
 @fail_fast
 def ingest(store: S3Store, plan: RunPlan) -> IngestResult:
     stage_landing(store, plan)
-    result = _submit_stage(plan, ingest_spec(plan), GZIP_JSON_EXPANSION * _folder_bytes(plan.landing_staging))
+    result = submit_stage(plan, ingest_spec(plan), GZIP_JSON_EXPANSION * folder_bytes(plan.landing_staging))
     log.info("ingest dt=%s: read %d, accepted %d, quarantined %d, duplicates %d (formats %s)", plan.day,
              result.rows_read, result.rows_accepted, result.rows_quarantined, result.duplicates_removed, result.formats)
     # Quarantined rows are stored before any verdict, so they are kept even when the run stops.
@@ -193,7 +193,7 @@ def validate_spec(plan: RunPlan, ingested: IngestResult | None) -> ValidateSpec:
 
 @fail_fast
 def validate(plan: RunPlan, ingested: IngestResult | None = None) -> ValidateResult:
-    result = _submit_stage(plan, validate_spec(plan, ingested), PARQUET_EXPANSION * _folder_bytes(plan.lake.plays(plan.day)))
+    result = submit_stage(plan, validate_spec(plan, ingested), PARQUET_EXPANSION * folder_bytes(plan.lake.plays(plan.day)))
     log.info("GX Data Docs for dt=%s: file://%s", plan.day, result.data_docs)
     if not result.success:
         failed = "; ".join(
@@ -217,7 +217,7 @@ def confidence_spec(plan: RunPlan) -> ConfidenceSpec:
 @fail_fast
 def build_confidence(plan: RunPlan) -> MatrixResult:
     granularity = plan.params.granularity
-    result = _submit_stage(plan, confidence_spec(plan), PARQUET_EXPANSION * _folder_bytes(plan.lake.plays()))
+    result = submit_stage(plan, confidence_spec(plan), PARQUET_EXPANSION * folder_bytes(plan.lake.plays()))
     stats = result.stats[granularity]
     if stats["nnz"] == 0:
         raise EmptyMatrix(f"the {granularity} matrix for dt={plan.day} is empty after filtering; "

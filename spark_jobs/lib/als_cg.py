@@ -32,7 +32,6 @@ import numpy as np
 import pyarrow as pa
 from pyspark import AccumulatorParam, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from music_recs import schema as S
 from spark_jobs.lib.cg_kernels import DEFAULT_CG_STEPS, gram, initial_factors, rows_loss, solve_rows

@@ -216,6 +216,7 @@ class IngestResult(_Contract):
     quarantine_reasons: dict
     formats: dict
     seconds: dict
+    files_by_reader: dict | None = None  # {"spark": files its text reader read, "python": files split in Python}
     quarantine_uri: str | None = None
     submission: dict | None = None
 

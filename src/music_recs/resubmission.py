@@ -51,7 +51,8 @@ _PATTERNS: list[tuple[Failure, re.Pattern]] = [
         r"PATH_NOT_FOUND|Path does not exist|FileNotFoundError|No such file or directory|"
         r"AnalysisException|UNRESOLVED_COLUMN|ValueError|TypeError|NameError|ImportError|ModuleNotFoundError|"
         r"SyntaxError|error: (argument|unrecognized arguments)|usage: |NonFiniteFactorsError|"
-        r"IllegalArgumentException")),
+        r"IllegalArgumentException|ArithmeticException|NumberFormatException|DateTimeException|"
+        r"\[CAST_OVERFLOW\]|\[CAST_INVALID_INPUT\]|INVALID_ARRAY_INDEX")),
 ]
 
 _SECRET = re.compile(r"(?i)((?:secret|password|token|access[_.-]?key)[\w.-]*\s*[=:]\s*)(\S+)")
@@ -60,6 +61,23 @@ _SECRET = re.compile(r"(?i)((?:secret|password|token|access[_.-]?key)[\w.-]*\s*[
 def mask_secrets(line: str) -> str:
     """``line`` with the value after any secret-, password-, token- or key-like name replaced by ``***``."""
     return _SECRET.sub(r"\1***", line)
+
+
+# A stack trace's header line: ``[package.]SomeException: message`` (Java, Python or Py4J).
+_EXCEPTION = re.compile(r"^(?:Caused by: |Exception in thread \"[^\"]*\" )?(?:[\w$]+\.)*(?P<name>[\w$]*(?:Exception|Error))(?::\s*(?P<message>.*))?$")
+# Wrappers that only say that something below failed.
+_WRAPPERS = re.compile(r"^(Py4JJavaError|SparkException|RuntimeError)$")
+
+
+def first_exception(output: str, limit: int = 400) -> str | None:
+    """The first exception the output names (class without its package, and its message), skipping
+    wrappers like ``Py4JJavaError: An error occurred while calling o57.parquet``; None if none."""
+    for line in output.splitlines():
+        match = _EXCEPTION.match(line.strip())
+        if match and not _WRAPPERS.match(match["name"]):
+            message = (match["message"] or "").strip()
+            return mask_secrets(f"{match['name']}: {message}" if message else match["name"])[:limit]
+    return None
 
 
 def classify_failure(output: str, returncode: int | None = None) -> tuple[Failure, list[str]]:
