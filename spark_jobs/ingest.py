@@ -58,6 +58,7 @@ R_FIELD_COUNT = "wrong_field_count"
 SCROBBLE_MS = 30_000
 FORMAT = "format"
 PRE_REASON = "pre_reason"
+LINE_DIGEST = "_line_digest"
 # A line with a character outside ``landing.BLANK`` is a record; the same rule as the Python path.
 BLANK_LINE_NOT = "[^" + "".join(f"\\x{ord(c):02x}" for c in BLANK) + "]"
 
@@ -82,9 +83,9 @@ LISTENBRAINZ_SCHEMA = T.StructType([
 ])
 
 
-def read_records(spark: SparkSession, input_uri: str, source_format: str = "auto") -> tuple[DataFrame, dict]:
-    """One row per record of every landing file: ``raw_line, source_file, format, pre_reason``, and
-    how many files each path read (``{"spark": n, "python": m}``).
+def read_records(spark: SparkSession, input_uri: str, source_format: str = "auto") -> tuple[DataFrame, dict, set]:
+    """One row per record of every landing file: ``raw_line, source_file, format, pre_reason``; how
+    many files each path read (``{"spark": n, "python": m}``); the formats present.
 
     Each file is inspected once on the executors (``landing.inspect``: format, intact gzip, valid
     UTF-8, sane line lengths; only a verdict per file comes back). Files Spark's text reader can
@@ -115,12 +116,13 @@ def read_records(spark: SparkSession, input_uri: str, source_format: str = "auto
         chosen = files.filter(F.col("path").isin(in_python)).select("path", "content")
         parts.append(spark.createDataFrame(chosen.rdd.flatMap(split), schema))
     paths = {"spark": len(verdicts) - len(in_python), "python": len(in_python)}
+    formats = {fmt for _, fmt, _ in verdicts}
     if not parts:
-        return spark.createDataFrame([], schema), paths
+        return spark.createDataFrame([], schema), paths, formats
     out = parts[0]
     for part in parts[1:]:
         out = out.unionByName(part)
-    return out, paths
+    return out, paths, formats
 
 
 def _norm(col):
@@ -154,8 +156,11 @@ NORMALIZED = (S.RAW_LINE, S.SOURCE_FILE, FORMAT, PRE_REASON, S.EVENT_ID, S.USER_
               "_ts_raw", "_ms_raw", S.TRACK_NAME, S.ARTIST_NAME)
 
 
-def normalize(records: DataFrame) -> DataFrame:
-    """Map every format to the same string columns; ``pre_reason`` holds format-level problems."""
+def normalize(records: DataFrame, formats=S.LANDING_FORMATS) -> DataFrame:
+    """Map every format to the same string columns; ``pre_reason`` holds format-level problems.
+
+    formats: the formats present (default all): each is a pass over ``records``.
+    """
     def of(fmt):
         return records.filter(F.col(FORMAT) == fmt)
 
@@ -212,10 +217,11 @@ def normalize(records: DataFrame) -> DataFrame:
     ).withColumn(S.EVENT_ID, _derived_event_id("listenbrainz"))
 
     out = None
-    for part in (native, spotify, lastfm, listenbrainz):
-        part = part.select(*NORMALIZED)
-        out = part if out is None else out.unionByName(part)
-    return out
+    for fmt, part in (("native", native), ("spotify", spotify), ("lastfm", lastfm), ("listenbrainz", listenbrainz)):
+        if fmt in formats:
+            part = part.select(*NORMALIZED)
+            out = part if out is None else out.unionByName(part)
+    return out if out is not None else native.select(*NORMALIZED)
 
 
 def classify(normalized: DataFrame, day: dt.date) -> DataFrame:
@@ -247,8 +253,9 @@ def classify(normalized: DataFrame, day: dt.date) -> DataFrame:
 
 
 def dedupe(good: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """Keep one row per ``event_id`` (the earliest; ties broken by the raw line, so reruns agree)."""
-    w = Window.partitionBy(S.EVENT_ID).orderBy(S.TS, S.RAW_LINE)
+    """Keep one row per ``event_id`` (the earliest; ties broken by the raw line's digest, then its
+    source file, so reruns agree)."""
+    w = Window.partitionBy(S.EVENT_ID).orderBy(S.TS, LINE_DIGEST, S.SOURCE_FILE)
     ranked = good.withColumn("_rn", F.row_number().over(w))
     return ranked.filter("_rn = 1").drop("_rn"), ranked.filter("_rn > 1").drop("_rn")
 
@@ -261,9 +268,16 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
     with timer.phase("parse"):
         # normalize() reads the records once per format (a union of four filters); cached, the
         # files are decompressed and split in Python once instead of four times.
-        records, files_by_reader = read_records(spark, spec.input_uri, spec.source_format)
-        records = records.cache()
-        rows = classify(normalize(records), day).cache()
+        records, files_by_reader, present = read_records(spark, spec.input_uri, spec.source_format)
+        # normalize() reads the records once per format present: cached when that is more than
+        # once, or when some were split in Python (the costly part to do twice).
+        if len(present) > 1 or files_by_reader["python"]:
+            records = records.cache()
+        # The raw line is kept only where it goes to quarantine (accepted rows need its digest for
+        # deduplication): the cached rows are a fraction of the day's text.
+        rows = classify(normalize(records, present), day)
+        rows = rows.withColumn(LINE_DIGEST, F.xxhash64(S.RAW_LINE)) \
+            .withColumn(S.RAW_LINE, F.when(F.col(S.REASON).isNotNull(), F.col(S.RAW_LINE))).cache()
         read = rows.count()
         records.unpersist()
         formats = {r[FORMAT]: r["count"] for r in rows.groupBy(FORMAT).count().collect()}

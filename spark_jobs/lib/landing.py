@@ -55,7 +55,7 @@ BLANK = " \t\r\n\x0b\x0c"
 MAX_JSON_ARRAY_BYTES = 256 * 1024 * 1024
 # Hadoop's text reader decompresses by file extension: a file named so is never read as plain.
 _CODEC_SUFFIXES = (".gz", ".bz2", ".deflate", ".lz4", ".snappy", ".zst", ".br")
-_STEP = 1024 * 1024
+_STEP = 512 * 1024  # decompression piece; smaller than MAX_RECORD_CHARS (see inspect)
 _LINE_FORMATS = ("native", "listenbrainz", "lastfm")
 
 
@@ -161,8 +161,8 @@ def _head(data: bytes) -> str:
 def inspect(path: str, data: bytes, forced_format: str = "auto") -> tuple[str, bool]:
     """``(format, jvm_readable)`` of one landing file (see the module docstring).
 
-    Reads the whole file once, in C (zlib, the UTF-8 decoder, ``bytes.split``), never line by
-    line in Python.
+    Reads the whole file once, in C (zlib, the UTF-8 decoder, ``bytes.find``), never line by line
+    in Python.
     """
     fmt = forced_format if forced_format != "auto" else detect_format(path, _head(data))
     if fmt not in FORMATS:
@@ -181,14 +181,15 @@ def inspect(path: str, data: bytes, forced_format: str = "auto") -> tuple[str, b
             carry = b"\r" if window.endswith(b"\r") else b""
             if window.count(b"\r") - window.count(b"\r\n") > len(carry):
                 return fmt, False  # a lone carriage return: Hadoop's reader would end a line there
-            parts = piece.split(b"\n")
-            if len(parts) == 1:
+            # A line inside one piece is shorter than a piece (_STEP < MAX_RECORD_CHARS): only the
+            # line that runs across pieces needs counting. In bytes, so wide characters err on the safe side.
+            first = piece.find(b"\n")
+            if first < 0:
                 since_newline += len(piece)
             else:
-                longest = max(since_newline + len(parts[0]), max(map(len, parts[1:-1]), default=0))
-                since_newline = len(parts[-1])
-                if longest > MAX_RECORD_CHARS:
-                    return fmt, False  # in bytes, so a long line of wide characters errs on the safe side
+                if since_newline + first > MAX_RECORD_CHARS:
+                    return fmt, False
+                since_newline = len(piece) - piece.rfind(b"\n") - 1
             if since_newline > MAX_RECORD_CHARS:
                 return fmt, False
         decoder.decode(b"", final=True)
