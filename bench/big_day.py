@@ -9,8 +9,11 @@ the DAG sizes it): ingest, validate, build_confidence (window of 2 days, the big
 
 Per stage it prints wall seconds, peak RSS of the stage's process tree (the spark-submit JVM and
 its Python workers), plays per second per core, and the job's own phases (the rest of a stage is
-JVM and session start-up). Across sizes it fits start-up + seconds per million plays, and gives
-the marginal throughput ``1e6 / (seconds per million) / cores`` of the three stages together.
+JVM and session start-up). The reference, in the same run at sizes up to ``--reference-up-to``:
+ingest with the Python reader for every file (``IngestSpec.reader="python"``, how ingest read
+every file before), on the same files; the ratio is printed. Across sizes it fits start-up +
+seconds per million plays, and gives the marginal throughput ``1e6 / (seconds per million) /
+cores`` of the three stages together.
 
     python bench/big_day.py --plays 1000000 3000000 10000000 --json bench/big_day.json
 """
@@ -62,7 +65,7 @@ def generate(folder: str, day: dt.date, plays: int, files: int, catalogue) -> fl
     return time.time() - t
 
 
-def run_size(plays: int, work: str, files_per_million: int, catalogue) -> dict:
+def run_size(plays: int, work: str, files_per_million: int, catalogue, reference: bool) -> dict:
     from music_recs.settings import DeploymentSettings
     from music_recs_airflow import tasks
 
@@ -93,17 +96,25 @@ def run_size(plays: int, work: str, files_per_million: int, catalogue) -> dict:
         print(f"  {name:<17} {seconds[name]:7.1f}s  peak RSS {mem.peak / MIB:7.0f} MiB  {rate:9.0f} plays/s/core  "
               f"phases {results[name].seconds}", flush=True)
 
+    if reference:  # the same stage with the Python reader for every file (before issue 17), same files
+        stage("ingest_python_reader", lambda: tasks.submit_stage(plan, dataclasses.replace(
+            tasks.ingest_spec(plan), reader="python"), tasks.GZIP_JSON_EXPANSION * landing_bytes))
     stage("ingest", lambda: tasks.submit_stage(plan, tasks.ingest_spec(plan), tasks.GZIP_JSON_EXPANSION * landing_bytes))
+    if reference:
+        print(f"  ingest: {seconds['ingest_python_reader'] / seconds['ingest']:.2f}x faster than with the Python "
+              f"reader for every file", flush=True)
     stage("validate", lambda: tasks.validate(plan, results["ingest"]))
     stage("build_confidence", lambda: tasks.build_confidence(plan))
     ingested = results["ingest"]
     assert ingested.rows_read == plays and ingested.rows_accepted + ingested.duplicates_removed == plays, ingested
     return {
         "plays": plays, "landing_mb": round(landing_bytes / MIB, 1), "files": files,
-        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "seconds": {k: round(v, 2) for k, v in seconds.items() if k in STAGES},
+        "reference_seconds": {k: round(v, 2) for k, v in seconds.items() if k not in STAGES},
         "peak_rss_mb": {k: round(v / MIB) for k, v in peak.items()},
-        "driver_memory": {k: results[k].submission["settings"]["driver_memory"] for k in STAGES},
-        "job_phases": {k: results[k].seconds for k in STAGES},
+        "driver_memory": {k: results[k].submission["settings"]["driver_memory"] for k in results},
+        "job_phases": {k: results[k].seconds for k in results},
+        "files_by_reader": results["ingest"].files_by_reader,
         "matrix": results["build_confidence"].stats["track"]["nnz"],
     }
 
@@ -114,7 +125,12 @@ def main(argv=None) -> None:
     p.add_argument("--files-per-million", type=int, default=2)
     p.add_argument("--work", help="work folder (default: a temporary one, removed after)")
     p.add_argument("--json", help="write every number here")
+    p.add_argument("--reference-up-to", type=int, default=3_000_000,
+                   help="at sizes up to this, also run ingest with the Python reader for every file (the reference)")
+    p.add_argument("--verbose", action="store_true", help="show the stages' logs (every spark-submit line)")
     args = p.parse_args(argv)
+    if not args.verbose:  # the stages log every spark-submit line; Airflow reads the level when imported
+        os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     from music_recs_dev.sample_data import Catalogue, CatalogueSpec
 
     work = args.work or tempfile.mkdtemp(prefix="music_recs_big_day_")
@@ -126,7 +142,7 @@ def main(argv=None) -> None:
     try:
         for plays in args.plays:
             print(f"{plays} plays:", flush=True)
-            runs.append(run_size(plays, work, args.files_per_million, catalogue))
+            runs.append(run_size(plays, work, args.files_per_million, catalogue, plays <= args.reference_up_to))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -28,7 +28,7 @@ from music_recs import schema as S
 from music_recs.jobs import IngestResult, IngestSpec
 from music_recs.plan import LakeLayout
 from spark_jobs.lib.lake import present_days, read_plays
-from spark_jobs.lib.landing import BLANK, QUARANTINE_CHARS, inspect, iter_records
+from spark_jobs.lib.landing import BLANK, QUARANTINE_CHARS, detect, inspect, iter_records
 from spark_jobs.lib.session import PhaseTimer, job_main
 
 # Events may arrive late (offline listening syncs later): a play up to this many hours
@@ -83,7 +83,8 @@ LISTENBRAINZ_SCHEMA = T.StructType([
 ])
 
 
-def read_records(spark: SparkSession, input_uri: str, source_format: str = "auto") -> tuple[DataFrame, dict, set]:
+def read_records(spark: SparkSession, input_uri: str, source_format: str = "auto",
+                 reader: str = "auto") -> tuple[DataFrame, dict, set]:
     """One row per record of every landing file: ``raw_line, source_file, format, pre_reason``; how
     many files each path read (``{"spark": n, "python": m}``); the formats present.
 
@@ -94,8 +95,12 @@ def read_records(spark: SparkSession, input_uri: str, source_format: str = "auto
     are split by ``landing.iter_records``, so a file that breaks midway keeps its good lines.
     """
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_uri)
-    verdicts = (files.select("path", "content").rdd
-                .map(lambda row: (row.path, *inspect(row.path, bytes(row.content), source_format))).collect())
+    if reader == "python":  # every file through the Python reader; formats come from a look at its head
+        verdicts = (files.select("path", "content").rdd
+                    .map(lambda row: (row.path, detect(row.path, bytes(row.content), source_format), False)).collect())
+    else:
+        verdicts = (files.select("path", "content").rdd
+                    .map(lambda row: (row.path, *inspect(row.path, bytes(row.content), source_format))).collect())
     schema = f"{S.RAW_LINE} string, {S.SOURCE_FILE} string, {FORMAT} string, {PRE_REASON} string"
     parts = []
     by_format: dict[str, list[str]] = {}
@@ -268,7 +273,7 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
     with timer.phase("parse"):
         # normalize() reads the records once per format (a union of four filters); cached, the
         # files are decompressed and split in Python once instead of four times.
-        records, files_by_reader, present = read_records(spark, spec.input_uri, spec.source_format)
+        records, files_by_reader, present = read_records(spark, spec.input_uri, spec.source_format, spec.reader)
         # normalize() reads the records once per format present: cached when that is more than
         # once, or when some were split in Python (the costly part to do twice).
         if len(present) > 1 or files_by_reader["python"]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
+from music_recs import failures
 from music_recs.failures import (DataTooLargeError, NoLandingData, PermanentSparkJobError, TooManyBadRows,
                                  ValidationFailed)
 from music_recs.jobs import MatrixResult
@@ -50,6 +52,23 @@ def test_no_landing_files(store, plan):
 def test_a_matrix_too_large_for_the_cluster(plan):
     message = fails_at_once(lambda: tasks.train(plan, matrix(10**9, 10**8, 10**11)), DataTooLargeError)
     assert "need about" in message and "add nodes or memory, or lower the rank" in message
+
+
+def permanent_classes(cls=failures.PermanentFailure):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from permanent_classes(sub)
+
+
+@pytest.mark.parametrize("cls", sorted(set(permanent_classes()), key=lambda c: c.__name__), ids=lambda c: c.__name__)
+def test_every_class_that_cannot_succeed_fails_the_task_without_retry(cls):
+    @tasks.fail_fast
+    def stage():
+        raise cls("dt=2026-11-20: the cause, in one line\nand detail that stays in the log")
+
+    with pytest.raises(AirflowFailException, match=r"^dt=2026-11-20: the cause, in one line$") as err:
+        stage()
+    assert isinstance(err.value.__cause__, cls)
 
 
 def test_a_transient_failure_keeps_its_retries():
@@ -92,6 +111,10 @@ def test_a_failed_validation(plan):
 def test_a_spark_job_that_cannot_succeed_is_submitted_once(plan):
     """No matrix at the plan's path: the job fails non-retryably; training does not resubmit it and
     the task does not retry it (before: 3 Airflow tries of it)."""
+    started = time.time()
     message = fails_at_once(lambda: tasks.train(plan, matrix(20, 10, 100)), PermanentSparkJobError)
     assert message.startswith(f"Spark job train_als dt={DAY} failed (non_retryable): ")
-    assert "attempt 1: non_retryable" in message and "attempt 2" not in message and "spark-submit" not in message
+    assert "PATH_NOT_FOUND" in message or "does not exist" in message
+    assert "not retryable" in message and "attempt 1: non_retryable" in message and "attempt 2" not in message
+    assert "spark-submit" not in message and "--conf" not in message and "results/train_als.log" in message
+    assert time.time() - started < 120

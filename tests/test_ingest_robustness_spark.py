@@ -24,13 +24,14 @@ def play(i: int, **overrides) -> dict:
             "artist_id": "a1", "ms_played": 120_000, **overrides}
 
 
-def run(spark, tmp_path, files: dict[str, bytes], fmt: str = "auto"):
+def run(spark, tmp_path, files: dict[str, bytes], fmt: str = "auto", reader: str = "auto"):
     landing = tmp_path / "landing"
     for name, data in files.items():
         (landing / name).parent.mkdir(parents=True, exist_ok=True)
         (landing / name).write_bytes(data)
     lake = tmp_path / "lake"
-    result = ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(landing), lake_uri=str(lake), source_format=fmt))
+    result = ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(landing), lake_uri=str(lake), source_format=fmt,
+                                          reader=reader))
     assert result.rows_read == result.rows_accepted + result.rows_quarantined + result.duplicates_removed
     return result, lake
 
@@ -70,10 +71,14 @@ def test_both_reading_paths_accept_the_same_rows(spark, tmp_path):
     plays = [play(i, ts=f"2026-11-20T{i % 24:02d}:00:00Z", track_name=f"Track {i} \u00e9") for i in range(200)]
     plays += ["", "   ", "{broken", json.dumps(play(999, ms_played=-1))]
     # Two gzip members one after the other (concatenated .gz files) and an odd file name.
-    jvm, jvm_lake = run(spark, tmp_path / "jvm", {"odd name #1 (ü).jsonl.gz": jsonl(plays[:150]) + jsonl(plays[150:])})
+    file = {"odd name #1 (ü).jsonl.gz": jsonl(plays[:150]) + jsonl(plays[150:])}
+    jvm, jvm_lake = run(spark, tmp_path / "jvm", file)
+    forced, forced_lake = run(spark, tmp_path / "forced", file, reader="python")  # the reference reader
     # The same lines and one that is not UTF-8: that file takes the Python path.
     python, python_lake = run(spark, tmp_path / "py", {"day.jsonl": jsonl(plays, gz=False) + b"\xff\n"})
     assert jvm.files_by_reader == {"spark": 1, "python": 0} and python.files_by_reader == {"spark": 0, "python": 1}
+    assert forced.files_by_reader == {"spark": 0, "python": 1}
+    assert {**forced.to_dict(), "seconds": 0, "files_by_reader": 0} == {**jvm.to_dict(), "seconds": 0, "files_by_reader": 0}
     assert jvm.rows_accepted == python.rows_accepted == 200
     assert jvm.quarantine_reasons == {"ms_played_out_of_range": 1, "not_json_object": 1}
     assert python.quarantine_reasons == {"ms_played_out_of_range": 1, "not_json_object": 1, "not_utf8": 1}
@@ -81,7 +86,7 @@ def test_both_reading_paths_accept_the_same_rows(spark, tmp_path):
     def accepted(lake):
         return sorted(map(tuple, spark.read.parquet(str(lake / "plays" / f"dt={DAY}")).collect()))
 
-    assert accepted(jvm_lake) == accepted(python_lake)
+    assert accepted(jvm_lake) == accepted(python_lake) == accepted(forced_lake)
 
 
 # Every kind of JSON value, including the ones that broke casts and parsers: huge and tiny numbers,

@@ -158,15 +158,21 @@ def _head(data: bytes) -> str:
     return out[:65536].decode("utf-8", errors="replace").removeprefix(_BOM)
 
 
+def detect(path: str, data: bytes, forced_format: str = "auto") -> str:
+    """The file's format: ``forced_format``, or detected from its name and first 64 KiB."""
+    fmt = forced_format if forced_format != "auto" else detect_format(path, _head(data))
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown landing format {fmt!r}; expected one of {FORMATS} or 'auto'")
+    return fmt
+
+
 def inspect(path: str, data: bytes, forced_format: str = "auto") -> tuple[str, bool]:
     """``(format, jvm_readable)`` of one landing file (see the module docstring).
 
     Reads the whole file once, in C (zlib, the UTF-8 decoder, ``bytes.find``), never line by line
     in Python.
     """
-    fmt = forced_format if forced_format != "auto" else detect_format(path, _head(data))
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown landing format {fmt!r}; expected one of {FORMATS} or 'auto'")
+    fmt = detect(path, data, forced_format)
     gzipped, name = data[:2] == b"\x1f\x8b", path.lower()
     if fmt not in _LINE_FORMATS or gzipped != name.endswith(".gz") or (not gzipped and name.endswith(_CODEC_SUFFIXES)):
         return fmt, False
@@ -200,9 +206,7 @@ def inspect(path: str, data: bytes, forced_format: str = "auto") -> tuple[str, b
 
 def iter_records(path: str, data: bytes, forced_format: str = "auto") -> Iterator[tuple[str, str, str | None]]:
     """``(raw_line, format, reason)`` for every record of one file (see the module docstring)."""
-    fmt = forced_format if forced_format != "auto" else detect_format(path, _head(data))
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown landing format {fmt!r}; expected one of {FORMATS} or 'auto'")
+    fmt = detect(path, data, forced_format)
     if fmt == "spotify":
         yield from _json_array_records(path, data)
         return

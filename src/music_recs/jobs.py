@@ -73,6 +73,9 @@ class IngestSpec(JobSpec):
     day: the partition ``dt=D`` (ISO date). input_uri: folder of the day's landing files.
     lake_uri: the lake root. source_format: ``auto`` (detect per file) or one landing format.
     output_files: Parquet files of the day's plays; 0 (default) = about one per million rows.
+    reader: ``auto`` (default: Spark's text reader for the files it reads exactly, the Python
+    reader for the rest) or ``python`` (the Python reader for every file: the reference the
+    benchmark compares with, and a switch should a source ever read differently).
     """
 
     JOB: ClassVar[str] = "ingest"
@@ -81,9 +84,12 @@ class IngestSpec(JobSpec):
     lake_uri: str
     source_format: str = "auto"
     output_files: int = 0
+    reader: str = "auto"
 
     def __post_init__(self):
         parse_day(self.day, "day")
+        if self.reader not in ("auto", "python"):
+            raise ValueError(f"reader must be 'auto' or 'python', got {self.reader!r}")
 
 
 @dataclasses.dataclass(frozen=True)
