@@ -21,8 +21,6 @@ log = logging.getLogger("music_recs.job")
 # Defaults every job runs with, whatever launched it. Kryo: the JVM-side objects ALS
 # shuffles (rating blocks, factor blocks) serialize several times smaller and faster
 # than with Java serialization; registering them avoids writing class names per object.
-SUCCESS = "_SUCCESS"  # written by Spark's committer when a write job commits
-
 BASE_CONF = {
     "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
     "spark.kryo.registrationRequired": "false",
@@ -32,6 +30,7 @@ BASE_CONF = {
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.ui.showConsoleProgress": "false",
 }
+SUCCESS = "_SUCCESS"  # written by Spark's committer when a write job commits
 
 
 def setup_logging() -> None:
