@@ -43,3 +43,21 @@ def test_bucket_policy_denies_plain_http():
     assert stmt["Effect"] == "Deny" and stmt["Principal"] == "*" and stmt["Action"] == "s3:*"
     assert stmt["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert f"arn:aws:s3:::{CFG.models_bucket}/*" in stmt["Resource"]
+
+
+def test_sourcing_the_local_environment_twice_keeps_the_connections_valid_json():
+    """A shell that sourced infra/local/env.sh (the demo tells users to) and then runs test.sh
+    sources it again: the connections must stay what they were."""
+    import os
+    import subprocess
+
+    env_sh = AWS.parent / "local" / "env.sh"
+    script = (f"source {env_sh}; first=\"$AIRFLOW_CONN_SPARK_DEFAULT|$AIRFLOW_CONN_AWS_DEFAULT\"; source {env_sh}; "
+              "echo \"$first\"; echo \"$AIRFLOW_CONN_SPARK_DEFAULT|$AIRFLOW_CONN_AWS_DEFAULT\"")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+    once, twice = subprocess.run(["bash", "-c", script], env=clean, capture_output=True, text=True,
+                                 check=True).stdout.splitlines()
+    assert once == twice
+    spark, aws = twice.split("|")
+    assert json.loads(spark) == {"conn_type": "spark", "host": "local[*]"}
+    assert json.loads(aws)["extra"]["endpoint_url"].startswith("http://127.0.0.1:")

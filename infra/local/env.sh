@@ -21,8 +21,14 @@ fi
 # Local S3-compatible server (moto in server mode) on loopback. The credentials are
 # moto's dummy values, not secrets: moto accepts any key.
 export MUSIC_RECS_S3_PORT="${MUSIC_RECS_S3_PORT:-5055}"
-export AIRFLOW_CONN_AWS_DEFAULT="${AIRFLOW_CONN_AWS_DEFAULT:-{\"conn_type\": \"aws\", \"login\": \"testing\", \"password\": \"testing\", \"extra\": {\"endpoint_url\": \"http://127.0.0.1:${MUSIC_RECS_S3_PORT}\", \"region_name\": \"us-east-1\"}}}"
-export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-{\"conn_type\": \"spark\", \"host\": \"local[*]\"}}"
+# (Not "${VAR:-{...}}": the first "}" of a JSON default ends the expansion, and a second
+# `source` of this file then appended a "}" to the value already set, breaking the JSON.)
+if [ -z "${AIRFLOW_CONN_AWS_DEFAULT:-}" ]; then
+  export AIRFLOW_CONN_AWS_DEFAULT="{\"conn_type\": \"aws\", \"login\": \"testing\", \"password\": \"testing\", \"extra\": {\"endpoint_url\": \"http://127.0.0.1:${MUSIC_RECS_S3_PORT}\", \"region_name\": \"us-east-1\"}}"
+fi
+if [ -z "${AIRFLOW_CONN_SPARK_DEFAULT:-}" ]; then
+  export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[*]"}'
+fi
 
 export MUSIC_RECS_LAKE_URI="${MUSIC_RECS_LAKE_URI:-$LOCAL_STATE/lake}"
 export PYSPARK_PYTHON="$VENV/bin/python"
