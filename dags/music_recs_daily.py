@@ -13,9 +13,9 @@ of the run's data interval (a scheduled run at 00:00 UTC on D+1 processes D).
 | `ingest` | Spark: landing JSON lines -> typed Parquet in the lake; bad rows quarantined with a reason |
 | `validate` | Spark + Great Expectations suite `expectations/stream_logs_daily.json` |
 | `build_confidence` | Spark: plays -> (user, item, confidence) over the window, last days held out |
-| `train_als` | Spark: implicit ALS (CG solver by default, MLlib on request), sized to the matrix, resubmitted on failure |
+| `train_als` | Spark: implicit ALS (CG solver by default, MLlib on request), sized to the matrix, resubmitted on failure; first searches its params on the last training day when `tune` asks |
 | `evaluate` | Spark: precision/recall/MAP/NDCG@k vs a popularity baseline; top-N recommendations, similar items |
-| `quality_gate` | publishes only if the model beats popularity and did not collapse vs the published model |
+| `quality_gate` | publishes only if the lower end of the model's bootstrap lift over popularity clears the margin and it did not collapse vs the published model |
 | `publish` | S3: factors + recommendations + `manifest.json`, verified, then the `latest.json` pointer |
 
 Trigger with params to change rank, iterations, alpha, regularization or the window.
@@ -80,8 +80,10 @@ def music_recs_daily():
     def plan_run() -> dict:
         ctx = get_current_context()
         # .get: a manual run without a logical date has no interval; plan_run says so.
+        # The names set in the form or conf: tuning never varies them.
+        given = (ctx["dag_run"].conf or {}).keys()
         return tasks.plan_run(ctx["params"], ctx.get("data_interval_start"), ctx["run_id"],
-                              tasks.load_settings()).to_dict()
+                              tasks.load_settings(), given).to_dict()
 
     @task(pool=pool)
     def ingest(plan: dict) -> dict:
@@ -98,11 +100,13 @@ def music_recs_daily():
 
     @task(pool=pool, execution_timeout=dt.timedelta(hours=4))
     def train_als(plan: dict, matrix: dict) -> dict:
-        return tasks.train(_plan(plan), MatrixResult.from_dict(matrix)).to_dict()
+        plan = _plan(plan)
+        return tasks.train(plan, MatrixResult.from_dict(matrix), _store(plan)).to_dict()
 
     @task(pool=pool)
     def evaluate(plan: dict, matrix: dict) -> dict:
-        return tasks.evaluate(_plan(plan), MatrixResult.from_dict(matrix)).to_dict()
+        plan = _plan(plan)
+        return tasks.evaluate(plan, MatrixResult.from_dict(matrix), _store(plan)).to_dict()
 
     @task(retries=0)
     def quality_gate(plan: dict, evaluated: dict) -> dict:

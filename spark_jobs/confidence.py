@@ -60,12 +60,12 @@ def aggregate(plays: DataFrame, item_col: str, day: dt.date, params: ConfidenceP
         .agg(
             F.sum(is_play.cast("long")).alias(S.PLAYS),
             F.sum((~is_play).cast("long")).alias(S.SKIPS),
-            F.sum(F.when(is_play, weight).otherwise(0.0)).alias("r"),
+            F.sum(F.when(is_play, weight).otherwise(0.0)).cast("double").alias(S.R),
         )
     )
     # The formulas of music_recs.confidence, on columns.
-    return (agg.withColumn("strength", strength(F.col("r"), params, F.log1p))
-            .withColumn(S.CONFIDENCE, confidence(F.col("r"), params, F.log1p)))
+    return (agg.withColumn(S.STRENGTH, strength(F.col(S.R), params, F.log1p))
+            .withColumn(S.CONFIDENCE, confidence(F.col(S.R), params, F.log1p)))
 
 
 def filter_support(pairs: DataFrame, min_user_items: int, min_item_users: int) -> DataFrame:
@@ -85,8 +85,47 @@ def percentiles(df: DataFrame, col: str) -> dict:
     return out
 
 
+def next_pairs(plays: DataFrame, item_col: str, skip_ms: int, train: DataFrame) -> DataFrame:
+    """What users of ``train`` played next among its items and had not played in it:
+    (user_idx, item_idx, user_id, item_id). Users and items come from the matrix, not from the
+    id index: the index also holds ids of other days and granularities."""
+    return (
+        plays.filter(F.col(S.MS_PLAYED) >= skip_ms)
+        .select(S.USER_ID, F.col(item_col).alias(S.ITEM_ID)).distinct()
+        .join(train.select(S.USER_ID, S.USER_IDX).distinct(), S.USER_ID)
+        .join(train.select(S.ITEM_ID, S.ITEM_IDX).distinct(), S.ITEM_ID)
+        .join(train.select(S.USER_IDX, S.ITEM_IDX), [S.USER_IDX, S.ITEM_IDX], "left_anti")
+        .select(S.USER_IDX, S.ITEM_IDX, S.USER_ID, S.ITEM_ID)
+    )
+
+
+def build_tuning_split(spark, plays_train, cutoff: str, item_col: str, day, params, min_user_items, min_item_users,
+                       users: DataFrame, items: DataFrame, out_root: str) -> dict:
+    """The nested split tuning uses: ``tuning/train`` from the training days up to ``cutoff``,
+    ``tuning/validation`` what those users played after it (still inside the training days).
+    Ids are the matrix's own (``users``, ``items``): a pair whose user or item the full matrix
+    dropped is left out."""
+    early = plays_train.filter(F.col(S.DT) <= cutoff)
+    pairs = aggregate(early, item_col, day, params)
+    positive = filter_support(pairs.filter(F.col(S.PLAYS) > 0), min_user_items, min_item_users)
+    tune_train = (
+        positive.join(users, S.USER_ID).join(items, S.ITEM_ID)
+        .select(S.USER_IDX, S.ITEM_IDX, S.USER_ID, S.ITEM_ID, S.PLAYS, S.R, S.STRENGTH)
+    )
+    n_parts = max(1, pairs.count() // PAIRS_PER_FILE + 1)
+    tune_train = tune_train.repartition(n_parts, S.USER_IDX).sortWithinPartitions(S.USER_IDX, S.ITEM_IDX)
+    tune_train.write.mode("overwrite").parquet(f"{out_root}/{S.TUNING_TRAIN}")
+    tune_train = spark.read.parquet(f"{out_root}/{S.TUNING_TRAIN}")
+    validation = next_pairs(plays_train.filter(F.col(S.DT) > cutoff), item_col, params.skip_ms, tune_train)
+    (validation.repartition(1, S.USER_IDX).sortWithinPartitions(S.USER_IDX, S.ITEM_IDX)
+     .write.mode("overwrite").parquet(f"{out_root}/{S.TUNING_VALIDATION}"))
+    validation = spark.read.parquet(f"{out_root}/{S.TUNING_VALIDATION}")
+    return {"last_train_day": cutoff, "nnz": tune_train.count(),
+            "validation_users": validation.select(S.USER_IDX).distinct().count(), "validation_pairs": validation.count()}
+
+
 def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake: LakeLayout, params,
-                      min_user_items, min_item_users, out_root):
+                      min_user_items, min_item_users, out_root, tuning_cutoff: str | None = None):
     item_col = ITEM_COLUMN[granularity]
     pairs = aggregate(plays_train, item_col, day, params)
     positive = filter_support(pairs.filter(F.col(S.PLAYS) > 0), min_user_items, min_item_users).cache()
@@ -112,7 +151,7 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake:
     n_parts = max(1, positive.count() // PAIRS_PER_FILE + 1)
     train = (
         positive.join(u, S.USER_ID).join(i, S.ITEM_ID)
-        .select(S.USER_IDX, S.ITEM_IDX, S.USER_ID, S.ITEM_ID, S.PLAYS, S.SKIPS, "strength", S.CONFIDENCE)
+        .select(S.USER_IDX, S.ITEM_IDX, S.USER_ID, S.ITEM_ID, S.PLAYS, S.SKIPS, S.R, S.STRENGTH, S.CONFIDENCE)
         .repartition(n_parts, S.USER_IDX).sortWithinPartitions(S.USER_IDX, S.ITEM_IDX)
     )
     train.write.mode("overwrite").parquet(f"{out_root}/train")
@@ -122,15 +161,8 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake:
     # the model has factors for) and had not played in training. Users and items are taken
     # from the matrix, not from the id index: the index also holds ids of other days and
     # granularities, and grows on a first run, so a rerun would evaluate on other pairs.
-    held = (
-        plays_holdout.filter(F.col(S.MS_PLAYED) >= params.skip_ms)
-        .select(S.USER_ID, F.col(item_col).alias(S.ITEM_ID)).distinct()
-        .join(train.select(S.USER_ID, S.USER_IDX).distinct(), S.USER_ID)
-        .join(train.select(S.ITEM_ID, S.ITEM_IDX).distinct(), S.ITEM_ID)
-        .join(train.select(S.USER_IDX, S.ITEM_IDX), [S.USER_IDX, S.ITEM_IDX], "left_anti")
-        .select(S.USER_IDX, S.ITEM_IDX, S.USER_ID, S.ITEM_ID)
-        .repartition(max(1, n_parts // 4), S.USER_IDX).sortWithinPartitions(S.USER_IDX, S.ITEM_IDX)
-    )
+    held = (next_pairs(plays_holdout, item_col, params.skip_ms, train)
+            .repartition(max(1, n_parts // 4), S.USER_IDX).sortWithinPartitions(S.USER_IDX, S.ITEM_IDX))
     held.write.mode("overwrite").parquet(f"{out_root}/holdout")
     (i.join(names, S.ITEM_ID).join(train.select(S.ITEM_IDX).distinct(), S.ITEM_IDX, "left_semi")
      .select(S.ITEM_IDX, S.ITEM_ID, S.ITEM_NAME, S.ARTIST_ID, S.ARTIST_NAME)
@@ -158,6 +190,11 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake:
         "holdout_users": held.select(S.USER_IDX).distinct().count(),
         "holdout_pairs": held.count(),
     }
+    if tuning_cutoff is not None:
+        stats["tuning"] = build_tuning_split(
+            spark, plays_train, tuning_cutoff, item_col, day, params, min_user_items, min_item_users,
+            u.join(train.select(S.USER_IDX).distinct(), S.USER_IDX, "left_semi"),
+            i.join(train.select(S.ITEM_IDX).distinct(), S.ITEM_IDX, "left_semi"), out_root)
     positive.unpersist()
     # Only properties of the matrix: a rerun writes the same file.
     write_text(spark, f"{out_root}/stats.json", json.dumps(stats, indent=2, sort_keys=True))
@@ -170,6 +207,8 @@ def run(spark: SparkSession, spec: ConfidenceSpec) -> MatrixResult:
     day, lake, window = dt.date.fromisoformat(spec.day), LakeLayout(spec.lake_uri), spec.window_days
     days = window_days(day, window)
     train_days, held_days = days[: window - spec.holdout_days], days[window - spec.holdout_days:]
+    # Tuning's nested split: the last validation_days of the training days are scored on.
+    tuning_cutoff = train_days[-1 - spec.validation_days].isoformat() if spec.validation_days else None
     present = present_days(spark, lake, days)
     if not any(d in present for d in train_days):
         raise FileNotFoundError(
@@ -187,7 +226,7 @@ def run(spark: SparkSession, spec: ConfidenceSpec) -> MatrixResult:
         with timer.phase(f"matrix_{g}"):
             out[g], indexed[g] = build_granularity(
                 spark, plays_train, plays_holdout, g, day, lake, spec.confidence, spec.min_user_items,
-                spec.min_item_users, matrix_of(out_uri, g),
+                spec.min_item_users, matrix_of(out_uri, g), tuning_cutoff,
             )
     plays.unpersist()
     return MatrixResult(

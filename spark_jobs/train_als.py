@@ -24,25 +24,37 @@ Design choices:
 * User and item block counts come from the caller (the sizing model); by default one
   block per core, Spark's own default (``spark.default.parallelism``).
 * Factors with NaN or infinity fail the job: they would publish garbage recommendations.
+* With ``spec.tune``, the parameters are first searched on the matrix's nested split
+  (``tuning/train`` scored on ``tuning/validation``, ``music_recs.tuning``) in this same
+  application: the CG strategy groups the ratings into blocks once and every trial reuses them
+  (only the confidence of each rating changes between trials). The winner is then trained on
+  ``train/``. A trial that diverges scores 0 and the search goes on.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from pyspark import StorageLevel
 from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from music_recs import schema as S
-from music_recs.jobs import TrainResult, TrainSpec
+from music_recs import tuning
+from music_recs.confidence import ConfidenceParams, confidence, strength
+from music_recs.jobs import TrainResult, TrainSpec, TuneSpec
 from music_recs.sizing import factor_exchange
-from spark_jobs.lib import als_cg
+from spark_jobs.lib import als_cg, als_local
+from spark_jobs.lib.ranking import mean_metrics, model_recommendations, per_user_metrics
 from spark_jobs.lib.session import PhaseTimer, job_main
 
 log = logging.getLogger("music_recs.job")
@@ -96,14 +108,21 @@ def fit_mllib(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: 
     return Fitted(model.userFactors, model.itemFactors, model)
 
 
-def fit_cg(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tuple[int, int]) -> Fitted:
+def fit_cg(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tuple[int, int],
+           prepared: als_cg.PreparedBlocks | None = None) -> Fitted:
+    """CG ALS; with ``prepared`` blocks (values ``r``), confidence is ``1 + alpha * f(r)`` by the spec."""
     exchange = dict(spec.exchange or {})
     if set(exchange) != {"user", "item"}:
         n_users = ratings.select(S.USER_IDX).distinct().count()
         n_items = ratings.select(S.ITEM_IDX).distinct().count()
         exchange = {**factor_exchange(n_users, n_items, spec.rank, spec.broadcast_budget_mb), **exchange}
+    conf_of = None
+    if prepared is not None:
+        params = ConfidenceParams(spec.confidence_function or "linear", spec.alpha, spec.epsilon)
+        conf_of = functools.partial(confidence, params=params, log1p=np.log1p)
     fitted = als_cg.fit(spark, ratings, spec.rank, spec.max_iter, spec.reg, spec.alpha, blocks[0], blocks[1], exchange,
-                        spec.checkpoint_interval, spec.seed, spec.cg_steps, spec.track_loss, log=log.info)
+                        spec.checkpoint_interval, spec.seed, spec.cg_steps, spec.track_loss, log=log.info,
+                        scale_reg=spec.scale_reg, prepared=prepared, conf_of=conf_of)
     users = als_cg.factors_frame(spark, fitted.user_factors).persist(StorageLevel.MEMORY_AND_DISK)
     items = als_cg.factors_frame(spark, fitted.item_factors).persist(StorageLevel.MEMORY_AND_DISK)
     details = {"cg_steps": spec.cg_steps, "factor_exchange": fitted.exchange, "loss": fitted.loss,
@@ -122,6 +141,131 @@ def fit(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tuple[
     return fitted
 
 
+def training_ratings(matrix: DataFrame, spec: TrainSpec, what: str) -> DataFrame:
+    """``(user_idx, item_idx, strength)``: the matrix's own ``strength``, or ``f(r)`` recomputed
+    from its play counts when the spec names a confidence function."""
+    if spec.confidence_function is None:
+        S.require_columns(matrix.columns, (S.USER_IDX, S.ITEM_IDX, S.STRENGTH), what)
+        value = F.col(S.STRENGTH)
+    else:
+        S.require_columns(matrix.columns, (S.USER_IDX, S.ITEM_IDX, S.R), what)
+        value = strength(F.col(S.R), ConfidenceParams(spec.confidence_function, spec.alpha, spec.epsilon), F.log1p)
+    return matrix.select(S.USER_IDX, S.ITEM_IDX, value.cast("float").alias(S.STRENGTH))
+
+
+def trial_spec(spec: TrainSpec, params: dict, max_iter: int, seed: int) -> TrainSpec:
+    return dataclasses.replace(
+        spec, rank=int(params["rank"]), alpha=float(params["alpha"]), reg=float(params["reg"]),
+        confidence_function=params["confidence_function"], epsilon=float(params["epsilon"]),
+        scale_reg=params["reg_scaling"] == "per_rating", max_iter=max_iter, seed=seed, tune=None, track_loss=False)
+
+
+def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dict:
+    """Successive halving over ``tuning.candidates`` on the matrix's nested split; every trial
+    is fitted on ``tuning/train`` and scored at k on ``tuning/validation``."""
+    tune = TuneSpec.from_dict(spec.tune)
+    started = time.monotonic()
+    root = spec.matrix_uri.rstrip("/")
+    train = spark.read.parquet(f"{root}/{S.TUNING_TRAIN}")
+    S.require_columns(train.columns, (S.USER_IDX, S.ITEM_IDX, S.R), f"the tuning matrix {root}/{S.TUNING_TRAIN}")
+    raw = train.select(S.USER_IDX, S.ITEM_IDX, F.col(S.R).cast("float").alias(S.STRENGTH)).persist(
+        StorageLevel.MEMORY_AND_DISK)
+    validation = spark.read.parquet(f"{root}/{S.TUNING_VALIDATION}").select(S.USER_IDX, S.ITEM_IDX).cache()
+    n_users = raw.select(S.USER_IDX).distinct().count()
+    n_items = raw.select(S.ITEM_IDX).distinct().count()
+    n_validation = validation.select(S.USER_IDX).distinct().count()
+    if not n_users or not n_validation:
+        raise ValueError(f"the tuning split of {root} is empty ({n_users} users, {n_validation} validation users); "
+                         "widen window_days or set tune=off")
+    base = {"alpha": spec.alpha, "confidence_function": spec.confidence_function or "log", "epsilon": spec.epsilon,
+            "reg": spec.reg, "reg_scaling": "per_rating" if spec.scale_reg else "constant", "rank": spec.rank}
+    fixed = set(tune.fixed) | ({"reg_scaling"} if spec.strategy == "mllib" else set())
+    space = {**tuning.SEARCH_SPACE, **{k: tuple(v) for k, v in (tune.space or {}).items()}}
+    pool = tuning.candidates(base, fixed, tune.trials, tune.seed, space)
+    nnz = raw.count()
+    local = spec.strategy == "cg" and nnz <= tune.local_max_nnz
+    prepared = als_cg.prepare_blocks(raw, *blocks) if spec.strategy == "cg" and not local else None
+    played = raw.select(S.USER_IDX, S.ITEM_IDX)
+    if local:  # small enough: every trial on the driver, same kernels (spark_jobs.lib.als_local)
+        pairs = raw.toArrow()
+        matrix = als_local.LocalMatrix.from_pairs(*(pairs.column(c).to_numpy() for c in (S.USER_IDX, S.ITEM_IDX,
+                                                                                      S.STRENGTH)))
+        held = validation.toArrow()
+        truth: dict[int, set] = {}
+        for user, item in zip(held.column(S.USER_IDX).to_pylist(), held.column(S.ITEM_IDX).to_pylist()):
+            truth.setdefault(user, set()).add(item)
+    trials: list[tuning.Trial] = []
+
+    def score_local(trial: TrainSpec) -> float:
+        conf_of = functools.partial(confidence, params=ConfidenceParams(trial.confidence_function, trial.alpha,
+                                                                        trial.epsilon), log1p=np.log1p)
+        X, Y = als_local.fit(matrix, trial.rank, trial.max_iter, trial.reg, conf_of, trial.scale_reg, trial.cg_steps,
+                             trial.seed)
+        if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+            raise NonFiniteFactorsError("non-finite factors")
+        return als_local.score(matrix, X, Y, truth, tune.k)[tune.metric]
+
+    def score(number: int, params: dict, rung: int, iterations: int) -> tuning.Trial:
+        t0 = time.monotonic()
+        trial = trial_spec(spec, params, iterations, spec.seed)
+        if local:
+            try:
+                value = score_local(trial)
+            except NonFiniteFactorsError as exc:
+                log.warning("trial %d diverged: %s", number, exc)
+                value = 0.0
+            done = tuning.Trial(number, rung, params, iterations, round(float(value), 6), n_validation,
+                                round(time.monotonic() - t0, 3))
+            log.info("trial %d rung %d (%d iterations, driver) %s: %s@%d %.4f in %.2fs", number, rung, iterations,
+                     params, tune.metric, tune.k, value, done.seconds)
+            return done
+        if prepared is not None:
+            fitted = fit_cg(spark, raw, trial, blocks, prepared)
+            fitted.user_factors.count(), fitted.item_factors.count()
+        else:
+            fitted = fit(spark, training_ratings(train, trial, "the tuning matrix"), trial, blocks)
+        try:
+            check_finite(fitted.user_factors, fitted.item_factors)
+            broadcast_items = factor_exchange(1, n_items, trial.rank, spec.broadcast_budget_mb)["item"] == "broadcast"
+            recs = model_recommendations(spark, fitted.model, played, tune.k, broadcast_items)
+            metrics = mean_metrics(per_user_metrics(recs, validation, tune.k))
+            value = metrics[tune.metric]
+        except NonFiniteFactorsError as exc:  # a diverging candidate loses; the search goes on
+            log.warning("trial %d diverged: %s", number, exc)
+            value = 0.0
+        fitted.user_factors.unpersist(), fitted.item_factors.unpersist()
+        fitted.release()
+        done = tuning.Trial(number, rung, params, iterations, round(float(value), 6), n_validation,
+                            round(time.monotonic() - t0, 3))
+        log.info("trial %d rung %d (%d iterations) %s: %s@%d %.4f in %.1fs", number, rung, iterations, params,
+                 tune.metric, tune.k, value, done.seconds)
+        return done
+
+    def out_of_time() -> bool:
+        return time.monotonic() - started > tune.minutes * 60
+
+    first_iter, last_iter = tuning.rung_iterations(spec.max_iter)
+    for number, params in enumerate(pool):
+        if trials and out_of_time():
+            break
+        trials.append(score(number, params, 0, first_iter))
+    if last_iter > first_iter:
+        for best in tuning.survivors(trials):
+            if out_of_time() and any(t.rung == 1 for t in trials):
+                break
+            trials.append(score(best.trial, best.params, 1, last_iter))
+    if prepared is not None:
+        prepared.release()
+    raw.unpersist(), validation.unpersist()
+    chosen = tuning.winner(trials)
+    return {"metric": tune.metric, "k": tune.k, "budget": {"trials": tune.trials, "minutes": tune.minutes},
+            "fixed": sorted(fixed), "candidates": len(pool), "rungs": [first_iter, last_iter],
+            "trials_ran_on": "driver" if local else "cached blocks",
+            "split": {"users": n_users, "items": n_items, "validation_users": n_validation},
+            "trials": [t.as_dict() for t in trials], "winner": chosen.as_dict(), "chosen": chosen.params,
+            "seconds": round(time.monotonic() - started, 3)}
+
+
 def run(spark: SparkSession, spec: TrainSpec) -> TrainResult:
     """Train on ``spec.matrix_uri`` and write factors and model to ``spec.out_uri``."""
     timer = PhaseTimer()
@@ -131,13 +275,17 @@ def run(spark: SparkSession, spec: TrainSpec) -> TrainResult:
     blocks = (spec.user_blocks or sc.defaultParallelism, spec.item_blocks or sc.defaultParallelism)
     matrix_uri = spec.matrix_uri.rstrip("/")
 
+    searched = None
+    if spec.tune is not None:
+        with timer.phase("tune"):
+            searched = search(spark, spec, blocks)
+        spec = trial_spec(spec, searched["chosen"], spec.max_iter, spec.seed)
+        log.info("tuning chose %s (%s@%d %.4f on the validation days)", searched["chosen"], searched["metric"],
+                 searched["k"], searched["winner"]["metric"])
     with timer.phase("load"):
         matrix = spark.read.parquet(f"{matrix_uri}/train")
-        S.require_columns(matrix.columns, (S.USER_IDX, S.ITEM_IDX, "strength"), f"the training matrix {matrix_uri}/train")
-        ratings = (
-            matrix.select(S.USER_IDX, S.ITEM_IDX, F.col("strength").cast("float").alias("strength"))
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        )
+        ratings = training_ratings(matrix, spec, f"the training matrix {matrix_uri}/train").persist(
+            StorageLevel.MEMORY_AND_DISK)
         nnz = ratings.count()
         if nnz == 0:
             raise ValueError(f"the training matrix {matrix_uri}/train is empty: nothing to train on")
@@ -163,6 +311,8 @@ def run(spark: SparkSession, spec: TrainSpec) -> TrainResult:
     return TrainResult(
         strategy=spec.strategy,
         params={"rank": spec.rank, "max_iter": spec.max_iter, "reg": spec.reg, "alpha": spec.alpha, "seed": spec.seed,
+                "reg_scaling": "per_rating" if spec.scale_reg else "constant",
+                "confidence_function": spec.confidence_function, "epsilon": spec.epsilon,
                 "strategy": spec.strategy, "user_blocks": blocks[0], "item_blocks": blocks[1],
                 "checkpoint_interval": spec.checkpoint_interval, "checkpoint_dir": checkpoint_dir},
         data={"nnz": nnz, "users": n_users, "items": n_items},
@@ -171,6 +321,7 @@ def run(spark: SparkSession, spec: TrainSpec) -> TrainResult:
         seconds_per_iteration=round(timer.seconds["fit"] / spec.max_iter, 3),
         spark_conf=dict(sorted(conf.items())),
         spark_version=spark.version,
+        tuning=searched,
         **fitted.details,
     )
 

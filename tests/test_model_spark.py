@@ -10,6 +10,7 @@ from pyspark.sql import functions as F
 from music_recs import schema as S
 from music_recs.metrics import mean_metrics
 from spark_jobs import evaluate, train_als
+from spark_jobs.lib import ranking
 from spark_jobs.train_als import NonFiniteFactorsError, check_finite
 
 pytestmark = pytest.mark.spark
@@ -109,7 +110,7 @@ def test_popularity_baseline_skips_played_items(spark):
     train = spark.createDataFrame([(u, i) for i, us in listeners.items() for u in us], "user_idx int, item_idx int")
     users = spark.createDataFrame([(u,) for u in (1, 2, 3, 9)], "user_idx int")  # user 9 played nothing
     got = {}
-    for r in evaluate.popularity_top_k(train, users, 2, 5).collect():
+    for r in ranking.popularity_top_k(train, users, 2, 5).collect():
         got.setdefault(r.user_idx, []).append((r[S.RANK], r.item_idx, r.score))
     assert {u: [i for _, i, _ in sorted(v)] for u, v in got.items()} == {1: [1, 2], 2: [2, 3], 3: [3, 4], 9: [0, 1]}
     assert sorted(got[9]) == [(1, 0, 3.0), (2, 1, 3.0)]
@@ -128,7 +129,7 @@ def test_spark_metrics_agree_with_the_python_reference(spark):
     recs_df = spark.createDataFrame(rows_r, "user_idx int, item_idx int, rank int")
     truth_df = spark.createDataFrame(rows_t, "user_idx int, item_idx int")
     for k in (1, 5, 10):
-        got = evaluate.ranking_metrics(recs_df, truth_df, k)
+        got = ranking.ranking_metrics(recs_df, truth_df, k)
         want = mean_metrics(recs, truth, k)
         for name, value in want.items():
             assert got[name] == pytest.approx(value, abs=1e-9), (k, name)
@@ -144,9 +145,9 @@ def test_perfect_model_scores_one_and_random_model_scores_near_chance(spark):
         perfect_rows += [(u, i, r + 1) for r, i in enumerate(items)]
         random_rows += [(u, i, r + 1) for r, i in enumerate(rng.sample(range(n_items), k))]
     truth = spark.createDataFrame(truth_rows, "user_idx int, item_idx int")
-    perfect = evaluate.ranking_metrics(spark.createDataFrame(perfect_rows, "user_idx int, item_idx int, rank int"), truth, k)
+    perfect = ranking.ranking_metrics(spark.createDataFrame(perfect_rows, "user_idx int, item_idx int, rank int"), truth, k)
     assert perfect["precision"] == pytest.approx(1.0) and perfect["ndcg"] == pytest.approx(1.0)
-    chance = evaluate.ranking_metrics(spark.createDataFrame(random_rows, "user_idx int, item_idx int, rank int"), truth, k)
+    chance = ranking.ranking_metrics(spark.createDataFrame(random_rows, "user_idx int, item_idx int, rank int"), truth, k)
     assert chance["precision"] < 0.12  # chance is k / n_items = 0.05
 
 

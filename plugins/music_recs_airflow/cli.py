@@ -100,6 +100,17 @@ def cmd_latest(args) -> int:
     print(f"  precision@{k} {m['precision']:.4f} (popularity {b['precision']:.4f}), "
           f"MAP@{k} {m['map']:.4f} (popularity {b['map']:.4f}), NDCG@{k} {m['ndcg']:.4f}, "
           f"recall@{k} {m['recall']:.4f}, coverage {m['coverage']:.3f}")
+    primary = manifest["params"].get("primary_metric", "map")
+    lift = (manifest["metrics"].get("lift_over_popularity") or {}).get(primary)
+    if lift:
+        low, high = lift["relative_interval"]
+        print(f"  {primary}@{k} lift over popularity {lift['relative']:+.1%}, {lift['level']:.0%} interval "
+              f"[{low:+.1%}, {high:+.1%}] over {lift['users']} users")
+    searched = (manifest.get("training") or {}).get("tuning") or {}
+    if searched.get("source"):
+        trained = manifest["training"]["params"]
+        print("  trained with: " + ", ".join(f"{n}={trained.get(n)} ({src})"
+                                             for n, src in sorted(searched["source"].items())))
     used = {k: v for k, v in manifest["params"].items() if k in RunParams.__dataclass_fields__}
     changed = RunParams(**used).changed()
     print("  params: " + (", ".join(f"{k}={v}" for k, v in changed.items()) + " (others default)" if changed

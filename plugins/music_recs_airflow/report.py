@@ -5,7 +5,10 @@ with the runs published before it, from their manifests:
 
 - rows read, accepted, quarantined and duplicates per day (chart), quarantine reasons;
 - training settings, the sizing and every spark-submit attempt;
-- the metrics @k against the popularity baseline (chart) and the quality gate decision;
+- where each training parameter came from and, when the run searched them, every trial
+  (params, rung, validation metric, seconds) with a chart;
+- the metrics @k against the popularity baseline (chart), the bootstrap interval of the lift and
+  the quality gate decision;
 - the primary metric and training time of previous runs over time (charts).
 
 Charts are PNGs drawn with matplotlib's Agg backend and embedded as ``data:`` URIs, so the
@@ -116,6 +119,61 @@ def chart_metrics_vs_baseline(manifest: dict) -> str:
     return png_data_uri(fig)
 
 
+def chart_trials(searched: dict) -> str:
+    """Each trial's validation metric, in the order they ran; the winner marked."""
+    trials = searched["trials"]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for rung, marker, label in ((0, "o", "first rung"), (1, "s", "all iterations")):
+        pts = [(i, t["metric"]) for i, t in enumerate(trials) if t["rung"] == rung]
+        if pts:
+            ax.plot(*zip(*pts), marker, color=_MODEL_COLOR if rung else _BASELINE_COLOR, label=label)
+    best = searched.get("winner") or {}
+    won = [i for i, t in enumerate(trials) if t["trial"] == best.get("trial") and t["rung"] == best.get("rung")]
+    if won:
+        ax.plot(won, [trials[won[0]]["metric"]], "*", ms=16, color="#2ca02c", label="chosen")
+    ax.set_xlabel("trial, in the order run")
+    ax.set_ylabel(f"{searched.get('metric', 'map')}@{searched.get('k', '')} (validation)")
+    ax.set_title("Parameter search on the validation days")
+    ax.legend(fontsize=8)
+    return png_data_uri(fig)
+
+
+def tuning_section(training: dict) -> list[str]:
+    searched = training.get("tuning") or {}
+    source = searched.get("source") or {}
+    params = training.get("params") or {}
+    parts = ["<h3>Where the parameters came from</h3>",
+             _table(["parameter", "value", "from"], [[n, params.get(n), src] for n, src in sorted(source.items())])
+             if source else "<p>Not recorded.</p>"]
+    trials = searched.get("trials") or []
+    if trials:
+        metric = f"{searched.get('metric')}@{searched.get('k')}"
+        parts += [
+            f"<h3>Parameter search ({len(trials)} trials, {_e(_fmt(searched.get('seconds')))} s)</h3>",
+            f"<p>Trained on the days up to the validation days, scored on {_e(metric)} of "
+            f"{_e((searched.get('split') or {}).get('validation_users'))} validation users; the held-out days "
+            "never chose a parameter.</p>",
+            _table(["trial", "rung", "iterations", "rank", "alpha", "reg", "reg scaling", "f", "epsilon",
+                    f"{metric} validation", "seconds"],
+                   [[t["trial"], t["rung"], t["iterations"], t["params"]["rank"], t["params"]["alpha"],
+                     t["params"]["reg"], t["params"]["reg_scaling"], t["params"]["confidence_function"],
+                     t["params"]["epsilon"], t["metric"], t["seconds"]] for t in trials]),
+            _img(chart_trials(searched), "parameter search trials"),
+        ]
+    return parts
+
+
+def lift_line(metrics: dict, primary: str) -> str:
+    lift = (metrics.get("lift_over_popularity") or {}).get(primary)
+    if not lift:
+        return ""
+    low, high = lift["relative_interval"]
+    return (f"<p>Lift of {_e(primary)} over popularity: <b>{lift['relative']:+.1%}</b>, "
+            f"{lift['level']:.0%} bootstrap interval [{low:+.1%}, {high:+.1%}] over {lift['users']} evaluated "
+            f"users (difference {lift['difference']:+.4f}, interval [{lift['difference_interval'][0]:+.4f}, "
+            f"{lift['difference_interval'][1]:+.4f}]).</p>")
+
+
 def chart_metric_over_time(runs: list[dict], metric: str, current_day: str) -> str:
     days = [m["day"] for m in runs]
     xs = range(len(days))  # positions, not date strings: matplotlib would guess units from those
@@ -218,6 +276,7 @@ def build_report(manifest: dict, history: list[dict]) -> str:
                + [[f"matrix {n}", v] for n, v in sorted((training.get("data") or {}).items())]
                + [["fit seconds", (training.get("seconds") or {}).get("fit")],
                   ["seconds per iteration", training.get("seconds_per_iteration")]]),
+        *tuning_section(training),
         "<h3>spark-submit attempts</h3>",
         _table(["attempt", "outcome", "seconds", "executor MB", "cores", "executors", "user blocks",
                 "item blocks", "checkpoint interval", "decisive log lines"], attempt_rows)
@@ -228,6 +287,7 @@ def build_report(manifest: dict, history: list[dict]) -> str:
         f"{_e(_fmt(gate.get('baseline')))}, previously published model "
         f"{_e('none' if published is None else _fmt(published))}"
         f"{_e(' (' + '; '.join(gate['reasons']) + ')') if gate.get('reasons') else ''}</p>",
+        lift_line(metrics, primary),
         _table(["metric", "ALS model", "most popular"],
                [[f"{n}@{k}", metrics["model"][n], metrics["baseline_popularity"][n]] for n in METRICS]
                + [["coverage", metrics["model"].get("coverage"), metrics["baseline_popularity"].get("coverage")],

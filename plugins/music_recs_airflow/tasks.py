@@ -20,19 +20,20 @@ import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException
 
-from music_recs import __version__, settings
+from music_recs import __version__, settings, tuning
 from music_recs.checks import check_run_conf_names_no_location, safe_key_part
 from music_recs.failures import EmptyMatrix, NoLandingData, QualityGateFailed, TooManyBadRows, ValidationFailed, \
     is_permanent
 from music_recs.jobs import (ConfidenceSpec, EvaluateResult, EvaluateSpec, IngestResult, IngestSpec, MatrixResult,
-                             TrainResult, TrainSpec, ValidateResult, ValidateSpec)
-from music_recs.params import DEFAULTS, DESCRIPTIONS, SCHEMAS, RunParams
+                             TrainResult, TrainSpec, TuneSpec, ValidateResult, ValidateSpec)
+from music_recs.params import DEFAULTS, DESCRIPTIONS, FIELDS, SCHEMAS, RunParams
 from music_recs.plan import RunPlan
 from music_recs.quality_gate import decide
 from music_recs.settings import DeploymentSettings
@@ -99,17 +100,21 @@ def logical_day(data_interval_start: dt.datetime | None) -> dt.date:
 
 
 @fail_fast
-def plan_run(params: dict, data_interval_start, run_id: str, cfg: DeploymentSettings) -> RunPlan:
-    """Check the run's params, fix its day, run key, settings and cluster resources."""
+def plan_run(params: dict, data_interval_start, run_id: str, cfg: DeploymentSettings,
+             given: Iterable[str] | None = None) -> RunPlan:
+    """Check the run's params, fix its day, run key, settings and cluster resources.
+
+    given: names set in the trigger form or run conf (None: every name in ``params``)."""
     check_run_conf_names_no_location(params, set(settings.FIELDS))
     run = RunParams.from_params(dict(params))
+    given = tuple(sorted(set(params if given is None else given) & set(FIELDS)))
     if urlparse(cfg.lake_uri).scheme not in ("", "file"):
         raise ValueError(f"lake_uri {cfg.lake_uri!r}: this version stages landing files and publishes from a local "
                          "lake; set MUSIC_RECS_LAKE_URI to a local folder")
     master = spark_master(cfg.spark_conn_id)
     plan = RunPlan(day=logical_day(data_interval_start).isoformat(), run_id=run_id, run_key=safe_key_part(run_id),
                    params=run, settings=cfg, cluster=settings.cluster_resources(master.startswith("local")),
-                   spark_master=master)
+                   spark_master=master, given=given)
     log.info("run %s processes dt=%s on %s (%s) with %s", run_id, plan.day, master, plan.cluster, run.as_dict())
     return plan
 
@@ -211,7 +216,8 @@ def confidence_spec(plan: RunPlan) -> ConfidenceSpec:
     p = plan.params
     return ConfidenceSpec(day=plan.day, lake_uri=plan.lake.root, confidence=p.confidence, window_days=p.window_days,
                           holdout_days=p.holdout_days, min_user_items=p.min_user_items,
-                          min_item_users=p.min_item_users, granularities=(p.granularity,), out_uri=plan.matrices)
+                          min_item_users=p.min_item_users, granularities=(p.granularity,), out_uri=plan.matrices,
+                          validation_days=p.validation_days if p.tune != "off" else 0)
 
 
 @fail_fast
@@ -232,41 +238,139 @@ def _shape(plan: RunPlan, matrix: MatrixResult) -> MatrixShape:
     return MatrixShape(stats["users"], stats["items"], stats["nnz"], plan.params.rank)
 
 
-def train_spec(plan: RunPlan, shape: MatrixShape, sizing: ExecutorSizing) -> TrainSpec:
+def train_spec(plan: RunPlan, shape: MatrixShape, sizing: ExecutorSizing, values: dict | None = None,
+               tune: TuneSpec | None = None) -> TrainSpec:
+    """The training job's spec; ``values``: the searched params to train with (default: the run's)."""
     p, budget = plan.params, plan.settings.broadcast_budget_mb
-    exchange = factor_exchange(shape.users, shape.items, p.rank, budget) if p.strategy == "cg" else None
-    return TrainSpec(matrix_uri=plan.matrix, out_uri=plan.model, rank=p.rank, max_iter=p.max_iter, reg=p.reg,
-                     alpha=p.alpha, strategy=p.strategy, user_blocks=sizing.user_blocks, item_blocks=sizing.item_blocks,
+    v = {**p.searched, **(values or {})}
+    # Exchange and sizing follow the largest rank a trial may use.
+    rank = max([v["rank"], *([] if tune is None or "rank" in tune.fixed else tuning.SEARCH_SPACE["rank"])])
+    exchange = factor_exchange(shape.users, shape.items, rank, budget) if p.strategy == "cg" else None
+    return TrainSpec(matrix_uri=plan.matrix, out_uri=plan.model, rank=int(v["rank"]), max_iter=p.max_iter,
+                     reg=float(v["reg"]), alpha=float(v["alpha"]), confidence_function=v["confidence_function"],
+                     epsilon=float(v["epsilon"]), scale_reg=v["reg_scaling"] == "per_rating",
+                     strategy=p.strategy, user_blocks=sizing.user_blocks, item_blocks=sizing.item_blocks,
                      checkpoint_dir=plan.checkpoints, checkpoint_interval=sizing.checkpoint_interval,
-                     exchange=exchange, broadcast_budget_mb=budget)
+                     exchange=exchange, broadcast_budget_mb=budget, tune=None if tune is None else tune.to_dict())
+
+
+def published_manifest(store: S3Store, plan: RunPlan) -> dict | None:
+    """The manifest of the model behind the pointer, or None when nothing is published."""
+    cfg = plan.settings
+    try:
+        return read_latest(store, cfg.models_bucket, cfg.pointer_key)[1]
+    except PublishError as exc:
+        log.info("no published model: %s", exc)
+        return None
+
+
+def reusable_search(manifest: dict | None, plan: RunPlan) -> dict | None:
+    """The published model's search, if young enough (``tune_max_age_days``), of a day before this
+    run's (a rerun must not depend on what was published after its day) and of the same
+    granularity, strategy and metric."""
+    if not manifest:
+        return None
+    searched = (manifest.get("training") or {}).get("tuning") or {}
+    day, p = searched.get("day"), plan.params
+    if not day or "chosen" not in searched:
+        return None
+    age = (dt.date.fromisoformat(plan.day) - dt.date.fromisoformat(day)).days
+    same = (manifest["params"].get("granularity"), manifest["params"].get("strategy"), searched.get("metric")) == (
+        p.granularity, p.strategy, p.primary_metric)
+    return searched if same and 0 < age <= p.tune_max_age_days else None
+
+
+def training_values(plan: RunPlan, manifest: dict | None) -> tuple[dict, dict, TuneSpec | None]:
+    """(values to train with, where each came from, the search to run or None).
+
+    Trigger-form values always win; with ``tune=off`` the rest are the built-in defaults; with
+    ``if_stale`` a young enough published search is reused, otherwise (and with ``always``)
+    the training job searches the names not given."""
+    p = plan.params
+    given = set(plan.given) & set(tuning.SEARCHED)
+    source = {name: "trigger" if name in given else "default" for name in tuning.SEARCHED}
+    values = p.searched
+    if p.tune == "off" or given == set(tuning.SEARCHED):
+        return values, source, None
+    reused = reusable_search(manifest, plan) if p.tune == "if_stale" else None
+    if reused is not None:
+        for name in set(tuning.SEARCHED) - given:
+            values[name] = reused["chosen"][name]
+            source[name] = f"tuning of dt={reused['day']}"
+        return values, source, None
+    search = TuneSpec(trials=p.tune_trials, minutes=p.tune_minutes, fixed=tuple(sorted(given)),
+                      metric=p.primary_metric, k=p.k)
+    return values, source, search
 
 
 @fail_fast
-def train(plan: RunPlan, matrix: MatrixResult) -> TrainResult:
+def train(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None) -> TrainResult:
     """Train ALS with settings sized to the matrix; failed attempts are classified and resubmitted here,
-    so a failure that outlives them is final (no Airflow retry on top)."""
-    p, budget, shape = plan.params, plan.settings.broadcast_budget_mb, _shape(plan, matrix)
+    so a failure that outlives them is final (no Airflow retry on top).
+
+    Tunes first when the run asks (``training_values``); ``store``: where the published model's
+    manifest is read (None: no published search to reuse)."""
+    p, budget = plan.params, plan.settings.broadcast_budget_mb
+    values, source, search = training_values(plan, published_manifest(store, plan) if store and p.tune == "if_stale"
+                                             else None)
+    shape = dataclasses.replace(_shape(plan, matrix), rank=max(
+        [values["rank"], *([] if search is None or "rank" in search.fixed else tuning.SEARCH_SPACE["rank"])]))
     sizing = size_als(shape, plan.cluster, strategy=p.strategy, broadcast_budget_mb=budget)
     log.info("sizing for %s, %s on %s: %s", shape, p.strategy, plan.cluster, sizing.as_dict())
-    result = run_with_resubmission(spark_hook(plan), lambda s: train_spec(plan, shape, s), sizing, plan.local,
-                                   per_executor_limit_mb(plan.cluster), max_attempts=plan.settings.train_attempts)
-    log.info("ALS (%s) rank %d: %d users, %d items in %.1fs (%.2fs/iteration)", p.strategy, p.rank,
-             result.data["users"], result.data["items"], result.seconds["fit"], result.seconds_per_iteration)
+    result = run_with_resubmission(spark_hook(plan), lambda s: train_spec(plan, shape, s, values, search), sizing,
+                                   plan.local, per_executor_limit_mb(plan.cluster),
+                                   max_attempts=plan.settings.train_attempts)
+    if search is not None:  # searched now: the job's trials and choice, with this day
+        for name in set(tuning.SEARCHED) - set(search.fixed):
+            source[name] = f"tuning of dt={plan.day}"
+        record = {**result.tuning, "day": plan.day, "source": source}
+    else:  # reused (keeps the search's day, so its age still counts) or not tuned
+        reused = sorted({v for v in source.values() if v.startswith("tuning of dt=")})
+        record = {"day": reused[0].removeprefix("tuning of dt=") if reused else None, "chosen": values,
+                  "source": source, "metric": p.primary_metric, "trials": []}
+    result = dataclasses.replace(result, tuning=record)
+    log.info("ALS (%s) rank %d: %d users, %d items in %.1fs (%.2fs/iteration); params from %s", p.strategy,
+             result.params["rank"], result.data["users"], result.data["items"], result.seconds["fit"],
+             result.seconds_per_iteration, source)
     return result
 
 
-def evaluate_spec(plan: RunPlan) -> EvaluateSpec:
+def evaluate_spec(plan: RunPlan, published_uri: str | None = None) -> EvaluateSpec:
     p = plan.params
     return EvaluateSpec(model_uri=plan.model, matrix_uri=plan.matrix, out_uri=plan.model, k=p.k, top_n=p.top_n,
-                        similar_n=SIMILAR_ITEMS, broadcast_budget_mb=plan.settings.broadcast_budget_mb)
+                        similar_n=SIMILAR_ITEMS, broadcast_budget_mb=plan.settings.broadcast_budget_mb,
+                        published_uri=published_uri)
+
+
+def stage_published_factors(store: S3Store, plan: RunPlan) -> str | None:
+    """The published model's factors, copied next to the run (``{run}/published/``) so evaluation
+    can score it on this run's held-out pairs; None when nothing comparable is published."""
+    manifest = published_manifest(store, plan)
+    if manifest is None or manifest["params"].get("granularity") != plan.params.granularity:
+        return None
+    dest = f"{plan.run_dir}/published"
+    shutil.rmtree(dest, ignore_errors=True)
+    objects = [o for o in manifest.get("objects", []) if o.get("artifact") in ("user_factors", "item_factors")]
+    for obj in objects:
+        got = store.get_bytes(plan.settings.models_bucket, obj["key"])
+        if got is None:
+            log.warning("published object s3://%s/%s is gone; not comparing with it", plan.settings.models_bucket,
+                        obj["key"])
+            return None
+        path = Path(dest) / obj["artifact"] / obj["key"].rsplit("/", 1)[-1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(got[0])
+    return dest if {o["artifact"] for o in objects} == {"user_factors", "item_factors"} else None
 
 
 @fail_fast
-def evaluate(plan: RunPlan, matrix: MatrixResult) -> EvaluateResult:
-    """Score the model on the held-out days, with Spark settings sized to the matrix (``size_evaluate``)."""
+def evaluate(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None) -> EvaluateResult:
+    """Score the model on the held-out days, with Spark settings sized to the matrix (``size_evaluate``);
+    with ``store``, the published model is scored on the same pairs too."""
     p = plan.params
+    published_uri = stage_published_factors(store, plan) if store is not None else None
     sizing = size_evaluate(_shape(plan, matrix), plan.cluster, max(p.k, p.top_n), plan.settings.broadcast_budget_mb)
-    result = spark_hook(plan).submit(evaluate_spec(plan), conf=sizing.spark_conf(),
+    result = spark_hook(plan).submit(evaluate_spec(plan, published_uri), conf=sizing.spark_conf(),
                                      driver_memory=f"{sizing.driver_memory_mb}m",
                                      **executor_args(sizing, plan.spark_master))
     m, b = result.model, result.baseline_popularity
@@ -277,11 +381,8 @@ def evaluate(plan: RunPlan, matrix: MatrixResult) -> EvaluateResult:
 
 def published_metrics(store: S3Store, plan: RunPlan) -> dict | None:
     """Metrics of the model behind the pointer, if it is comparable (same granularity and k)."""
-    cfg = plan.settings
-    try:
-        _, manifest = read_latest(store, cfg.models_bucket, cfg.pointer_key)
-    except PublishError as exc:
-        log.info("no published model to compare with: %s", exc)
+    manifest = published_manifest(store, plan)
+    if manifest is None:
         return None
     if manifest["params"].get("granularity") != plan.params.granularity or manifest["metrics"].get("k") != plan.params.k:
         log.info("the published model has another granularity or k; comparing with the baseline only")
@@ -292,8 +393,13 @@ def published_metrics(store: S3Store, plan: RunPlan) -> dict | None:
 @fail_fast
 def quality_gate(store: S3Store, plan: RunPlan, evaluated: EvaluateResult) -> dict:
     p = plan.params
-    decision = decide(p.primary_metric, evaluated.model, evaluated.baseline_popularity,
-                      published_metrics(store, plan), p.gate_min_lift, p.gate_max_drop, p.override_quality_gate)
+    lift = (evaluated.lift or {}).get(p.primary_metric)
+    if evaluated.published is not None:  # scored on this run's held-out pairs
+        published, published_lift = evaluated.published, (evaluated.lift_over_published or {}).get(p.primary_metric)
+    else:
+        published, published_lift = published_metrics(store, plan), None
+    decision = decide(p.primary_metric, evaluated.model, evaluated.baseline_popularity, published, p.gate_min_lift,
+                      p.gate_max_drop, p.override_quality_gate, lift, published_lift)
     if not decision.publish:
         raise QualityGateFailed(f"dt={plan.day}: {decision.message()}; not published")
     (log.warning if decision.overridden else log.info)("dt=%s: %s", plan.day, decision.message())
@@ -310,7 +416,7 @@ def code_version() -> str:
 
 
 TRAINING_FIELDS = ("strategy", "params", "data", "seconds", "seconds_per_iteration", "spark_conf", "submission",
-                   "factor_exchange", "cg_steps")
+                   "factor_exchange", "cg_steps", "tuning")
 
 
 @fail_fast
@@ -327,7 +433,9 @@ def publish_run(store: S3Store, plan: RunPlan, ingested: IngestResult, validated
         "validation": {"suite": validated.suite, "statistics": validated.statistics},
         "matrix": matrix.stats[p.granularity],
         "training": {k: training[k] for k in TRAINING_FIELDS if training[k] is not None},
-        "metrics": {"k": evaluated.k, "model": evaluated.model, "baseline_popularity": evaluated.baseline_popularity},
+        "metrics": {"k": evaluated.k, "model": evaluated.model, "baseline_popularity": evaluated.baseline_popularity,
+                    "lift_over_popularity": evaluated.lift, "published_model": evaluated.published,
+                    "change_over_published": evaluated.lift_over_published},
         "evaluation": {"seconds": evaluated.seconds, "submission": evaluated.submission},
         "quality_gate": gate,
     }

@@ -23,6 +23,7 @@ partitioner-aware ``union``, without a shuffle.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pickle
 import time
@@ -53,7 +54,9 @@ class RatingBlock:
     local: np.ndarray  # int32 positions of indices in needed
 
 
-def build_block(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]], alpha: float) -> RatingBlock:
+def build_block(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]], alpha: float | None) -> RatingBlock:
+    """A block from its pieces; ``conf`` is ``1 + alpha * value`` (alpha None: the values as given,
+    for blocks prepared once and given their confidence per fit, see ``prepare_blocks``)."""
     if pieces:
         keys, others, strength = (np.concatenate(col) for col in zip(*pieces))
     else:
@@ -63,7 +66,8 @@ def build_block(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]], alpha: 
     rows, counts = np.unique(keys, return_counts=True)
     needed = np.unique(others)
     return RatingBlock(rows.astype(np.int64), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-                       others.astype(np.int32), (1.0 + alpha * strength).astype(np.float32),
+                       others.astype(np.int32),
+                       (strength if alpha is None else 1.0 + alpha * strength).astype(np.float32),
                        needed.astype(np.int64), np.searchsorted(needed, others).astype(np.int32))
 
 
@@ -122,7 +126,7 @@ def _parts(values):
     return blk, factors, received, routes
 
 
-def rating_blocks(ratings: DataFrame, key_col: str, other_col: str, blocks: int, alpha: float):
+def rating_blocks(ratings: DataFrame, key_col: str, other_col: str, blocks: int, alpha: float | None):
     pieces = (ratings.mapInArrow(_split_by_block(key_col, other_col, blocks), PAYLOAD_SCHEMA)
               .rdd.map(lambda r: (r.blk, pickle.loads(r.payload))))
     return _one_per_partition(pieces, blocks, lambda ps: build_block(ps, alpha))
@@ -198,6 +202,30 @@ def _assemble(parts, rank: int) -> np.ndarray:
 
 
 @dataclass
+class PreparedBlocks:
+    """Both sides' rating blocks holding the raw values, grouped once (the shuffle) and cached,
+    so several fits (tuning's trials) share them and differ only in how values become confidence."""
+
+    user: object  # RDD (block, RatingBlock)
+    item: object
+    user_blocks: int
+    item_blocks: int
+
+    def release(self) -> None:
+        self.user.unpersist()
+        self.item.unpersist()
+
+
+def prepare_blocks(ratings: DataFrame, user_blocks: int, item_blocks: int) -> PreparedBlocks:
+    """Group ``(user_idx, item_idx, strength)`` into cached blocks, ``strength`` kept as it is."""
+    level = StorageLevel.MEMORY_AND_DISK
+    user = rating_blocks(ratings, S.USER_IDX, S.ITEM_IDX, user_blocks, None).persist(level)
+    item = rating_blocks(ratings, S.ITEM_IDX, S.USER_IDX, item_blocks, None).persist(level)
+    user.count(), item.count()
+    return PreparedBlocks(user, item, user_blocks, item_blocks)
+
+
+@dataclass
 class CGResult:
     user_factors: object  # RDD (block, (ids, X))
     item_factors: object
@@ -216,7 +244,8 @@ class CGResult:
 
 def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: float, alpha: float,
         user_blocks: int, item_blocks: int, exchange: dict, checkpoint_interval: int = 5, seed: int = 42,
-        cg_steps: int = DEFAULT_CG_STEPS, track_loss: bool = False, log=print) -> CGResult:
+        cg_steps: int = DEFAULT_CG_STEPS, track_loss: bool = False, log=print, scale_reg: bool = True,
+        prepared: PreparedBlocks | None = None, conf_of=None) -> CGResult:
     """Fit implicit ALS by CG. ``exchange`` says per side how its factors reach the other
     side's blocks: ``{"user": "broadcast"|"join", "item": ...}``.
 
@@ -224,13 +253,25 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
     budget and are broadcast anyway; one broadcast serves as the other side's ``Y`` and then as
     this side's own warm start), so its solve is collected straight to the driver, with no
     cached copy and no lineage to checkpoint; a join side's in a cached RDD, checkpointed every
-    ``checkpoint_interval`` iterations."""
+    ``checkpoint_interval`` iterations.
+
+    scale_reg: lambda times the row's number of ratings (MLlib's convention) or plain (``implicit``'s).
+    prepared, conf_of: blocks from ``prepare_blocks`` (``ratings``, ``alpha`` and the block
+    counts are then not used) and the function that turns their values into confidence."""
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}")
     sc = spark.sparkContext
     level = StorageLevel.MEMORY_AND_DISK
-    ublocks = rating_blocks(ratings, S.USER_IDX, S.ITEM_IDX, user_blocks, alpha).persist(level)
-    iblocks = rating_blocks(ratings, S.ITEM_IDX, S.USER_IDX, item_blocks, alpha).persist(level)
+    if prepared is not None:
+        def with_conf(b: RatingBlock) -> RatingBlock:
+            return dataclasses.replace(b, conf=np.asarray(conf_of(b.conf), np.float32))
+
+        user_blocks, item_blocks = prepared.user_blocks, prepared.item_blocks
+        ublocks = prepared.user.mapValues(with_conf).persist(level)
+        iblocks = prepared.item.mapValues(with_conf).persist(level)
+    else:
+        ublocks = rating_blocks(ratings, S.USER_IDX, S.ITEM_IDX, user_blocks, alpha).persist(level)
+        iblocks = rating_blocks(ratings, S.ITEM_IDX, S.USER_IDX, item_blocks, alpha).persist(level)
     blocks = {"user": ublocks, "item": iblocks}
     counts = {"user": user_blocks, "item": item_blocks}
     seeds = {"user": seed, "item": seed + 1}
@@ -285,13 +326,14 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
                 # Broadcast: every vector, indexed by global id. Join: the block's own, by position.
                 Y, indices = (bc_other.value, blk.indices) if bc_other is not None else (received, blk.local)
                 t0 = time.perf_counter()
-                new = solve_rows(blk.indptr, indices, blk.conf, Y, YtY, X, reg, cg_steps)
+                new = solve_rows(blk.indptr, indices, blk.conf, Y, YtY, X, reg, cg_steps, scale_reg)
                 kernel_seconds.add(time.perf_counter() - t0)
                 side_gram.add({b: gram(new)})
                 if loss_here:  # every (user, item) pair's data term plus the items' regularization
-                    data_term.add(rows_loss(blk.indptr, indices, blk.conf, Y, YtY, new, reg))
+                    data_term.add(rows_loss(blk.indptr, indices, blk.conf, Y, YtY, new, reg, scale_reg))
                 if reg_here:
-                    user_reg.add(float(reg * (np.diff(blk.indptr) * (new.astype(np.float64) ** 2).sum(1)).sum()))
+                    weights = np.diff(blk.indptr) if scale_reg else 1.0
+                    user_reg.add(float(reg * (weights * (new.astype(np.float64) ** 2).sum(1)).sum()))
                 return "factors", (blk.rows, new)
 
             sources = [blocks[side]] + ([] if side in held else [factors[side]])

@@ -17,6 +17,8 @@ from typing import ClassVar
 
 from music_recs.checks import parse_day
 from music_recs.confidence import ConfidenceParams
+from music_recs.metrics import METRICS
+from music_recs.tuning import SEARCH_SPACE
 from music_recs.sizing import DEFAULT_BROADCAST_BUDGET_MB
 
 GRANULARITIES = ("track", "artist")
@@ -124,7 +126,9 @@ class ConfidenceSpec(JobSpec):
     window_days: days ``[D - window_days + 1, D]`` are read (90); the last ``holdout_days`` (1)
     are held out for evaluation. min_user_items, min_item_users: support filters (2, 2).
     granularities: matrices to build (``track``, ``artist``). out_uri: where they go (None:
-    ``{lake}/matrix/dt=D``).
+    ``{lake}/matrix/dt=D``). validation_days: 0 (default) = no tuning split; N = also write the
+    nested split tuning trains and scores on (``tuning/train``: the training days but the last
+    N; ``tuning/validation``: what users played in those N days), see ``music_recs.tuning``.
     """
 
     JOB: ClassVar[str] = "confidence"
@@ -137,15 +141,47 @@ class ConfidenceSpec(JobSpec):
     min_item_users: int = 2
     granularities: tuple[str, ...] = GRANULARITIES
     out_uri: str | None = None
+    validation_days: int = 0
 
     def __post_init__(self):
         parse_day(self.day, "day")
-        if self.holdout_days >= self.window_days:
-            raise ValueError(f"holdout_days ({self.holdout_days}) must be smaller than the window "
-                             f"({self.window_days} days)")
+        if self.holdout_days + self.validation_days >= self.window_days:
+            raise ValueError(f"holdout_days ({self.holdout_days}) + validation_days ({self.validation_days}) must be "
+                             f"smaller than the window ({self.window_days} days)")
         bad = set(self.granularities) - set(GRANULARITIES)
         if bad or not self.granularities:
             raise ValueError(f"granularities must be some of {GRANULARITIES}, got {self.granularities}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneSpec(_Contract):
+    """A parameter search inside the training job (``music_recs.tuning``).
+
+    trials: candidates of the first rung (12); minutes: no trial starts after this (30).
+    fixed: names of searched parameters not to vary (given in the trigger form). metric: scored
+    on the validation days at k (``map``, 10). seed: of the candidate sample (0). space: values
+    to try per name, replacing ``music_recs.tuning.SEARCH_SPACE``'s (None: those).
+    local_max_nnz: CG trials of a tuning matrix with at most this many ratings run on the
+    driver with the same kernels (20M; 0 = always on the cached blocks), see ``spark_jobs.lib.als_local``.
+    """
+
+    trials: int = 12
+    minutes: float = 30.0
+    fixed: tuple[str, ...] = ()
+    metric: str = "map"
+    k: int = 10
+    seed: int = 0
+    space: dict | None = None
+    local_max_nnz: int = 20_000_000
+
+    def __post_init__(self):
+        if self.trials < 1 or not self.minutes > 0:
+            raise ValueError(f"a search needs trials >= 1 and minutes > 0, got {self.trials} and {self.minutes}")
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown tuning metric {self.metric!r}: use one of {', '.join(METRICS)}")
+        unknown = (set(self.fixed) | set(self.space or {})) - set(SEARCH_SPACE)
+        if unknown:
+            raise ValueError(f"not searched: {', '.join(sorted(unknown))}; searched: {', '.join(SEARCH_SPACE)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +195,12 @@ class TrainSpec(JobSpec):
     checkpoint_interval: 5. seed: 42. cg_steps: CG steps per row and half-iteration (3).
     exchange: per side (``user``, ``item``) ``broadcast`` or ``join`` (cg); None = by
     ``broadcast_budget_mb`` (256). track_loss: compute the objective every iteration (cg).
+    confidence_function, epsilon: None (default) = train on the matrix's ``strength`` column
+    as built; ``log``/``linear`` = recompute ``strength = f(r)`` from its play counts ``r``
+    (tuning varies f). scale_reg: True (default) = lambda times each row's number of ratings
+    (MLlib's convention); False = a plain lambda (``implicit``'s; CG strategy only).
+    tune: None (default) = train with the values above; a ``TuneSpec`` dict = first search
+    the parameters on the matrix's nested split (``tuning/``), then train the winner.
     """
 
     JOB: ClassVar[str] = "train_als"
@@ -178,10 +220,18 @@ class TrainSpec(JobSpec):
     exchange: dict | None = None
     broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB
     track_loss: bool = False
+    confidence_function: str | None = None
+    epsilon: float = 1.0
+    scale_reg: bool = True
+    tune: dict | None = None
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        if not self.scale_reg and self.strategy == "mllib":
+            raise ValueError("MLlib scales reg by each row's ratings; scale_reg=False needs strategy 'cg'")
+        if self.tune is not None:
+            TuneSpec.from_dict(self.tune)
         if self.exchange is not None and (set(self.exchange) - {"user", "item"}
                                           or set(self.exchange.values()) - set(EXCHANGES)):
             raise ValueError(f"exchange maps user/item to one of {EXCHANGES}, got {self.exchange}")
@@ -195,6 +245,10 @@ class EvaluateSpec(JobSpec):
     out_uri: where ``recommendations/`` and ``similar_items/`` go. k: metric cut-off (10);
     top_n: recommendations per user (50); similar_n: similar items per item (20);
     broadcast_budget_mb: item factors up to this size are broadcast for scoring (256).
+    bootstrap_resamples: resamples of the per-user scores for the lift's interval (1000);
+    seed: of the resampling (42). published_uri: None (default), or a folder holding the
+    published model's ``user_factors/`` and ``item_factors/`` (with their string ids): it is
+    then scored on the same held-out pairs and compared user by user.
     """
 
     JOB: ClassVar[str] = "evaluate"
@@ -205,6 +259,9 @@ class EvaluateSpec(JobSpec):
     top_n: int = 50
     similar_n: int = 20
     broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB
+    bootstrap_resamples: int = 1000
+    seed: int = 42
+    published_uri: str | None = None
 
 
 # --- results ------------------------------------------------------------------------------
@@ -281,6 +338,7 @@ class TrainResult(_Contract):
     loss: list | None = None
     iteration_seconds: list | None = None
     profile: dict | None = None
+    tuning: dict | None = None  # the search: trials (params, rung, metric, seconds), winner, budget
     submission: dict | None = None
 
 
@@ -295,6 +353,9 @@ class EvaluateResult(_Contract):
     recommendation_rows: int
     similar_items_per_item: int
     seconds: dict
+    lift: dict | None = None  # per metric: paired bootstrap of model vs popularity (quality_gate.paired_bootstrap)
+    published: dict | None = None  # the published model's metrics on these held-out pairs
+    lift_over_published: dict | None = None  # per metric: paired bootstrap of model vs the published model
     submission: dict | None = None
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import jsonschema
 
 from music_recs.confidence import CONFIDENCE_FUNCTIONS, ConfidenceParams
+from music_recs.tuning import REG_SCALINGS, SEARCHED
 
 
 def _param(default, description: str, **schema):
@@ -32,8 +33,11 @@ class RunParams:
                            "Cholesky per row, the reference).", type="string", enum=["cg", "mllib"])
     max_iter: int = _param(10, "ALS iterations (each solves users, then items).",
                            type="integer", minimum=1, maximum=50)
-    reg: float = _param(0.1, "L2 regularization lambda, scaled by each row's number of ratings (as Spark MLlib does).",
+    reg: float = _param(0.1, "L2 regularization lambda (see reg_scaling).",
                         type="number", exclusiveMinimum=0, maximum=100)
+    reg_scaling: str = _param("per_rating", "How lambda scales: 'per_rating' = times each user's/item's number of "
+                              "ratings (Spark MLlib's convention); 'constant' = a plain lambda (the implicit library's; "
+                              "strategy 'cg' only).", type="string", enum=list(REG_SCALINGS))
     alpha: float = _param(40.0, "Confidence scale: c = 1 + alpha * f(r) (Hu, Koren & Volinsky 2008).",
                           type="number", exclusiveMinimum=0, maximum=10000)
     confidence_function: str = _param("log", "f(r): 'log' = log(1 + r/epsilon), 'linear' = r.",
@@ -59,10 +63,23 @@ class RunParams:
     top_n: int = _param(50, "Recommendations published per user.", type="integer", minimum=1, maximum=500)
     primary_metric: str = _param("map", "Metric the quality gate compares (at k).",
                                  type="string", enum=["map", "ndcg", "precision", "recall"])
-    gate_min_lift: float = _param(0.05, "Publish only if the model beats the popularity baseline by this relative margin.",
+    gate_min_lift: float = _param(0.0, "Publish only if the lower end of the 95% bootstrap interval of the model's "
+                                  "relative lift over popularity (per evaluated user) is above this margin.",
                                   type="number", minimum=0, maximum=10)
     gate_max_drop: float = _param(0.2, "Publish only if the model is at most this much (relative) below the published one.",
                                   type="number", minimum=0, maximum=1)
+    tune: str = _param("if_stale", "Search rank, alpha, reg, reg_scaling, confidence_function and epsilon before "
+                       "training: 'always'; 'if_stale' = only when the published model's search is older than "
+                       "tune_max_age_days (else reuse its choice); 'off'. Values set in this form are never searched.",
+                       type="string", enum=["off", "if_stale", "always"])
+    tune_trials: int = _param(12, "Candidates the search tries (the best third then trains all iterations).",
+                              type="integer", minimum=1, maximum=200)
+    tune_minutes: float = _param(20.0, "No new trial starts after this many minutes of search.",
+                                 type="number", exclusiveMinimum=0, maximum=1440)
+    tune_max_age_days: int = _param(7, "With tune=if_stale: reuse a search at most this many days old.",
+                                    type="integer", minimum=0, maximum=365)
+    validation_days: int = _param(1, "Last training days the search scores candidates on (never the holdout).",
+                                  type="integer", minimum=1, maximum=30)
     override_quality_gate: bool = _param(False, "Publish even if the quality gate fails (recorded in the manifest).",
                                          type="boolean")
     allow_pointer_rewind: bool = _param(False, "Let this run move the 'latest' pointer back to an older day (backfills).",
@@ -83,6 +100,12 @@ class RunParams:
         run = cls(**{name: float(v) if SCHEMAS[name]["type"] == "number" else v for name, v in params.items()})
         if run.holdout_days >= run.window_days:
             raise ValueError(f"holdout_days ({run.holdout_days}) must be smaller than window_days ({run.window_days})")
+        if run.tune != "off" and run.holdout_days + run.validation_days >= run.window_days:
+            raise ValueError(f"tuning needs training days before its validation days: holdout_days ({run.holdout_days}) "
+                             f"+ validation_days ({run.validation_days}) must be smaller than window_days "
+                             f"({run.window_days}), or set tune=off")
+        if run.reg_scaling == "constant" and run.strategy == "mllib":
+            raise ValueError("reg_scaling 'constant' needs strategy 'cg' (MLlib scales reg per rating)")
         run.confidence  # noqa: B018  (validates the confidence parameters)
         return run
 
@@ -93,6 +116,11 @@ class RunParams:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def searched(self) -> dict:
+        """The values tuning searches, as ``music_recs.tuning.candidates`` takes them."""
+        return {name: getattr(self, name) for name in SEARCHED}
 
     def changed(self) -> dict:
         """The params that differ from their defaults."""

@@ -2,9 +2,21 @@
 
 A model is published only if, on the primary metric (MAP@k by default):
 
-1. it beats the most-popular baseline of the same run by a relative margin
-   (``candidate > baseline * (1 + min_lift)``), and
-2. it is not more than ``max_drop`` (relative) below the model currently behind the
+1. it beats the most-popular baseline of the same run by a relative margin, with its sample
+   size taken into account: both are scored per evaluated user on the same held-out days, the
+   relative lift ``mean(model) / mean(popularity) - 1`` gets a paired bootstrap interval
+   (users resampled with replacement, ``resamples`` times, percentile interval at ``level``,
+   default 95 %), and the gate asks for the interval's **lower end** to be above ``min_lift``
+   (default 0: better than popularity at 97.5 % one-sided confidence). With a few dozen
+   evaluated users a point lift of +20 % can have an interval reaching below 0, and the gate
+   then refuses; with thousands the interval is narrow and the point lift decides. (Without
+   per-user scores, as in manifests of earlier versions, the point lift is compared.)
+2. it has not collapsed against the model currently behind the ``latest`` pointer. When the
+   evaluation scored that model on the same held-out pairs (``published_lift``: the paired
+   bootstrap of the per-user change), the gate refuses only a confident collapse: the upper
+   end of the interval of the relative change below ``-max_drop``. Otherwise (nothing to
+   score it with) it compares with the metrics in the published manifest: at most
+   ``max_drop`` (relative) below the model currently behind the
    ``latest`` pointer (``candidate >= published * (1 - max_drop)``). Held-out days differ
    between runs, so this is a guard against collapse, not a fine comparison; the default
    tolerance is wide for that reason.
@@ -16,6 +28,8 @@ in the manifest, with the numbers, and the model is published anyway.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from music_recs.failures import QualityGateFailed  # noqa: F401  (raised by the task that applies the gate)
 
@@ -33,6 +47,7 @@ class GateDecision:
     min_lift: float
     max_drop: float
     reasons: tuple[str, ...]
+    lift: dict | None = None  # the paired bootstrap of the lift over popularity (``paired_bootstrap``)
 
     @property
     def publish(self) -> bool:
@@ -45,22 +60,85 @@ class GateDecision:
         verdict = "passed" if self.passed else ("failed but overridden" if self.overridden else "failed")
         published = "none" if self.published is None else f"{self.published:.4f}"
         text = (f"quality gate {verdict} on {self.metric}: model {self.candidate:.4f}, "
-                f"popularity baseline {self.baseline:.4f}, published model {published}")
+                f"popularity baseline {self.baseline:.4f}")
+        if self.lift:
+            low, high = self.lift["relative_interval"]
+            text += (f" (lift {self.lift['relative']:+.1%}, {self.lift['level']:.0%} interval "
+                     f"[{low:+.1%}, {high:+.1%}] over {self.lift['users']} users)")
+        text += f", published model {published}"
         return text + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
 
 
+def paired_bootstrap(candidate, baseline, resamples: int = 1000, level: float = 0.95, seed: int = 42) -> dict:
+    """Mean difference and relative lift of paired per-user scores, with percentile intervals.
+
+    candidate, baseline: one score per evaluated user, in the same user order. Users are
+    resampled with replacement ``resamples`` times (seeded: the same scores give the same
+    interval). ``relative`` is ``mean(candidate) / mean(baseline) - 1`` (infinite when the
+    baseline scores 0 and the candidate does not).
+    """
+    c, b = np.asarray(candidate, np.float64), np.asarray(baseline, np.float64)
+    if c.shape != b.shape or c.ndim != 1:
+        raise ValueError(f"paired scores need two equal-length vectors, got {c.shape} and {b.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    n = len(c)
+    result = {"users": n, "level": level, "resamples": resamples}
+    if n == 0:
+        return {**result, "candidate": 0.0, "baseline": 0.0, "difference": 0.0, "difference_interval": [0.0, 0.0],
+                "relative": 0.0, "relative_interval": [0.0, 0.0]}
+    rng = np.random.default_rng(seed)
+    sums_c, sums_b = np.empty(resamples), np.empty(resamples)
+    batch = max(1, 20_000_000 // n)  # bounded memory: batch x n indices at a time
+    for start in range(0, resamples, batch):
+        idx = rng.integers(0, n, size=(min(batch, resamples - start), n))
+        sums_c[start:start + len(idx)] = c[idx].sum(axis=1)
+        sums_b[start:start + len(idx)] = b[idx].sum(axis=1)
+    tails = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+
+    def relative(mc, mb):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(mb > 0, mc / np.where(mb > 0, mb, 1) - 1, np.where(mc > 0, np.inf, 0.0))
+
+    diffs = (sums_c - sums_b) / n
+    lifts = relative(sums_c / n, sums_b / n)
+    return {**result, "candidate": float(c.mean()), "baseline": float(b.mean()),
+            "difference": float(c.mean() - b.mean()),
+            "difference_interval": [float(v) for v in np.percentile(diffs, tails)],
+            "relative": float(relative(np.array(c.mean()), np.array(b.mean()))),
+            "relative_interval": [float(v) for v in np.percentile(lifts, tails)]}
+
+
 def decide(metric: str, candidate: dict, baseline: dict, published: dict | None,
-           min_lift: float = 0.05, max_drop: float = 0.2, override: bool = False) -> GateDecision:
-    """``candidate``/``baseline``/``published``: metric dicts (published None when nothing is published)."""
+           min_lift: float = 0.0, max_drop: float = 0.2, override: bool = False,
+           lift: dict | None = None, published_lift: dict | None = None) -> GateDecision:
+    """``candidate``/``baseline``/``published``: metric dicts (published None when nothing is published).
+
+    lift: ``paired_bootstrap`` of the per-user ``metric`` scores, model against popularity (the
+    evaluation's ``lift[metric]``); the gate then asks its interval's lower end to clear
+    ``min_lift``. None: the point values are compared (``candidate > baseline * (1 + min_lift)``).
+    published_lift: the same against the published model scored on these held-out pairs
+    (``published`` is then its metrics there).
+    """
     for name, metrics in (("candidate", candidate), ("baseline", baseline)):
         if metric not in metrics:
             raise ValueError(f"the {name} metrics have no {metric!r}; known: {sorted(metrics)}")
     c, b = float(candidate[metric]), float(baseline[metric])
     p = float(published[metric]) if published and metric in published else None
     reasons = []
-    if not c > b * (1 + min_lift):
+    if lift is not None:
+        low = lift["relative_interval"][0]
+        if not low > min_lift:
+            reasons.append(f"the lower end of the lift's {lift['level']:.0%} interval ({low:+.1%}) must be above "
+                           f"{min_lift:+.0%} ({lift['users']} users evaluated)")
+    elif not c > b * (1 + min_lift):
         reasons.append(f"needs > {b * (1 + min_lift):.4f} to beat popularity by {min_lift:.0%}")
-    if p is not None and c < p * (1 - max_drop):
+    if published_lift is not None and p is not None:
+        high = published_lift["relative_interval"][1]
+        if high < -max_drop:
+            reasons.append(f"{published_lift['relative']:+.1%} against the published model on the same held-out "
+                           f"users (interval up to {high:+.1%}), a collapse of more than {max_drop:.0%}")
+    elif p is not None and c < p * (1 - max_drop):
         reasons.append(f"needs >= {p * (1 - max_drop):.4f}, at most {max_drop:.0%} below the published model")
     return GateDecision(not reasons, bool(override) and bool(reasons), metric, c, b, p, min_lift, max_drop,
-                        tuple(reasons))
+                        tuple(reasons), lift)

@@ -37,7 +37,11 @@ ITEM_ID = "item_id"  # string id of the item (track or artist, by granularity)
 ITEM_NAME = "item_name"
 PLAYS = "plays"
 SKIPS = "skips"
+R = "r"  # the (time-decayed) play count confidence is computed from
+STRENGTH = "strength"  # f(r), what ALS trains on
 CONFIDENCE = "confidence"
+# A matrix folder's nested split for tuning (``music_recs.tuning``).
+TUNING_TRAIN, TUNING_VALIDATION = "tuning/train", "tuning/validation"
 
 # --- model outputs ---------------------------------------------------------------------
 FEATURES = "features"

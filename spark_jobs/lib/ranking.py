@@ -1,0 +1,169 @@
+"""Ranking on Spark: top-n unplayed items per user from factors, the popularity baseline, and
+the ranking metrics at k (``music_recs.metrics`` is the pure-Python reference they are tested
+against). Shared by evaluation (the held-out days) and tuning (the validation days).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+from pyspark.ml.recommendation import ALSModel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from music_recs import schema as S
+from music_recs.metrics import METRICS
+from spark_jobs.lib.top_n import top_n_excluding
+
+# Look this many places further down a ranking for a user's unplayed items (popularity, and
+# MLlib's candidates when the item factors are too large to broadcast).
+MAX_EXCLUDED = 1000
+
+
+def per_user_metrics(recs: DataFrame, holdout: DataFrame, k: int) -> DataFrame:
+    """(user_idx, precision, recall, map, ndcg) at k of every user with held-out items (0 without recs).
+
+    ``recs``: (user_idx, item_idx, rank 1..), ``holdout``: (user_idx, item_idx)."""
+    truth = holdout.select(S.USER_IDX, S.ITEM_IDX).distinct()
+    n_rel = truth.groupBy(S.USER_IDX).agg(F.count("*").alias("n_rel"))
+    top = recs.filter(F.col(S.RANK) <= k).select(S.USER_IDX, S.ITEM_IDX, S.RANK)
+    marked = top.join(truth.withColumn("rel", F.lit(1)), [S.USER_IDX, S.ITEM_IDX], "left").fillna(0, ["rel"])
+    w = Window.partitionBy(S.USER_IDX).orderBy(S.RANK).rowsBetween(Window.unboundedPreceding, 0)
+    marked = marked.withColumn("cum_hits", F.sum("rel").over(w))
+    per_user = marked.groupBy(S.USER_IDX).agg(
+        F.sum("rel").alias("hits"),
+        F.sum(F.col("rel") * F.col("cum_hits") / F.col(S.RANK)).alias("ap_sum"),
+        F.sum(F.col("rel") / F.log2(F.col(S.RANK) + 1)).alias("dcg"),
+    )
+    idcg_table = F.array(*[F.lit(sum(1 / math.log2(i + 1) for i in range(1, n + 1))) for n in range(1, k + 1)])
+    return (
+        n_rel.join(per_user, S.USER_IDX, "left").fillna(0, ["hits", "ap_sum", "dcg"])
+        .withColumn("ideal", F.least(F.col("n_rel"), F.lit(k)))
+        .select(
+            S.USER_IDX,
+            (F.col("hits") / k).alias("precision"),
+            (F.col("hits") / F.col("n_rel")).alias("recall"),
+            (F.col("ap_sum") / F.col("ideal")).alias("map"),
+            (F.col("dcg") / F.element_at(idcg_table, F.col("ideal").cast("int"))).alias("ndcg"),
+        )
+    )
+
+
+def mean_metrics(per_user: DataFrame) -> dict:
+    """Averages of ``per_user_metrics`` and the number of users they average over."""
+    row = per_user.agg(*[F.avg(m).alias(m) for m in METRICS], F.count("*").alias("users")).first()
+    return {**{m: float(row[m] or 0.0) for m in METRICS}, "users_evaluated": int(row["users"])}
+
+
+def ranking_metrics(recs: DataFrame, holdout: DataFrame, k: int) -> dict:
+    """Mean metrics@k. ``recs``: (user_idx, item_idx, rank 1..), ``holdout``: (user_idx, item_idx)."""
+    return mean_metrics(per_user_metrics(recs, holdout, k))
+
+
+def rank_excluding(candidates: DataFrame, train: DataFrame, n: int) -> DataFrame:
+    """Top-n per user of (user_idx, item_idx, score), played training items removed."""
+    kept = candidates.join(train.select(S.USER_IDX, S.ITEM_IDX), [S.USER_IDX, S.ITEM_IDX], "left_anti")
+    w = Window.partitionBy(S.USER_IDX).orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX))
+    return kept.withColumn(S.RANK, F.row_number().over(w)).filter(F.col(S.RANK) <= n)
+
+
+def model_candidates(model: ALSModel, n: int) -> DataFrame:
+    recs = model.recommendForAllUsers(n)
+    return recs.select(S.USER_IDX, F.posexplode("recommendations").alias("pos", "rec")).select(
+        S.USER_IDX, F.col(f"rec.{S.ITEM_IDX}").alias(S.ITEM_IDX), F.col("rec.rating").alias(S.SCORE)
+    )
+
+
+def _factor_matrix(factors: DataFrame, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids sorted ascending, float32 rows in that order) of a factor DataFrame, through Arrow."""
+    table = factors.select("id", S.FEATURES).orderBy("id").toArrow()
+    ids = table.column("id").to_numpy().astype(np.int32)
+    values = table.column(S.FEATURES).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return ids, values.astype(np.float32).reshape(len(ids), rank)
+
+
+def top_n_dot(spark: SparkSession, queries: DataFrame, targets: DataFrame, rank: int, n: int,
+              query_col: str, target_col: str, score_col: str) -> DataFrame:
+    """Each query's n best targets by dot product, its ``excluded`` target ids left out.
+
+    ``queries``: (query_col, features, excluded array<int>); ``targets``: (id, features), small
+    enough to broadcast (the caller checks the budget). Scoring runs in the Python workers,
+    one batch of queries at a time (``spark_jobs.lib.top_n``), so only n rows per query are made.
+    """
+    ids, matrix = _factor_matrix(targets, rank)
+    shared = spark.sparkContext.broadcast((ids, matrix))
+    out = pa.schema([(query_col, pa.int32()), (target_col, pa.int32()), (score_col, pa.float32()),
+                     (S.RANK, pa.int32())])
+
+    def score(batches):
+        target_ids, target_matrix = shared.value
+        for batch in batches:
+            features = batch.column(S.FEATURES).flatten().to_numpy(zero_copy_only=False)
+            vectors = features.astype(np.float32).reshape(batch.num_rows, rank)
+            excluded_col = batch.column("excluded")
+            offsets = excluded_col.offsets.to_numpy()
+            wanted = excluded_col.flatten().to_numpy(zero_copy_only=False)
+            positions = np.minimum(np.searchsorted(target_ids, wanted), len(target_ids) - 1)
+            # An id without factors excludes nothing (rather than its neighbour in the sorted ids).
+            positions = np.where(target_ids[positions] == wanted, positions, -1)
+            excluded = [e[e >= 0] for e in np.split(positions, offsets[1:-1] - offsets[0])] if batch.num_rows else []
+            query_ids = batch.column(query_col).to_numpy(zero_copy_only=False)
+            for rows, cols, scores, ranks in top_n_excluding(vectors, excluded, target_matrix, n):
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(query_ids[rows].astype(np.int32)), pa.array(target_ids[cols]),
+                     pa.array(scores), pa.array(ranks.astype(np.int32))], schema=out)
+
+    ddl = f"{query_col} int, {target_col} int, {score_col} float, {S.RANK} int"
+    return queries.select(query_col, S.FEATURES, "excluded").mapInArrow(score, ddl)
+
+
+def recommend(spark: SparkSession, model: ALSModel, train: DataFrame, n: int) -> DataFrame:
+    """Top-n unplayed items per user: (user_idx, item_idx, score, rank), item factors broadcast."""
+    played = train.groupBy(S.USER_IDX).agg(F.collect_list(S.ITEM_IDX).alias("excluded"))
+    users = model.userFactors.withColumnRenamed("id", S.USER_IDX).join(played, S.USER_IDX)
+    return top_n_dot(spark, users, model.itemFactors, model.rank, n, S.USER_IDX, S.ITEM_IDX, S.SCORE)
+
+
+def model_recommendations(spark: SparkSession, model: ALSModel, train: DataFrame, n: int,
+                          broadcast_items: bool) -> DataFrame:
+    """Top-n unplayed items per user: (user_idx, item_idx, score, rank).
+
+    ``broadcast_items``: the item factors fit the broadcast budget, so each Python worker scores
+    its users against all of them and keeps n rows per user (``recommend``). Otherwise MLlib's
+    blocked ``recommendForAllUsers`` makes candidates with room for played items to drop out
+    (up to ``MAX_EXCLUDED`` more per user)."""
+    if broadcast_items:
+        return recommend(spark, model, train, n)
+    max_played = train.groupBy(S.USER_IDX).count().agg(F.max("count")).first()[0] or 0
+    n_items = model.itemFactors.count()
+    return rank_excluding(model_candidates(model, min(n_items, n + min(max_played, MAX_EXCLUDED))), train, n)
+
+
+def popularity_top_k(train: DataFrame, users: DataFrame, k: int, depth: int) -> DataFrame:
+    """Every user's k most popular unplayed items (by distinct listeners; ties: smaller item_idx).
+
+    Looks at most ``depth`` items down the popularity list. Each user gets only the k + (number of
+    those items it played) first places of the list, never a cross join of users with the whole
+    list: the baseline's cost grows with users x k, not users x depth.
+    """
+    w = Window.orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX))
+    popular = (
+        train.groupBy(S.ITEM_IDX).agg(F.countDistinct(S.USER_IDX).cast("double").alias(S.SCORE))
+        .orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX)).limit(depth)
+        .withColumn("pop_rank", F.row_number().over(w))
+    )
+    played = (train.select(S.USER_IDX, S.ITEM_IDX).join(F.broadcast(popular), S.ITEM_IDX)
+              .groupBy(S.USER_IDX).agg(F.collect_set("pop_rank").alias("played_ranks")))
+    ranks = F.coalesce(F.col("played_ranks"), F.array().cast("array<int>"))
+    places = F.sequence(F.lit(1), F.least(F.lit(depth), F.lit(k) + F.size(ranks)))
+    unplayed = F.slice(F.filter(places, lambda r: ~F.array_contains(ranks, r)), 1, k)
+    return (
+        users.join(played, S.USER_IDX, "left")
+        .select(S.USER_IDX, F.posexplode(unplayed).alias("pos", "pop_rank"))
+        .join(F.broadcast(popular), "pop_rank")
+        .select(S.USER_IDX, S.ITEM_IDX, S.SCORE, (F.col("pos") + 1).alias(S.RANK))
+    )
+
+
