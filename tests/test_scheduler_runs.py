@@ -53,8 +53,9 @@ RAW, MODELS = "sched-raw", "sched-models"
 # From the stack's start to the last assertion takes 8-10 min here; a UTC midnight inside that span
 # changes the interval the scheduler runs (and adds a second scheduled run), so the test starts after it.
 MIDNIGHT_MARGIN = dt.timedelta(minutes=15)
-# The scheduled run trains with the default strategy (CG), the backfill with MLlib.
-BACKFILL_CONF = {"window_days": 4, "max_iter": 5, "top_n": 10, "strategy": "mllib"}
+# The scheduled run trains with the default strategy (CG) and searches its params first (tune
+# if_stale, nothing searched published yet); the backfill trains with MLlib, without a search.
+BACKFILL_CONF = {"window_days": 4, "max_iter": 5, "top_n": 10, "strategy": "mllib", "tune": "off"}
 API_TIMEOUT_S = 120
 RUNS_DEADLINE_S = 900  # two runs of five Spark stages, 20-40 s each on 2 cores
 
@@ -275,12 +276,23 @@ def _check_published(store, manifest: dict, day: dt.date, strategy: str, lake):
     assert manifest["data_window"]["first_day"] == first_day.isoformat(), (day, manifest["data_window"])
     training = manifest["training"]
     assert manifest["params"]["strategy"] == strategy and training["strategy"] == strategy, day
-    assert training["params"]["rank"] == manifest["params"]["rank"]
+    searched = training["tuning"]
+    searched_names = {"rank", "alpha", "reg", "reg_scaling", "confidence_function", "epsilon"}
+    assert set(searched["source"]) == searched_names
+    assert {n: training["params"][n] for n in searched_names} == searched["chosen"]
+    if manifest["params"]["tune"] == "off":
+        assert set(searched["source"].values()) <= {"trigger", "default"} and not searched["trials"]
+    else:  # searched on the day before the held-out one; every trial recorded
+        assert set(searched["source"].values()) == {f"tuning of dt={day}"}, searched["source"]
+        assert len(searched["trials"]) > manifest["params"]["tune_trials"] // 2 and searched["trials_ran_on"] == "driver"
+        assert searched["winner"]["params"] == searched["chosen"]
     if strategy == "cg":
         assert training["factor_exchange"] == {"user": "broadcast", "item": "broadcast"}
     m, b = manifest["metrics"]["model"], manifest["metrics"]["baseline_popularity"]
     assert m["users_evaluated"] > 0 and 0 <= m["precision"] <= 1
     assert m["map"] > b["map"], day  # the planted taste structure is learnable
+    lift = manifest["metrics"]["lift_over_popularity"]["map"]
+    assert lift["users"] == m["users_evaluated"] and lift["relative_interval"][0] > 0
     assert manifest["quality_gate"]["passed"] and manifest["quality_gate"]["metric"] == "map"
     submission = training["submission"]
     assert submission["attempts"][0]["outcome"] == "success"

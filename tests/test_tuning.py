@@ -9,6 +9,7 @@ import pytest
 
 from music_recs import tuning
 from music_recs.jobs import TuneSpec
+from music_recs.params import RunParams
 from music_recs.quality_gate import decide, paired_bootstrap
 
 BASE = {"alpha": 40.0, "confidence_function": "log", "epsilon": 1.0, "reg": 0.1, "reg_scaling": "per_rating",
@@ -130,7 +131,7 @@ def test_trigger_values_win_and_the_rest_is_searched(tmp_path):
     plan = _plan(tmp_path, {"rank": 8, "tune": "always"})
     values, source, search = training_values(plan, _published("2026-11-19", CHOSEN))
     assert search.fixed == ("rank",) and values["rank"] == 8 and source["rank"] == "trigger"
-    assert search.metric == "map" and search.trials == 12 and source["alpha"] == "default"
+    assert search.metric == "map" and search.trials == RunParams().tune_trials and source["alpha"] == "default"
 
 
 def test_a_young_published_search_is_reused_an_old_or_later_one_is_not(tmp_path):
@@ -148,7 +149,7 @@ def test_a_young_published_search_is_reused_an_old_or_later_one_is_not(tmp_path)
         assert training_values(plan, stale)[2] is not None, stale
     off = _plan(tmp_path, {"tune": "off"})
     values, source, search = training_values(off, _published("2026-11-19", CHOSEN))
-    assert search is None and set(source.values()) == {"default"} and values["alpha"] == 40.0
+    assert search is None and set(source.values()) == {"default"} and values["alpha"] == RunParams().alpha
 
 
 def test_a_run_that_cannot_tune_says_so_in_plan_run(tmp_path):

@@ -157,7 +157,7 @@ class ConfidenceSpec(JobSpec):
 class TuneSpec(_Contract):
     """A parameter search inside the training job (``music_recs.tuning``).
 
-    trials: candidates of the first rung (12); minutes: no trial starts after this (30).
+    trials: candidates of the first rung (24); minutes: no trial starts after this (30).
     fixed: names of searched parameters not to vary (given in the trigger form). metric: scored
     on the validation days at k (``map``, 10). seed: of the candidate sample (0). space: values
     to try per name, replacing ``music_recs.tuning.SEARCH_SPACE``'s (None: those).
@@ -165,7 +165,7 @@ class TuneSpec(_Contract):
     driver with the same kernels (20M; 0 = always on the cached blocks), see ``spark_jobs.lib.als_local``.
     """
 
-    trials: int = 12
+    trials: int = 24
     minutes: float = 30.0
     fixed: tuple[str, ...] = ()
     metric: str = "map"
@@ -189,7 +189,7 @@ class TrainSpec(JobSpec):
     """Train implicit ALS on one matrix (``spark_jobs/train_als.py``).
 
     matrix_uri: a granularity's matrix folder (holding ``train/``); out_uri: where factors go.
-    rank (32), max_iter (10), reg (0.1, scaled by each row's ratings), alpha (40.0): the model.
+    rank (32), max_iter (10), reg (0.1, scaled by each row's ratings), alpha (1.0): the model.
     strategy: ``cg`` (default; conjugate-gradient solves on cached blocks) or ``mllib`` (the reference).
     user_blocks, item_blocks: 0 = one per core. checkpoint_dir: None = a temp folder;
     checkpoint_interval: 5. seed: 42. cg_steps: CG steps per row and half-iteration (3).
@@ -209,7 +209,7 @@ class TrainSpec(JobSpec):
     rank: int = 32
     max_iter: int = 10
     reg: float = 0.1
-    alpha: float = 40.0
+    alpha: float = 1.0
     strategy: str = "cg"
     user_blocks: int = 0
     item_blocks: int = 0
@@ -221,7 +221,7 @@ class TrainSpec(JobSpec):
     broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB
     track_loss: bool = False
     confidence_function: str | None = None
-    epsilon: float = 1.0
+    epsilon: float = 5.0
     scale_reg: bool = True
     tune: dict | None = None
 

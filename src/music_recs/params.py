@@ -38,11 +38,11 @@ class RunParams:
     reg_scaling: str = _param("per_rating", "How lambda scales: 'per_rating' = times each user's/item's number of "
                               "ratings (Spark MLlib's convention); 'constant' = a plain lambda (the implicit library's; "
                               "strategy 'cg' only).", type="string", enum=list(REG_SCALINGS))
-    alpha: float = _param(40.0, "Confidence scale: c = 1 + alpha * f(r) (Hu, Koren & Volinsky 2008).",
+    alpha: float = _param(1.0, "Confidence scale: c = 1 + alpha * f(r) (Hu, Koren & Volinsky 2008).",
                           type="number", exclusiveMinimum=0, maximum=10000)
     confidence_function: str = _param("log", "f(r): 'log' = log(1 + r/epsilon), 'linear' = r.",
                                       type="string", enum=list(CONFIDENCE_FUNCTIONS))
-    epsilon: float = _param(1.0, "Scale of the log confidence function, in plays.",
+    epsilon: float = _param(5.0, "Scale of the log confidence function, in plays.",
                             type="number", exclusiveMinimum=0, maximum=1000)
     half_life_days: float = _param(0.0, "Exponential time decay of plays by age; 0 disables.",
                                    type="number", minimum=0, maximum=3650)
@@ -72,7 +72,7 @@ class RunParams:
                        "training: 'always'; 'if_stale' = only when the published model's search is older than "
                        "tune_max_age_days (else reuse its choice); 'off'. Values set in this form are never searched.",
                        type="string", enum=["off", "if_stale", "always"])
-    tune_trials: int = _param(12, "Candidates the search tries (the best third then trains all iterations).",
+    tune_trials: int = _param(24, "Candidates the search tries (the best third then trains all iterations).",
                               type="integer", minimum=1, maximum=200)
     tune_minutes: float = _param(20.0, "No new trial starts after this many minutes of search.",
                                  type="number", exclusiveMinimum=0, maximum=1440)

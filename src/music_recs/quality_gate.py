@@ -102,11 +102,13 @@ def paired_bootstrap(candidate, baseline, resamples: int = 1000, level: float = 
 
     diffs = (sums_c - sums_b) / n
     lifts = relative(sums_c / n, sums_b / n)
+    with np.errstate(invalid="ignore"):  # a resample whose baseline scored 0 has an infinite lift
+        lift_interval = [float(v) for v in np.percentile(lifts, tails)]
     return {**result, "candidate": float(c.mean()), "baseline": float(b.mean()),
             "difference": float(c.mean() - b.mean()),
             "difference_interval": [float(v) for v in np.percentile(diffs, tails)],
             "relative": float(relative(np.array(c.mean()), np.array(b.mean()))),
-            "relative_interval": [float(v) for v in np.percentile(lifts, tails)]}
+            "relative_interval": lift_interval}
 
 
 def decide(metric: str, candidate: dict, baseline: dict, published: dict | None,
