@@ -87,10 +87,10 @@ def test_a_missing_input_fails_once_fast_on_the_cluster(cluster, tmp_path):
 
 
 def test_too_little_executor_memory_fails_out_of_memory_and_the_resubmission_with_more_succeeds(cluster, tmp_path):
-    # The CG strategy broadcasts the whole catalogue to every Python worker: 600k items at rank
-    # 64 are 154 MB, more than a 640 MB Python worker (numpy, numba, pyarrow loaded: ~570 MB)
-    # has left; the doubled limit fits.
-    matrix = write_matrix(tmp_path / "matrix", users=2000, items=600_000, per_user=300)
+    # The CG strategy broadcasts the whole catalogue to every Python worker: 300k items at rank
+    # 64 are 77 MB, held twice while a broadcast is read, more than a 640 MB Python worker
+    # (numpy, numba, pyarrow loaded: ~570 MB) has left; the doubled limit fits.
+    matrix = write_matrix(tmp_path / "matrix", users=1000, items=300_000, per_user=300)
     first = sizing(memory_mb=1024, blocks=2).scaled(python_memory_mb=640)
     result = train(tmp_path, matrix, first, max_iter=2, rank=64, attempts=3,
                    strategy="cg", exchange={"user": "broadcast", "item": "broadcast"})
@@ -99,7 +99,7 @@ def test_too_little_executor_memory_fails_out_of_memory_and_the_resubmission_wit
     assert any("MemoryError" in line for line in attempts[0]["log"])
     assert attempts[0]["settings"]["python_memory_mb"] == 640 and attempts[1]["settings"]["python_memory_mb"] == 1280
     assert result.submission["sizing"]["user_blocks"] == 4  # smaller blocks too
-    assert result.data["items"] == 600_000 and result.spark_conf["spark.executor.pyspark.memory"] == "1280m"
+    assert result.data["items"] == 300_000 and result.spark_conf["spark.executor.pyspark.memory"] == "1280m"
 
 
 def test_a_worker_killed_during_training_does_not_lose_the_run(cluster, tmp_path):

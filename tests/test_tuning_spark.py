@@ -144,9 +144,14 @@ def test_trials_on_the_cached_blocks_score_as_trials_on_the_driver(spark, tmp_pa
     the same kernels from the same start, so the same trials score the same."""
     matrix = str(tmp_path / "matrix")
     _planted(spark, matrix)
-    on_driver = _train(spark, tmp_path, matrix, "driver", max_iter=3).tuning
-    blocks = TuneSpec.from_dict({**TUNE.to_dict(), "local_max_nnz": 0})
-    on_blocks = _train(spark, tmp_path, matrix, "blocks", blocks, max_iter=3).tuning
+
+    def search(tune: TuneSpec) -> dict:  # the search alone (no final training)
+        spec = TrainSpec(matrix_uri=matrix, out_uri=str(tmp_path / "unused"), rank=8, max_iter=2, reg=0.05,
+                         alpha=10.0, confidence_function="log", tune=tune.to_dict())
+        return train_als.search(spark, spec, (2, 2))
+
+    on_driver = search(TUNE)
+    on_blocks = search(TuneSpec.from_dict({**TUNE.to_dict(), "local_max_nnz": 0}))
     assert on_blocks["trials_ran_on"] == "cached blocks" and on_driver["trials_ran_on"] == "driver"
     assert [(t["trial"], t["rung"]) for t in on_blocks["trials"]] == [(t["trial"], t["rung"]) for t in on_driver["trials"]]
     for a, b in zip(on_blocks["trials"], on_driver["trials"]):
