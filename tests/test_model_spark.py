@@ -50,10 +50,16 @@ def test_als_finds_planted_blocks_and_beats_popularity(spark, tmp_path):
     factors = spark.read.parquet(f"{out}/item_factors")
     assert set(factors.columns) == {"id", S.ITEM_ID, S.FEATURES}
 
-    ev = evaluate.run(spark, EvaluateSpec(model_uri=out, matrix_uri=m, out_uri=out, k=3, top_n=5))
+    # The model itself as "the published model": scored on the same pairs, through its factor
+    # files and their string ids, it must score exactly as the model does.
+    ev = evaluate.run(spark, EvaluateSpec(model_uri=out, matrix_uri=m, out_uri=out, k=3, top_n=5, published_uri=out))
     assert ev.model["precision"] > 0.9  # the held-out items are exactly the rest of the block
     assert ev.model["precision"] > ev.baseline_popularity["precision"] + 0.3
     assert ev.model["users_evaluated"] == 60
+    assert ev.lift["map"]["users"] == 60 and ev.lift["map"]["relative_interval"][0] > 0.5
+    assert {k: ev.published[k] for k in ("precision", "map", "ndcg")} == pytest.approx(
+        {k: ev.model[k] for k in ("precision", "map", "ndcg")})
+    assert ev.lift_over_published["map"]["difference_interval"] == pytest.approx([0.0, 0.0], abs=1e-9)
 
     recs = spark.read.parquet(f"{out}/recommendations")
     played = {(u, i) for u, i, *_ in train}

@@ -158,3 +158,24 @@ def test_a_run_that_cannot_tune_says_so_in_plan_run(tmp_path):
     with pytest.raises(AirflowFailException, match=r"holdout_days \(1\) \+ validation_days \(1\) must be smaller"):
         _plan(tmp_path, {"window_days": 2})
     assert _plan(tmp_path, {"window_days": 2, "tune": "off"}).params.window_days == 2
+
+
+def test_the_gate_refuses_only_a_confident_collapse_against_the_published_model():
+    rng = np.random.default_rng(3)
+    published = rng.random(2000) * 0.2
+    lift = paired_bootstrap(published * 1.5, published * 0.5)  # far above popularity
+
+    def gate(candidate):
+        change = paired_bootstrap(candidate, published)
+        return decide("map", {"map": candidate.mean()}, {"map": (published * 0.5).mean()},
+                      {"map": published.mean()}, max_drop=0.2, lift=lift, published_lift=change), change
+
+    collapsed, change = gate(published * 0.6)  # 40 % below, on the same users
+    assert change["relative_interval"][1] < -0.2 and not collapsed.passed
+    assert "against the published model on the same held-out users" in collapsed.reasons[0]
+    few = np.r_[published[:20] * 0.75]  # 25 % below on 20 users: not confidently beyond 20 %
+    noisy = decide("map", {"map": few.mean()}, {"map": 0.0}, {"map": published[:20].mean()}, max_drop=0.2,
+                   published_lift=paired_bootstrap(few + rng.normal(0, 0.05, 20), published[:20]))
+    assert noisy.passed, noisy.reasons
+    same, _ = gate(published * 1.01)
+    assert same.passed
