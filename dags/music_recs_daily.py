@@ -17,6 +17,7 @@ of the run's data interval (a scheduled run at 00:00 UTC on D+1 processes D).
 | `evaluate` | Spark: precision/recall/MAP/NDCG@k vs a popularity baseline; top-N recommendations, similar items |
 | `quality_gate` | publishes only if the lower end of the model's bootstrap lift over popularity clears the margin and it did not collapse vs the published model |
 | `publish` | S3: factors + recommendations + `manifest.json`, verified, then the `latest.json` pointer |
+| `announce_model` | an event on the Asset `music_recs_published_model` (day, run, manifest key) when the pointer moved; skipped otherwise |
 
 Trigger with params to change rank, iterations, alpha, regularization or the window.
 Code: `plugins/music_recs_airflow/tasks.py` (task logic), `spark_jobs/` (Spark entry points).
@@ -34,6 +35,7 @@ from music_recs.jobs import EvaluateResult, IngestResult, MatrixResult, TrainRes
 from music_recs.plan import RunPlan
 from music_recs.settings import dag_settings
 from music_recs_airflow import tasks
+from music_recs_airflow.assets import PUBLISHED_MODEL
 from music_recs_airflow.notifier import FailureNotifier
 from music_recs_airflow.s3 import S3Store
 from music_recs_airflow.sensors import LandingPartitionSensor
@@ -121,6 +123,12 @@ def music_recs_daily():
                                  ValidateResult.from_dict(validated), MatrixResult.from_dict(matrix),
                                  TrainResult.from_dict(trained), EvaluateResult.from_dict(evaluated), gate)
 
+    @task(outlets=[PUBLISHED_MODEL], retries=0)
+    def announce_model(plan: dict, published: dict, *, outlet_events=None) -> dict:
+        extra = tasks.model_event(_plan(plan), published)
+        outlet_events[PUBLISHED_MODEL].extra = extra
+        return extra
+
     plan = plan_run()
     ingested = ingest(plan)
     validated = validate(plan, ingested)
@@ -133,7 +141,7 @@ def music_recs_daily():
         mode="reschedule", execution_timeout=dt.timedelta(minutes=5),
     )
     plan >> wait_for_logs >> ingested >> validated >> matrix >> trained >> evaluated >> gate
-    publish(plan, ingested, validated, matrix, trained, evaluated, gate)
+    announce_model(plan, publish(plan, ingested, validated, matrix, trained, evaluated, gate))
 
 
 music_recs_daily()

@@ -20,12 +20,21 @@ def dag(dagbag):
 
 def test_dag_folder_imports_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert "music_recs_daily" in dagbag.dag_ids
+    assert {"music_recs_daily", "music_recs_model_consumer"} <= set(dagbag.dag_ids)
+
+
+def test_the_published_model_is_an_asset_the_consumer_is_scheduled_on(dag, dagbag):
+    from music_recs_airflow.assets import PUBLISHED_MODEL
+
+    assert dag.get_task("announce_model").outlets == [PUBLISHED_MODEL]
+    assert dag.get_task("announce_model").retries == 0
+    consumer = dagbag.dags["music_recs_model_consumer"]
+    assert PUBLISHED_MODEL in consumer.timetable.asset_condition.objects
 
 
 def test_stages_run_in_order(dag):
     order = ["plan_run", "wait_for_logs", "ingest", "validate", "build_confidence", "train_als", "evaluate", "quality_gate",
-             "publish"]
+             "publish", "announce_model"]
     assert set(dag.task_ids) == set(order)
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)

@@ -12,6 +12,8 @@ server over HTTP.
   backfill's conf picks MLlib; every published manifest is verified against its
   objects (size, sha256), its rows, window, metrics, quality gate and submission, and
   `music-recs recommend` prints recommendations from the published model;
+- the published model as an Asset: the publication that moved the pointer triggers the example
+  consumer DAG, which verifies the manifest's objects;
 - UI trigger: the REST call the trigger form makes (login with the generated password):
   out-of-schema params are refused, a run whose params break a cross-field rule fails in
   plan_run and the failure alert reaches the alerts webhook; no secret reaches any log.
@@ -363,6 +365,25 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
         _check_published(store, manifest, day, "cg" if day == days.scheduled else "mllib", stack["root"] / "lake")
     pointer, manifest = read_latest(store, MODELS, "music_recs/latest.json")
     assert pointer["day"] == days.scheduled.isoformat() and pointer["run_id"] == scheduled[0]["dag_run_id"]
+
+    # The publication that moved the pointer was announced on the Asset, and the example consumer
+    # DAG ran on it: it found the manifest in the event and verified every object's checksum.
+    consumer = "music_recs_model_consumer"
+
+    def consumer_done():
+        runs = api("GET", f"/api/v2/dags/{consumer}/dagRuns?limit=20")["dag_runs"]
+        return runs if runs and all(r["state"] in ("success", "failed") for r in runs) else None
+
+    consumer_runs = _wait(consumer_done, 180, "the consumer DAG run")
+    assert {r["run_type"] for r in consumer_runs} == {"asset_triggered"}
+    assert all(r["state"] == "success" for r in consumer_runs), consumer_runs
+    events = [e for r in consumer_runs for e in api(
+        "GET", f"/api/v2/dags/{consumer}/dagRuns/{quote(r['dag_run_id'], safe='')}/upstreamAssetEvents")["asset_events"]]
+    announced = [e for e in events if e["source_run_id"] == scheduled[0]["dag_run_id"]]
+    assert len(announced) == 1 and announced[0]["source_task_id"] == "announce_model", events
+    extra = announced[0]["extra"]
+    assert extra["day"] == days.scheduled.isoformat() and extra["bucket"] == MODELS
+    assert extra["manifest"] == pointer["manifest_key"], (extra, pointer)
 
     # A person can read the result: the CLI prints recommendations from the published model.
     first_rec = next(o for o in manifest["objects"] if o["artifact"] == "recommendations")

@@ -13,6 +13,7 @@ PORT="${MUSIC_RECS_AIRFLOW_PORT:-8080}"
 PID_FILE="$LOCAL_STATE/airflow.pid"
 LOG="$LOCAL_STATE/logs/airflow-standalone.log"
 DAG_ID=music_recs_daily
+CONSUMER_DAG_ID=music_recs_model_consumer  # runs on each publication (Asset music_recs_published_model)
 fail() { echo "airflow.sh: $*" >&2; exit 1; }
 say() { echo "==> $*"; }
 
@@ -50,7 +51,7 @@ start() {
   for _ in $(seq 1 90); do
     running || fail "airflow standalone exited; see $LOG"
     if curl -sf -o /dev/null "http://127.0.0.1:$PORT/api/v2/monitor/health" \
-        && airflow dags unpause "$DAG_ID" >/dev/null 2>&1; then
+        && airflow dags unpause "$DAG_ID" >/dev/null 2>&1 && airflow dags unpause "$CONSUMER_DAG_ID" >/dev/null 2>&1; then
       echo "Airflow is up: http://127.0.0.1:$PORT (user admin, password in $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated)"
       echo "$DAG_ID is unpaused: each day at 00:00 UTC it processes the day before (needs its logs under s3://music-raw/stream_logs/dt=D/)."
       echo "Stop with: infra/local/airflow.sh stop"

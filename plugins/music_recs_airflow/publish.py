@@ -141,3 +141,17 @@ def read_latest(store: S3Store, bucket: str, pointer_key: str) -> tuple[dict, di
     if raw is None or hashlib.sha256(raw[0]).hexdigest() != pointer["manifest_sha256"]:
         raise PublishError(f"the manifest named by s3://{bucket}/{pointer_key} is missing or altered")
     return pointer, json.loads(raw[0])
+
+
+def verify_publication(store: S3Store, bucket: str, manifest_key: str) -> dict:
+    """What a consumer of the published model checks before loading it: the manifest parses
+    and every object it lists is there with its size and SHA-256. Returns a summary."""
+    got = store.get_json(bucket, manifest_key)
+    if got is None or not isinstance(got[0], dict):
+        raise PublishError(f"s3://{bucket}/{manifest_key} is not a manifest")
+    manifest = got[0]
+    verify_objects(store, bucket, manifest["objects"])
+    return {"day": manifest["day"], "run_id": manifest["run_id"], "manifest": manifest_key,
+            "objects_verified": len(manifest["objects"]),
+            "bytes": sum(o["size"] for o in manifest["objects"])}
+

@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from airflow.sdk import Param
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from music_recs import __version__, settings, tuning
 from music_recs.checks import check_run_conf_names_no_location, safe_key_part
@@ -458,3 +458,13 @@ def publish_run(store: S3Store, plan: RunPlan, ingested: IngestResult, validated
     return {"prefix": uri, "manifest": f"s3://{cfg.models_bucket}/{decision['manifest_key']}",
             "report": f"s3://{cfg.models_bucket}/{manifest['report']['key']}",
             "pointer_moved": decision["moved"], "pointer_reason": decision["reason"], "metrics": m}
+
+
+def model_event(plan: RunPlan, published: dict) -> dict:
+    """The extra of the published-model asset event; skips (no event) when the pointer did not move."""
+    if not published["pointer_moved"]:
+        raise AirflowSkipException(f"latest.json was not moved ({published['pointer_reason']}): no asset event")
+    cfg = plan.settings
+    return {"day": plan.day, "run_id": plan.run_id, "bucket": cfg.models_bucket, "pointer": cfg.pointer_key,
+            "manifest": published["manifest"].removeprefix(f"s3://{cfg.models_bucket}/")}
+
