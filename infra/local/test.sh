@@ -19,6 +19,6 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v in
   fi
 fi
 cd "$REPO_ROOT"
-echo "==> running tests (unit, Spark, S3 and DAG runs on a real scheduler: about 19 minutes on 2 cores)"
+echo "==> running tests (unit, Spark, S3 and DAG runs on a real scheduler: 19-21 minutes on 2 cores)"
 # --durations: the slowest tests are listed at the end, to keep the suite well under 20 minutes.
 exec "$VENV/bin/python" -m pytest -p no:cacheprovider --timeout=1200 --durations=12 "$@"
