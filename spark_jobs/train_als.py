@@ -116,10 +116,7 @@ def fit_cg(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tup
         n_users = ratings.select(S.USER_IDX).distinct().count()
         n_items = ratings.select(S.ITEM_IDX).distinct().count()
         exchange = {**factor_exchange(n_users, n_items, spec.rank, spec.broadcast_budget_mb), **exchange}
-    conf_of = None
-    if prepared is not None:
-        params = ConfidenceParams(spec.confidence_function or "linear", spec.alpha, spec.epsilon)
-        conf_of = functools.partial(confidence, params=params, log1p=np.log1p)
+    conf_of = confidence_of(spec) if prepared is not None else None
     fitted = als_cg.fit(spark, ratings, spec.rank, spec.max_iter, spec.reg, spec.alpha, blocks[0], blocks[1], exchange,
                         spec.checkpoint_interval, spec.seed, spec.cg_steps, spec.track_loss, log=log.info,
                         scale_reg=spec.scale_reg, prepared=prepared, conf_of=conf_of)
@@ -139,6 +136,12 @@ def fit(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tuple[
     fitted = STRATEGY_FIT[spec.strategy](spark, ratings, spec, blocks)
     fitted.user_factors.count(), fitted.item_factors.count()  # forces the fit
     return fitted
+
+
+def confidence_of(spec: TrainSpec) -> Callable:
+    """Play counts ``r`` (numpy) -> confidence ``1 + alpha * f(r)`` with the spec's function (linear if None)."""
+    params = ConfidenceParams(spec.confidence_function or "linear", spec.alpha, spec.epsilon)
+    return functools.partial(confidence, params=params, log1p=np.log1p)
 
 
 def training_ratings(matrix: DataFrame, spec: TrainSpec, what: str) -> DataFrame:
@@ -196,29 +199,14 @@ def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dic
             truth.setdefault(user, set()).add(item)
     trials: list[tuning.Trial] = []
 
-    def score_local(trial: TrainSpec) -> float:
-        conf_of = functools.partial(confidence, params=ConfidenceParams(trial.confidence_function, trial.alpha,
-                                                                        trial.epsilon), log1p=np.log1p)
-        X, Y = als_local.fit(matrix, trial.rank, trial.max_iter, trial.reg, conf_of, trial.scale_reg, trial.cg_steps,
-                             trial.seed)
+    def score_on_driver(trial: TrainSpec) -> float:
+        X, Y = als_local.fit(matrix, trial.rank, trial.max_iter, trial.reg, confidence_of(trial), trial.scale_reg,
+                             trial.cg_steps, trial.seed)
         if not (np.isfinite(X).all() and np.isfinite(Y).all()):
             raise NonFiniteFactorsError("non-finite factors")
         return als_local.score(matrix, X, Y, truth, tune.k)[tune.metric]
 
-    def score(number: int, params: dict, rung: int, iterations: int) -> tuning.Trial:
-        t0 = time.monotonic()
-        trial = trial_spec(spec, params, iterations, spec.seed)
-        if local:
-            try:
-                value = score_local(trial)
-            except NonFiniteFactorsError as exc:
-                log.warning("trial %d diverged: %s", number, exc)
-                value = 0.0
-            done = tuning.Trial(number, rung, params, iterations, round(float(value), 6), n_validation,
-                                round(time.monotonic() - t0, 3))
-            log.info("trial %d rung %d (%d iterations, driver) %s: %s@%d %.4f in %.2fs", number, rung, iterations,
-                     params, tune.metric, tune.k, value, done.seconds)
-            return done
+    def score_on_spark(trial: TrainSpec) -> float:
         if prepared is not None:
             fitted = fit_cg(spark, raw, trial, blocks, prepared)
             fitted.user_factors.count(), fitted.item_factors.count()
@@ -228,17 +216,22 @@ def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dic
             check_finite(fitted.user_factors, fitted.item_factors)
             broadcast_items = factor_exchange(1, n_items, trial.rank, spec.broadcast_budget_mb)["item"] == "broadcast"
             recs = model_recommendations(spark, fitted.model, played, tune.k, broadcast_items)
-            metrics = mean_metrics(per_user_metrics(recs, validation, tune.k))
-            value = metrics[tune.metric]
+            return mean_metrics(per_user_metrics(recs, validation, tune.k))[tune.metric]
+        finally:
+            fitted.user_factors.unpersist(), fitted.item_factors.unpersist()
+            fitted.release()
+
+    def score(number: int, params: dict, rung: int, iterations: int) -> tuning.Trial:
+        t0 = time.monotonic()
+        try:
+            value = (score_on_driver if local else score_on_spark)(trial_spec(spec, params, iterations, spec.seed))
         except NonFiniteFactorsError as exc:  # a diverging candidate loses; the search goes on
             log.warning("trial %d diverged: %s", number, exc)
             value = 0.0
-        fitted.user_factors.unpersist(), fitted.item_factors.unpersist()
-        fitted.release()
         done = tuning.Trial(number, rung, params, iterations, round(float(value), 6), n_validation,
                             round(time.monotonic() - t0, 3))
-        log.info("trial %d rung %d (%d iterations) %s: %s@%d %.4f in %.1fs", number, rung, iterations, params,
-                 tune.metric, tune.k, value, done.seconds)
+        log.info("trial %d rung %d (%d iterations, %s) %s: %s@%d %.4f in %.2fs", number, rung, iterations,
+                 "driver" if local else "cached blocks", params, tune.metric, tune.k, value, done.seconds)
         return done
 
     def out_of_time() -> bool:

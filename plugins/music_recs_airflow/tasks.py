@@ -238,14 +238,19 @@ def _shape(plan: RunPlan, matrix: MatrixResult) -> MatrixShape:
     return MatrixShape(stats["users"], stats["items"], stats["nnz"], plan.params.rank)
 
 
+def largest_rank(values: dict, search: TuneSpec | None) -> int:
+    """The largest rank training may use: the chosen one, or any the search may try.
+    Sizing and the factor exchange follow it."""
+    searched = [] if search is None or "rank" in search.fixed else list(tuning.SEARCH_SPACE["rank"])
+    return max([values["rank"], *searched])
+
+
 def train_spec(plan: RunPlan, shape: MatrixShape, sizing: ExecutorSizing, values: dict | None = None,
                tune: TuneSpec | None = None) -> TrainSpec:
     """The training job's spec; ``values``: the searched params to train with (default: the run's)."""
     p, budget = plan.params, plan.settings.broadcast_budget_mb
     v = {**p.searched, **(values or {})}
-    # Exchange and sizing follow the largest rank a trial may use.
-    rank = max([v["rank"], *([] if tune is None or "rank" in tune.fixed else tuning.SEARCH_SPACE["rank"])])
-    exchange = factor_exchange(shape.users, shape.items, rank, budget) if p.strategy == "cg" else None
+    exchange = factor_exchange(shape.users, shape.items, largest_rank(v, tune), budget) if p.strategy == "cg" else None
     return TrainSpec(matrix_uri=plan.matrix, out_uri=plan.model, rank=int(v["rank"]), max_iter=p.max_iter,
                      reg=float(v["reg"]), alpha=float(v["alpha"]), confidence_function=v["confidence_function"],
                      epsilon=float(v["epsilon"]), scale_reg=v["reg_scaling"] == "per_rating",
@@ -313,8 +318,7 @@ def train(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None) -> 
     p, budget = plan.params, plan.settings.broadcast_budget_mb
     values, source, search = training_values(plan, published_manifest(store, plan) if store and p.tune == "if_stale"
                                              else None)
-    shape = dataclasses.replace(_shape(plan, matrix), rank=max(
-        [values["rank"], *([] if search is None or "rank" in search.fixed else tuning.SEARCH_SPACE["rank"])]))
+    shape = dataclasses.replace(_shape(plan, matrix), rank=largest_rank(values, search))
     sizing = size_als(shape, plan.cluster, strategy=p.strategy, broadcast_budget_mb=budget)
     log.info("sizing for %s, %s on %s: %s", shape, p.strategy, plan.cluster, sizing.as_dict())
     result = run_with_resubmission(spark_hook(plan), lambda s: train_spec(plan, shape, s, values, search), sizing,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from music_recs.metrics import METRICS, user_metrics
+from music_recs.metrics import mean_metrics
 from spark_jobs.lib.cg_kernels import DEFAULT_CG_STEPS, gram, initial_factors, solve_rows
 from spark_jobs.lib.top_n import top_n_excluding
 
@@ -82,9 +82,4 @@ def score(matrix: LocalMatrix, X: np.ndarray, Y: np.ndarray, truth: dict[int, se
         for a, b, c in zip(q, t, r):
             ranked.setdefault(int(query_users[a]), []).append((int(c), int(matrix.by_item.ids[b])))
     recs = {user: [item for _, item in sorted(pairs)] for user, pairs in ranked.items()}
-    totals = dict.fromkeys(METRICS, 0.0)
-    for user in users:
-        m = user_metrics(recs.get(user, []), truth[user], k)
-        for name in METRICS:
-            totals[name] += m[name]
-    return {**{n: totals[n] / max(len(users), 1) for n in METRICS}, "users_evaluated": len(users)}
+    return {**mean_metrics(recs, truth, k), "users_evaluated": len(users)}
