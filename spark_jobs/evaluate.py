@@ -18,6 +18,12 @@ users (those with held-out items), plus catalogue coverage of the top-k lists an
 share of users evaluated. A most-popular baseline (again excluding played items) is
 scored the same way in the same run.
 
+Before anything is written, the output suites (``expectations/model_output_*.json``, GX on
+Spark) check what users would get: everyone has a full top-N of unplayed items, the lists are
+not the same hits for everyone, they did not all change (or all stay) since the published
+model, and no factor exploded (``spark_jobs.lib.output_checks``). The verdict goes into the
+result; the quality gate task refuses to publish on a failure.
+
 Output under ``--out``: ``recommendations/`` (``user_id, rank, item_id, score`` and display
 names, top-N per user) and ``similar_items/`` (``item_id, rank, similar_item_id, similarity``:
 the most similar items by cosine similarity of item factors, the "related artists" use case).
@@ -34,7 +40,9 @@ from music_recs.jobs import EvaluateResult, EvaluateSpec
 from music_recs.metrics import METRICS
 from music_recs.quality_gate import paired_bootstrap
 from music_recs.sizing import factor_exchange
+from spark_jobs.lib import output_checks as O
 from spark_jobs.lib.als_cg import als_model
+from spark_jobs.lib.gx_suites import failure_line, load_suite, validate_frames
 from spark_jobs.lib.ranking import (MAX_EXCLUDED, mean_metrics, model_recommendations, per_user_metrics,
                                     popularity_top_k, top_n_dot)
 from spark_jobs.lib.session import PhaseTimer, job_main
@@ -104,6 +112,30 @@ def similar_items(spark: SparkSession, item_factors: DataFrame, rank: int, n: in
     return pairs.withColumn(S.RANK, F.row_number().over(w)).filter(F.col(S.RANK) <= n)
 
 
+def check_output(spark: SparkSession, spec: EvaluateSpec, recs: DataFrame, train: DataFrame, n_items: int,
+                 model: ALSModel, published: DataFrame | None) -> dict:
+    """Run the output suites (``spark_jobs.lib.output_checks``) on this model; the verdict goes
+    into the result, the quality gate task decides."""
+    compare = published is not None and spec.compare_churn
+    users = O.users_frame(recs, train, n_items, spec.top_n, spec.k, published if compare else None).cache()
+    factors = O.factors_frame(model.userFactors, model.itemFactors).cache()
+    summary_df, summary = O.summary_frame(spark, recs, train, n_items, spec.top_n)
+    suites = {}
+    for name, file in O.SUITES.items():
+        suite = load_suite(f"{spec.output_suite_dir.rstrip('/')}/{file}")
+        suite["expectations"] = [e for e in suite["expectations"]
+                                 if compare or not (e.get("meta") or {}).get("needs_published")]
+        suites[name] = suite
+    verdict = validate_frames([(suites[O.USERS], users), (suites[O.FACTORS], factors), (suites[O.SUMMARY], summary_df)],
+                              {}, spec.docs_dir)
+    if compare:
+        row = users.agg(F.avg("overlap").alias("mean"), F.count("overlap").alias("n")).first()
+        summary.update(churn_overlap=row["mean"], churn_users=row["n"])
+    users.unpersist()
+    factors.unpersist()
+    return {**verdict, "summary": summary, "failed": [failure_line(c) for c in verdict["checks"] if not c["success"]]}
+
+
 def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
     """Score ``spec.model_uri`` on the held-out pairs of ``spec.matrix_uri``; write its recommendations."""
     timer = PhaseTimer()
@@ -131,14 +163,21 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
         popular_users = per_user_metrics(popularity_top_k(train, eval_users, k, min(n_items, k + extra)), holdout, k)
         baseline = mean_metrics(popular_users)
         lift = paired_lift(model_users, popular_users, spec.bootstrap_resamples, spec.seed)
-        published = over_published = None
+        published = over_published = published_recs = None
         if spec.published_uri:
-            published_users = per_user_metrics(
-                published_recommendations(spark, spec.published_uri, train, spark.read.parquet(f"{matrix}/items"), k,
-                                          spec.broadcast_budget_mb), holdout, k)
+            published_recs = published_recommendations(spark, spec.published_uri, train,
+                                                       spark.read.parquet(f"{matrix}/items"), k,
+                                                       spec.broadcast_budget_mb).cache()
+            published_users = per_user_metrics(published_recs, holdout, k)
             published = mean_metrics(published_users)
             over_published = paired_lift(model_users, published_users, spec.bootstrap_resamples, spec.seed)
         model_users.unpersist()
+    checks = None
+    if spec.output_suite_dir:
+        with timer.phase("output_checks"):
+            checks = check_output(spark, spec, recs, train, n_items, model, published_recs)
+    if published_recs is not None:
+        published_recs.unpersist()
     with timer.phase("write"):
         users = train.select(S.USER_IDX, S.USER_ID).distinct()
         items = spark.read.parquet(f"{matrix}/items")
@@ -167,6 +206,7 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
                "share_users_evaluated": model_metrics["users_evaluated"] / max(n_users, 1)},
         baseline_popularity=baseline, recommendation_rows=n_recs, similar_items_per_item=similar_n,
         seconds=timer.seconds, lift=lift, published=published, lift_over_published=over_published,
+        output_checks=checks,
     )
 
 

@@ -11,7 +11,6 @@ Run: ``spark-submit spark_jobs/validate.py --spec SPEC.json --result FILE`` (``m
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 
 from pyspark.sql import SparkSession
@@ -19,18 +18,13 @@ from pyspark.sql import SparkSession
 from music_recs.jobs import ValidateResult, ValidateSpec
 from music_recs.plan import LakeLayout
 from spark_jobs.ingest import CLOCK_SKEW_MINUTES, LATE_TOLERANCE_HOURS
+from spark_jobs.lib.gx_suites import EXPECTATIONS, load_suite, validate_frames
 from spark_jobs.lib.lake import present_days
 from spark_jobs.lib.session import PhaseTimer, job_main
 
-EXPECTATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "expectations")
 DEFAULT_SUITE = os.path.join(EXPECTATIONS, "stream_logs_daily.json")
 SUMMARY_SUITE = os.path.join(EXPECTATIONS, "stream_logs_day_summary.json")
 TRAILING_DAYS = 7
-
-
-def load_suite(path: str) -> dict:
-    with open(path) as fh:
-        return json.load(fh)
 
 
 def suite_parameters(day: dt.date) -> dict:
@@ -39,62 +33,6 @@ def suite_parameters(day: dt.date) -> dict:
         "ts_min": (start - dt.timedelta(hours=LATE_TOLERANCE_HOURS)).isoformat(),
         "ts_max": (start + dt.timedelta(days=1, minutes=CLOCK_SKEW_MINUTES)).isoformat(),
     }
-
-
-def _checks(outcome) -> list[dict]:
-    checks = []
-    for res in outcome.results:
-        cfg = res.expectation_config
-        checks.append({
-            "suite": outcome.suite_name,
-            "expectation": cfg.type,
-            "column": cfg.kwargs.get("column"),
-            "success": bool(res.success),
-            "unexpected_count": res.result.get("unexpected_count"),
-            "element_count": res.result.get("element_count"),
-            "observed_value": res.result.get("observed_value"),
-            "error": (res.exception_info or {}).get("exception_message") if not res.success else None,
-        })
-    return checks
-
-
-def validate_frames(batches: list[tuple[dict, object]], parameters: dict, docs_dir: str | None = None) -> dict:
-    """Run each (suite, DataFrame) pair. With ``docs_dir``, a file-backed GX project there keeps
-    the results and builds Data Docs (HTML) from them."""
-    import great_expectations as gx
-
-    if docs_dir:
-        context = gx.get_context(mode="file", project_root_dir=docs_dir)
-    else:
-        context = gx.get_context(mode="ephemeral")
-    source = context.data_sources.add_or_update_spark(name="lake")
-    checks, statistics, success = [], {}, True
-    for suite_json, df in batches:
-        name = suite_json["name"]
-        context.suites.add_or_update(gx.ExpectationSuite(**suite_json))
-        suite = context.suites.get(name)
-        try:
-            asset = source.get_asset(name)
-        except LookupError:
-            asset = source.add_dataframe_asset(name=name)
-        try:
-            batch = asset.get_batch_definition("whole")
-        except KeyError:
-            batch = asset.add_batch_definition_whole_dataframe("whole")
-        definition = context.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=f"{name}_validation", data=batch, suite=suite))
-        actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if docs_dir else []
-        checkpoint = context.checkpoints.add_or_update(
-            gx.Checkpoint(name=f"{name}_checkpoint", validation_definitions=[definition], actions=actions))
-        result = checkpoint.run(batch_parameters={"dataframe": df}, expectation_parameters=parameters)
-        for outcome in result.run_results.values():
-            checks += _checks(outcome)
-            statistics[name] = dict(outcome.statistics)
-            success = success and bool(outcome.success)
-    docs = None
-    if docs_dir:
-        docs = os.path.join(docs_dir, "gx", "uncommitted", "data_docs", "local_site", "index.html")
-    return {"success": success, "checks": checks, "statistics": statistics, "data_docs": docs}
 
 
 def day_summary(spark: SparkSession, lake: LakeLayout, day: dt.date, rows_read: int, duplicates: int,

@@ -339,19 +339,24 @@ def train(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None) -> 
     return result
 
 
-def evaluate_spec(plan: RunPlan, published_uri: str | None = None) -> EvaluateSpec:
+def evaluate_spec(plan: RunPlan, published_uri: str | None = None, published_day: str | None = None) -> EvaluateSpec:
+    """The evaluation of this run's model, with the output suites; ``published_uri``: the staged
+    factors of the published model (of ``published_day``), scored on the same pairs. Churn is
+    checked only against a model of an earlier day: a rerun of the published day would look stale."""
     p = plan.params
     return EvaluateSpec(model_uri=plan.model, matrix_uri=plan.matrix, out_uri=plan.model, k=p.k, top_n=p.top_n,
                         similar_n=SIMILAR_ITEMS, broadcast_budget_mb=plan.settings.broadcast_budget_mb,
-                        published_uri=published_uri)
+                        published_uri=published_uri, output_suite_dir=str(EXPECTATIONS), docs_dir=plan.data_docs,
+                        compare_churn=bool(published_uri and published_day and published_day < plan.day))
 
 
-def stage_published_factors(store: S3Store, plan: RunPlan) -> str | None:
+def stage_published_factors(store: S3Store, plan: RunPlan) -> tuple[str | None, str | None]:
     """The published model's factors, copied next to the run (``{run}/published/``) so evaluation
-    can score it on this run's held-out pairs; None when nothing comparable is published."""
+    can score it on this run's held-out pairs, and its day; (None, None) when nothing comparable
+    is published."""
     manifest = published_manifest(store, plan)
     if manifest is None or manifest["params"].get("granularity") != plan.params.granularity:
-        return None
+        return None, None
     dest = f"{plan.run_dir}/published"
     shutil.rmtree(dest, ignore_errors=True)
     objects = [o for o in manifest.get("objects", []) if o.get("artifact") in ("user_factors", "item_factors")]
@@ -360,11 +365,13 @@ def stage_published_factors(store: S3Store, plan: RunPlan) -> str | None:
         if got is None:
             log.warning("published object s3://%s/%s is gone; not comparing with it", plan.settings.models_bucket,
                         obj["key"])
-            return None
+            return None, None
         path = Path(dest) / obj["artifact"] / obj["key"].rsplit("/", 1)[-1]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(got[0])
-    return dest if {o["artifact"] for o in objects} == {"user_factors", "item_factors"} else None
+    if {o["artifact"] for o in objects} != {"user_factors", "item_factors"}:
+        return None, None
+    return dest, manifest.get("day")
 
 
 @fail_fast
@@ -372,9 +379,9 @@ def evaluate(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None) 
     """Score the model on the held-out days, with Spark settings sized to the matrix (``size_evaluate``);
     with ``store``, the published model is scored on the same pairs too."""
     p = plan.params
-    published_uri = stage_published_factors(store, plan) if store is not None else None
+    published_uri, published_day = stage_published_factors(store, plan) if store is not None else (None, None)
     sizing = size_evaluate(_shape(plan, matrix), plan.cluster, max(p.k, p.top_n), plan.settings.broadcast_budget_mb)
-    result = spark_hook(plan).submit(evaluate_spec(plan, published_uri), conf=sizing.spark_conf(),
+    result = spark_hook(plan).submit(evaluate_spec(plan, published_uri, published_day), conf=sizing.spark_conf(),
                                      driver_memory=f"{sizing.driver_memory_mb}m",
                                      **executor_args(sizing, plan.spark_master))
     m, b = result.model, result.baseline_popularity
@@ -402,8 +409,9 @@ def quality_gate(store: S3Store, plan: RunPlan, evaluated: EvaluateResult) -> di
         published, published_lift = evaluated.published, (evaluated.lift_over_published or {}).get(p.primary_metric)
     else:
         published, published_lift = published_metrics(store, plan), None
+    output_failures = tuple((evaluated.output_checks or {}).get("failed") or ())
     decision = decide(p.primary_metric, evaluated.model, evaluated.baseline_popularity, published, p.gate_min_lift,
-                      p.gate_max_drop, p.override_quality_gate, lift, published_lift)
+                      p.gate_max_drop, p.override_quality_gate, lift, published_lift, output_failures)
     if not decision.publish:
         raise QualityGateFailed(f"dt={plan.day}: {decision.message()}; not published")
     (log.warning if decision.overridden else log.info)("dt=%s: %s", plan.day, decision.message())
@@ -417,6 +425,17 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{__version__}+{sha}" if sha else __version__
+
+
+def output_checks_record(checks: dict | None) -> dict | None:
+    """What the manifest keeps of the output suites: verdict, summary, each expectation, Data Docs."""
+    if checks is None:
+        return None
+    docs = checks.get("data_docs")
+    return {"success": checks["success"], "summary": checks.get("summary"), "failed": checks.get("failed", []),
+            "checks": [{n: c.get(n) for n in ("suite", "expectation", "column", "kwargs", "success", "observed_value",
+                                              "unexpected_count", "element_count")} for c in checks["checks"]],
+            "data_docs": f"file://{docs}" if docs and "://" not in docs else docs}
 
 
 TRAINING_FIELDS = ("strategy", "params", "data", "seconds", "seconds_per_iteration", "spark_conf", "submission",
@@ -441,6 +460,7 @@ def publish_run(store: S3Store, plan: RunPlan, ingested: IngestResult, validated
                     "lift_over_popularity": evaluated.lift, "published_model": evaluated.published,
                     "change_over_published": evaluated.lift_over_published},
         "evaluation": {"seconds": evaluated.seconds, "submission": evaluated.submission},
+        "output_checks": output_checks_record(evaluated.output_checks),
         "quality_gate": gate,
     }
     # A folder of its own: a rerun of the run behind the pointer never writes over the live model.

@@ -262,6 +262,9 @@ class EvaluateSpec(JobSpec):
     bootstrap_resamples: int = 1000
     seed: int = 42
     published_uri: str | None = None
+    output_suite_dir: str | None = None
+    docs_dir: str | None = None
+    compare_churn: bool = False
 
 
 # --- results ------------------------------------------------------------------------------
@@ -356,6 +359,9 @@ class EvaluateResult(_Contract):
     lift: dict | None = None  # per metric: paired bootstrap of model vs popularity (quality_gate.paired_bootstrap)
     published: dict | None = None  # the published model's metrics on these held-out pairs
     lift_over_published: dict | None = None  # per metric: paired bootstrap of model vs the published model
+    # The output suites: success, checks (one dict per expectation), failed (one line each),
+    # summary (coverage, popular share, churn), data_docs; None when not run.
+    output_checks: dict | None = None
     submission: dict | None = None
 
 

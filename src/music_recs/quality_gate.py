@@ -21,6 +21,9 @@ A model is published only if, on the primary metric (MAP@k by default):
    between runs, so this is a guard against collapse, not a fine comparison; the default
    tolerance is wide for that reason.
 
+3. the output suites passed (``expectations/model_output_*.json``, run by the evaluation):
+   each failed expectation is a reason, in one line with its observed value and bound.
+
 A manual run may set ``override_quality_gate``: the decision is then recorded as overridden
 in the manifest, with the numbers, and the model is published anyway.
 """
@@ -113,7 +116,8 @@ def paired_bootstrap(candidate, baseline, resamples: int = 1000, level: float = 
 
 def decide(metric: str, candidate: dict, baseline: dict, published: dict | None,
            min_lift: float = 0.0, max_drop: float = 0.2, override: bool = False,
-           lift: dict | None = None, published_lift: dict | None = None) -> GateDecision:
+           lift: dict | None = None, published_lift: dict | None = None,
+           output_failures: tuple[str, ...] = ()) -> GateDecision:
     """``candidate``/``baseline``/``published``: metric dicts (published None when nothing is published).
 
     lift: ``paired_bootstrap`` of the per-user ``metric`` scores, model against popularity (the
@@ -121,6 +125,7 @@ def decide(metric: str, candidate: dict, baseline: dict, published: dict | None,
     ``min_lift``. None: the point values are compared (``candidate > baseline * (1 + min_lift)``).
     published_lift: the same against the published model scored on these held-out pairs
     (``published`` is then its metrics there).
+    output_failures: one line per failed expectation of the output suites (default none).
     """
     for name, metrics in (("candidate", candidate), ("baseline", baseline)):
         if metric not in metrics:
@@ -142,5 +147,6 @@ def decide(metric: str, candidate: dict, baseline: dict, published: dict | None,
                            f"users (interval up to {high:+.1%}), a collapse of more than {max_drop:.0%}")
     elif p is not None and c < p * (1 - max_drop):
         reasons.append(f"needs >= {p * (1 - max_drop):.4f}, at most {max_drop:.0%} below the published model")
+    reasons += [f"output check {line}" for line in output_failures]
     return GateDecision(not reasons, bool(override) and bool(reasons), metric, c, b, p, min_lift, max_drop,
                         tuple(reasons), lift)

@@ -1,0 +1,110 @@
+"""Run Great Expectations (GX Core) suites from ``expectations/`` on Spark DataFrames.
+
+Shared by the input validation (``spark_jobs/validate.py``) and the output checks of the
+evaluation (``spark_jobs/evaluate.py``): each (suite, DataFrame) pair is one GX batch; the
+outcome of every expectation is kept as a plain dict (``checks``) so the Airflow side decides
+what a failure means, and ``failure_line`` says each failed one in a few words.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+EXPECTATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                            "expectations")
+
+
+def load_suite(path: str) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+BOUNDS = ("min_value", "max_value", "mostly", "value_set")
+
+
+def _bound(value, parameters: dict):
+    if isinstance(value, dict) and "$PARAMETER" in value:
+        return parameters.get(value["$PARAMETER"])
+    return value
+
+
+def _checks(outcome, parameters: dict) -> list[dict]:
+    checks = []
+    for res in outcome.results:
+        cfg = res.expectation_config
+        checks.append({
+            "suite": outcome.suite_name,
+            "expectation": cfg.type,
+            "column": cfg.kwargs.get("column"),
+            "kwargs": {n: _bound(cfg.kwargs[n], parameters) for n in BOUNDS if cfg.kwargs.get(n) is not None},
+            "success": bool(res.success),
+            "unexpected_count": res.result.get("unexpected_count"),
+            "element_count": res.result.get("element_count"),
+            "observed_value": res.result.get("observed_value"),
+            "error": (res.exception_info or {}).get("exception_message") if not res.success else None,
+        })
+    return checks
+
+
+def validate_frames(batches: list[tuple[dict, object]], parameters: dict, docs_dir: str | None = None) -> dict:
+    """Run each (suite, DataFrame) pair. With ``docs_dir``, a file-backed GX project there keeps
+    the results and builds Data Docs (HTML) from them."""
+    import great_expectations as gx
+
+    if docs_dir:
+        context = gx.get_context(mode="file", project_root_dir=docs_dir)
+    else:
+        context = gx.get_context(mode="ephemeral")
+    source = context.data_sources.add_or_update_spark(name="lake")
+    checks, statistics, success = [], {}, True
+    for suite_json, df in batches:
+        name = suite_json["name"]
+        context.suites.add_or_update(gx.ExpectationSuite(**suite_json))
+        suite = context.suites.get(name)
+        try:
+            asset = source.get_asset(name)
+        except LookupError:
+            asset = source.add_dataframe_asset(name=name)
+        try:
+            batch = asset.get_batch_definition("whole")
+        except KeyError:
+            batch = asset.add_batch_definition_whole_dataframe("whole")
+        definition = context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=f"{name}_validation", data=batch, suite=suite))
+        actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if docs_dir else []
+        checkpoint = context.checkpoints.add_or_update(
+            gx.Checkpoint(name=f"{name}_checkpoint", validation_definitions=[definition], actions=actions))
+        result = checkpoint.run(batch_parameters={"dataframe": df}, expectation_parameters=parameters)
+        for outcome in result.run_results.values():
+            checks += _checks(outcome, parameters)
+            statistics[name] = dict(outcome.statistics)
+            success = success and bool(outcome.success)
+    docs = None
+    if docs_dir:
+        docs = os.path.join(docs_dir, "gx", "uncommitted", "data_docs", "local_site", "index.html")
+    return {"success": success, "checks": checks, "statistics": statistics, "data_docs": docs}
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def failure_line(check: dict) -> str:
+    """One failed expectation in a few words: suite, column, what was observed, and the bound."""
+    kwargs = check.get("kwargs") or {}
+    bounds = [f"{name.removesuffix('_value')} {_short(kwargs[name])}" for name in ("min_value", "max_value")
+              if kwargs.get(name) is not None]
+    if "value_set" in kwargs:
+        bounds.append(f"in {kwargs['value_set']}")
+    if kwargs.get("mostly") is not None:
+        bounds.append(f"for {kwargs['mostly']:.0%} of rows")
+    if check.get("error"):
+        seen = f"error: {check['error']}"
+    elif check.get("unexpected_count") is not None:
+        seen = f"{check['unexpected_count']} of {check.get('element_count')} rows outside"
+    else:
+        seen = f"observed {_short(check.get('observed_value'))}"
+    return f"{check['suite']}.{check.get('column') or ''} {check['expectation']}: {seen} ({', '.join(bounds)})"
