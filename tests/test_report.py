@@ -1,14 +1,18 @@
 """The run report: published next to the manifest by publish_run, one HTML file with its charts embedded."""
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import html.parser
 import json
 import struct
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,7 +22,7 @@ from music_recs.jobs import EvaluateResult, IngestResult, MatrixResult, TrainRes
 from music_recs_airflow import tasks
 from music_recs.settings import DeploymentSettings
 from music_recs_airflow.publish import ARTIFACTS, read_latest
-from music_recs.quality_gate import decide
+from music_recs.quality_gate import decide, paired_bootstrap
 from music_recs_airflow.report import build_report
 from tests.conftest import airflow_env
 
@@ -202,3 +206,76 @@ def test_cli_recommend_for_an_unknown_user_says_so_and_exits_1(store, bucket, pu
     monkeypatch.setenv("MUSIC_RECS_MODELS_BUCKET", bucket)
     assert cli.main(["recommend", "--user", "nobody"]) == 1
     assert capsys.readouterr().err == "no recommendations for user 'nobody' in the model of 2026-11-20\n"
+
+
+def _searched(day: str) -> dict:
+    """A search as the training job records it: 6 first-rung trials, the best 2 on all iterations."""
+    base = {"rank": 16, "alpha": 1.0, "reg": 0.1, "reg_scaling": "per_rating", "confidence_function": "log",
+            "epsilon": 5.0}
+    trials = [{"trial": i, "rung": 0, "iterations": 3, "params": {**base, "rank": 8 * (i + 1)},
+               "metric": 0.05 + 0.01 * i, "seconds": 0.4} for i in range(6)]
+    trials += [{"trial": i, "rung": 1, "iterations": 10, "params": {**base, "rank": 8 * (i + 1)},
+                "metric": 0.07 + 0.01 * i, "seconds": 1.1} for i in (4, 5)]
+    return {"day": day, "metric": "map", "k": 10, "seconds": 5.3, "trials": trials, "winner": trials[-1],
+            "chosen": trials[-1]["params"], "split": {"validation_users": 187},
+            "source": {n: f"tuning of dt={day}" for n in base}}
+
+
+def _output_checks() -> dict:
+    """The output suites' verdict as the evaluation returns it (one failure, overridden below)."""
+    checks = [
+        {"suite": "model_output_users", "expectation": "expect_column_values_to_be_between", "column": "missing",
+         "kwargs": {"min_value": 0, "max_value": 0}, "success": True, "unexpected_count": 0, "element_count": 311},
+        {"suite": "model_output_users", "expectation": "expect_column_mean_to_be_between", "column": "overlap",
+         "kwargs": {"min_value": 0.05, "max_value": 0.95}, "success": False, "observed_value": 0.9731},
+        {"suite": "model_output_summary", "expectation": "expect_column_values_to_be_between",
+         "column": "catalogue_coverage", "kwargs": {"min_value": 0.1}, "success": True, "unexpected_count": 0,
+         "element_count": 1},
+    ]
+    return {"success": False, "checks": checks, "data_docs": "/lake/runs/data_docs/gx/index.html",
+            "failed": ["model_output_users.overlap expect_column_mean_to_be_between: observed 0.9731 (min 0.05, max 0.95)"],
+            "summary": {"catalogue_coverage": 0.4123, "popular_share": 0.0871, "popular_items": 10, "slots": 15550,
+                        "churn_overlap": 0.9731, "churn_users": 290}}
+
+
+def test_the_report_reads_in_a_real_browser(store, bucket, publish_day, monkeypatch, tmp_path):
+    """Headless Chromium: no console error, every chart decodes, and a person finds the day, the
+    metrics with their interval, the search's trials and the output checks."""
+    from music_recs_dev.browser import view
+
+    real_inputs = run_inputs
+
+    def rich_inputs(day, rows_read, model_map, attempts):
+        ingested, validated, matrix, trained, evaluated, _ = real_inputs(day, rows_read, model_map, attempts)
+        trained = dataclasses.replace(trained, tuning=_searched(day))
+        lift = {"map": paired_bootstrap(np.full(250, model_map) + np.linspace(-0.02, 0.02, 250), np.full(250, 0.0188))}
+        evaluated = dataclasses.replace(evaluated, lift=lift, output_checks=_output_checks())
+        gate = decide("map", evaluated.model, evaluated.baseline_popularity, None, override=True, lift=lift["map"],
+                      output_failures=tuple(_output_checks()["failed"])).as_dict()
+        return ingested, validated, matrix, trained, evaluated, gate
+
+    monkeypatch.setattr(sys.modules[__name__], "run_inputs", rich_inputs)
+    ok = [{"attempt": 1, "outcome": "success", "seconds": 14.2, "settings": SETTINGS}]
+    publish_day("2026-11-19", 1500, 0.0644, ok)
+    publish_day("2026-11-20", 2000, 0.0733, ok)
+    _, manifest = read_latest(store, bucket, "music_recs/latest.json")
+    assert manifest["output_checks"]["summary"]["churn_overlap"] == 0.9731
+    assert manifest["output_checks"]["data_docs"] == "file:///lake/runs/data_docs/gx/index.html"
+    page = tmp_path / "report.html"
+    page.write_bytes(store.get_bytes(bucket, manifest["report"]["key"])[0])
+
+    seen = view(page)
+    assert seen.console_errors == []
+    assert [i["alt"] for i in seen.images] == ["rows per day", "parameter search trials",
+                                               "metrics against the popularity baseline", "map over time",
+                                               "training time over time"]
+    assert all(i["decoded"] and i["width"] > 200 and i["height"] > 100 for i in seen.images), seen.images
+    assert seen.title.startswith("music_recs dt=2026-11-20")
+    text = seen.text
+    assert "music_recs_daily: dt=2026-11-20" in text
+    assert re.search(r"Lift of map over popularity: \+\d+\.\d%, 95% bootstrap interval \[\+\d+\.\d%, \+\d+\.\d%\] "
+                     r"over 250 evaluated users", text), text
+    assert "Parameter search (8 trials" in text and "187 validation users" in text
+    assert "failed, overridden" in text and "output check model_output_users.overlap" in text
+    assert "Output suites failed: catalogue coverage 0.4123" in text and "0.9731 over 290 users" in text
+    assert "FAIL" in text and seen.links == ["file:///lake/runs/data_docs/gx/index.html"]

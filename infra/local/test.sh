@@ -18,6 +18,17 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v in
     exit 1
   fi
 fi
+# The report test opens the run report in headless Chromium (music_recs_dev.browser), as a person would.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing Chromium (apt-get install chromium)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+      >/dev/null 2>&1 || { echo "test.sh: could not install Chromium (apt-get install chromium)" >&2; exit 1; }
+  else
+    echo "test.sh: Chromium is needed by the report test; install it (Debian: sudo apt-get install chromium)" >&2
+    exit 1
+  fi
+fi
 cd "$REPO_ROOT"
 echo "==> running tests (unit, Spark, S3 and DAG runs on a real scheduler: 19-21 minutes on 2 cores)"
 # --durations: the slowest tests are listed at the end, to keep the suite well under 20 minutes.

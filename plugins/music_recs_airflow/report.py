@@ -163,6 +163,39 @@ def tuning_section(training: dict) -> list[str]:
     return parts
 
 
+def _bounds(kwargs: dict) -> str:
+    parts = [f"{n.removesuffix('_value')} {_fmt(kwargs[n])}" for n in ("min_value", "max_value") if n in kwargs]
+    if "value_set" in kwargs:
+        parts.append(f"in {kwargs['value_set']}")
+    if "mostly" in kwargs:
+        parts.append(f"for {kwargs['mostly']:.0%} of rows")
+    return ", ".join(parts)
+
+
+def output_checks_section(checks: dict | None) -> list[str]:
+    """The output suites' verdict, what they measured, each expectation, and the Data Docs link."""
+    parts = ["<h2>Output checks</h2>"]
+    if not checks:
+        return [*parts, "<p>Not run for this model.</p>"]
+    summary = checks.get("summary") or {}
+    verdict = "passed" if checks["success"] else "failed"
+    churn = summary.get("churn_overlap")
+    parts += [
+        f"<p>Output suites <b class='{'pass' if checks['success'] else 'fail'}'>{verdict}</b>: catalogue coverage "
+        f"{_e(_fmt(summary.get('catalogue_coverage')))}, share of slots taken by the "
+        f"{_e(summary.get('popular_items'))} most popular items {_e(_fmt(summary.get('popular_share')))}, "
+        + (f"mean top-k overlap with the published model {_e(_fmt(churn))} over {_e(summary.get('churn_users'))} users"
+           if churn is not None else "churn not checked (no model of an earlier day to compare with)")
+        + (f"; <a href='{_e(checks['data_docs'])}'>GX Data Docs</a>" if checks.get("data_docs") else "") + ".</p>",
+        _table(["suite", "column", "expectation", "observed", "bound", "result"],
+               [[c["suite"], c.get("column"), c["expectation"],
+                 c["observed_value"] if c.get("observed_value") is not None
+                 else f"{c.get('unexpected_count')} of {c.get('element_count')} outside",
+                 _bounds(c.get("kwargs") or {}), "pass" if c["success"] else "FAIL"] for c in checks["checks"]]),
+    ]
+    return parts
+
+
 def lift_line(metrics: dict, primary: str) -> str:
     lift = (metrics.get("lift_over_popularity") or {}).get(primary)
     if not lift:
@@ -294,6 +327,7 @@ def build_report(manifest: dict, history: list[dict]) -> str:
                   ["users evaluated", metrics["model"].get("users_evaluated"),
                    metrics["baseline_popularity"].get("users_evaluated")]]),
         _img(chart_metrics_vs_baseline(manifest), "metrics against the popularity baseline"),
+        *output_checks_section(manifest.get("output_checks")),
         "<h2>Previous runs</h2>",
         _table(["day", "run", f"{primary}@k model", f"{primary}@k popularity", "rank", "fit seconds"],
                [[m["day"], m["run_id"], m["metrics"]["model"].get(primary), m["metrics"]["baseline_popularity"].get(primary),
