@@ -296,6 +296,14 @@ def _check_published(store, manifest: dict, day: dt.date, strategy: str, lake):
     lift = manifest["metrics"]["lift_over_popularity"]["map"]
     assert lift["users"] == m["users_evaluated"] and lift["relative_interval"][0] > 0
     assert manifest["quality_gate"]["passed"] and manifest["quality_gate"]["metric"] == "map"
+    # The output suites ran before publishing and passed; no model of an earlier day was published
+    # before either run (the backfilled day's is later), so churn was not checked.
+    checks = manifest["output_checks"]
+    assert checks["success"] and checks["failed"] == [] and "churn_overlap" not in checks["summary"]
+    assert {(c["suite"], c["column"]) for c in checks["checks"]} >= {
+        ("model_output_users", "missing"), ("model_output_factors", "norm_over_median"),
+        ("model_output_summary", "catalogue_coverage")}
+    assert checks["data_docs"].startswith("file://") and checks["data_docs"].endswith("index.html")
     submission = training["submission"]
     assert submission["attempts"][0]["outcome"] == "success"
     assert submission["sizing"]["user_blocks"] == training["params"]["user_blocks"]
