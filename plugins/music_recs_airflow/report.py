@@ -164,7 +164,7 @@ def tuning_section(training: dict) -> list[str]:
 
 
 def _bounds(kwargs: dict) -> str:
-    parts = [f"{n.removesuffix('_value')} {_fmt(kwargs[n])}" for n in ("min_value", "max_value") if n in kwargs]
+    parts = [f"{n.removesuffix('_value')} {kwargs[n]:g}" for n in ("min_value", "max_value") if n in kwargs]
     if "value_set" in kwargs:
         parts.append(f"in {kwargs['value_set']}")
     if "mostly" in kwargs:
@@ -331,7 +331,8 @@ def build_report(manifest: dict, history: list[dict]) -> str:
         "<h2>Previous runs</h2>",
         _table(["day", "run", f"{primary}@k model", f"{primary}@k popularity", "rank", "fit seconds"],
                [[m["day"], m["run_id"], m["metrics"]["model"].get(primary), m["metrics"]["baseline_popularity"].get(primary),
-                 (m.get("params") or {}).get("rank"), ((m.get("training") or {}).get("seconds") or {}).get("fit")]
+                 ((m.get("training") or {}).get("params") or m.get("params") or {}).get("rank"),
+                 ((m.get("training") or {}).get("seconds") or {}).get("fit")]
                 for m in runs]),
         _img(chart_metric_over_time(runs, primary, day), f"{primary} over time"),
         _img(chart_training_over_time(runs), "training time over time"),
