@@ -106,6 +106,14 @@ def cmd_latest(args) -> int:
         low, high = lift["relative_interval"]
         print(f"  {primary}@{k} lift over popularity {lift['relative']:+.1%}, {lift['level']:.0%} interval "
               f"[{low:+.1%}, {high:+.1%}] over {lift['users']} users")
+    checks = manifest.get("output_checks")
+    if checks:
+        s = checks.get("summary") or {}
+        churn = (f", top-{k} overlap with the model before {s['churn_overlap']:.2f}" if s.get("churn_overlap")
+                 is not None else "")
+        print(f"  output checks {'passed' if checks['success'] else 'failed: ' + '; '.join(checks['failed'])}: "
+              f"catalogue coverage {s.get('catalogue_coverage', 0):.3f}, slots of the top 1% items "
+              f"{s.get('popular_share', 0):.3f}{churn}")
     searched = (manifest.get("training") or {}).get("tuning") or {}
     if searched.get("source"):
         trained = manifest["training"]["params"]
