@@ -118,3 +118,21 @@ def test_a_spark_job_that_cannot_succeed_is_submitted_once(plan):
     assert "not retryable" in message and "attempt 1: non_retryable" in message and "attempt 2" not in message
     assert "spark-submit" not in message and "--conf" not in message and "results/train_als.log" in message
     assert time.time() - started < 120
+
+
+def test_a_failed_output_check_blocks_publishing_in_one_line(store, plan):
+    """The output suites' failures reach the quality gate task: refused at once, each failed
+    expectation named with its observed value; overridden, the run publishes and records why."""
+    from music_recs.failures import QualityGateFailed
+    from music_recs.jobs import EvaluateResult
+
+    line = ("model_output_summary.catalogue_coverage expect_column_values_to_be_between: observed 0.04 (min 0.3)")
+    evaluated = EvaluateResult(k=10, top_n=50, model={"map": 0.3}, baseline_popularity={"map": 0.1},
+                               recommendation_rows=0, similar_items_per_item=20, seconds={},
+                               output_checks={"success": False, "checks": [], "failed": [line], "summary": {}})
+    message = fails_at_once(lambda: tasks.quality_gate(store, plan, evaluated), QualityGateFailed)
+    assert message.startswith(f"dt={DAY}: quality gate failed on map") and f"output check {line}" in message
+    overridden = tasks.plan_run({"rank": 4, "max_iter": 1, "override_quality_gate": True}, START, "manual__o",
+                                plan.settings)
+    decision = tasks.quality_gate(store, overridden, evaluated)
+    assert decision["publish"] and decision["overridden"] and decision["reasons"] == [f"output check {line}"]
