@@ -6,28 +6,25 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$REPO_ROOT/infra/local/setup.sh"
+# apt_install PACKAGE WHAT WHY: install a Debian package the tests need (as root), else say how.
+apt_install() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing $2 (apt-get install $1)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1"; } \
+      >/dev/null 2>&1 || { echo "test.sh: could not install $2 (apt-get install $1)" >&2; exit 1; }
+  else
+    echo "test.sh: $2 is needed by $3; install it (Debian: sudo apt-get install $1)" >&2
+    exit 1
+  fi
+}
 # The scheduler test runs Airflow on a throwaway PostgreSQL (music_recs_dev.local_postgres), as a
 # deployment does: on SQLite its concurrent writers failed with "database is locked" now and then.
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "==> installing PostgreSQL's server programs (apt-get install postgresql)"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; } \
-      >/dev/null 2>&1 || { echo "test.sh: could not install PostgreSQL (apt-get install postgresql)" >&2; exit 1; }
-  else
-    echo "test.sh: PostgreSQL's server programs are needed by the scheduler test; install them (Debian: sudo apt-get install postgresql)" >&2
-    exit 1
-  fi
+  apt_install postgresql "PostgreSQL's server programs" "the scheduler test"
 fi
 # The report test opens the run report in headless Chromium (music_recs_dev.browser), as a person would.
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "==> installing Chromium (apt-get install chromium)"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
-      >/dev/null 2>&1 || { echo "test.sh: could not install Chromium (apt-get install chromium)" >&2; exit 1; }
-  else
-    echo "test.sh: Chromium is needed by the report test; install it (Debian: sudo apt-get install chromium)" >&2
-    exit 1
-  fi
+  apt_install chromium Chromium "the report test"
 fi
 cd "$REPO_ROOT"
 echo "==> running tests (unit, Spark, S3 and DAG runs on a real scheduler: 19-21 minutes on 2 cores)"
