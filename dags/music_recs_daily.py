@@ -106,9 +106,9 @@ def music_recs_daily():
         return tasks.train(plan, MatrixResult.from_dict(matrix), _store(plan)).to_dict()
 
     @task(pool=pool)
-    def evaluate(plan: dict, matrix: dict) -> dict:
+    def evaluate(plan: dict, matrix: dict, trained: dict) -> dict:
         plan = _plan(plan)
-        return tasks.evaluate(plan, MatrixResult.from_dict(matrix), _store(plan)).to_dict()
+        return tasks.evaluate(plan, MatrixResult.from_dict(matrix), _store(plan), TrainResult.from_dict(trained)).to_dict()
 
     @task(retries=0)
     def quality_gate(plan: dict, evaluated: dict) -> dict:
@@ -134,7 +134,7 @@ def music_recs_daily():
     validated = validate(plan, ingested)
     matrix = build_confidence(plan)
     trained = train_als(plan, matrix)
-    evaluated = evaluate(plan, matrix)
+    evaluated = evaluate(plan, matrix, trained)
     gate = quality_gate(plan, evaluated)
     wait_for_logs = LandingPartitionSensor(
         task_id="wait_for_logs", poke_interval=SETTINGS.sensor_poke_s, timeout=SETTINGS.sensor_timeout_s,

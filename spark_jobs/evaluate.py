@@ -42,7 +42,7 @@ from music_recs.quality_gate import paired_bootstrap
 from music_recs.sizing import factor_exchange
 from spark_jobs.lib import output_checks as O
 from spark_jobs.lib.als_cg import als_model
-from spark_jobs.lib.gx_suites import failure_line, load_suite, validate_frames
+from spark_jobs.lib.gx_suites import failure_line, load_suite, preload, validate_frames
 from spark_jobs.lib.ranking import (MAX_EXCLUDED, mean_metrics, model_recommendations, per_user_metrics,
                                     popularity_top_k, top_n_dot)
 from spark_jobs.lib.session import PhaseTimer, job_main
@@ -211,6 +211,7 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
 
 
 def main(argv=None) -> None:
+    preload()  # GX's import overlaps the session's start-up
     job_main(EvaluateSpec, run, argv)
 
 

@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 from music_recs.jobs import ValidateResult, ValidateSpec
 from music_recs.plan import LakeLayout
 from spark_jobs.ingest import CLOCK_SKEW_MINUTES, LATE_TOLERANCE_HOURS
-from spark_jobs.lib.gx_suites import EXPECTATIONS, load_suite, validate_frames
+from spark_jobs.lib.gx_suites import EXPECTATIONS, load_suite, preload, validate_frames
 from spark_jobs.lib.lake import present_days
 from spark_jobs.lib.session import PhaseTimer, job_main
 
@@ -73,6 +73,7 @@ def run(spark: SparkSession, spec: ValidateSpec) -> ValidateResult:
 
 
 def main(argv=None) -> None:
+    preload()  # GX's import overlaps the session's start-up
     job_main(ValidateSpec, run, argv)
 
 

@@ -3,6 +3,7 @@ the same hits for everyone, exploded factor norms and an unchanged (stale) model
 each with one line naming the expectation and its observed value, and the quality gate refuses
 to publish on them unless overridden."""
 
+import datetime as dt
 import json
 import math
 
@@ -141,3 +142,25 @@ def test_failure_lines_name_the_observed_value_and_the_bound():
     line = failure_line({"suite": "s", "column": "c", "expectation": "x", "kwargs": {"value_set": [True]},
                          "unexpected_count": 2, "element_count": 9})
     assert line == "s.c x: 2 of 9 rows outside (in [True])"
+
+
+def test_churn_is_judged_only_against_an_earlier_model_of_the_same_recipe(tmp_path):
+    from music_recs.jobs import TrainResult
+    from music_recs.settings import DeploymentSettings
+    from music_recs_airflow import tasks
+
+    plan = tasks.plan_run({}, dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc), "scheduled__x",
+                          DeploymentSettings(lake_uri=str(tmp_path)))
+    values = {"rank": 32, "alpha": 1.0, "reg": 0.1, "reg_scaling": "per_rating", "confidence_function": "log",
+              "epsilon": 5.0}
+    trained = TrainResult(strategy="cg", params={**values, "max_iter": 10}, data={}, iterations=10, seconds={},
+                          seconds_per_iteration=1.0, spark_conf={}, spark_version="4.1.1")
+    published = {"day": "2026-11-19", "training": {"strategy": "cg", "params": {**values, "max_iter": 5}}}
+    assert tasks.churn_reference(plan, published, trained) == (True, "against the model of dt=2026-11-19")
+    assert tasks.churn_reference(plan, None, trained) == (False, "no model published")
+    same_day = {**published, "day": "2026-11-20"}
+    assert tasks.churn_reference(plan, same_day, trained)[1].endswith("not an earlier day")
+    mllib = {**published, "training": {**published["training"], "strategy": "mllib"}}
+    assert tasks.churn_reference(plan, mllib, trained) == (False, "the published model was trained with another strategy")
+    retuned = {**published, "training": {"strategy": "cg", "params": {**values, "rank": 64}}}
+    assert tasks.churn_reference(plan, retuned, trained) == (False, "the published model was trained with other values")

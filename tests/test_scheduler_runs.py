@@ -429,3 +429,7 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
     leaking = [str(p) for p in logs if token in p.read_text(errors="replace")]
     assert not leaking
     print(f"scheduler test: {time.monotonic() - stack['started']:.0f}s from airflow.sh start")
+    every = sorted(_task_spans(api, "~"))
+    for start, end, run_id, task_id in every:  # where the time went (shown with -s or on failure)
+        print(f"  {(start - every[0][0]).total_seconds():6.1f}s +{(end - start).total_seconds():5.1f}s "
+              f"{run_id[:24]:24} {task_id}")

@@ -185,7 +185,7 @@ def output_checks_section(checks: dict | None) -> list[str]:
         f"{_e(_fmt(summary.get('catalogue_coverage')))}, share of slots taken by the "
         f"{_e(summary.get('popular_items'))} most popular items {_e(_fmt(summary.get('popular_share')))}, "
         + (f"mean top-k overlap with the published model {_e(_fmt(churn))} over {_e(summary.get('churn_users'))} users"
-           if churn is not None else "churn not checked (no model of an earlier day to compare with)")
+           if churn is not None else f"churn not checked ({_e(checks.get('churn') or 'nothing to compare with')})")
         + (f"; <a href='{_e(checks['data_docs'])}'>GX Data Docs</a>" if checks.get("data_docs") else "") + ".</p>",
         _table(["suite", "column", "expectation", "observed", "bound", "result"],
                [[c["suite"], c.get("column"), c["expectation"],

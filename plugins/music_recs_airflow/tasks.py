@@ -339,21 +339,40 @@ def train(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None) -> 
     return result
 
 
-def evaluate_spec(plan: RunPlan, published_uri: str | None = None, published_day: str | None = None) -> EvaluateSpec:
+def evaluate_spec(plan: RunPlan, published_uri: str | None = None, compare_churn: bool = False) -> EvaluateSpec:
     """The evaluation of this run's model, with the output suites; ``published_uri``: the staged
-    factors of the published model (of ``published_day``), scored on the same pairs. Churn is
-    checked only against a model of an earlier day: a rerun of the published day would look stale."""
+    factors of the published model, scored on the same pairs; ``compare_churn``: see ``churn_reference``."""
     p = plan.params
     return EvaluateSpec(model_uri=plan.model, matrix_uri=plan.matrix, out_uri=plan.model, k=p.k, top_n=p.top_n,
                         similar_n=SIMILAR_ITEMS, broadcast_budget_mb=plan.settings.broadcast_budget_mb,
                         published_uri=published_uri, output_suite_dir=str(EXPECTATIONS), docs_dir=plan.data_docs,
-                        compare_churn=bool(published_uri and published_day and published_day < plan.day))
+                        compare_churn=compare_churn)
 
 
-def stage_published_factors(store: S3Store, plan: RunPlan) -> tuple[str | None, str | None]:
+def churn_reference(plan: RunPlan, manifest: dict | None, trained: TrainResult | None) -> tuple[bool, str]:
+    """Whether the churn band applies against the published model, and why (or why not).
+
+    Churn tells an unstable (or stale) model from a healthy one only between models of the same
+    recipe: published for an earlier day (a rerun of the published day would look stale by
+    construction), with the same strategy and the same trained values (a new search or a changed
+    strategy is meant to change the lists)."""
+    if manifest is None:
+        return False, "no model published"
+    if not manifest.get("day", "") < plan.day:
+        return False, f"the published model is for dt={manifest.get('day')}, not an earlier day"
+    training = manifest.get("training") or {}
+    if trained is None or training.get("strategy") != trained.strategy:
+        return False, "the published model was trained with another strategy"
+    ours = {n: trained.params.get(n) for n in tuning.SEARCHED}
+    if {n: (training.get("params") or {}).get(n) for n in tuning.SEARCHED} != ours:
+        return False, "the published model was trained with other values"
+    return True, f"against the model of dt={manifest['day']}"
+
+
+def stage_published_factors(store: S3Store, plan: RunPlan) -> tuple[str | None, dict | None]:
     """The published model's factors, copied next to the run (``{run}/published/``) so evaluation
-    can score it on this run's held-out pairs, and its day; (None, None) when nothing comparable
-    is published."""
+    can score it on this run's held-out pairs, and its manifest; (None, None) when nothing
+    comparable is published."""
     manifest = published_manifest(store, plan)
     if manifest is None or manifest["params"].get("granularity") != plan.params.granularity:
         return None, None
@@ -371,19 +390,26 @@ def stage_published_factors(store: S3Store, plan: RunPlan) -> tuple[str | None, 
         path.write_bytes(got[0])
     if {o["artifact"] for o in objects} != {"user_factors", "item_factors"}:
         return None, None
-    return dest, manifest.get("day")
+    return dest, manifest
 
 
 @fail_fast
-def evaluate(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None) -> EvaluateResult:
+def evaluate(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None,
+             trained: TrainResult | None = None) -> EvaluateResult:
     """Score the model on the held-out days, with Spark settings sized to the matrix (``size_evaluate``);
-    with ``store``, the published model is scored on the same pairs too."""
+    with ``store``, the published model is scored on the same pairs too, and with ``trained`` (this
+    run's training result) churn is checked against it when it has the same recipe (``churn_reference``)."""
     p = plan.params
-    published_uri, published_day = stage_published_factors(store, plan) if store is not None else (None, None)
+    published_uri, manifest = stage_published_factors(store, plan) if store is not None else (None, None)
+    compare, why = churn_reference(plan, manifest, trained)
+    log.info("churn %s", f"checked {why}" if compare else f"not checked: {why}")
     sizing = size_evaluate(_shape(plan, matrix), plan.cluster, max(p.k, p.top_n), plan.settings.broadcast_budget_mb)
-    result = spark_hook(plan).submit(evaluate_spec(plan, published_uri, published_day), conf=sizing.spark_conf(),
+    result = spark_hook(plan).submit(evaluate_spec(plan, published_uri, compare), conf=sizing.spark_conf(),
                                      driver_memory=f"{sizing.driver_memory_mb}m",
                                      **executor_args(sizing, plan.spark_master))
+    if result.output_checks is not None:
+        result = dataclasses.replace(result, output_checks={**result.output_checks, "churn": why if not compare
+                                                            else f"checked {why}"})
     m, b = result.model, result.baseline_popularity
     log.info("evaluation @%d: MAP %.4f (popularity %.4f), precision %.4f (popularity %.4f), %d users",
              p.k, m["map"], b["map"], m["precision"], b["precision"], m["users_evaluated"])
@@ -435,6 +461,7 @@ def output_checks_record(checks: dict | None) -> dict | None:
     return {"success": checks["success"], "summary": checks.get("summary"), "failed": checks.get("failed", []),
             "checks": [{n: c.get(n) for n in ("suite", "expectation", "column", "kwargs", "success", "observed_value",
                                               "unexpected_count", "element_count")} for c in checks["checks"]],
+            "churn": checks.get("churn"),
             "data_docs": f"file://{docs}" if docs and "://" not in docs else docs}
 
 
