@@ -52,9 +52,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.timeout(1200)]
 DAG_ID = "music_recs_daily"
 PLAYS = 2000
 RAW, MODELS = "sched-raw", "sched-models"
-# From the stack's start to the last assertion takes 8-10 min here; a UTC midnight inside that span
+# From the stack's start to the last assertion takes 8-10 min here (12-14 beside the rest of the suite,
+# as test.sh runs it); a UTC midnight inside that span
 # changes the interval the scheduler runs (and adds a second scheduled run), so the test starts after it.
-MIDNIGHT_MARGIN = dt.timedelta(minutes=15)
+MIDNIGHT_MARGIN = dt.timedelta(minutes=20)
 # The scheduled run trains with the default strategy (CG) and searches its params first (tune
 # if_stale, nothing searched published yet); the backfill trains with MLlib, without a search.
 BACKFILL_CONF = {"window_days": 4, "max_iter": 5, "top_n": 10, "strategy": "mllib", "tune": "off"}
@@ -145,7 +146,7 @@ class Days:
 
 @pytest.mark.parametrize("clock, waited, scheduled", [
     ("2026-11-24T23:55:00", 305.0, "2026-11-24"),  # the CI run that failed: wait, then yesterday is the 24th
-    ("2026-11-24T23:44:00", None, "2026-11-23"),
+    ("2026-11-24T23:39:00", None, "2026-11-23"),
     ("2026-11-25T00:00:01", None, "2026-11-24"),
 ])
 def test_days_never_straddle_a_utc_midnight(clock, waited, scheduled):

@@ -73,7 +73,7 @@ def package_zip(dest_dir: str) -> str:
     path = os.path.join(dest_dir, f"music_recs_pyfiles_{stamp}.zip")
     if not os.path.exists(path):
         os.makedirs(dest_dir, exist_ok=True)
-        tmp = path + ".tmp"
+        tmp = f"{path}.{os.getpid()}.tmp"  # two submitters never share a half-written zip
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             for p in sources:
                 base = CORE_DIR.parent if CORE_DIR in p.parents else REPO_ROOT
