@@ -32,21 +32,23 @@ PYTEST=("$VENV/bin/python" -m pytest -p no:cacheprovider --timeout=1200 --durati
 if [ "$#" -gt 0 ]; then
   exec "${PYTEST[@]}" "$@"
 fi
-# The whole suite: the DAG runs on a real scheduler (tests marked e2e: ~9 minutes, most of it
-# spent waiting on Airflow and on Spark applications starting on tiny data, one core busy at a
-# time) run in a second pytest beside the rest, so the two cores are used; its output follows.
-echo "==> running tests (unit, Spark, S3 and, beside them, DAG runs on a real scheduler: about 17 minutes on 2 cores)"
-e2e_log=$(mktemp "${TMPDIR:-/tmp}/music_recs_e2e.XXXXXX")
-"${PYTEST[@]}" -m e2e >"$e2e_log" 2>&1 &
-e2e_pid=$!
-trap 'kill "$e2e_pid" 2>/dev/null || true' INT TERM
+# The whole suite, in two pytest processes side by side so that both cores are used: the tests
+# that start their own services (the DAG runs on a real scheduler, ~9 minutes alone, most of it
+# waiting on Airflow and on Spark applications starting on tiny data; a standalone Spark
+# cluster, ~4 minutes) beside the rest. The second one's output follows the first's.
+SERVICES=(tests/test_scheduler_runs.py tests/test_standalone_cluster.py)
+echo "==> running tests (unit, Spark, S3; beside them DAG runs on a real scheduler and a standalone Spark cluster: about 17 minutes on 2 cores)"
+services_log=$(mktemp "${TMPDIR:-/tmp}/music_recs_services.XXXXXX")
+"${PYTEST[@]}" "${SERVICES[@]}" >"$services_log" 2>&1 &
+services_pid=$!
+trap 'kill "$services_pid" 2>/dev/null || true' INT TERM
 rest_rc=0
-"${PYTEST[@]}" -m "not e2e" || rest_rc=$?
-e2e_rc=0
-wait "$e2e_pid" || e2e_rc=$?
+"${PYTEST[@]}" "${SERVICES[@]/#/--ignore=}" || rest_rc=$?
+services_rc=0
+wait "$services_pid" || services_rc=$?
 echo
-echo "==> DAG runs on a real scheduler (pytest -m e2e, run beside the tests above)"
-cat "$e2e_log"
-rm -f "$e2e_log"
-echo "==> tests: $([ "$rest_rc" = 0 ] && echo passed || echo "FAILED (exit $rest_rc)"); DAG runs on a real scheduler: $([ "$e2e_rc" = 0 ] && echo passed || echo "FAILED (exit $e2e_rc)")"
-[ "$rest_rc" = 0 ] && [ "$e2e_rc" = 0 ]
+echo "==> run beside the tests above: ${SERVICES[*]}"
+cat "$services_log"
+rm -f "$services_log"
+echo "==> tests: $([ "$rest_rc" = 0 ] && echo passed || echo "FAILED (exit $rest_rc)"); ${SERVICES[*]}: $([ "$services_rc" = 0 ] && echo passed || echo "FAILED (exit $services_rc)")"
+[ "$rest_rc" = 0 ] && [ "$services_rc" = 0 ]
