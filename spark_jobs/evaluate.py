@@ -38,11 +38,11 @@ from pyspark.sql import functions as F
 from music_recs import schema as S
 from music_recs.jobs import EvaluateResult, EvaluateSpec
 from music_recs.metrics import METRICS
-from music_recs.quality_gate import paired_bootstrap
+from music_recs.quality_gate import failure_line, paired_bootstrap
 from music_recs.sizing import factor_exchange
 from spark_jobs.lib import output_checks as O
 from spark_jobs.lib.als_cg import als_model
-from spark_jobs.lib.gx_suites import failure_line, load_suite, preload, validate_frames
+from spark_jobs.lib.gx_suites import load_suite, preload, validate_frames
 from spark_jobs.lib.ranking import (MAX_EXCLUDED, mean_metrics, model_recommendations, per_user_metrics,
                                     popularity_top_k, top_n_dot)
 from spark_jobs.lib.session import PhaseTimer, job_main

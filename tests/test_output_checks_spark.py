@@ -12,11 +12,11 @@ from pyspark.sql import functions as F
 
 from music_recs import schema as S
 from music_recs.jobs import EvaluateSpec, TrainSpec
-from music_recs.quality_gate import decide
+from music_recs.quality_gate import decide, failure_line
 from spark_jobs import evaluate, train_als
 from spark_jobs.lib import ranking
 from spark_jobs.lib.als_cg import als_model
-from spark_jobs.lib.gx_suites import EXPECTATIONS, failure_line
+from spark_jobs.lib.gx_suites import EXPECTATIONS
 from spark_jobs.lib.output_checks import SUITES
 from tests.test_model_spark import planted
 

@@ -29,6 +29,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on workers
 import matplotlib.pyplot as plt  # noqa: E402
 
+from music_recs.quality_gate import expectation_bounds  # noqa: E402
 from music_recs_airflow.publish import MANIFEST, PUBLICATION  # noqa: E402
 from music_recs_airflow.s3 import S3Store  # noqa: E402
 
@@ -163,15 +164,6 @@ def tuning_section(training: dict) -> list[str]:
     return parts
 
 
-def _bounds(kwargs: dict) -> str:
-    parts = [f"{n.removesuffix('_value')} {kwargs[n]:g}" for n in ("min_value", "max_value") if n in kwargs]
-    if "value_set" in kwargs:
-        parts.append(f"in {kwargs['value_set']}")
-    if "mostly" in kwargs:
-        parts.append(f"for {kwargs['mostly']:.0%} of rows")
-    return ", ".join(parts)
-
-
 def output_checks_section(checks: dict | None) -> list[str]:
     """The output suites' verdict, what they measured, each expectation, and the Data Docs link."""
     parts = ["<h2>Output checks</h2>"]
@@ -185,13 +177,13 @@ def output_checks_section(checks: dict | None) -> list[str]:
         f"{_e(_fmt(summary.get('catalogue_coverage')))}, share of slots taken by the "
         f"{_e(summary.get('popular_items'))} most popular items {_e(_fmt(summary.get('popular_share')))}, "
         + (f"mean top-k overlap with the published model {_e(_fmt(churn))} over {_e(summary.get('churn_users'))} users"
-           if churn is not None else f"churn not checked ({_e(checks.get('churn') or 'nothing to compare with')})")
+           if churn is not None else f"churn {_e(checks.get('churn') or 'not checked')}")
         + (f"; <a href='{_e(checks['data_docs'])}'>GX Data Docs</a>" if checks.get("data_docs") else "") + ".</p>",
         _table(["suite", "column", "expectation", "observed", "bound", "result"],
                [[c["suite"], c.get("column"), c["expectation"],
                  c["observed_value"] if c.get("observed_value") is not None
                  else f"{c.get('unexpected_count')} of {c.get('element_count')} outside",
-                 _bounds(c.get("kwargs") or {}), "pass" if c["success"] else "FAIL"] for c in checks["checks"]]),
+                 expectation_bounds(c.get("kwargs") or {}), "pass" if c["success"] else "FAIL"] for c in checks["checks"]]),
     ]
     return parts
 

@@ -402,14 +402,14 @@ def evaluate(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None,
     p = plan.params
     published_uri, manifest = stage_published_factors(store, plan) if store is not None else (None, None)
     compare, why = churn_reference(plan, manifest, trained)
-    log.info("churn %s", f"checked {why}" if compare else f"not checked: {why}")
+    churn = f"checked {why}" if compare else f"not checked: {why}"
+    log.info("churn %s", churn)
     sizing = size_evaluate(_shape(plan, matrix), plan.cluster, max(p.k, p.top_n), plan.settings.broadcast_budget_mb)
     result = spark_hook(plan).submit(evaluate_spec(plan, published_uri, compare), conf=sizing.spark_conf(),
                                      driver_memory=f"{sizing.driver_memory_mb}m",
                                      **executor_args(sizing, plan.spark_master))
     if result.output_checks is not None:
-        result = dataclasses.replace(result, output_checks={**result.output_checks, "churn": why if not compare
-                                                            else f"checked {why}"})
+        result = dataclasses.replace(result, output_checks={**result.output_checks, "churn": churn})
     m, b = result.model, result.baseline_popularity
     log.info("evaluation @%d: MAP %.4f (popularity %.4f), precision %.4f (popularity %.4f), %d users",
              p.k, m["map"], b["map"], m["precision"], b["precision"], m["users_evaluated"])

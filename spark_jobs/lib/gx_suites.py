@@ -3,7 +3,7 @@
 Shared by the input validation (``spark_jobs/validate.py``) and the output checks of the
 evaluation (``spark_jobs/evaluate.py``): each (suite, DataFrame) pair is one GX batch; the
 outcome of every expectation is kept as a plain dict (``checks``) so the Airflow side decides
-what a failure means, and ``failure_line`` says each failed one in a few words.
+what a failure means (``music_recs.quality_gate.failure_line`` says each failed one in a line).
 """
 
 from __future__ import annotations
@@ -98,26 +98,3 @@ def validate_frames(batches: list[tuple[dict, object]], parameters: dict, docs_d
         docs = os.path.join(docs_dir, "gx", "uncommitted", "data_docs", "local_site", "index.html")
     return {"success": success, "checks": checks, "statistics": statistics, "data_docs": docs}
 
-
-def _short(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def failure_line(check: dict) -> str:
-    """One failed expectation in a few words: suite, column, what was observed, and the bound."""
-    kwargs = check.get("kwargs") or {}
-    bounds = [f"{name.removesuffix('_value')} {_short(kwargs[name])}" for name in ("min_value", "max_value")
-              if kwargs.get(name) is not None]
-    if "value_set" in kwargs:
-        bounds.append(f"in {kwargs['value_set']}")
-    if kwargs.get("mostly") is not None:
-        bounds.append(f"for {kwargs['mostly']:.0%} of rows")
-    if check.get("error"):
-        seen = f"error: {check['error']}"
-    elif check.get("unexpected_count") is not None:
-        seen = f"{check['unexpected_count']} of {check.get('element_count')} rows outside"
-    else:
-        seen = f"observed {_short(check.get('observed_value'))}"
-    return f"{check['suite']}.{check.get('column') or ''} {check['expectation']}: {seen} ({', '.join(bounds)})"

@@ -114,6 +114,34 @@ def paired_bootstrap(candidate, baseline, resamples: int = 1000, level: float = 
             "relative_interval": lift_interval}
 
 
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def expectation_bounds(kwargs: dict) -> str:
+    """An expectation's bounds in words: ``min 0.1, max 0.95``, ``in [True]``, ``for 99% of rows``."""
+    parts = [f"{n.removesuffix('_value')} {_short(kwargs[n])}" for n in ("min_value", "max_value")
+             if kwargs.get(n) is not None]
+    if "value_set" in kwargs:
+        parts.append(f"in {kwargs['value_set']}")
+    if kwargs.get("mostly") is not None:
+        parts.append(f"for {kwargs['mostly']:.0%} of rows")
+    return ", ".join(parts)
+
+
+def failure_line(check: dict) -> str:
+    """One failed expectation (a ``checks`` entry of a GX run) in a few words: suite, column, what
+    was observed, and the bound; the reason the gate gives for it."""
+    if check.get("error"):
+        seen = f"error: {check['error']}"
+    elif check.get("unexpected_count") is not None:
+        seen = f"{check['unexpected_count']} of {check.get('element_count')} rows outside"
+    else:
+        seen = f"observed {_short(check.get('observed_value'))}"
+    return (f"{check['suite']}.{check.get('column') or ''} {check['expectation']}: {seen} "
+            f"({expectation_bounds(check.get('kwargs') or {})})")
+
+
 def decide(metric: str, candidate: dict, baseline: dict, published: dict | None,
            min_lift: float = 0.0, max_drop: float = 0.2, override: bool = False,
            lift: dict | None = None, published_lift: dict | None = None,
