@@ -181,3 +181,18 @@ def initial_factors(ids: np.ndarray, rank: int, seed: int) -> np.ndarray:
         x = x ^ (x >> np.uint64(31))
         out[start:start + 8192] = (x >> np.uint64(40)).astype(np.float32) * np.float32(0.01 / (1 << 24))
     return out
+
+
+def start_factors(ids: np.ndarray, rank: int, seed: int, known: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> np.ndarray:
+    """Where a fit starts: ``known = (ids, factors)`` of an earlier model (a warm start) for the
+    rows it has, ``initial_factors`` for the rest (rows new since that model)."""
+    out = initial_factors(ids, rank, seed)
+    if known is not None and len(ids) and len(known[0]):
+        known_ids, known_X = known
+        order = np.argsort(known_ids, kind="stable")
+        sorted_ids = np.asarray(known_ids)[order]
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        hit = sorted_ids[pos] == ids
+        out[hit] = np.asarray(known_X, np.float32)[order[pos[hit]]]
+    return out
