@@ -8,16 +8,23 @@ once to the driver and runs each trial here with the very same kernels (``cg_ker
 objective, same CG steps, same random start per id), then scores it with the evaluation's
 top-n kernel (``top_n``) and the reference metrics (``music_recs.metrics``). Larger matrices
 use the cached blocks: the result is the same search, only the place it runs differs.
+
+``fit_trace`` also starts from an earlier model's factors (a warm start across days), stops
+by ``music_recs.convergence`` and reports each iteration's objective, so ``bench/warm_start.py``
+measures the warm start with the kernels and the objective of the Spark strategy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from music_recs.convergence import converged
 from music_recs.metrics import mean_metrics
-from spark_jobs.lib.cg_kernels import DEFAULT_CG_STEPS, gram, initial_factors, solve_rows
+from spark_jobs.lib.cg_kernels import DEFAULT_CG_STEPS, gram, rows_loss, solve_rows, start_factors
 from spark_jobs.lib.top_n import top_n_excluding
 
 LOCAL_MAX_NNZ = 20_000_000
@@ -54,32 +61,96 @@ class LocalMatrix:
         return cls(_csr(u, i, values, len(user_ids), user_ids), _csr(i, u, values, len(item_ids), item_ids))
 
 
-def fit(matrix: LocalMatrix, rank: int, max_iter: int, reg: float, conf_of, scale_reg: bool = True,
-        cg_steps: int = DEFAULT_CG_STEPS, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
-    """(user factors, item factors) in dense-position order; ``conf_of`` turns the values into confidence."""
+Known = tuple[np.ndarray, np.ndarray]  # (global ids, factors) of an earlier model
+
+
+@dataclass
+class FitTrace:
+    """A fit's factors (dense-position order), the iterations it ran, the objective after each
+    (empty when it was not computed) and each iteration's seconds (the callback's excluded)."""
+
+    X: np.ndarray
+    Y: np.ndarray
+    iterations: int
+    losses: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    converged: bool = False  # the stopping rule fired (at or before ``max_iter``)
+
+
+def objective(matrix: LocalMatrix, conf_i: np.ndarray, X: np.ndarray, Y: np.ndarray, reg: float, scale_reg: bool,
+              XtX: np.ndarray | None = None) -> float:
+    """The training objective as the Spark strategy sums it: the data term over every (user, item)
+    pair plus the items' regularization (the item side's ``rows_loss``), plus the users'."""
+    i = matrix.by_item
+    XtX = gram(X) if XtX is None else XtX
+    weights = np.diff(matrix.by_user.indptr) if scale_reg else 1.0
+    user_reg = float(reg * (weights * (X.astype(np.float64) ** 2).sum(1)).sum())
+    return rows_loss(i.indptr, i.indices, conf_i, X, XtX.astype(np.float32), Y, reg, scale_reg) + user_reg
+
+
+def fit_trace(matrix: LocalMatrix, rank: int, max_iter: int, reg: float, conf_of, scale_reg: bool = True,
+              cg_steps: int = DEFAULT_CG_STEPS, seed: int = 42, init: tuple[Known | None, Known | None] | None = None,
+              tol: float = 0.0, on_iteration: Callable | None = None) -> FitTrace:
+    """Fit on the driver; ``conf_of`` turns the values into confidence.
+
+    init: ``(user_known, item_known)``, each an earlier model's ``(global ids, factors)`` or None;
+    its rows start from those factors, the others random (``cg_kernels.start_factors``).
+    tol: > 0 stops after an iteration that lowered the objective by less than this share
+    (``music_recs.convergence.converged``); 0 runs ``max_iter`` iterations.
+    on_iteration: ``(iteration, X, Y, loss)`` after each iteration (loss None when not computed).
+    The objective is computed only when ``tol`` > 0 or a callback is given."""
     u, i = matrix.by_user, matrix.by_item
     conf_u, conf_i = (np.asarray(conf_of(m.values), np.float32) for m in (u, i))
-    X = initial_factors(u.ids, rank, seed)
-    Y = initial_factors(i.ids, rank, seed + 1)
-    for _ in range(max_iter):
+    user_known, item_known = init if init is not None else (None, None)
+    X = start_factors(u.ids, rank, seed, user_known)
+    Y = start_factors(i.ids, rank, seed + 1, item_known)
+    track = tol > 0 or on_iteration is not None
+    trace = FitTrace(X, Y, 0)
+    for iteration in range(1, max_iter + 1):
+        started = time.perf_counter()
         X = solve_rows(u.indptr, u.indices, conf_u, Y, gram(Y).astype(np.float32), X, reg, cg_steps, scale_reg)
-        Y = solve_rows(i.indptr, i.indices, conf_i, X, gram(X).astype(np.float32), Y, reg, cg_steps, scale_reg)
-    return X, Y
+        XtX = gram(X)
+        Y = solve_rows(i.indptr, i.indices, conf_i, X, XtX.astype(np.float32), Y, reg, cg_steps, scale_reg)
+        loss = objective(matrix, conf_i, X, Y, reg, scale_reg, XtX) if track else None
+        trace.seconds.append(time.perf_counter() - started)
+        trace.X, trace.Y, trace.iterations = X, Y, iteration
+        if loss is not None:
+            trace.losses.append(loss)
+        if on_iteration is not None:
+            on_iteration(iteration, X, Y, loss)
+        if converged(trace.losses, tol):
+            trace.converged = True
+            break
+    return trace
 
 
-def score(matrix: LocalMatrix, X: np.ndarray, Y: np.ndarray, truth: dict[int, set], k: int) -> dict:
-    """Mean metrics at k over the users of ``truth`` (global ids -> held-out global item ids);
-    candidates exclude the user's rated items; a user or item without factors scores as a miss."""
+def fit(matrix: LocalMatrix, rank: int, max_iter: int, reg: float, conf_of, scale_reg: bool = True,
+        cg_steps: int = DEFAULT_CG_STEPS, seed: int = 42, init: tuple[Known | None, Known | None] | None = None,
+        tol: float = 0.0, on_iteration: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(user factors, item factors) in dense-position order: ``fit_trace``'s factors."""
+    trace = fit_trace(matrix, rank, max_iter, reg, conf_of, scale_reg, cg_steps, seed, init, tol, on_iteration)
+    return trace.X, trace.Y
+
+
+def recommend(matrix: LocalMatrix, X: np.ndarray, Y: np.ndarray, users, k: int) -> dict[int, list]:
+    """Top ``k`` global item ids per global user id of ``users`` that has factors, best first,
+    the user's rated items excluded (the evaluation's top-n kernel)."""
     u = matrix.by_user
-    users = sorted(truth)
+    users = np.asarray(sorted(users), dtype=np.int64)
     pos = np.searchsorted(u.ids, users)
     known = (pos < len(u.ids)) & (u.ids[np.minimum(pos, len(u.ids) - 1)] == users)
     rows = pos[known]
     excluded = [u.indices[u.indptr[r]:u.indptr[r + 1]] for r in rows]
     ranked: dict[int, list] = {}
-    query_users = np.asarray(users)[known]
+    query_users = users[known]
     for q, t, _, r in top_n_excluding(X[rows], excluded, Y, k):
         for a, b, c in zip(q, t, r):
             ranked.setdefault(int(query_users[a]), []).append((int(c), int(matrix.by_item.ids[b])))
-    recs = {user: [item for _, item in sorted(pairs)] for user, pairs in ranked.items()}
-    return {**mean_metrics(recs, truth, k), "users_evaluated": len(users)}
+    return {user: [item for _, item in sorted(pairs)] for user, pairs in ranked.items()}
+
+
+def score(matrix: LocalMatrix, X: np.ndarray, Y: np.ndarray, truth: dict[int, set], k: int) -> dict:
+    """Mean metrics at k over the users of ``truth`` (global ids -> held-out global item ids);
+    candidates exclude the user's rated items; a user or item without factors scores as a miss."""
+    recs = recommend(matrix, X, Y, truth, k)
+    return {**mean_metrics(recs, truth, k), "users_evaluated": len(truth)}
