@@ -38,6 +38,10 @@ class QualityGateFailed(PermanentFailure):
     """The model did not clear the quality gate; nothing is published."""
 
 
+class MalformedRulesList(PermanentFailure, ValueError):
+    """A rules list (the do-not-recommend list) that cannot be read; retrying cannot help."""
+
+
 class SparkJobError(RuntimeError):
     """A Spark job failed.
 
