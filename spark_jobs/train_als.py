@@ -109,8 +109,10 @@ def fit_mllib(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: 
 
 
 def fit_cg(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tuple[int, int],
-           prepared: als_cg.PreparedBlocks | None = None) -> Fitted:
-    """CG ALS; with ``prepared`` blocks (values ``r``), confidence is ``1 + alpha * f(r)`` by the spec."""
+           prepared: als_cg.PreparedBlocks | None = None, init: dict | None = None) -> Fitted:
+    """CG ALS; with ``prepared`` blocks (values ``r``), confidence is ``1 + alpha * f(r)`` by the spec;
+    with ``init`` (per side, an earlier model's ``(id, features)``), a warm start that stops by
+    ``spec.early_stop_tol``."""
     exchange = dict(spec.exchange or {})
     if set(exchange) != {"user", "item"}:
         n_users = ratings.select(S.USER_IDX).distinct().count()
@@ -119,11 +121,13 @@ def fit_cg(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tup
     conf_of = confidence_of(spec) if prepared is not None else None
     fitted = als_cg.fit(spark, ratings, spec.rank, spec.max_iter, spec.reg, spec.alpha, blocks[0], blocks[1], exchange,
                         spec.checkpoint_interval, spec.seed, spec.cg_steps, spec.track_loss, log=log.info,
-                        scale_reg=spec.scale_reg, prepared=prepared, conf_of=conf_of)
+                        scale_reg=spec.scale_reg, prepared=prepared, conf_of=conf_of, init=init,
+                        tol=spec.early_stop_tol if init else 0.0)
     users = als_cg.factors_frame(spark, fitted.user_factors).persist(StorageLevel.MEMORY_AND_DISK)
     items = als_cg.factors_frame(spark, fitted.item_factors).persist(StorageLevel.MEMORY_AND_DISK)
     details = {"cg_steps": spec.cg_steps, "factor_exchange": fitted.exchange, "loss": fitted.loss,
-               "iteration_seconds": fitted.seconds_per_iteration, "profile": fitted.profile}
+               "iteration_seconds": fitted.seconds_per_iteration, "profile": fitted.profile,
+               "iterations": fitted.iterations}
     # release only once written: the factors' lineage still names the broadcasts
     return Fitted(users, items, als_cg.als_model(spark, spec.rank, users, items), details, fitted.release)
 
@@ -131,9 +135,11 @@ def fit_cg(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tup
 STRATEGY_FIT = {"cg": fit_cg, "mllib": fit_mllib}
 
 
-def fit(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tuple[int, int]) -> Fitted:
+def fit(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tuple[int, int],
+        init: dict | None = None) -> Fitted:
     """Fit ``ratings`` (``user_idx, item_idx, strength``) with ``spec.strategy``; factors materialized."""
-    fitted = STRATEGY_FIT[spec.strategy](spark, ratings, spec, blocks)
+    fitted = fit_cg(spark, ratings, spec, blocks, init=init) if init else STRATEGY_FIT[spec.strategy](
+        spark, ratings, spec, blocks)
     fitted.user_factors.count(), fitted.item_factors.count()  # forces the fit
     return fitted
 
@@ -259,6 +265,40 @@ def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dic
             "seconds": round(time.monotonic() - started, 3)}
 
 
+def warm_start(spark: SparkSession, spec: TrainSpec, matrix: DataFrame, n_users: int, n_items: int
+               ) -> tuple[dict | None, dict]:
+    """(per side the earlier model's factors on this matrix's ids, or None; what was decided and why).
+
+    The earlier model (``spec.warm_start_uri``: ``user_factors/`` and ``item_factors/`` with their
+    string ids) is matched by string id, so a user or item it has starts where it ended and a new
+    one starts random; rows it has that this matrix lost are dropped. It is used only when its rank
+    is the rank trained now (a search may have chosen another) and it shares some row."""
+    source = spec.warm_start_from or spec.warm_start_uri
+    if not spec.warm_start_uri:
+        return None, {"used": False, "reason": spec.warm_start_note or "no earlier model given"}
+    if spec.strategy != "cg":
+        return None, {"used": False, "from": source, "reason": "MLlib's ALS cannot start from given factors"}
+    root = spec.warm_start_uri.rstrip("/")
+    init, record = {}, {"used": True, "from": source}
+    for side, idx, sid, total in (("user", S.USER_IDX, S.USER_ID, n_users), ("item", S.ITEM_IDX, S.ITEM_ID, n_items)):
+        old = spark.read.parquet(f"{root}/{side}_factors")
+        S.require_columns(old.columns, (sid, S.FEATURES), f"the warm-start model's {side} factors ({root})")
+        first = old.select(F.size(S.FEATURES).alias("rank")).first()
+        if first is None or first["rank"] != spec.rank:
+            rank = None if first is None else first["rank"]
+            return None, {"used": False, "from": source,
+                          "reason": f"the earlier model has rank {rank}, this run trains rank {spec.rank}"}
+        ids = matrix.select(F.col(idx).alias("id"), sid).distinct()
+        init[side] = old.select(sid, S.FEATURES).join(ids, sid).select("id", S.FEATURES).cache()
+        found = init[side].count()
+        record[side + "s"] = {"from_model": found, "new": total - found}
+    if not record["users"]["from_model"] and not record["items"]["from_model"]:
+        return None, {"used": False, "from": source, "reason": "the earlier model shares no user or item with this matrix"}
+    record["reason"] = (f"same rank ({spec.rank}); {record['users']['from_model']} users and "
+                        f"{record['items']['from_model']} items start from it")
+    return init, record
+
+
 def run(spark: SparkSession, spec: TrainSpec) -> TrainResult:
     """Train on ``spec.matrix_uri`` and write factors and model to ``spec.out_uri``."""
     timer = PhaseTimer()
@@ -282,10 +322,19 @@ def run(spark: SparkSession, spec: TrainSpec) -> TrainResult:
         nnz = ratings.count()
         if nnz == 0:
             raise ValueError(f"the training matrix {matrix_uri}/train is empty: nothing to train on")
+    with timer.phase("warm_start"):
+        init, warm = warm_start(spark, spec, matrix, ratings.select(S.USER_IDX).distinct().count(),
+                                ratings.select(S.ITEM_IDX).distinct().count())
+        log.info("warm start: %s", warm["reason"] if warm["used"] else f"cold ({warm['reason']})")
     with timer.phase("fit"):
-        fitted = fit(spark, ratings, spec, blocks)
+        fitted = fit(spark, ratings, spec, blocks, init)
         n_users, n_items = fitted.user_factors.count(), fitted.item_factors.count()
     ratings.unpersist()
+    for frame in (init or {}).values():
+        frame.unpersist()
+    iterations = fitted.details.get("iterations") or spec.max_iter
+    if init:
+        warm.update(iterations=iterations, stopped_early=iterations < spec.max_iter, tol=spec.early_stop_tol)
     with timer.phase("check"):
         check_finite(fitted.user_factors, fitted.item_factors)
     out = spec.out_uri.rstrip("/")
@@ -309,13 +358,14 @@ def run(spark: SparkSession, spec: TrainSpec) -> TrainResult:
                 "strategy": spec.strategy, "user_blocks": blocks[0], "item_blocks": blocks[1],
                 "checkpoint_interval": spec.checkpoint_interval, "checkpoint_dir": checkpoint_dir},
         data={"nnz": nnz, "users": n_users, "items": n_items},
-        iterations=spec.max_iter,
+        iterations=iterations,
         seconds=timer.seconds,
-        seconds_per_iteration=round(timer.seconds["fit"] / spec.max_iter, 3),
+        seconds_per_iteration=round(timer.seconds["fit"] / iterations, 3),
+        warm_start=warm,
         spark_conf=dict(sorted(conf.items())),
         spark_version=spark.version,
         tuning=searched,
-        **fitted.details,
+        **{k: v for k, v in fitted.details.items() if k != "iterations"},
     )
 
 

@@ -35,7 +35,8 @@ from pyspark import AccumulatorParam, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 
 from music_recs import schema as S
-from spark_jobs.lib.cg_kernels import DEFAULT_CG_STEPS, gram, initial_factors, rows_loss, solve_rows
+from music_recs.convergence import converged
+from spark_jobs.lib.cg_kernels import DEFAULT_CG_STEPS, gram, rows_loss, solve_rows, start_factors
 
 BROADCAST, JOIN = "broadcast", "join"
 PAYLOAD_SCHEMA = "blk int, payload binary"
@@ -120,7 +121,7 @@ def _co_partitioned(sc, rdds, func):
 def _parts(values):
     """Sort a partition's values by kind: the rating block, its factors, received vectors."""
     blk = next((v for v in values if isinstance(v, RatingBlock)), None)
-    factors = next((v[1] for v in values if isinstance(v, tuple) and v[0] == "factors"), None)
+    factors = next((v[1] for v in values if isinstance(v, tuple) and v[0] in ("factors", "known")), None)
     received = next((v[1] for v in values if isinstance(v, tuple) and v[0] == "vectors"), None)
     routes = next((v[1] for v in values if isinstance(v, tuple) and v[0] == "routes"), None)
     return blk, factors, received, routes
@@ -130,6 +131,38 @@ def rating_blocks(ratings: DataFrame, key_col: str, other_col: str, blocks: int,
     pieces = (ratings.mapInArrow(_split_by_block(key_col, other_col, blocks), PAYLOAD_SCHEMA)
               .rdd.map(lambda r: (r.blk, pickle.loads(r.payload))))
     return _one_per_partition(pieces, blocks, lambda ps: build_block(ps, alpha))
+
+
+def _split_factors_by_block(blocks: int, rank: int):
+    """mapInArrow function: one partition's ``(id, features)`` rows -> one pickled piece per block."""
+
+    def split(batches):
+        for batch in batches:
+            ids = batch.column("id").to_numpy(zero_copy_only=False).astype(np.int64)
+            X = batch.column(S.FEATURES).flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+            X = X.reshape(len(ids), rank)
+            blk = ids % blocks
+            for b in np.unique(blk):
+                m = blk == b
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array([int(b)], pa.int32()), pa.array([pickle.dumps((ids[m], X[m]), protocol=5)], pa.binary())],
+                    names=["blk", "payload"])
+
+    return split
+
+
+def known_factors(known: DataFrame, blocks: int, rank: int):
+    """An earlier model's ``(id, features)`` rows, grouped like the rating blocks: block b's
+    ``("known", (ids, X))`` in partition b, read beside it without a shuffle of the ratings."""
+
+    def merge(parts):
+        if not parts:
+            return "known", (np.empty(0, np.int64), np.empty((0, rank), np.float32))
+        return "known", (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    pieces = (known.select("id", S.FEATURES).mapInArrow(_split_factors_by_block(blocks, rank), PAYLOAD_SCHEMA)
+              .rdd.map(lambda r: (r.blk, pickle.loads(r.payload))))
+    return _one_per_partition(pieces, blocks, merge)
 
 
 def routing_table(sc, solve_blocks, other_blocks, n_other: int):
@@ -234,6 +267,7 @@ class CGResult:
     seconds_per_iteration: list
     broadcasts: list
     profile: dict
+    iterations: int = 0  # run: fewer than asked when a warm start converged (``music_recs.convergence``)
 
     def release(self) -> None:
         """Destroy the fit's broadcasts, once the factors have been materialized elsewhere."""
@@ -245,7 +279,8 @@ class CGResult:
 def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: float, alpha: float,
         user_blocks: int, item_blocks: int, exchange: dict, checkpoint_interval: int = 5, seed: int = 42,
         cg_steps: int = DEFAULT_CG_STEPS, track_loss: bool = False, log=print, scale_reg: bool = True,
-        prepared: PreparedBlocks | None = None, conf_of=None) -> CGResult:
+        prepared: PreparedBlocks | None = None, conf_of=None, init: dict | None = None, tol: float = 0.0
+        ) -> CGResult:
     """Fit implicit ALS by CG. ``exchange`` says per side how its factors reach the other
     side's blocks: ``{"user": "broadcast"|"join", "item": ...}``.
 
@@ -257,7 +292,11 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
 
     scale_reg: lambda times the row's number of ratings (MLlib's convention) or plain (``implicit``'s).
     prepared, conf_of: blocks from ``prepare_blocks`` (``ratings``, ``alpha`` and the block
-    counts are then not used) and the function that turns their values into confidence."""
+    counts are then not used) and the function that turns their values into confidence.
+    init: per side (``user``, ``item``) an earlier model's factors ``(id, features)`` DataFrame to
+    start from (a warm start); rows it lacks start random (``cg_kernels.start_factors``).
+    tol: > 0 stops after an iteration that lowered the objective by less than this share
+    (``music_recs.convergence``; the objective is then computed every iteration)."""
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}")
     sc = spark.sparkContext
@@ -276,8 +315,18 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
     counts = {"user": user_blocks, "item": item_blocks}
     seeds = {"user": seed, "item": seed + 1}
     factors, held = {}, {}  # join sides: cached RDD (block, ("factors", (ids, X))); broadcast sides: driver array
+    track_loss = track_loss or tol > 0
     for side in ("user", "item"):
-        initial = blocks[side].mapValues(lambda b, s=seeds[side]: ("factors", (b.rows, initial_factors(b.rows, rank, s))))
+        known = (init or {}).get(side)
+        if known is None:
+            initial = blocks[side].mapValues(
+                lambda b, s=seeds[side]: ("factors", (b.rows, start_factors(b.rows, rank, s))))
+        else:
+            def warm(b, values, s=seeds[side]):
+                blk, old, _, _ = _parts(values)
+                return "factors", (blk.rows, start_factors(blk.rows, rank, s, old))
+
+            initial = _co_partitioned(sc, [blocks[side], known_factors(known, counts[side], rank)], warm)
         if exchange[side] == BROADCAST:
             held[side] = _gather_all(initial, rank)
         else:
@@ -377,6 +426,9 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
             losses.append(float(loss))
         log(f"CG ALS iteration {iteration}/{max_iter} in {per_iteration[-1]:.2f}s"
             + (f", loss {loss:.6g}" if track_loss else ""))
+        if converged(losses, tol):
+            log(f"CG ALS converged after {iteration} iterations (the objective fell by less than {tol:.2%})")
+            break
     for rdd in (ublocks, iblocks, *tables.values()):
         rdd.unpersist()
     for side in held:  # the last solve's blocks, as an RDD like the join side's
@@ -386,7 +438,8 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
     profile = {k: round(v, 3) for k, v in profile.items()}
     profile["kernel_task_seconds"] = round(kernel_seconds.value, 3)
     profile["iterations_seconds"] = round(sum(per_iteration), 3)
-    return CGResult(plain["user"], plain["item"], dict(exchange), losses, per_iteration, broadcasts, profile)
+    return CGResult(plain["user"], plain["item"], dict(exchange), losses, per_iteration, broadcasts, profile,
+                    iterations=len(per_iteration))
 
 
 def factors_frame(spark: SparkSession, factors) -> DataFrame:

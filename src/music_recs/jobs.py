@@ -17,6 +17,7 @@ from typing import ClassVar
 
 from music_recs.checks import parse_day
 from music_recs.confidence import ConfidenceParams
+from music_recs.convergence import DEFAULT_TOL
 from music_recs.metrics import METRICS
 from music_recs.tuning import SEARCH_SPACE
 from music_recs.sizing import DEFAULT_BROADCAST_BUDGET_MB
@@ -201,6 +202,12 @@ class TrainSpec(JobSpec):
     (MLlib's convention); False = a plain lambda (``implicit``'s; CG strategy only).
     tune: None (default) = train with the values above; a ``TuneSpec`` dict = first search
     the parameters on the matrix's nested split (``tuning/``), then train the winner.
+    warm_start_uri: None (default: start from random factors) or a folder holding an earlier
+    model's ``user_factors/`` and ``item_factors/`` (with string ids) to start from (cg, same
+    rank; see ``train_als.warm_start``); warm_start_from: what that model is (for the result);
+    warm_start_note: why there is none (for the result). early_stop_tol: a warm-started fit
+    stops once an iteration lowers the objective by less than this share (0.005; 0 = never;
+    ``music_recs.convergence``).
     """
 
     JOB: ClassVar[str] = "train_als"
@@ -224,6 +231,10 @@ class TrainSpec(JobSpec):
     epsilon: float = 5.0
     scale_reg: bool = True
     tune: dict | None = None
+    warm_start_uri: str | None = None
+    warm_start_from: str | None = None
+    warm_start_note: str | None = None
+    early_stop_tol: float = DEFAULT_TOL
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -342,6 +353,8 @@ class TrainResult(_Contract):
     iteration_seconds: list | None = None
     profile: dict | None = None
     tuning: dict | None = None  # the search: trials (params, rung, metric, seconds), winner, budget
+    # used, from (which model), reason, users/items {from_model, new}, iterations, stopped_early
+    warm_start: dict | None = None
     submission: dict | None = None
 
 
