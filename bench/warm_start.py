@@ -277,6 +277,8 @@ def bench_dataset(dataset: str, n_days: int, plays_per_day: int, verbose: bool) 
             "churn_cold": churn_cold, "churn_warm": churn_warm, "churn_users": churn_users,
             "warm_curve": warm_means, "warm_losses": warm.losses,
             "cold_curve": [float(a.mean()) for a in cold_curve], "cold_losses": cold_traced.losses,
+            "models": {name: {"iterations": it, "ratio": float(a.mean()) / cold_map if cold_map else float("nan")}
+                       for name, (a, it) in variants.items()},
             "_cold_scores": cold_scores, "_variants": variants,
         }
         days.append(row)
@@ -326,8 +328,9 @@ def table(result: dict) -> str:
     first = result["days"][0]
     lines = [f"**{result['dataset']}** (first day {first['users']} users x {first['items']} items, {first['nnz']} "
              f"pairs; source of the first warm start: the cold run of {result['source_day']})", "",
-             "| day | users evaluated | cold MAP@10 | warm MAP@10 at stop | ratio [95% interval] | first iter >= 0.99 x cold "
-             "| stop iter | cold s (10 it) | warm s (to stop) | churn cold | churn warm | churn users |",
+             "| day | users evaluated | cold MAP@10 | warm MAP@10 at stop | ratio [95% interval] "
+             "| first iter >= 0.99 x cold | stop iter | cold s (10 it) | warm s (to stop) "
+             "| churn cold | churn warm | churn users |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in result["days"]:
         lo, hi = d["ratio_interval"]
@@ -349,7 +352,8 @@ def table(result: dict) -> str:
     for name, t in s["models"].items():
         lo, hi = t["pooled_interval"]
         lines.append(f"| {name} | {t['iterations']:g} ({t['iterations_sum']}) | {t['ratio']:.3f} | "
-                     f"{t['min_ratio']:.3f} | {t['days_within_1pct']}/{n} | {t['pooled_ratio']:.3f} [{lo:.3f}, {hi:.3f}] |")
+                     f"{t['min_ratio']:.3f} | {t['days_within_1pct']}/{n} | "
+                     f"{t['pooled_ratio']:.3f} [{lo:.3f}, {hi:.3f}] |")
     return "\n".join(lines)
 
 
