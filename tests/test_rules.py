@@ -87,10 +87,12 @@ def test_the_failure_is_permanent_and_a_value_error():
     (b"item_id,user_id\na,u/1\n", f"line 2: user_id 'u/1' does not match {ID_PATTERN}"),
     (b"item_id\n" + b"a" * 129 + b"\n", f"line 2: item_id '{'a' * 56}... does not match {ID_PATTERN}"),
     ("item_id\nx\u00e9\n".encode(), f"line 2: item_id 'x\u00e9' does not match {ID_PATTERN}"),
-    (b"item_id\n\"a\nb\"\n", f"line 2: item_id 'a\\nb' does not match {ID_PATTERN}"),  # a quoted field over 2 lines
+    # a quoted field over 2 lines
+    (b"item_id\n\"a\nb\"\n", f"line 2: item_id 'a\\nb' does not match {ID_PATTERN}"),
     (b"item_id\na\n\"a\"b\n", "line 3: not CSV (',' expected after '\"')"),
     (b"item_id\n\"abc\n", "line 2: not CSV (unexpected end of data)"),
-    (b"item_id\na\n\xef\xbb\xbfb\n", f"line 3: item_id '\\ufeffb' does not match {ID_PATTERN}"),  # a BOM only at the start
+    # a BOM only at the start
+    (b"item_id\na\n\xef\xbb\xbfb\n", f"line 3: item_id '\\ufeffb' does not match {ID_PATTERN}"),
 ])
 def test_each_rejection_names_the_line_and_the_problem(data, problem):
     assert rejection(data) == problem

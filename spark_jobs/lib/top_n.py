@@ -11,6 +11,12 @@ numba: ~1 ns per score against ~35 ns for ``np.argpartition``, which took 90% of
 Order: score descending, then target position ascending, as the Spark window of the fallback
 path orders its candidates; ties at the n-th place keep the smaller position, so the result
 is exact and deterministic.
+
+Two optional rules: ``blocked`` targets are never returned (the global do-not-recommend
+list), and with ``groups`` (an artist index per track, -1 for none) and ``cap`` > 0 a query's
+list holds at most ``cap`` targets of one group. The capped list is, exactly, the full ranking
+minus excluded and blocked targets, walked in order, a target skipped when its group already
+has ``cap`` places, until n are kept: fewer when the candidates run out (ranks stay 1..m).
 """
 
 from __future__ import annotations
@@ -35,18 +41,24 @@ def chunk_rows(n_targets: int, chunk_bytes: int = CHUNK_BYTES) -> int:
 
 
 def top_n_excluding(queries: np.ndarray, excluded: Sequence[np.ndarray], targets: np.ndarray, n: int,
-                    chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+                    chunk_bytes: int = CHUNK_BYTES, blocked: np.ndarray | None = None,
+                    groups: np.ndarray | None = None,
+                    cap: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(query_row, target_row, score, rank)`` arrays, chunk by chunk.
 
     ``queries``: (q, k) float32; ``targets``: (t, k) float32; ``excluded[i]``: target rows query
     ``i`` must not get. Each query gets its ``min(n, t - excluded)`` best targets, ranks 1..n.
+    ``blocked``: (t,) bool, targets no query gets. ``groups``: (t,) int, a group per target
+    (-1: none); with ``cap`` > 0 at most ``cap`` targets of one group per query (0: no cap).
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     targets = np.ascontiguousarray(targets, dtype=np.float32)
     if len(excluded) != len(queries):
         raise ValueError(f"{len(queries)} queries but {len(excluded)} exclusion lists")
     t = targets.shape[0]
-    n = min(n, t)
+    blocked_cols = _blocked_columns(blocked, t)
+    group_of, n_groups = _dense_groups(groups, cap, t)
+    n = min(n, t - len(blocked_cols))
     if n <= 0 or not len(queries):
         return
     step = chunk_rows(t, chunk_bytes)
@@ -57,13 +69,49 @@ def top_n_excluding(queries: np.ndarray, excluded: Sequence[np.ndarray], targets
         if lengths.sum():
             rows = np.repeat(np.arange(len(lists)), lengths)
             scores[rows, np.concatenate(lists).astype(np.int64)] = -np.inf
+        if len(blocked_cols):
+            scores[:, blocked_cols] = -np.inf
         top = np.empty((len(lists), n), dtype=np.int64)
         top_scores = np.full((len(lists), n), -np.inf, dtype=np.float32)
-        _top_n_rows(scores, top, top_scores)
-        keep = np.isfinite(top_scores)  # fewer than n targets left after the exclusions
+        if group_of is None:
+            _top_n_rows(scores, top, top_scores)
+        else:
+            _top_n_capped_rows(scores, group_of, n_groups, cap, top, top_scores)
+        keep = np.isfinite(top_scores)  # fewer than n targets left after the exclusions (and the cap)
         ranks = np.broadcast_to(np.arange(1, n + 1), top.shape)
         query_rows = np.broadcast_to(np.arange(start, start + len(lists))[:, None], top.shape)
         yield query_rows[keep], top[keep], top_scores[keep], ranks[keep]
+
+
+def _blocked_columns(blocked: np.ndarray | None, t: int) -> np.ndarray:
+    """The target rows ``blocked`` marks (none when it is not given)."""
+    if blocked is None:
+        return np.empty(0, dtype=np.int64)
+    blocked = np.asarray(blocked)
+    if blocked.dtype != np.bool_ or blocked.shape != (t,):
+        raise ValueError(f"blocked must be a bool array of one entry per target ({t}), "
+                         f"got {blocked.dtype} {blocked.shape}")
+    return np.flatnonzero(blocked)
+
+
+def _dense_groups(groups: np.ndarray | None, cap: int, t: int) -> tuple[np.ndarray | None, int]:
+    """Groups renumbered 0..g-1 (-1 kept), so the kernel's per-group counters are g long whatever
+    the ids; (None, 0) when there is no cap."""
+    if cap < 0:
+        raise ValueError(f"cap must be >= 0 (0: no cap), got {cap}")
+    if cap == 0:
+        return None, 0
+    if groups is None:
+        raise ValueError(f"cap {cap} needs groups (a group per target)")
+    groups = np.asarray(groups)
+    if not np.issubdtype(groups.dtype, np.integer) or groups.shape != (t,):
+        raise ValueError(f"groups must be an int array of one entry per target ({t}), "
+                         f"got {groups.dtype} {groups.shape}")
+    if t and groups.min() < -1:
+        raise ValueError(f"groups must be >= -1 (-1: no group), got {groups.min()}")
+    ids, dense = np.unique(groups, return_inverse=True)
+    ungrouped = int(ids[0] == -1) if len(ids) else 0
+    return np.where(groups == -1, -1, dense.reshape(-1) - ungrouped).astype(np.int64), len(ids) - ungrouped
 
 
 @njit(cache=_CACHE, nogil=True)
@@ -87,38 +135,104 @@ def _sift_down(vals, idx, size, pos):
 
 
 @njit(cache=_CACHE, nogil=True)
+def _select(row, m, vals, idx, out_idx, out_vals):
+    """The m best finite entries of ``row`` into ``out_idx``/``out_vals``, best first; returns how
+    many there were (< m when the row has fewer). ``vals``/``idx``: heap space of at least m.
+    A heap whose root is the worst kept entry: a new score enters only if it beats the root;
+    scanning positions in ascending order, an equal score never does, so ties keep the smaller
+    position, and the m kept are exactly the first m of the full ranking."""
+    size = 0
+    for j in range(row.shape[0]):
+        v = row[j]
+        if v == -np.inf:
+            continue
+        if size < m:  # fill, then heapify bottom-up when full
+            vals[size] = v
+            idx[size] = j
+            size += 1
+            if size == m:
+                for p in range(m // 2 - 1, -1, -1):
+                    _sift_down(vals, idx, m, p)
+        elif v > vals[0]:
+            vals[0] = v
+            idx[0] = j
+            _sift_down(vals, idx, m, 0)
+    if size < m:
+        for p in range(size // 2 - 1, -1, -1):
+            _sift_down(vals, idx, size, p)
+    found = size
+    # Pop the worst into the last free place: best first.
+    for place in range(size - 1, -1, -1):
+        out_idx[place] = idx[0]
+        out_vals[place] = vals[0]
+        size -= 1
+        vals[0], idx[0] = vals[size], idx[size]
+        _sift_down(vals, idx, size, 0)
+    return found
+
+
+@njit(cache=_CACHE, nogil=True)
 def _top_n_rows(scores, top, top_scores):
     """Per row of ``scores``: its n = top.shape[1] best finite entries into ``top``/``top_scores``,
-    best first (unfilled places keep -inf). A heap whose root is the worst kept entry: a new
-    score enters only if it beats the root; scanning positions in ascending order, an equal
-    score never does, so ties keep the smaller position."""
+    best first (unfilled places keep -inf)."""
     n = top.shape[1]
     vals = np.empty(n, dtype=np.float32)
     idx = np.empty(n, dtype=np.int64)
     for r in range(scores.shape[0]):
-        size = 0
-        for j in range(scores.shape[1]):
-            v = scores[r, j]
-            if v == -np.inf:
-                continue
-            if size < n:  # fill, then heapify bottom-up when full
-                vals[size] = v
-                idx[size] = j
-                size += 1
-                if size == n:
-                    for p in range(n // 2 - 1, -1, -1):
-                        _sift_down(vals, idx, n, p)
-            elif v > vals[0]:
-                vals[0] = v
-                idx[0] = j
-                _sift_down(vals, idx, n, 0)
-        if size < n:
-            for p in range(size // 2 - 1, -1, -1):
-                _sift_down(vals, idx, size, p)
-        # Pop the worst into the last free place: best first.
-        for place in range(size - 1, -1, -1):
-            top[r, place] = idx[0]
-            top_scores[r, place] = vals[0]
-            size -= 1
-            vals[0], idx[0] = vals[size], idx[size]
-            _sift_down(vals, idx, size, 0)
+        _select(scores[r], n, vals, idx, top[r], top_scores[r])
+
+
+@njit(cache=_CACHE, nogil=True)
+def _top_n_capped_rows(scores, groups, n_groups, cap, top, top_scores):
+    """As ``_top_n_rows``, at most ``cap`` entries of one group (``groups[j]`` >= 0) per row.
+
+    Per row: select the m = min(t, 4n) best (the first m of the full ranking) and walk them,
+    skipping an entry whose group is full. When the walk ends short of n and the row has more
+    finite entries than m, select the 4m best and continue the walk where it stopped: the first
+    m of those are the ones already walked, so the result is the greedy walk over the full
+    ranking. Group counters are reset for the groups the row touched only (at most n)."""
+    n = top.shape[1]
+    t = scores.shape[1]
+    counts = np.zeros(max(n_groups, 1), dtype=np.int64)
+    touched = np.empty(n, dtype=np.int64)
+    first_m = min(t, 4 * n)
+    room = first_m
+    vals = np.empty(room, dtype=np.float32)
+    idx = np.empty(room, dtype=np.int64)
+    ranked = np.empty(room, dtype=np.int64)
+    ranked_vals = np.empty(room, dtype=np.float32)
+    for r in range(scores.shape[0]):
+        row = scores[r]
+        m = first_m
+        walked = 0
+        kept = 0
+        n_touched = 0
+        while True:
+            found = _select(row, m, vals, idx, ranked, ranked_vals)
+            for k in range(walked, found):
+                j = ranked[k]
+                g = groups[j]
+                if g >= 0:
+                    if counts[g] >= cap:
+                        continue
+                    if counts[g] == 0:
+                        touched[n_touched] = g
+                        n_touched += 1
+                    counts[g] += 1
+                top[r, kept] = j
+                top_scores[r, kept] = ranked_vals[k]
+                kept += 1
+                if kept == n:
+                    break
+            if kept == n or found < m or m == t:
+                break  # full, or every finite entry of the row was walked
+            walked = m
+            m = min(t, 4 * m)
+            if m > room:
+                room = m
+                vals = np.empty(room, dtype=np.float32)
+                idx = np.empty(room, dtype=np.int64)
+                ranked = np.empty(room, dtype=np.int64)
+                ranked_vals = np.empty(room, dtype=np.float32)
+        for k in range(n_touched):
+            counts[touched[k]] = 0
