@@ -13,8 +13,9 @@ of the run's data interval (a scheduled run at 00:00 UTC on D+1 processes D).
 | `ingest` | Spark: landing JSON lines -> typed Parquet in the lake; bad rows quarantined with a reason |
 | `validate` | Spark + Great Expectations suite `expectations/stream_logs_daily.json` |
 | `build_confidence` | Spark: plays -> (user, item, confidence) over the window, last days held out |
-| `train_als` | Spark: implicit ALS (CG solver by default, MLlib on request), sized to the matrix, resubmitted on failure; first searches its params on the last training day when `tune` asks |
-| `evaluate` | Spark: precision/recall/MAP/NDCG@k vs a popularity baseline; top-N recommendations, similar items |
+| `recommendation_rules` | reads and checks the do-not-recommend list (if configured) and the artist cap; a malformed list fails the run here, before training |
+| `train_als` | Spark: implicit ALS (CG solver by default, MLlib on request), sized to the matrix, resubmitted on failure; first searches its params on the last training day when `tune` asks; starts from the newest model published for an earlier day when `warm_start` allows |
+| `evaluate` | Spark: precision/recall/MAP/NDCG@k vs a popularity baseline; top-N recommendations under the rules, similar items |
 | `quality_gate` | publishes only if the lower end of the model's bootstrap lift over popularity clears the margin and it did not collapse vs the published model |
 | `publish` | S3: factors + recommendations + `manifest.json`, verified, then the `latest.json` pointer |
 | `announce_model` | an event on the Asset `music_recs_published_model` (day, run, manifest key) when the pointer moved; skipped otherwise |
@@ -100,15 +101,21 @@ def music_recs_daily():
     def build_confidence(plan: dict) -> dict:
         return tasks.build_confidence(_plan(plan)).to_dict()
 
+    @task(retries=0, execution_timeout=dt.timedelta(minutes=10))
+    def recommendation_rules(plan: dict) -> dict:
+        plan = _plan(plan)
+        return tasks.recommendation_rules(_store(plan), plan)
+
     @task(pool=pool, execution_timeout=dt.timedelta(hours=4))
     def train_als(plan: dict, matrix: dict) -> dict:
         plan = _plan(plan)
         return tasks.train(plan, MatrixResult.from_dict(matrix), _store(plan)).to_dict()
 
     @task(pool=pool)
-    def evaluate(plan: dict, matrix: dict, trained: dict) -> dict:
+    def evaluate(plan: dict, matrix: dict, trained: dict, rules: dict) -> dict:
         plan = _plan(plan)
-        return tasks.evaluate(plan, MatrixResult.from_dict(matrix), _store(plan), TrainResult.from_dict(trained)).to_dict()
+        return tasks.evaluate(plan, MatrixResult.from_dict(matrix), _store(plan), TrainResult.from_dict(trained),
+                              rules).to_dict()
 
     @task(retries=0)
     def quality_gate(plan: dict, evaluated: dict) -> dict:
@@ -133,8 +140,10 @@ def music_recs_daily():
     ingested = ingest(plan)
     validated = validate(plan, ingested)
     matrix = build_confidence(plan)
+    rules = recommendation_rules(plan)
     trained = train_als(plan, matrix)
-    evaluated = evaluate(plan, matrix, trained)
+    rules >> trained  # a malformed list stops the run before training
+    evaluated = evaluate(plan, matrix, trained, rules)
     gate = quality_gate(plan, evaluated)
     wait_for_logs = LandingPartitionSensor(
         task_id="wait_for_logs", poke_interval=SETTINGS.sensor_poke_s, timeout=SETTINGS.sensor_timeout_s,

@@ -12,6 +12,10 @@ n (``spark_jobs.lib.top_n``), so the job makes n rows per user. Over the budget,
 ``MAX_EXCLUDED`` more per user: users x (n + max played) rows, which grows with the square of
 traffic).
 
+Rules (``EvaluateSpec.max_per_artist``, the do-not-recommend list) are applied while each top-N
+is built, to the model's, the popularity baseline's and the published model's alike, so the
+metrics score exactly the lists that are published (``spark_jobs.lib.ranking.Rules``).
+
 Metrics at k (``music_recs.metrics`` defines them and is the reference these Spark
 versions are tested against): precision, recall, MAP and NDCG, averaged over evaluated
 users (those with held-out items), plus catalogue coverage of the top-k lists and the
@@ -43,8 +47,8 @@ from music_recs.sizing import factor_exchange
 from spark_jobs.lib import output_checks as O
 from spark_jobs.lib.als_cg import als_model
 from spark_jobs.lib.gx_suites import load_suite, preload, validate_frames
-from spark_jobs.lib.ranking import (MAX_EXCLUDED, mean_metrics, model_recommendations, per_user_metrics,
-                                    popularity_top_k, top_n_dot)
+from spark_jobs.lib.ranking import (MAX_EXCLUDED, NO_RULES, Rules, mean_metrics, model_recommendations,
+                                    per_user_metrics, popularity_top_k, top_n_dot)
 from spark_jobs.lib.session import PhaseTimer, job_main
 
 def paired_lift(model_users: DataFrame, baseline_users: DataFrame, resamples: int, seed: int) -> dict:
@@ -58,8 +62,31 @@ def paired_lift(model_users: DataFrame, baseline_users: DataFrame, resamples: in
                                 seed=seed) for m in METRICS}
 
 
+def load_rules(spark: SparkSession, spec: EvaluateSpec, train: DataFrame, items: DataFrame) -> tuple[Rules, dict]:
+    """The spec's rules on this matrix's ids, and what of them applies here: the artist of each
+    item as a number (``Rules.groups``), the listed items and pairs this matrix has."""
+    record: dict = {"max_per_artist": spec.max_per_artist, "do_not_recommend": None}
+    groups = blocked = user_blocked = None
+    if spec.max_per_artist:
+        S.require_columns(items.columns, (S.ITEM_IDX, S.ARTIST_ID), "the matrix's items")
+        number = F.dense_rank().over(Window.orderBy(S.ARTIST_ID)) - 1
+        groups = (items.select(S.ITEM_IDX, S.ARTIST_ID)
+                  .select(S.ITEM_IDX, F.when(F.col(S.ARTIST_ID).isNull(), F.lit(-1)).otherwise(number).alias("group"))
+                  .cache())
+    if spec.do_not_recommend_path:
+        listed = spark.read.parquet(spec.do_not_recommend_path)
+        S.require_columns(listed.columns, (S.USER_ID, S.ITEM_ID), f"the do-not-recommend list {spec.do_not_recommend_path}")
+        ids = items.select(S.ITEM_IDX, S.ITEM_ID)
+        blocked = listed.filter(F.col(S.USER_ID).isNull()).join(ids, S.ITEM_ID).select(S.ITEM_IDX).distinct().cache()
+        users = train.select(S.USER_IDX, S.USER_ID).distinct()
+        user_blocked = (listed.filter(F.col(S.USER_ID).isNotNull()).join(ids, S.ITEM_ID).join(users, S.USER_ID)
+                        .select(S.USER_IDX, S.ITEM_IDX).distinct().cache())
+        record["do_not_recommend"] = {"items_in_matrix": blocked.count(), "pairs_in_matrix": user_blocked.count()}
+    return Rules(spec.max_per_artist, groups, blocked, user_blocked), record
+
+
 def published_recommendations(spark: SparkSession, published_uri: str, train: DataFrame, items: DataFrame, k: int,
-                              budget_mb: int) -> DataFrame:
+                              budget_mb: int, rules: Rules = NO_RULES) -> DataFrame:
     """The published model's top-k unplayed items for this matrix's users, on this matrix's ids.
 
     Its factors carry their string ids: users and items are matched by those (a user or item
@@ -78,7 +105,7 @@ def published_recommendations(spark: SparkSession, published_uri: str, train: Da
     rank = int(first["n"])
     model = als_model(spark, rank, users, item_factors)
     broadcast_items = factor_exchange(1, max(n_items, 1), rank, budget_mb)["item"] == "broadcast"
-    return model_recommendations(spark, model, train, k, broadcast_items)
+    return model_recommendations(spark, model, train, k, broadcast_items, rules)
 
 
 def normalized(factors: DataFrame) -> DataFrame:
@@ -113,11 +140,12 @@ def similar_items(spark: SparkSession, item_factors: DataFrame, rank: int, n: in
 
 
 def check_output(spark: SparkSession, spec: EvaluateSpec, recs: DataFrame, train: DataFrame, n_items: int,
-                 model: ALSModel, published: DataFrame | None) -> dict:
+                 model: ALSModel, published: DataFrame | None, possible: DataFrame | None = None) -> dict:
     """Run the output suites (``spark_jobs.lib.output_checks``) on this model; the verdict goes
-    into the result, the quality gate task decides."""
+    into the result, the quality gate task decides. ``possible``: ``output_checks.possible_per_user``."""
     compare = published is not None and spec.compare_churn
-    users = O.users_frame(recs, train, n_items, spec.top_n, spec.k, published if compare else None).cache()
+    users = O.users_frame(recs, train, n_items, spec.top_n, spec.k, published if compare else None,
+                          possible).cache()
     factors = O.factors_frame(model.userFactors, model.itemFactors).cache()
     summary_df, summary = O.summary_frame(spark, recs, train, n_items, spec.top_n)
     suites = {}
@@ -151,23 +179,30 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
     model = ALSModel.load(f"{spec.model_uri.rstrip('/')}/model")
     # Same rule as training's CG strategy: item factors within the budget are broadcast.
     broadcast_items = factor_exchange(1, n_items, model.rank, spec.broadcast_budget_mb)["item"] == "broadcast"
+    items = spark.read.parquet(f"{matrix}/items")
 
     with timer.phase("recommend"):
-        recs = model_recommendations(spark, model, train, want, broadcast_items).cache()
+        rules, applied = load_rules(spark, spec, train, items)
+        recs = model_recommendations(spark, model, train, want, broadcast_items, rules).cache()
         n_recs = recs.count()
+        possible = O.possible_per_user(train, rules, top_n).cache()
+        unruled = F.least(F.lit(top_n), F.lit(n_items) - F.col("played"))
+        short = (possible.join(train.groupBy(S.USER_IDX).agg(F.count("*").alias("played")), S.USER_IDX)
+                 .filter(F.col("possible") < unruled).count())
+        applied["users_short"] = short  # fewer than top_n only because the rules left too few items
     with timer.phase("metrics"):
         model_users = per_user_metrics(recs, holdout, k).cache()
         model_metrics = mean_metrics(model_users)
         coverage = recs.filter(F.col(S.RANK) <= k).select(S.ITEM_IDX).distinct().count() / max(n_items, 1)
         eval_users = holdout.select(S.USER_IDX).distinct()
-        popular_users = per_user_metrics(popularity_top_k(train, eval_users, k, min(n_items, k + extra)), holdout, k)
+        popular_users = per_user_metrics(popularity_top_k(train, eval_users, k, min(n_items, k + extra), rules),
+                                         holdout, k)
         baseline = mean_metrics(popular_users)
         lift = paired_lift(model_users, popular_users, spec.bootstrap_resamples, spec.seed)
         published = over_published = published_recs = None
         if spec.published_uri:
-            published_recs = published_recommendations(spark, spec.published_uri, train,
-                                                       spark.read.parquet(f"{matrix}/items"), k,
-                                                       spec.broadcast_budget_mb).cache()
+            published_recs = published_recommendations(spark, spec.published_uri, train, items, k,
+                                                       spec.broadcast_budget_mb, rules).cache()
             published_users = per_user_metrics(published_recs, holdout, k)
             published = mean_metrics(published_users)
             over_published = paired_lift(model_users, published_users, spec.bootstrap_resamples, spec.seed)
@@ -175,12 +210,11 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
     checks = None
     if spec.output_suite_dir:
         with timer.phase("output_checks"):
-            checks = check_output(spark, spec, recs, train, n_items, model, published_recs)
+            checks = check_output(spark, spec, recs, train, n_items, model, published_recs, possible)
     if published_recs is not None:
         published_recs.unpersist()
     with timer.phase("write"):
         users = train.select(S.USER_IDX, S.USER_ID).distinct()
-        items = spark.read.parquet(f"{matrix}/items")
         out = (
             recs.filter(F.col(S.RANK) <= top_n).join(users, S.USER_IDX).join(items, S.ITEM_IDX)
             .select(S.USER_ID, S.RANK, S.ITEM_ID, S.SCORE, S.ITEM_NAME, S.ARTIST_NAME, S.USER_IDX, S.ITEM_IDX)
@@ -199,6 +233,7 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
         )
         similar.write.mode("overwrite").parquet(f"{out_uri}/similar_items")
     recs.unpersist()
+    possible.unpersist()
     train.unpersist()
     return EvaluateResult(
         k=k, top_n=top_n,
@@ -206,7 +241,7 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
                "share_users_evaluated": model_metrics["users_evaluated"] / max(n_users, 1)},
         baseline_popularity=baseline, recommendation_rows=n_recs, similar_items_per_item=similar_n,
         seconds=timer.seconds, lift=lift, published=published, lift_over_published=over_published,
-        output_checks=checks,
+        output_checks=checks, rules=applied,
     )
 
 

@@ -35,9 +35,12 @@ def test_the_published_model_is_an_asset_the_consumer_is_scheduled_on(dag, dagba
 def test_stages_run_in_order(dag):
     order = ["plan_run", "wait_for_logs", "ingest", "validate", "build_confidence", "train_als", "evaluate", "quality_gate",
              "publish", "announce_model"]
-    assert set(dag.task_ids) == set(order)
+    assert set(dag.task_ids) == set(order) | {"recommendation_rules"}
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
+    # The rules are read before training (a malformed list stops the run there), and evaluation uses them.
+    assert dag.get_task("recommendation_rules").upstream_task_ids == {"plan_run"}
+    assert dag.get_task("recommendation_rules").downstream_task_ids == {"train_als", "evaluate"}
 
 
 def test_run_settings(dag):

@@ -18,8 +18,10 @@ import os
 import sys
 
 from music_recs.checks import parse_day
+from music_recs.convergence import warm_start_line
 from music_recs.failures import PermanentFailure
 from music_recs.params import RunParams
+from music_recs.rules import rules_line
 from music_recs.settings import local_settings, resolve
 from music_recs_airflow.publish import PublishError, read_latest
 from music_recs_airflow.s3 import S3Store
@@ -114,6 +116,10 @@ def cmd_latest(args) -> int:
         print(f"  output checks {'passed' if checks['success'] else 'failed: ' + '; '.join(checks['failed'])}: "
               f"catalogue coverage {s.get('catalogue_coverage', 0):.3f}, slots of the top 1% items "
               f"{s.get('popular_share', 0):.3f}{churn}")
+    print(f"  {rules_line(manifest.get('rules'), manifest['params'].get('top_n'))}")
+    warm = (manifest.get("training") or {}).get("warm_start")
+    if warm:
+        print(f"  {warm_start_line(warm, manifest['training'].get('iterations'))}")
     searched = (manifest.get("training") or {}).get("tuning") or {}
     if searched.get("source"):
         trained = manifest["training"]["params"]
@@ -167,6 +173,7 @@ def cmd_recommend(args) -> int:
         return 1
     granularity = manifest["params"]["granularity"]
     print(f"top {min(args.n, recs.num_rows)} {granularity}s for {args.user} (model of {pointer['day']}):")
+    print(f"  {rules_line(manifest.get('rules'), manifest['params'].get('top_n'))}")
     for row in recs.slice(0, args.n).to_pylist():
         name = row.get("item_name") or row["item_id"]
         by = f" by {row['artist_name']}" if granularity == "track" and row.get("artist_name") else ""

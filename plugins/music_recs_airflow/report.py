@@ -29,7 +29,9 @@ import matplotlib
 matplotlib.use("Agg")  # no display on workers
 import matplotlib.pyplot as plt  # noqa: E402
 
+from music_recs.convergence import warm_start_line  # noqa: E402
 from music_recs.quality_gate import expectation_bounds  # noqa: E402
+from music_recs.rules import rules_line  # noqa: E402
 from music_recs_airflow.publish import MANIFEST, PUBLICATION  # noqa: E402
 from music_recs_airflow.s3 import S3Store  # noqa: E402
 
@@ -188,6 +190,16 @@ def output_checks_section(checks: dict | None) -> list[str]:
     return parts
 
 
+def rules_section(rules: dict | None, top_n) -> list[str]:
+    """The rules every published top-N obeyed (artist cap, do-not-recommend list) and what they did."""
+    parts = ["<h2>Recommendation rules</h2>", f"<p>{_e(rules_line(rules, top_n))}.</p>"]
+    listed = (rules or {}).get("do_not_recommend")
+    if listed:
+        parts.append(_table(["do-not-recommend list", "value"], [[n, listed.get(n)] for n in (
+            "uri", "sha256", "rows", "items_for_everyone", "user_item_pairs", "items_in_matrix", "pairs_in_matrix")]))
+    return parts
+
+
 def lift_line(metrics: dict, primary: str) -> str:
     lift = (metrics.get("lift_over_popularity") or {}).get(primary)
     if not lift:
@@ -299,8 +311,11 @@ def build_report(manifest: dict, history: list[dict]) -> str:
         "<h2>Training</h2>",
         _table(["setting", "value"], [[n, v] for n, v in sorted((training.get("params") or {}).items())]
                + [[f"matrix {n}", v] for n, v in sorted((training.get("data") or {}).items())]
-               + [["fit seconds", (training.get("seconds") or {}).get("fit")],
+               + [["iterations run", training.get("iterations")],
+                  ["fit seconds", (training.get("seconds") or {}).get("fit")],
                   ["seconds per iteration", training.get("seconds_per_iteration")]]),
+        f"<p>{_e(warm_start_line(training['warm_start'], training.get('iterations')))}.</p>"
+        if training.get("warm_start") else "",
         *tuning_section(training),
         "<h3>spark-submit attempts</h3>",
         _table(["attempt", "outcome", "seconds", "executor MB", "cores", "executors", "user blocks",
@@ -319,6 +334,7 @@ def build_report(manifest: dict, history: list[dict]) -> str:
                   ["users evaluated", metrics["model"].get("users_evaluated"),
                    metrics["baseline_popularity"].get("users_evaluated")]]),
         _img(chart_metrics_vs_baseline(manifest), "metrics against the popularity baseline"),
+        *rules_section(manifest.get("rules"), (manifest.get("params") or {}).get("top_n")),
         *output_checks_section(manifest.get("output_checks")),
         "<h2>Previous runs</h2>",
         _table(["day", "run", f"{primary}@k model", f"{primary}@k popularity", "rank", "fit seconds"],

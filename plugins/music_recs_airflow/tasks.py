@@ -29,17 +29,19 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from music_recs import __version__, settings, tuning
 from music_recs.checks import check_run_conf_names_no_location, safe_key_part
-from music_recs.failures import EmptyMatrix, NoLandingData, QualityGateFailed, TooManyBadRows, ValidationFailed, \
-    is_permanent
+from music_recs.failures import EmptyMatrix, MalformedRulesList, NoLandingData, QualityGateFailed, TooManyBadRows, \
+    ValidationFailed, is_permanent
 from music_recs.jobs import (ConfidenceSpec, EvaluateResult, EvaluateSpec, IngestResult, IngestSpec, MatrixResult,
                              TrainResult, TrainSpec, TuneSpec, ValidateResult, ValidateSpec)
 from music_recs.params import DEFAULTS, DESCRIPTIONS, FIELDS, SCHEMAS, RunParams
 from music_recs.plan import RunPlan
 from music_recs.quality_gate import decide
+from music_recs.rules import parse_do_not_recommend
 from music_recs.settings import DeploymentSettings
 from music_recs.sizing import (ExecutorSizing, MatrixShape, factor_exchange, per_executor_limit_mb, shuffle_partitions, size_als,
                                size_evaluate, stage_memory_mb)
-from music_recs_airflow.publish import ARTIFACTS, PublishError, publication_prefix, publish, read_latest
+from music_recs_airflow.publish import (ARTIFACTS, MANIFEST, PUBLICATION, PublishError, publication_prefix, publish,
+                                        read_latest)
 from music_recs_airflow.report import publish_report
 from music_recs_airflow.s3 import S3Store
 from music_recs_airflow.spark_submit import REPO_ROOT, SparkJobHook, executor_args, run_with_resubmission, spark_master
@@ -50,6 +52,7 @@ EXPECTATIONS = REPO_ROOT / "expectations"
 ROW_SUITE = EXPECTATIONS / "stream_logs_daily.json"
 SUMMARY_SUITE = EXPECTATIONS / "stream_logs_day_summary.json"
 SIMILAR_ITEMS = 20  # most similar items published per item
+DO_NOT_RECOMMEND_FILE = "do_not_recommend.parquet"
 # In-memory size of input files, for sizing: gzip'd JSON lines expand about 8x, the lake's
 # plays Parquet (dictionary-encoded ids) about 4x once decoded into rows.
 GZIP_JSON_EXPANSION = 8
@@ -308,20 +311,97 @@ def training_values(plan: RunPlan, manifest: dict | None) -> tuple[dict, dict, T
     return values, source, search
 
 
+def earlier_publication(store: S3Store, plan: RunPlan) -> dict | None:
+    """The manifest of the newest model published for a day before this run's (the latest
+    publication of the latest such day), or None. Never a later day's: a rerun of day D must
+    not depend on what was published after D."""
+    cfg = plan.settings
+    root = f"{cfg.models_prefix}/dt="
+    best = None
+    for obj in store.list_objects(cfg.models_bucket, root):
+        parts = obj.key[len(root):].split("/")
+        # {day}/run={key}/publish={UTC time}/manifest.json
+        if len(parts) != 4 or parts[3] != MANIFEST or not parts[2].startswith(PUBLICATION):
+            continue
+        candidate = (parts[0], parts[2], obj.key)
+        if parts[0] < plan.day and (best is None or candidate > best):
+            best = candidate
+    if best is None:
+        return None
+    got = store.get_json(cfg.models_bucket, best[2])
+    return got[0] if got and isinstance(got[0], dict) else None
+
+
+def stage_factors(store: S3Store, plan: RunPlan, manifest: dict, dest: str) -> bool:
+    """Copy a publication's ``user_factors`` and ``item_factors`` to ``dest`` (for Spark, which has
+    no S3 connector in local mode); False when one of them is gone."""
+    shutil.rmtree(dest, ignore_errors=True)
+    objects = [o for o in manifest.get("objects", []) if o.get("artifact") in ("user_factors", "item_factors")]
+    for obj in objects:
+        got = store.get_bytes(plan.settings.models_bucket, obj["key"])
+        if got is None:
+            log.warning("published object s3://%s/%s is gone", plan.settings.models_bucket, obj["key"])
+            return False
+        path = Path(dest) / obj["artifact"] / obj["key"].rsplit("/", 1)[-1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(got[0])
+    return {o["artifact"] for o in objects} == {"user_factors", "item_factors"}
+
+
+def warm_start_source(store: S3Store | None, plan: RunPlan, values: dict, search: TuneSpec | None
+                      ) -> dict[str, str | None]:
+    """The training spec's warm-start fields: the newest model published for a day before this
+    run's, staged next to the run, when it can serve (``warm_start=auto``, strategy cg, same
+    granularity, same rank); otherwise why not (``warm_start_note``).
+
+    With a search that may change the rank, the model is staged anyway and the job checks the
+    rank it ends up training."""
+    p = plan.params
+
+    def cold(why: str) -> dict:
+        return {"warm_start_uri": None, "warm_start_from": None, "warm_start_note": why}
+
+    if p.warm_start == "off":
+        return cold("warm_start=off")
+    if p.strategy != "cg":
+        return cold("MLlib's ALS cannot start from given factors (strategy mllib)")
+    manifest = earlier_publication(store, plan) if store is not None else None
+    if manifest is None:
+        return cold(f"no model published for a day before dt={plan.day}")
+    source = f"dt={manifest['day']} ({manifest.get('prefix')})"
+    params, trained = manifest.get("params") or {}, (manifest.get("training") or {}).get("params") or {}
+    if params.get("granularity") != p.granularity:
+        return cold(f"the model of dt={manifest['day']} recommends {params.get('granularity')}s, this run "
+                    f"{p.granularity}s")
+    rank_fixed = search is None or "rank" in search.fixed
+    if rank_fixed and trained.get("rank") != values["rank"]:
+        return cold(f"the model of dt={manifest['day']} has rank {trained.get('rank')}, this run trains rank "
+                    f"{values['rank']}")
+    dest = f"{plan.run_dir}/warm_start"
+    if not stage_factors(store, plan, manifest, dest):
+        return cold(f"the factors of the model of dt={manifest['day']} are gone from S3")
+    return {"warm_start_uri": dest, "warm_start_from": source, "warm_start_note": None}
+
+
 @fail_fast
 def train(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None) -> TrainResult:
     """Train ALS with settings sized to the matrix; failed attempts are classified and resubmitted here,
     so a failure that outlives them is final (no Airflow retry on top).
 
-    Tunes first when the run asks (``training_values``); ``store``: where the published model's
-    manifest is read (None: no published search to reuse)."""
+    Tunes first when the run asks (``training_values``) and starts from an earlier model when it
+    can (``warm_start_source``); ``store``: where published models are read (None: no published
+    search to reuse, no warm start)."""
     p, budget = plan.params, plan.settings.broadcast_budget_mb
     values, source, search = training_values(plan, published_manifest(store, plan) if store and p.tune == "if_stale"
                                              else None)
+    warm = warm_start_source(store, plan, values, search)
+    log.info("warm start: %s", f"from the model of {warm['warm_start_from']}" if warm["warm_start_uri"]
+             else f"none ({warm['warm_start_note']})")
     shape = dataclasses.replace(_shape(plan, matrix), rank=largest_rank(values, search))
     sizing = size_als(shape, plan.cluster, strategy=p.strategy, broadcast_budget_mb=budget)
     log.info("sizing for %s, %s on %s: %s", shape, p.strategy, plan.cluster, sizing.as_dict())
-    result = run_with_resubmission(spark_hook(plan), lambda s: train_spec(plan, shape, s, values, search), sizing,
+    result = run_with_resubmission(spark_hook(plan),
+                                   lambda s: dataclasses.replace(train_spec(plan, shape, s, values, search), **warm), sizing,
                                    plan.local, per_executor_limit_mb(plan.cluster),
                                    max_attempts=plan.settings.train_attempts)
     if search is not None:  # searched now: the job's trials and choice, with this day
@@ -333,20 +413,63 @@ def train(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None) -> 
         record = {"day": reused[0].removeprefix("tuning of dt=") if reused else None, "chosen": values,
                   "source": source, "metric": p.primary_metric, "trials": []}
     result = dataclasses.replace(result, tuning=record)
-    log.info("ALS (%s) rank %d: %d users, %d items in %.1fs (%.2fs/iteration); params from %s", p.strategy,
-             result.params["rank"], result.data["users"], result.data["items"], result.seconds["fit"],
-             result.seconds_per_iteration, source)
+    log.info("ALS (%s) rank %d: %d users, %d items, %d iterations in %.1fs (%.2fs/iteration); params from %s; "
+             "warm start: %s", p.strategy, result.params["rank"], result.data["users"], result.data["items"],
+             result.iterations, result.seconds["fit"], result.seconds_per_iteration, source,
+             (result.warm_start or {}).get("reason"))
     return result
 
 
-def evaluate_spec(plan: RunPlan, published_uri: str | None = None, compare_churn: bool = False) -> EvaluateSpec:
+@fail_fast
+def recommendation_rules(store: S3Store | None, plan: RunPlan) -> dict:
+    """The rules every top-N of the run is built with, read and checked before training, so a
+    malformed do-not-recommend list fails the run at once, in one line, before any Spark work.
+
+    ``max_per_artist``: the run's cap for track recommendations (artist recommendations have one
+    item per artist: no cap). ``do_not_recommend``: the list at ``do_not_recommend_key`` in the
+    models bucket (``music_recs.rules``): its checksum, rows and counts go into the manifest; it
+    is written next to the run as Parquet (``path``) for the evaluation job."""
+    p, cfg = plan.params, plan.settings
+    rules = {"max_per_artist": p.max_per_artist if p.granularity == "track" else 0, "do_not_recommend": None,
+             "path": None}
+    if cfg.do_not_recommend_key:
+        uri = f"s3://{cfg.models_bucket}/{cfg.do_not_recommend_key}"
+        got = store.get_bytes(cfg.models_bucket, cfg.do_not_recommend_key) if store is not None else None
+        if got is None:
+            raise MalformedRulesList(f"do-not-recommend list {uri}: no such object (set do_not_recommend_key to an "
+                                     "existing CSV, or empty for no list)")
+        listed = parse_do_not_recommend(got[0], uri)
+        path = f"{plan.run_dir}/rules/{DO_NOT_RECOMMEND_FILE}"
+        write_do_not_recommend(listed, path)
+        rules.update(do_not_recommend=listed.as_record(uri), path=path)
+    log.info("rules: at most %s tracks per artist; do-not-recommend list: %s", rules["max_per_artist"] or "any",
+             rules["do_not_recommend"] or "none")
+    return rules
+
+
+def write_do_not_recommend(listed, path: str) -> None:
+    """The list as Parquet (``user_id`` null = everyone, ``item_id``), for the evaluation job."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    users = [None] * len(listed.items) + [u for u, _ in listed.pairs]
+    items = list(listed.items) + [i for _, i in listed.pairs]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(pa.table({"user_id": pa.array(users, pa.string()), "item_id": pa.array(items, pa.string())}), path)
+
+
+def evaluate_spec(plan: RunPlan, published_uri: str | None = None, compare_churn: bool = False,
+                  rules: dict | None = None) -> EvaluateSpec:
     """The evaluation of this run's model, with the output suites; ``published_uri``: the staged
-    factors of the published model, scored on the same pairs; ``compare_churn``: see ``churn_reference``."""
+    factors of the published model, scored on the same pairs; ``compare_churn``: see ``churn_reference``;
+    ``rules``: ``recommendation_rules``'s (None: the run's cap, no list)."""
     p = plan.params
+    rules = rules or {"max_per_artist": p.max_per_artist if p.granularity == "track" else 0, "path": None}
     return EvaluateSpec(model_uri=plan.model, matrix_uri=plan.matrix, out_uri=plan.model, k=p.k, top_n=p.top_n,
                         similar_n=SIMILAR_ITEMS, broadcast_budget_mb=plan.settings.broadcast_budget_mb,
                         published_uri=published_uri, output_suite_dir=str(EXPECTATIONS), docs_dir=plan.data_docs,
-                        compare_churn=compare_churn)
+                        compare_churn=compare_churn, max_per_artist=rules["max_per_artist"],
+                        do_not_recommend_path=rules["path"])
 
 
 def churn_reference(plan: RunPlan, manifest: dict | None, trained: TrainResult | None) -> tuple[bool, str]:
@@ -377,39 +500,34 @@ def stage_published_factors(store: S3Store, plan: RunPlan) -> tuple[str | None, 
     if manifest is None or manifest["params"].get("granularity") != plan.params.granularity:
         return None, None
     dest = f"{plan.run_dir}/published"
-    shutil.rmtree(dest, ignore_errors=True)
-    objects = [o for o in manifest.get("objects", []) if o.get("artifact") in ("user_factors", "item_factors")]
-    for obj in objects:
-        got = store.get_bytes(plan.settings.models_bucket, obj["key"])
-        if got is None:
-            log.warning("published object s3://%s/%s is gone; not comparing with it", plan.settings.models_bucket,
-                        obj["key"])
-            return None, None
-        path = Path(dest) / obj["artifact"] / obj["key"].rsplit("/", 1)[-1]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(got[0])
-    if {o["artifact"] for o in objects} != {"user_factors", "item_factors"}:
+    if not stage_factors(store, plan, manifest, dest):
+        log.warning("not comparing with the published model: its factors are incomplete")
         return None, None
     return dest, manifest
 
 
 @fail_fast
 def evaluate(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None,
-             trained: TrainResult | None = None) -> EvaluateResult:
+             trained: TrainResult | None = None, rules: dict | None = None) -> EvaluateResult:
     """Score the model on the held-out days, with Spark settings sized to the matrix (``size_evaluate``);
     with ``store``, the published model is scored on the same pairs too, and with ``trained`` (this
-    run's training result) churn is checked against it when it has the same recipe (``churn_reference``)."""
+    run's training result) churn is checked against it when it has the same recipe (``churn_reference``).
+    ``rules`` (``recommendation_rules``): every top-N, and so every metric, obeys them."""
     p = plan.params
     published_uri, manifest = stage_published_factors(store, plan) if store is not None else (None, None)
     compare, why = churn_reference(plan, manifest, trained)
     churn = f"checked {why}" if compare else f"not checked: {why}"
     log.info("churn %s", churn)
     sizing = size_evaluate(_shape(plan, matrix), plan.cluster, max(p.k, p.top_n), plan.settings.broadcast_budget_mb)
-    result = spark_hook(plan).submit(evaluate_spec(plan, published_uri, compare), conf=sizing.spark_conf(),
+    result = spark_hook(plan).submit(evaluate_spec(plan, published_uri, compare, rules), conf=sizing.spark_conf(),
                                      driver_memory=f"{sizing.driver_memory_mb}m",
                                      **executor_args(sizing, plan.spark_master))
     if result.output_checks is not None:
         result = dataclasses.replace(result, output_checks={**result.output_checks, "churn": churn})
+    if rules and rules.get("do_not_recommend"):  # the list's checksum and rows beside what matched
+        applied = result.rules or {}
+        result = dataclasses.replace(result, rules={
+            **applied, "do_not_recommend": {**rules["do_not_recommend"], **(applied.get("do_not_recommend") or {})}})
     m, b = result.model, result.baseline_popularity
     log.info("evaluation @%d: MAP %.4f (popularity %.4f), precision %.4f (popularity %.4f), %d users",
              p.k, m["map"], b["map"], m["precision"], b["precision"], m["users_evaluated"])
@@ -465,8 +583,8 @@ def output_checks_record(checks: dict | None) -> dict | None:
             "data_docs": f"file://{docs}" if docs and "://" not in docs else docs}
 
 
-TRAINING_FIELDS = ("strategy", "params", "data", "seconds", "seconds_per_iteration", "spark_conf", "submission",
-                   "factor_exchange", "cg_steps", "tuning")
+TRAINING_FIELDS = ("strategy", "params", "data", "iterations", "seconds", "seconds_per_iteration", "spark_conf",
+                   "submission", "factor_exchange", "cg_steps", "tuning", "warm_start", "loss")
 
 
 @fail_fast
@@ -488,6 +606,7 @@ def publish_run(store: S3Store, plan: RunPlan, ingested: IngestResult, validated
                     "change_over_published": evaluated.lift_over_published},
         "evaluation": {"seconds": evaluated.seconds, "submission": evaluated.submission},
         "output_checks": output_checks_record(evaluated.output_checks),
+        "rules": evaluated.rules,
         "quality_gate": gate,
     }
     # A folder of its own: a rerun of the run behind the pointer never writes over the live model.

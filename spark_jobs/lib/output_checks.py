@@ -6,7 +6,8 @@ recommendations. The evaluation job builds three small frames from the run's rec
 factors and training matrix, and runs one GX suite on each (``spark_jobs.lib.gx_suites``):
 
 * ``users``: one row per user of the matrix: ``recommended`` (rows in the top-N), ``missing``
-  (``min(top_n, unplayed items) - recommended``), ``already_played`` (top-N items the user played
+  (``min(top_n, unplayed items) - recommended``; under the artist cap and the do-not-recommend
+  list, the items the rules leave, ``possible_per_user``), ``already_played`` (top-N items the user played
   in training), and ``overlap``: the Jaccard overlap of the user's top-k with the published
   model's top-k on the same candidates (null when there is nothing to compare with);
 * ``factors``: one row per user and item factor: ``norm``, ``finite`` (no NaN/inf) and
@@ -33,12 +34,43 @@ def top(recs: DataFrame, n: int) -> DataFrame:
     return recs.filter(F.col(S.RANK) <= n).select(S.USER_IDX, S.ITEM_IDX)
 
 
+def possible_per_user(train: DataFrame, rules, top_n: int) -> DataFrame:
+    """(user_idx, possible): how many items each user of ``train`` can get in a top-N under
+    ``rules`` (``spark_jobs.lib.ranking.Rules``): its unplayed, unblocked items, at most
+    ``rules.cap`` per artist, at most ``top_n``. Computed apart from the top-N kernel (a
+    closed form over artists), so the users suite checks the kernel rather than echoing it:
+
+    with N_a the allowed items of artist a and r_ua those the user played or may not get,
+    possible = sum_a min(cap, N_a) - sum_{a the user touched} (min(cap, N_a) - min(cap, N_a - r_ua)).
+    An item without an artist is an artist of its own; no cap is min(cap, x) = x."""
+    def eff(x):
+        return F.least(F.lit(rules.cap), x) if rules.cap else x
+
+    universe = train.select(S.ITEM_IDX).distinct()
+    if rules.blocked is not None:
+        universe = universe.join(rules.blocked.select(S.ITEM_IDX), S.ITEM_IDX, "left_anti")
+    if rules.cap and rules.groups is not None:
+        universe = universe.join(rules.groups.select(S.ITEM_IDX, "group"), S.ITEM_IDX, "left")
+        group = F.when(F.col("group") >= 0, F.col("group")).otherwise(-2 - F.col(S.ITEM_IDX).cast("long"))
+    else:
+        group = -2 - F.col(S.ITEM_IDX).cast("long")
+    items = universe.select(S.ITEM_IDX, group.alias("g")).cache()
+    sizes = items.groupBy("g").agg(F.count("*").alias("n"))
+    total = sizes.agg(F.sum(eff(F.col("n")))).first()[0] or 0
+    lost = (rules.excluded_pairs(train).join(items, S.ITEM_IDX).groupBy(S.USER_IDX, "g").agg(F.count("*").alias("r"))
+            .join(sizes, "g").groupBy(S.USER_IDX).agg(F.sum(eff(F.col("n")) - eff(F.col("n") - F.col("r"))).alias("lost")))
+    users = train.select(S.USER_IDX).distinct().join(lost, S.USER_IDX, "left").fillna(0, ["lost"])
+    return users.select(S.USER_IDX, F.greatest(F.least(F.lit(top_n), F.lit(total) - F.col("lost")), F.lit(0))
+                        .cast("long").alias("possible"))
+
+
 def users_frame(recs: DataFrame, train: DataFrame, n_items: int, top_n: int, k: int,
-                published: DataFrame | None = None) -> DataFrame:
+                published: DataFrame | None = None, possible: DataFrame | None = None) -> DataFrame:
     """Per user of ``train``: recommended, missing, already_played, overlap (see the module doc).
 
     recs, published: ``user_idx, item_idx, rank`` rows (published: the published model's
-    recommendations for these users on this matrix's items; None: nothing to compare with)."""
+    recommendations for these users on this matrix's items; None: nothing to compare with).
+    possible: ``possible_per_user`` under the run's rules (None: no rules)."""
     pairs = train.select(S.USER_IDX, S.ITEM_IDX)
     played = pairs.groupBy(S.USER_IDX).agg(F.count("*").alias("played"))
     top_n_recs = top(recs, top_n)
@@ -47,8 +79,11 @@ def users_frame(recs: DataFrame, train: DataFrame, n_items: int, top_n: int, k: 
         F.count("*").alias("already_played"))
     users = (played.join(got, S.USER_IDX, "left").join(again, S.USER_IDX, "left")
              .fillna(0, ["recommended", "already_played"]))
-    possible = F.greatest(F.least(F.lit(top_n), F.lit(n_items) - F.col("played")), F.lit(0))
-    users = users.withColumn("missing", possible - F.col("recommended"))
+    if possible is None:
+        users = users.withColumn("possible", F.greatest(F.least(F.lit(top_n), F.lit(n_items) - F.col("played")), F.lit(0)))
+    else:
+        users = users.join(possible, S.USER_IDX, "left")
+    users = users.withColumn("missing", F.col("possible") - F.col("recommended"))
     if published is None:
         return users.withColumn("overlap", F.lit(None).cast("double"))
     mine = top(recs, k).groupBy(S.USER_IDX).agg(F.collect_set(S.ITEM_IDX).alias("mine"))

@@ -6,6 +6,7 @@ against). Shared by evaluation (the held-out days) and tuning (the validation da
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,54 @@ from spark_jobs.lib.top_n import top_n_excluding
 # Look this many places further down a ranking for a user's unplayed items (popularity, and
 # MLlib's candidates when the item factors are too large to broadcast).
 MAX_EXCLUDED = 1000
+
+
+@dataclass
+class Rules:
+    """What every top-N obeys, on the matrix's ids (``EvaluateSpec.max_per_artist`` and the
+    do-not-recommend list).
+
+    cap: at most this many items of one group (artist) per list, filled from further down; 0 = no cap.
+    groups: (item_idx, group) rows: the item's artist as a number; an item without one has a
+    group of its own (a negative number), so it is never capped.
+    blocked: (item_idx) rows never recommended to anyone; user_blocked: (user_idx, item_idx) pairs.
+    """
+
+    cap: int = 0
+    groups: DataFrame | None = None
+    blocked: DataFrame | None = None
+    user_blocked: DataFrame | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.cap) or self.blocked is not None or self.user_blocked is not None
+
+    def excluded_pairs(self, train: DataFrame) -> DataFrame:
+        """(user_idx, item_idx) a user must not get: what they played, and their blocked pairs."""
+        played = train.select(S.USER_IDX, S.ITEM_IDX)
+        return played if self.user_blocked is None else played.unionByName(
+            self.user_blocked.select(S.USER_IDX, S.ITEM_IDX)).distinct()
+
+    def target_arrays(self, ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(blocked mask, group per target; -1 = no group) for targets ``ids`` (sorted), for ``top_n``."""
+        blocked = groups = None
+        if self.blocked is not None:
+            listed = self.blocked.select(S.ITEM_IDX).toArrow().column(S.ITEM_IDX).to_numpy()
+            blocked = np.isin(ids, listed)
+        if self.cap and self.groups is not None:
+            table = self.groups.select(S.ITEM_IDX, "group").toArrow()
+            item, group = (table.column(c).to_numpy(zero_copy_only=False) for c in (S.ITEM_IDX, "group"))
+            groups = np.full(len(ids), -1, np.int64)
+            if len(item):
+                order = np.argsort(item)
+                item, group = item[order], group[order]
+                pos = np.minimum(np.searchsorted(item, ids), len(item) - 1)
+                known = (item[pos] == ids) & (group[pos] >= 0)
+                groups[known] = group[pos][known]
+        return blocked, groups
+
+
+NO_RULES = Rules()
 
 
 def per_user_metrics(recs: DataFrame, holdout: DataFrame, k: int) -> DataFrame:
@@ -62,10 +111,18 @@ def ranking_metrics(recs: DataFrame, holdout: DataFrame, k: int) -> dict:
     return mean_metrics(per_user_metrics(recs, holdout, k))
 
 
-def rank_excluding(candidates: DataFrame, train: DataFrame, n: int) -> DataFrame:
-    """Top-n per user of (user_idx, item_idx, score), played training items removed."""
-    kept = candidates.join(train.select(S.USER_IDX, S.ITEM_IDX), [S.USER_IDX, S.ITEM_IDX], "left_anti")
-    w = Window.partitionBy(S.USER_IDX).orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX))
+def rank_excluding(candidates: DataFrame, train: DataFrame, n: int, rules: Rules = NO_RULES) -> DataFrame:
+    """Top-n per user of (user_idx, item_idx, score), played training items removed and ``rules`` obeyed."""
+    kept = candidates.join(rules.excluded_pairs(train), [S.USER_IDX, S.ITEM_IDX], "left_anti")
+    if rules.blocked is not None:
+        kept = kept.join(F.broadcast(rules.blocked.select(S.ITEM_IDX)), S.ITEM_IDX, "left_anti")
+    order = (F.col(S.SCORE).desc(), F.col(S.ITEM_IDX))
+    if rules.cap and rules.groups is not None:
+        kept = kept.join(rules.groups.select(S.ITEM_IDX, "group"), S.ITEM_IDX)
+        in_group = Window.partitionBy(S.USER_IDX, "group").orderBy(*order)
+        kept = kept.withColumn("in_group", F.row_number().over(in_group)).filter(F.col("in_group") <= rules.cap)
+        kept = kept.drop("in_group", "group")
+    w = Window.partitionBy(S.USER_IDX).orderBy(*order)
     return kept.withColumn(S.RANK, F.row_number().over(w)).filter(F.col(S.RANK) <= n)
 
 
@@ -85,20 +142,24 @@ def _factor_matrix(factors: DataFrame, rank: int) -> tuple[np.ndarray, np.ndarra
 
 
 def top_n_dot(spark: SparkSession, queries: DataFrame, targets: DataFrame, rank: int, n: int,
-              query_col: str, target_col: str, score_col: str) -> DataFrame:
+              query_col: str, target_col: str, score_col: str, rules: Rules = NO_RULES) -> DataFrame:
     """Each query's n best targets by dot product, its ``excluded`` target ids left out.
 
     ``queries``: (query_col, features, excluded array<int>); ``targets``: (id, features), small
     enough to broadcast (the caller checks the budget). Scoring runs in the Python workers,
     one batch of queries at a time (``spark_jobs.lib.top_n``), so only n rows per query are made.
+    ``rules``: blocked targets and the cap per group (its per-user pairs are the caller's to
+    put into ``excluded``).
     """
     ids, matrix = _factor_matrix(targets, rank)
-    shared = spark.sparkContext.broadcast((ids, matrix))
+    blocked, groups = rules.target_arrays(ids)
+    shared = spark.sparkContext.broadcast((ids, matrix, blocked, groups))
+    cap = rules.cap if groups is not None else 0
     out = pa.schema([(query_col, pa.int32()), (target_col, pa.int32()), (score_col, pa.float32()),
                      (S.RANK, pa.int32())])
 
     def score(batches):
-        target_ids, target_matrix = shared.value
+        target_ids, target_matrix, blocked, groups = shared.value
         for batch in batches:
             features = batch.column(S.FEATURES).flatten().to_numpy(zero_copy_only=False)
             vectors = features.astype(np.float32).reshape(batch.num_rows, rank)
@@ -110,7 +171,8 @@ def top_n_dot(spark: SparkSession, queries: DataFrame, targets: DataFrame, rank:
             positions = np.where(target_ids[positions] == wanted, positions, -1)
             excluded = [e[e >= 0] for e in np.split(positions, offsets[1:-1] - offsets[0])] if batch.num_rows else []
             query_ids = batch.column(query_col).to_numpy(zero_copy_only=False)
-            for rows, cols, scores, ranks in top_n_excluding(vectors, excluded, target_matrix, n):
+            for rows, cols, scores, ranks in top_n_excluding(vectors, excluded, target_matrix, n, blocked=blocked,
+                                                             groups=groups, cap=cap):
                 yield pa.RecordBatch.from_arrays(
                     [pa.array(query_ids[rows].astype(np.int32)), pa.array(target_ids[cols]),
                      pa.array(scores), pa.array(ranks.astype(np.int32))], schema=out)
@@ -119,42 +181,56 @@ def top_n_dot(spark: SparkSession, queries: DataFrame, targets: DataFrame, rank:
     return queries.select(query_col, S.FEATURES, "excluded").mapInArrow(score, ddl)
 
 
-def recommend(spark: SparkSession, model: ALSModel, train: DataFrame, n: int) -> DataFrame:
+def recommend(spark: SparkSession, model: ALSModel, train: DataFrame, n: int, rules: Rules = NO_RULES) -> DataFrame:
     """Top-n unplayed items per user: (user_idx, item_idx, score, rank), item factors broadcast."""
-    played = train.groupBy(S.USER_IDX).agg(F.collect_list(S.ITEM_IDX).alias("excluded"))
+    played = rules.excluded_pairs(train).groupBy(S.USER_IDX).agg(F.collect_list(S.ITEM_IDX).alias("excluded"))
     users = model.userFactors.withColumnRenamed("id", S.USER_IDX).join(played, S.USER_IDX)
-    return top_n_dot(spark, users, model.itemFactors, model.rank, n, S.USER_IDX, S.ITEM_IDX, S.SCORE)
+    return top_n_dot(spark, users, model.itemFactors, model.rank, n, S.USER_IDX, S.ITEM_IDX, S.SCORE, rules)
 
 
 def model_recommendations(spark: SparkSession, model: ALSModel, train: DataFrame, n: int,
-                          broadcast_items: bool) -> DataFrame:
+                          broadcast_items: bool, rules: Rules = NO_RULES) -> DataFrame:
     """Top-n unplayed items per user: (user_idx, item_idx, score, rank).
 
     ``broadcast_items``: the item factors fit the broadcast budget, so each Python worker scores
     its users against all of them and keeps n rows per user (``recommend``). Otherwise MLlib's
     blocked ``recommendForAllUsers`` makes candidates with room for played items to drop out
-    (up to ``MAX_EXCLUDED`` more per user)."""
+    (up to ``MAX_EXCLUDED`` more per user). ``rules`` are obeyed either way; on the MLlib path
+    they are applied to those candidates (blocked items, and room for the cap: n more), so a
+    user may get fewer than n where the exact path would have gone deeper."""
     if broadcast_items:
-        return recommend(spark, model, train, n)
-    max_played = train.groupBy(S.USER_IDX).count().agg(F.max("count")).first()[0] or 0
+        return recommend(spark, model, train, n, rules)
+    max_played = rules.excluded_pairs(train).groupBy(S.USER_IDX).count().agg(F.max("count")).first()[0] or 0
     n_items = model.itemFactors.count()
-    return rank_excluding(model_candidates(model, min(n_items, n + min(max_played, MAX_EXCLUDED))), train, n)
+    extra = (rules.blocked.count() if rules.blocked is not None else 0) + (n if rules.cap else 0)
+    depth = min(n_items, n + min(max_played + extra, MAX_EXCLUDED))
+    return rank_excluding(model_candidates(model, depth), train, n, rules)
 
 
-def popularity_top_k(train: DataFrame, users: DataFrame, k: int, depth: int) -> DataFrame:
+def popularity_top_k(train: DataFrame, users: DataFrame, k: int, depth: int, rules: Rules = NO_RULES) -> DataFrame:
     """Every user's k most popular unplayed items (by distinct listeners; ties: smaller item_idx).
 
     Looks at most ``depth`` items down the popularity list. Each user gets only the k + (number of
     those items it played) first places of the list, never a cross join of users with the whole
     list: the baseline's cost grows with users x k, not users x depth.
+
+    ``rules``: blocked items leave the list, a user's blocked pairs count as played, and the cap
+    keeps each artist's ``cap`` most popular items in the list (so no user's list breaks it).
     """
     w = Window.orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX))
+    counts = train.groupBy(S.ITEM_IDX).agg(F.countDistinct(S.USER_IDX).cast("double").alias(S.SCORE))
+    if rules.blocked is not None:
+        counts = counts.join(F.broadcast(rules.blocked.select(S.ITEM_IDX)), S.ITEM_IDX, "left_anti")
+    if rules.cap and rules.groups is not None:
+        in_group = Window.partitionBy("group").orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX))
+        counts = (counts.join(rules.groups.select(S.ITEM_IDX, "group"), S.ITEM_IDX)
+                  .withColumn("in_group", F.row_number().over(in_group)).filter(F.col("in_group") <= rules.cap)
+                  .drop("in_group", "group"))
     popular = (
-        train.groupBy(S.ITEM_IDX).agg(F.countDistinct(S.USER_IDX).cast("double").alias(S.SCORE))
-        .orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX)).limit(depth)
+        counts.orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX)).limit(depth)
         .withColumn("pop_rank", F.row_number().over(w))
     )
-    played = (train.select(S.USER_IDX, S.ITEM_IDX).join(F.broadcast(popular), S.ITEM_IDX)
+    played = (rules.excluded_pairs(train).join(F.broadcast(popular), S.ITEM_IDX)
               .groupBy(S.USER_IDX).agg(F.collect_set("pop_rank").alias("played_ranks")))
     ranks = F.coalesce(F.col("played_ranks"), F.array().cast("array<int>"))
     places = F.sequence(F.lit(1), F.least(F.lit(depth), F.lit(k) + F.size(ranks)))

@@ -31,3 +31,16 @@ def converged(losses: Sequence[float], tol: float, min_iter: int = MIN_ITER) -> 
     if not (math.isfinite(previous) and math.isfinite(current)):
         return False
     return relative_decrease(previous, current) < tol
+
+
+def warm_start_line(warm: dict, iterations: int | None = None) -> str:
+    """One line for a person: how a model's training started (``TrainResult.warm_start``)."""
+    if not warm.get("used"):
+        return f"cold start: {warm.get('reason')}"
+    ran = warm.get("iterations", iterations)
+    stop = ", stopped early: the objective fell by less than " f"{warm.get('tol', DEFAULT_TOL):.1%}" if warm.get(
+        "stopped_early") else ""
+    users, items = warm.get("users") or {}, warm.get("items") or {}
+    return (f"warm start from the model of {warm.get('from')}: {ran} iterations{stop}; "
+            f"{users.get('from_model', 0)} users and {items.get('from_model', 0)} items from it, "
+            f"{users.get('new', 0)} users and {items.get('new', 0)} items new")

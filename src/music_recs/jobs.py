@@ -260,6 +260,12 @@ class EvaluateSpec(JobSpec):
     seed: of the resampling (42). published_uri: None (default), or a folder holding the
     published model's ``user_factors/`` and ``item_factors/`` (with their string ids): it is
     then scored on the same held-out pairs and compared user by user.
+    output_suite_dir: the output suites' folder (None: not run); docs_dir: their Data Docs;
+    compare_churn: check churn against the published model (see the task's ``churn_reference``).
+    max_per_artist: at most this many items of one artist in a user's top-N, filled from further
+    down (0, default: no cap); do_not_recommend_path: None, or a Parquet file (``user_id`` null =
+    everyone, ``item_id``) of items never recommended. Every top-N obeys both, the model's, the
+    popularity baseline's and the published model's, so the metrics score what is published.
     """
 
     JOB: ClassVar[str] = "evaluate"
@@ -276,6 +282,8 @@ class EvaluateSpec(JobSpec):
     output_suite_dir: str | None = None
     docs_dir: str | None = None
     compare_churn: bool = False
+    max_per_artist: int = 0
+    do_not_recommend_path: str | None = None
 
 
 # --- results ------------------------------------------------------------------------------
@@ -375,6 +383,9 @@ class EvaluateResult(_Contract):
     # The output suites: success, checks (one dict per expectation), failed (one line each),
     # summary (coverage, popular share, churn), data_docs; None when not run.
     output_checks: dict | None = None
+    # The rules the top-N obeyed: max_per_artist, do_not_recommend (what matched this matrix),
+    # users_short (users with fewer than top_n items because the rules left too few candidates).
+    rules: dict | None = None
     submission: dict | None = None
 
 

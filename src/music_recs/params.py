@@ -80,6 +80,13 @@ class RunParams:
                                     type="integer", minimum=0, maximum=365)
     validation_days: int = _param(1, "Last training days the search scores candidates on (never the holdout).",
                                   type="integer", minimum=1, maximum=30)
+    warm_start: str = _param("auto", "Start training from the factors of the newest model published for a day before "
+                             "this run's, when it has the same rank and granularity (strategy 'cg'; new users and "
+                             "items start random), and stop once the objective stops falling; 'off' = always start "
+                             "from random factors and run max_iter iterations.", type="string", enum=["auto", "off"])
+    max_per_artist: int = _param(2, "At most this many tracks of one artist in a user's top-N (track recommendations; "
+                                 "the list is filled from further down the ranking); 0 = no cap.",
+                                 type="integer", minimum=0, maximum=100)
     override_quality_gate: bool = _param(False, "Publish even if the quality gate fails (recorded in the manifest).",
                                          type="boolean")
     allow_pointer_rewind: bool = _param(False, "Let this run move the 'latest' pointer back to an older day (backfills).",

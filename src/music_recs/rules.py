@@ -134,3 +134,23 @@ def _show(value: str) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def rules_line(rules: dict | None, top_n=None) -> str:
+    """One line for a person: the rules a model's top-N lists obeyed (``EvaluateResult.rules``)."""
+    if not rules:
+        return "rules: not recorded (a model from before the rules)"
+    cap = rules.get("max_per_artist") or 0
+    parts = [f"at most {cap} tracks per artist" if cap else "no artist cap"]
+    listed = rules.get("do_not_recommend")
+    if listed:
+        here = (f"; {listed['items_in_matrix']} items and {listed['pairs_in_matrix']} pairs among this model's"
+                if "items_in_matrix" in listed else "")
+        parts.append(f"do-not-recommend list {listed.get('uri')} (sha256 {str(listed.get('sha256'))[:12]}, "
+                     f"{listed.get('rows')} rows: {listed.get('items_for_everyone')} items for everyone, "
+                     f"{listed.get('user_item_pairs')} user/item pairs{here})")
+    else:
+        parts.append("no do-not-recommend list")
+    if rules.get("users_short"):
+        parts.append(f"{rules['users_short']} users got fewer than {top_n or 'top_n'} items (the rules left too few)")
+    return "rules: " + "; ".join(parts)

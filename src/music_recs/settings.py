@@ -52,6 +52,8 @@ class DeploymentSettings:
     broadcast_budget_mb: factors up to this size are broadcast (CG training, scoring); 256.
     train_attempts: spark-submits of one training, resubmitted with adjusted settings (3).
     spark_event_log_dir: Spark event logs for the History Server; empty = off.
+    do_not_recommend_key: key, in the models bucket, of the do-not-recommend list (CSV with
+    ``item_id`` and optionally ``user_id``, see ``music_recs.rules``); empty (default) = no list.
     """
 
     raw_bucket: str = "music-raw"
@@ -67,6 +69,7 @@ class DeploymentSettings:
     broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB
     train_attempts: int = 3
     spark_event_log_dir: str = ""
+    do_not_recommend_key: str = ""
 
     def __post_init__(self):
         for f in dataclasses.fields(self):  # values from the environment arrive as text
