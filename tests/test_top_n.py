@@ -85,7 +85,7 @@ def run(queries, excluded, targets, n, **kwargs):
 @st.composite
 def capped_cases(draw):
     """Small integer factors (exact float32 scores from a handful of values: many ties). Half the
-    cases are crowded: one group holds most targets and there are more than 4n of them, so rows
+    cases are crowded: one group holds most targets and there are more than 4n targets, so rows
     come up short in the kernel's first selection and the walk goes on past it."""
     n, crowded = draw(st.integers(1, 8)), draw(st.booleans())
     q, k = draw(st.integers(1, 7)), draw(st.integers(1, 2))
@@ -131,7 +131,7 @@ def test_a_cap_of_two_fills_the_list_from_further_down_when_one_artist_has_the_5
 
 def test_the_walk_goes_past_the_first_selection_when_one_artist_has_the_100_best():
     queries, excluded, targets = one_query(list(range(200, 0, -1)))  # target j scores 200 - j
-    groups = np.array([7, -1] + [7] * 98 + [8] * 50 + [9] * 50)  # the 4n = 16 best: group 7 but one
+    groups = np.array([7, -1] + [7] * 98 + [8] * 50 + [9] * 50)  # the 2n = 8 best: group 7 but one
     (_, cols, _, ranks), = top_n_excluding(queries, excluded, targets, 4, groups=groups, cap=1)
     assert cols.tolist() == [0, 1, 100, 150] and ranks.tolist() == [1, 2, 3, 4]
 

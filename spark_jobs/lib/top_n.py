@@ -151,15 +151,52 @@ def _select(row, m, vals, idx, out_idx, out_vals):
             idx[size] = j
             size += 1
             if size == m:
-                for p in range(m // 2 - 1, -1, -1):
-                    _sift_down(vals, idx, m, p)
+                _heapify(vals, idx, m)
         elif v > vals[0]:
             vals[0] = v
             idx[0] = j
             _sift_down(vals, idx, m, 0)
+    return _drain(vals, idx, size, m, out_idx, out_vals)
+
+
+@njit(cache=_CACHE, nogil=True)
+def _select_after(row, m, after_v, after_j, groups, counts, cap, vals, idx, out_idx, out_vals):
+    """As ``_select``, over the entries ranked after (``after_v``, ``after_j``) whose group is not
+    full (an entry of a full group is skipped wherever it ranks)."""
+    size = 0
+    for j in range(row.shape[0]):
+        v = row[j]
+        if v == -np.inf or (size == m and not v > vals[0]):
+            continue  # the common case: cannot enter
+        if v > after_v or (v == after_v and j <= after_j):
+            continue  # walked by an earlier pass
+        g = groups[j]
+        if g >= 0 and counts[g] >= cap:
+            continue
+        if size < m:
+            vals[size] = v
+            idx[size] = j
+            size += 1
+            if size == m:
+                _heapify(vals, idx, m)
+        else:
+            vals[0] = v
+            idx[0] = j
+            _sift_down(vals, idx, m, 0)
+    return _drain(vals, idx, size, m, out_idx, out_vals)
+
+
+@njit(cache=_CACHE, nogil=True)
+def _heapify(vals, idx, size):
+    for p in range(size // 2 - 1, -1, -1):
+        _sift_down(vals, idx, size, p)
+
+
+@njit(cache=_CACHE, nogil=True)
+def _drain(vals, idx, size, m, out_idx, out_vals):
+    """Empty a heap of ``size`` entries, m when full, into ``out_*`` best first; returns ``size``."""
     if size < m:
-        for p in range(size // 2 - 1, -1, -1):
-            _sift_down(vals, idx, size, p)
+        _heapify(vals, idx, size)  # a partly filled heap was never heapified (a full one was)
     found = size
     # Pop the worst into the last free place: best first.
     for place in range(size - 1, -1, -1):
@@ -186,16 +223,21 @@ def _top_n_rows(scores, top, top_scores):
 def _top_n_capped_rows(scores, groups, n_groups, cap, top, top_scores):
     """As ``_top_n_rows``, at most ``cap`` entries of one group (``groups[j]`` >= 0) per row.
 
-    Per row: select the m = min(t, 4n) best (the first m of the full ranking) and walk them,
-    skipping an entry whose group is full. When the walk ends short of n and the row has more
-    finite entries than m, select the 4m best and continue the walk where it stopped: the first
-    m of those are the ones already walked, so the result is the greedy walk over the full
-    ranking. Group counters are reset for the groups the row touched only (at most n)."""
+    Per row, passes over the row: each selects the next m candidates of the ranking (after the
+    last one walked, skipping groups already full) and walks them in order, skipping an entry
+    whose group has filled meanwhile. Exact: an entry of a full group is skipped by the greedy
+    walk wherever it ranks, so the passes walk the full ranking's order, minus entries the walk
+    would skip; it stops at n kept, or when a pass finds fewer than m (the row is used up).
+    Cost: a pass is one scan of the row plus heap work growing with m. The first takes m = 2n,
+    which fills the list unless a few groups crowd the row's top; a later one takes 4x, 8x, ...
+    the places still missing. Each pass keeps at least its first candidate (its group was not
+    full), so there are at most n passes, and at most ~log2(t) as m doubles per missing place.
+    Group counters are reset for the groups the row touched only (at most n of them)."""
     n = top.shape[1]
     t = scores.shape[1]
     counts = np.zeros(max(n_groups, 1), dtype=np.int64)
     touched = np.empty(n, dtype=np.int64)
-    first_m = min(t, 4 * n)
+    first_m = min(t, 2 * n)
     room = first_m
     vals = np.empty(room, dtype=np.float32)
     idx = np.empty(room, dtype=np.int64)
@@ -204,12 +246,19 @@ def _top_n_capped_rows(scores, groups, n_groups, cap, top, top_scores):
     for r in range(scores.shape[0]):
         row = scores[r]
         m = first_m
-        walked = 0
+        after_v, after_j = np.float32(np.inf), -1  # nothing walked yet
+        per_missing = 4
         kept = 0
         n_touched = 0
         while True:
-            found = _select(row, m, vals, idx, ranked, ranked_vals)
-            for k in range(walked, found):
+            if m > room:
+                room = m
+                vals = np.empty(room, dtype=np.float32)
+                idx = np.empty(room, dtype=np.int64)
+                ranked = np.empty(room, dtype=np.int64)
+                ranked_vals = np.empty(room, dtype=np.float32)
+            found = _select_after(row, m, after_v, after_j, groups, counts, cap, vals, idx, ranked, ranked_vals)
+            for k in range(found):
                 j = ranked[k]
                 g = groups[j]
                 if g >= 0:
@@ -224,15 +273,10 @@ def _top_n_capped_rows(scores, groups, n_groups, cap, top, top_scores):
                 kept += 1
                 if kept == n:
                     break
-            if kept == n or found < m or m == t:
-                break  # full, or every finite entry of the row was walked
-            walked = m
-            m = min(t, 4 * m)
-            if m > room:
-                room = m
-                vals = np.empty(room, dtype=np.float32)
-                idx = np.empty(room, dtype=np.int64)
-                ranked = np.empty(room, dtype=np.int64)
-                ranked_vals = np.empty(room, dtype=np.float32)
+            if kept == n or found < m:
+                break  # full, or every candidate of the row was walked
+            after_v, after_j = ranked_vals[found - 1], ranked[found - 1]
+            m = min(t, per_missing * (n - kept))
+            per_missing *= 2
         for k in range(n_touched):
             counts[touched[k]] = 0
