@@ -31,6 +31,15 @@ SUBMIT_TEST_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dspark.ui.enabled=
 _OWN_SUBMIT_OPTS = os.environ.get("SPARK_SUBMIT_OPTS", "")
 os.environ["SPARK_SUBMIT_OPTS"] = f"{_OWN_SUBMIT_OPTS} {SUBMIT_TEST_OPTS}".strip()
 
+# Property-based tests: in CI (CI set, as .ci/run does) every run draws the same examples
+# (derandomize: the seed is derived from each test), so a red CI can be rerun and bisected; on a
+# developer's machine they draw new ones each run. Each test bounds its own max_examples.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+_hypothesis_settings.register_profile("dev", deadline=None)
+_hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
 # py4j logs "closing down" from finalizers after pytest closed its streams.
 import logging  # noqa: E402
 
