@@ -101,7 +101,7 @@ def music_recs_daily():
     def build_confidence(plan: dict) -> dict:
         return tasks.build_confidence(_plan(plan)).to_dict()
 
-    @task(retries=0, execution_timeout=dt.timedelta(minutes=10))
+    @task(execution_timeout=dt.timedelta(minutes=10))  # a malformed list fails at once (fail_fast)
     def recommendation_rules(plan: dict) -> dict:
         plan = _plan(plan)
         return tasks.recommendation_rules(_store(plan), plan)

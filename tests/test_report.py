@@ -77,17 +77,26 @@ def run_inputs(day: str, rows_read: int, model_map: float, attempts: list[dict])
                                                  "item_blocks": 2, "checkpoint_interval": 5},
                           data={"users": 311, "items": 977, "nnz": 4242}, iterations=5, seconds={"fit": 12.75},
                           seconds_per_iteration=2.55, spark_conf={}, spark_version="4.1.1",
-                          submission={"settings": {}, "attempts": attempts, "sizing": attempts[-1]["settings"]})
+                          submission={"settings": {}, "attempts": attempts, "sizing": attempts[-1]["settings"]},
+                          warm_start={"used": True, "from": "dt=2026-11-18 (s3://m/x/)", "reason": "same rank (8)",
+                                      "users": {"from_model": 300, "new": 11}, "items": {"from_model": 970, "new": 7},
+                                      "iterations": 2, "stopped_early": True, "tol": 0.005})
     model = {"precision": 0.0912, "recall": 0.1733, "map": model_map, "ndcg": 0.1411, "coverage": 0.31,
              "users_evaluated": 250}
     baseline = {"precision": 0.0311, "recall": 0.0622, "map": 0.0188, "ndcg": 0.0455, "coverage": 0.01,
                 "users_evaluated": 250}
+    rules = {"max_per_artist": 2, "users_short": 3, "do_not_recommend": {
+        "uri": "s3://music-models/rules/dnr.csv", "sha256": "1f3a" + "0" * 60, "rows": 12, "items_for_everyone": 10,
+        "user_item_pairs": 2, "items_in_matrix": 8, "pairs_in_matrix": 1}}
     evaluated = EvaluateResult(k=10, top_n=50, model=model, baseline_popularity=baseline, recommendation_rows=0,
-                               similar_items_per_item=20, seconds={})
+                               similar_items_per_item=20, seconds={}, rules=rules)
     gate = decide("map", model, baseline, None).as_dict()
     return ingested, validated, matrix, trained, evaluated, gate
 
 
+RULES_LINE = ("rules: at most 2 tracks per artist; do-not-recommend list s3://music-models/rules/dnr.csv (sha256 "
+              "1f3a00000000, 12 rows: 10 items for everyone, 2 user/item pairs; 8 of its items and 1 of its pairs in "
+              "this model's catalogue); 3 users got fewer than 50 items (the rules left too few)")
 SETTINGS = {"executor_memory_mb": 1024, "executor_cores": 2, "num_executors": 1, "user_blocks": 2, "item_blocks": 2,
             "checkpoint_interval": 5}
 
@@ -187,6 +196,9 @@ def test_cli_commands_run_as_processes_exit_0_and_show_the_model(store, bucket, 
     assert out.startswith("latest model: day 2026-11-20, run scheduled__2026-11-20T00:00:00+00:00\n")
     assert "MAP@10 0.0733 (popularity 0.0188)" in out and "try: music-recs recommend --user u1" in out
     assert "params: rank=8, max_iter=5, window_days=4 (others default)" in out
+    assert RULES_LINE in out
+    assert ("warm start from the model of dt=2026-11-18 (s3://m/x/): 2 iterations, stopped early: the objective fell "
+            "by less than 0.5%; 300 users and 970 items from it, 11 users and 7 items new") in out
     assert f"report: s3://{bucket}/music_recs/dt=2026-11-20/run={plan.run_key}/publish=" in out
     assert f"report: {plan_published['report']}" in out
 
@@ -195,6 +207,7 @@ def test_cli_commands_run_as_processes_exit_0_and_show_the_model(store, bucket, 
     assert (recommend.returncode, recommend.stderr) == (0, "")
     assert recommend.stdout.splitlines() == [
         "top 2 tracks for u1 (model of 2026-11-20):",
+        f"  {RULES_LINE}",
         "    1. Teardrop by Massive Attack  (t1, score 0.900)",
         "    2. Roads by Portishead  (t2, score 0.500)"]
 
@@ -279,3 +292,5 @@ def test_the_report_reads_in_a_real_browser(store, bucket, publish_day, monkeypa
     assert "failed, overridden" in text and "output check model_output_users.overlap" in text
     assert "Output suites failed: catalogue coverage 0.4123" in text and "0.9731 over 290 users" in text
     assert "FAIL" in text and seen.links == ["file:///lake/runs/data_docs/gx/index.html"]
+    assert "Recommendation rules" in text and RULES_LINE in text and "1f3a" + "0" * 60 in text
+    assert "warm start from the model of dt=2026-11-18" in text

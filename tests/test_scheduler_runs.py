@@ -305,6 +305,16 @@ def _check_published(store, manifest: dict, day: dt.date, strategy: str, lake):
         ("model_output_users", "missing"), ("model_output_factors", "norm_over_median"),
         ("model_output_summary", "catalogue_coverage")}
     assert checks["data_docs"].startswith("file://") and checks["data_docs"].endswith("index.html")
+    # How training started is recorded: MLlib cannot start from factors; the CG run may or may not
+    # find the backfilled day's model (it publishes about when the scheduled day trains), and says which.
+    warm = training["warm_start"]
+    if strategy == "mllib":
+        assert not warm["used"] and "MLlib" in warm["reason"], warm
+    else:
+        assert warm["used"] == (warm.get("from") is not None and "iterations" in warm) and warm["reason"], warm
+        assert training["iterations"] == (warm["iterations"] if warm["used"] else 10)
+    # The rules every list obeyed: 2 tracks per artist by default, no list configured.
+    assert manifest["rules"]["max_per_artist"] == 2 and manifest["rules"]["do_not_recommend"] is None
     submission = training["submission"]
     assert submission["attempts"][0]["outcome"] == "success"
     assert submission["sizing"]["user_blocks"] == training["params"]["user_blocks"]
@@ -404,6 +414,7 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
     assert cli.main(["recommend", "--user", user, "-n", "3"]) == 0
     printed = capsys.readouterr().out
     assert f"for {user}" in printed and "  1. Track " in printed and " by Artist " in printed
+    assert "rules: at most 2 tracks per artist; no do-not-recommend list" in printed
     assert load_recommendations(store, MODELS, manifest, "no-such-user") is None
 
     # The failing UI-triggered run: failed in plan_run, and the alert names run, task, class and log.

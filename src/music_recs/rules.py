@@ -144,8 +144,8 @@ def rules_line(rules: dict | None, top_n=None) -> str:
     parts = [f"at most {cap} tracks per artist" if cap else "no artist cap"]
     listed = rules.get("do_not_recommend")
     if listed:
-        here = (f"; {listed['items_in_matrix']} items and {listed['pairs_in_matrix']} pairs among this model's"
-                if "items_in_matrix" in listed else "")
+        here = (f"; {listed['items_in_matrix']} of its items and {listed['pairs_in_matrix']} of its pairs in this "
+                f"model's catalogue" if "items_in_matrix" in listed else "")
         parts.append(f"do-not-recommend list {listed.get('uri')} (sha256 {str(listed.get('sha256'))[:12]}, "
                      f"{listed.get('rows')} rows: {listed.get('items_for_everyone')} items for everyone, "
                      f"{listed.get('user_item_pairs')} user/item pairs{here})")
