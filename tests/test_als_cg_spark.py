@@ -43,9 +43,15 @@ def test_cg_matches_mllib_on_planted_blocks_and_its_loss_never_increases(spark, 
 
 def test_broadcast_and_join_exchange_give_the_same_factors(spark, tmp_path):
     """The join path, chosen by a broadcast budget too small for any factors, gives the factors the
-    broadcast path gives."""
+    broadcast path gives; both warm-started from the same earlier model (a warm start reaches each
+    block through a join of its own, ``als_cg.known_factors``), which lacks some users and items."""
     m = str(tmp_path / "matrix")
     planted(spark, m, users=50, items=30, groups=3, seed=5)
+    rng = np.random.default_rng(0)
+    earlier = tmp_path / "earlier"
+    for side, sid, prefix, n in (("user", "user_id", "u", 45), ("item", "item_id", "i", 25)):
+        spark.createDataFrame([(i, f"{prefix}{i}", rng.uniform(0, 0.5, 3).tolist()) for i in range(n)],
+                              f"id int, {sid} string, features array<float>").write.parquet(str(earlier / f"{side}_factors"))
     got = {}
     # Rank = the planted groups: with a larger rank the extra factors are barely determined, and
     # the last-bit differences of float32 sums (the kernel's results can differ in the last bit
@@ -54,8 +60,10 @@ def test_broadcast_and_join_exchange_give_the_same_factors(spark, tmp_path):
                            ("join", {"broadcast_budget_mb": 0})):
         out = str(tmp_path / how)
         result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, checkpoint_dir=str(tmp_path / f"ckpt-{how}"),
-                                                strategy="cg", **chosen_by, **{**COMMON, "max_iter": 2, "rank": 3}))
+                                                strategy="cg", warm_start_uri=str(earlier), early_stop_tol=0.0,
+                                                **chosen_by, **{**COMMON, "max_iter": 2, "rank": 3}))
         assert result.factor_exchange == {"user": how, "item": how}
+        assert result.warm_start["users"] == {"from_model": 45, "new": 5} and result.iterations == 2
         got[how] = factors(spark, out, "user"), factors(spark, out, "item")
     for side in (0, 1):
         ids_b, f_b = got["broadcast"][side]
