@@ -13,7 +13,7 @@ of the run's data interval (a scheduled run at 00:00 UTC on D+1 processes D).
 | `ingest` | Spark: landing JSON lines -> typed Parquet in the lake; bad rows quarantined with a reason |
 | `validate` | Spark + Great Expectations suite `expectations/stream_logs_daily.json` |
 | `build_confidence` | Spark: plays -> (user, item, confidence) over the window, last days held out |
-| `recommendation_rules` | reads and checks the do-not-recommend list (if configured) and the artist cap; a malformed list fails the run here, before training |
+| `recommendation_rules` | reads and checks the do-not-recommend list (if configured) and fixes the artist cap for the run; a malformed list fails the run here, before training |
 | `train_als` | Spark: implicit ALS (CG solver by default, MLlib on request), sized to the matrix, resubmitted on failure; first searches its params on the last training day when `tune` asks; starts from the newest model published for an earlier day when `warm_start` allows |
 | `evaluate` | Spark: precision/recall/MAP/NDCG@k vs a popularity baseline; top-N recommendations under the rules, similar items |
 | `quality_gate` | publishes only if the lower end of the model's bootstrap lift over popularity clears the margin and it did not collapse vs the published model |

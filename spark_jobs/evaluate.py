@@ -69,9 +69,11 @@ def load_rules(spark: SparkSession, spec: EvaluateSpec, train: DataFrame, items:
     groups = blocked = user_blocked = None
     if spec.max_per_artist:
         S.require_columns(items.columns, (S.ITEM_IDX, S.ARTIST_ID), "the matrix's items")
+        # An item without an artist is a group of its own (a negative number): never capped.
         number = F.dense_rank().over(Window.orderBy(S.ARTIST_ID)) - 1
+        alone = F.lit(-2) - F.col(S.ITEM_IDX)
         groups = (items.select(S.ITEM_IDX, S.ARTIST_ID)
-                  .select(S.ITEM_IDX, F.when(F.col(S.ARTIST_ID).isNull(), F.lit(-1)).otherwise(number).alias("group"))
+                  .select(S.ITEM_IDX, F.when(F.col(S.ARTIST_ID).isNull(), alone).otherwise(number).alias("group"))
                   .cache())
     if spec.do_not_recommend_path:
         listed = spark.read.parquet(spec.do_not_recommend_path)
@@ -115,19 +117,22 @@ def normalized(factors: DataFrame) -> DataFrame:
     return factors.select("id", F.transform(S.FEATURES, lambda x: x / safe).cast("array<float>").alias(S.FEATURES))
 
 
-def similar_items(spark: SparkSession, item_factors: DataFrame, rank: int, n: int, broadcast: bool = True) -> DataFrame:
+def similar_items(spark: SparkSession, item_factors: DataFrame, rank: int, n: int, broadcast: bool = True,
+                  blocked: DataFrame | None = None) -> DataFrame:
     """Top-n most similar items per item by cosine similarity, computed on the executors.
 
     ``broadcast``: the unit item factors go to every Python worker and each item is scored
     against all of them (``top_n_dot``, itself excluded). Otherwise (too many items to
     broadcast) an ALSModel whose user and item factors are both the unit item factors scores
     them with MLlib's blocked matrix products and per-block top-k (``recommendForAllUsers``).
-    Either way no item x item table of rows is ever materialized.
+    Either way no item x item table of rows is ever materialized. ``blocked`` (item_idx): items
+    of the do-not-recommend list, never given as a similar item (on the MLlib path they are
+    dropped from its n + 1 candidates, so such an item's neighbours may be fewer).
     """
     unit = normalized(item_factors).cache()
     if broadcast:
         queries = unit.select(F.col("id").alias(S.ITEM_IDX), S.FEATURES, F.array(F.col("id")).alias("excluded"))
-        return top_n_dot(spark, queries, unit, rank, n, S.ITEM_IDX, "other_idx", S.SIMILARITY)
+        return top_n_dot(spark, queries, unit, rank, n, S.ITEM_IDX, "other_idx", S.SIMILARITY, Rules(blocked=blocked))
     jmodel = spark._jvm.org.apache.spark.ml.recommendation.ALSModel("similar_items", rank, unit._jdf, unit._jdf)
     jmodel.setUserCol(S.ITEM_IDX)
     jmodel.setItemCol("other_idx")
@@ -135,6 +140,8 @@ def similar_items(spark: SparkSession, item_factors: DataFrame, rank: int, n: in
     pairs = recs.select(S.ITEM_IDX, F.explode("recommendations").alias("r")).select(
         S.ITEM_IDX, F.col("r.other_idx").alias("other_idx"), F.col("r.rating").alias(S.SIMILARITY)
     ).filter(F.col("other_idx") != F.col(S.ITEM_IDX))
+    if blocked is not None:
+        pairs = pairs.join(F.broadcast(blocked.select(F.col(S.ITEM_IDX).alias("other_idx"))), "other_idx", "left_anti")
     w = Window.partitionBy(S.ITEM_IDX).orderBy(F.col(S.SIMILARITY).desc(), F.col("other_idx"))
     return pairs.withColumn(S.RANK, F.row_number().over(w)).filter(F.col(S.RANK) <= n)
 
@@ -225,7 +232,8 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
         names = items.select(S.ITEM_IDX, S.ITEM_ID)
         other = items.select(F.col(S.ITEM_IDX).alias("other_idx"), F.col(S.ITEM_ID).alias(S.SIMILAR_ITEM_ID))
         similar = (
-            similar_items(spark, model.itemFactors, model.rank, min(similar_n, max(n_items - 1, 1)), broadcast_items)
+            similar_items(spark, model.itemFactors, model.rank, min(similar_n, max(n_items - 1, 1)), broadcast_items,
+                          rules.blocked)
             .join(names, S.ITEM_IDX).join(other, "other_idx")
             .select(S.ITEM_ID, S.RANK, S.SIMILAR_ITEM_ID, S.SIMILARITY)
             .repartition(max(1, n_items * similar_n // 2_000_000 + 1), S.ITEM_ID)

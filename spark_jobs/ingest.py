@@ -41,7 +41,7 @@ CLOCK_SKEW_MINUTES = 15
 NEIGHBOUR_DAYS = math.ceil((LATE_TOLERANCE_HOURS * 60 + CLOCK_SKEW_MINUTES) / (24 * 60))
 # A play longer than a day is a broken client counter, not a listen.
 MAX_MS_PLAYED = 24 * 3600 * 1000
-ID_PATTERN = r"^[A-Za-z0-9:._@+-]{1,128}$"
+ID_PATTERN = S.ID_PATTERN
 
 # Quarantine reasons, in the order the rules are applied (first failure wins).
 R_NOT_JSON = "not_json_object"

@@ -280,20 +280,26 @@ def warm_start(spark: SparkSession, spec: TrainSpec, matrix: DataFrame, n_users:
         return None, {"used": False, "from": source, "reason": "MLlib's ALS cannot start from given factors"}
     root = spec.warm_start_uri.rstrip("/")
     init, record = {}, {"used": True, "from": source}
+
+    def cold(reason: str) -> tuple[None, dict]:
+        for frame in init.values():
+            frame.unpersist()
+        return None, {"used": False, "from": source, "reason": reason}
+
     for side, idx, sid, total in (("user", S.USER_IDX, S.USER_ID, n_users), ("item", S.ITEM_IDX, S.ITEM_ID, n_items)):
         old = spark.read.parquet(f"{root}/{side}_factors")
         S.require_columns(old.columns, (sid, S.FEATURES), f"the warm-start model's {side} factors ({root})")
         first = old.select(F.size(S.FEATURES).alias("rank")).first()
-        if first is None or first["rank"] != spec.rank:
-            rank = None if first is None else first["rank"]
-            return None, {"used": False, "from": source,
-                          "reason": f"the earlier model has rank {rank}, this run trains rank {spec.rank}"}
+        if first is None:
+            return cold(f"the earlier model has no {side} factors")
+        if first["rank"] != spec.rank:
+            return cold(f"the earlier model has rank {first['rank']}, this run trains rank {spec.rank}")
         ids = matrix.select(F.col(idx).alias("id"), sid).distinct()
         init[side] = old.select(sid, S.FEATURES).join(ids, sid).select("id", S.FEATURES).cache()
         found = init[side].count()
         record[side + "s"] = {"from_model": found, "new": total - found}
     if not record["users"]["from_model"] and not record["items"]["from_model"]:
-        return None, {"used": False, "from": source, "reason": "the earlier model shares no user or item with this matrix"}
+        return cold("the earlier model shares no user or item with this matrix")
     record["reason"] = (f"same rank ({spec.rank}); {record['users']['from_model']} users and "
                         f"{record['items']['from_model']} items start from it")
     return init, record

@@ -43,8 +43,8 @@ def test_a_run_starts_from_the_newest_model_published_for_an_earlier_day(store, 
     second = publish_model(store, bucket, artifacts, "2026-11-19", "c")  # republished later: the newest
     publish_model(store, bucket, artifacts, DAY, "d")  # the day itself: never (a rerun must not see itself)
     publish_model(store, bucket, artifacts, "2026-11-21", "e")  # a later day: never
-    chosen = tasks.earlier_publication(store, plan)
-    assert chosen["prefix"] == f"s3://{bucket}/{second}" and first < second
+    chosen, passed_over = tasks.earlier_publication(store, plan)
+    assert chosen["prefix"] == f"s3://{bucket}/{second}" and first < second and passed_over == ""
     warm = tasks.warm_start_source(store, plan, values, None)
     assert warm["warm_start_from"] == f"dt=2026-11-19 (s3://{bucket}/{second})" and warm["warm_start_note"] is None
     staged = sorted(p.parent.name for p in (tmp_path / "lake").rglob("*.parquet") if "warm_start" in str(p))
@@ -60,6 +60,10 @@ def test_a_run_starts_from_the_newest_model_published_for_an_earlier_day(store, 
     artist = plan_for(tmp_path, bucket, granularity="artist")
     assert tasks.warm_start_source(store, artist, values, None)["warm_start_note"] == (
         "the model of dt=2026-11-19 recommends tracks, this run artists")
+    # A newer model that cannot serve (another rank) is passed over for the newest one that can.
+    publish_model(store, bucket, artifacts, "2026-11-19", "f", rank=16)
+    assert tasks.warm_start_source(store, plan, values, None)["warm_start_from"] == (
+        f"dt=2026-11-19 (s3://{bucket}/{second})")
 
 
 def test_a_well_formed_list_is_recorded_with_its_checksum_and_staged_for_spark(store, bucket, tmp_path):

@@ -311,25 +311,38 @@ def training_values(plan: RunPlan, manifest: dict | None) -> tuple[dict, dict, T
     return values, source, search
 
 
-def earlier_publication(store: S3Store, plan: RunPlan) -> dict | None:
-    """The manifest of the newest model published for a day before this run's (the latest
-    publication of the latest such day), or None. Never a later day's: a rerun of day D must
-    not depend on what was published after D."""
+def earlier_publications(store: S3Store, plan: RunPlan) -> list[str]:
+    """Manifest keys of the models published for a day before this run's, newest first (by day,
+    then by publication time). Never the run's own day or a later one: a rerun of day D must not
+    start from what was published for D or after it."""
     cfg = plan.settings
     root = f"{cfg.models_prefix}/dt="
-    best = None
+    found = []
     for obj in store.list_objects(cfg.models_bucket, root):
         parts = obj.key[len(root):].split("/")
         # {day}/run={key}/publish={UTC time}/manifest.json
-        if len(parts) != 4 or parts[3] != MANIFEST or not parts[2].startswith(PUBLICATION):
+        if len(parts) == 4 and parts[3] == MANIFEST and parts[2].startswith(PUBLICATION) and parts[0] < plan.day:
+            found.append((parts[0], parts[2], obj.key))
+    return [key for *_, key in sorted(found, reverse=True)]
+
+
+def earlier_publication(store: S3Store, plan: RunPlan, unusable=lambda manifest: None) -> tuple[dict | None, str]:
+    """The manifest of the newest model published for a day before this run's that ``unusable``
+    (manifest -> a reason, or None) accepts, and why a newer one was passed over (or why none)."""
+    why = f"no model published for a day before dt={plan.day}"
+    for number, key in enumerate(earlier_publications(store, plan)):
+        try:
+            got = store.get_json(plan.settings.models_bucket, key)
+        except ValueError as exc:  # not JSON: skip it, say so
+            log.warning("skipping s3://%s/%s: not a readable manifest (%s)", plan.settings.models_bucket, key, exc)
             continue
-        candidate = (parts[0], parts[2], obj.key)
-        if parts[0] < plan.day and (best is None or candidate > best):
-            best = candidate
-    if best is None:
-        return None
-    got = store.get_json(cfg.models_bucket, best[2])
-    return got[0] if got and isinstance(got[0], dict) else None
+        manifest = got[0] if got and isinstance(got[0], dict) else None
+        reason = "not a readable manifest" if manifest is None else unusable(manifest)
+        if reason is None:
+            return manifest, why if number else ""
+        if number == 0:
+            why = reason
+    return None, why
 
 
 def stage_factors(store: S3Store, plan: RunPlan, manifest: dict, dest: str) -> bool:
@@ -351,36 +364,40 @@ def stage_factors(store: S3Store, plan: RunPlan, manifest: dict, dest: str) -> b
 def warm_start_source(store: S3Store | None, plan: RunPlan, values: dict, search: TuneSpec | None
                       ) -> dict[str, str | None]:
     """The training spec's warm-start fields: the newest model published for a day before this
-    run's, staged next to the run, when it can serve (``warm_start=auto``, strategy cg, same
-    granularity, same rank); otherwise why not (``warm_start_note``).
-
-    With a search that may change the rank, the model is staged anyway and the job checks the
-    rank it ends up training."""
+    run's that can serve (same granularity; same rank unless a search may change it, in which case
+    the job checks the rank it ends up training), staged next to the run; otherwise why not
+    (``warm_start_note``), e.g. ``warm_start=off`` or strategy ``mllib``."""
     p = plan.params
 
     def cold(why: str) -> dict:
         return {"warm_start_uri": None, "warm_start_from": None, "warm_start_note": why}
 
+    def unusable(manifest: dict) -> str | None:
+        day = manifest.get("day")
+        granularity = (manifest.get("params") or {}).get("granularity")
+        rank = ((manifest.get("training") or {}).get("params") or {}).get("rank")
+        if granularity != p.granularity:
+            return f"the model of dt={day} recommends {granularity}s, this run {p.granularity}s"
+        if (search is None or "rank" in search.fixed) and rank != values["rank"]:
+            return f"the model of dt={day} has rank {rank}, this run trains rank {values['rank']}"
+        return None
+
     if p.warm_start == "off":
         return cold("warm_start=off")
     if p.strategy != "cg":
         return cold("MLlib's ALS cannot start from given factors (strategy mllib)")
-    manifest = earlier_publication(store, plan) if store is not None else None
+    if store is None:
+        return cold("no model store")
+    manifest, passed_over = earlier_publication(store, plan, unusable)
     if manifest is None:
-        return cold(f"no model published for a day before dt={plan.day}")
-    source = f"dt={manifest['day']} ({manifest.get('prefix')})"
-    params, trained = manifest.get("params") or {}, (manifest.get("training") or {}).get("params") or {}
-    if params.get("granularity") != p.granularity:
-        return cold(f"the model of dt={manifest['day']} recommends {params.get('granularity')}s, this run "
-                    f"{p.granularity}s")
-    rank_fixed = search is None or "rank" in search.fixed
-    if rank_fixed and trained.get("rank") != values["rank"]:
-        return cold(f"the model of dt={manifest['day']} has rank {trained.get('rank')}, this run trains rank "
-                    f"{values['rank']}")
+        return cold(passed_over)
+    if passed_over:
+        log.info("warm start: passed over a newer model (%s)", passed_over)
     dest = f"{plan.run_dir}/warm_start"
     if not stage_factors(store, plan, manifest, dest):
         return cold(f"the factors of the model of dt={manifest['day']} are gone from S3")
-    return {"warm_start_uri": dest, "warm_start_from": source, "warm_start_note": None}
+    return {"warm_start_uri": dest, "warm_start_from": f"dt={manifest['day']} ({manifest.get('prefix')})",
+            "warm_start_note": None}
 
 
 @fail_fast
@@ -422,19 +439,20 @@ def train(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None) -> 
 
 @fail_fast
 def recommendation_rules(store: S3Store | None, plan: RunPlan) -> dict:
-    """The rules every top-N of the run is built with, read and checked before training, so a
-    malformed do-not-recommend list fails the run at once, in one line, before any Spark work.
+    """The rules every top-N of the run is built with, read and checked before training (beside
+    ingest), so a malformed do-not-recommend list fails the run at once, in one line.
 
     ``max_per_artist``: the run's cap for track recommendations (artist recommendations have one
     item per artist: no cap). ``do_not_recommend``: the list at ``do_not_recommend_key`` in the
     models bucket (``music_recs.rules``): its checksum, rows and counts go into the manifest; it
     is written next to the run as Parquet (``path``) for the evaluation job."""
     p, cfg = plan.params, plan.settings
-    rules = {"max_per_artist": p.max_per_artist if p.granularity == "track" else 0, "do_not_recommend": None,
-             "path": None}
+    rules = {"max_per_artist": p.artist_cap, "do_not_recommend": None, "path": None}
     if cfg.do_not_recommend_key:
         uri = f"s3://{cfg.models_bucket}/{cfg.do_not_recommend_key}"
-        got = store.get_bytes(cfg.models_bucket, cfg.do_not_recommend_key) if store is not None else None
+        if store is None:
+            raise ValueError(f"do_not_recommend_key is set ({uri}) but no S3 store was given to read it")
+        got = store.get_bytes(cfg.models_bucket, cfg.do_not_recommend_key)
         if got is None:
             raise MalformedRulesList(f"do-not-recommend list {uri}: no such object (set do_not_recommend_key to an "
                                      "existing CSV, or empty for no list)")
@@ -464,7 +482,7 @@ def evaluate_spec(plan: RunPlan, published_uri: str | None = None, compare_churn
     factors of the published model, scored on the same pairs; ``compare_churn``: see ``churn_reference``;
     ``rules``: ``recommendation_rules``'s (None: the run's cap, no list)."""
     p = plan.params
-    rules = rules or {"max_per_artist": p.max_per_artist if p.granularity == "track" else 0, "path": None}
+    rules = rules or {"max_per_artist": p.artist_cap, "path": None}
     return EvaluateSpec(model_uri=plan.model, matrix_uri=plan.matrix, out_uri=plan.model, k=p.k, top_n=p.top_n,
                         similar_n=SIMILAR_ITEMS, broadcast_budget_mb=plan.settings.broadcast_budget_mb,
                         published_uri=published_uri, output_suite_dir=str(EXPECTATIONS), docs_dir=plan.data_docs,

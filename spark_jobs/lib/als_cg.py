@@ -203,10 +203,11 @@ def received_vectors(sc, other_factors, table, n_solve: int):
     return _one_per_partition(pieces, n_solve, merge)
 
 
-class _BlockGrams(AccumulatorParam):
-    """Each block's k x k Gram matrix, keyed by block: the driver sums them in block order, so
-    Y^T Y does not depend on the order tasks finish in (a float sum in another order rounds
-    differently, and float32 CG makes that visible), and a recomputed task replaces its block's
+class _PerBlock(AccumulatorParam):
+    """Each block's share (its k x k Gram matrix, its part of the loss), keyed by block: the
+    driver sums them in block order, so Y^T Y and the loss do not depend on the order tasks
+    finish in (a float sum in another order rounds differently, float32 CG makes that visible,
+    and the loss decides when a warm start stops), and a recomputed task replaces its block's
     share instead of adding it twice."""
 
     def zero(self, value):
@@ -217,8 +218,8 @@ class _BlockGrams(AccumulatorParam):
         return a
 
 
-def _sum_in_block_order(grams: dict) -> np.ndarray:
-    return functools.reduce(np.add, [grams[b] for b in sorted(grams)])
+def _sum_in_block_order(shares: dict):
+    return functools.reduce(np.add, [shares[b] for b in sorted(shares)], 0.0)
 
 
 def _gather_all(factors, rank: int) -> np.ndarray:
@@ -358,11 +359,11 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
                else _sum_in_block_order(dict(factors["item"].map(lambda kv: (kv[0], gram(kv[1][1][1]))).collect()))}
     for iteration in range(1, max_iter + 1):
         started = time.time()
-        data_term = sc.accumulator(0.0)
-        user_reg = sc.accumulator(0.0)
+        data_term = sc.accumulator({}, _PerBlock())
+        user_reg = sc.accumulator({}, _PerBlock())
         for side, other in (("user", "item"), ("item", "user")):
             YtY = gram_of[other].astype(np.float32)
-            side_gram = sc.accumulator({}, _BlockGrams())
+            side_gram = sc.accumulator({}, _PerBlock())
             loss_here = track_loss and side == "item"  # the item solve sees the final factors of both sides
             reg_here = track_loss and side == "user"
             bc_other = share(other) if other in held else None
@@ -379,10 +380,10 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
                 kernel_seconds.add(time.perf_counter() - t0)
                 side_gram.add({b: gram(new)})
                 if loss_here:  # every (user, item) pair's data term plus the items' regularization
-                    data_term.add(rows_loss(blk.indptr, indices, blk.conf, Y, YtY, new, reg, scale_reg))
+                    data_term.add({b: rows_loss(blk.indptr, indices, blk.conf, Y, YtY, new, reg, scale_reg)})
                 if reg_here:
                     weights = np.diff(blk.indptr) if scale_reg else 1.0
-                    user_reg.add(float(reg * (weights * (new.astype(np.float64) ** 2).sum(1)).sum()))
+                    user_reg.add({b: float(reg * (weights * (new.astype(np.float64) ** 2).sum(1)).sum())})
                 return "factors", (blk.rows, new)
 
             sources = [blocks[side]] + ([] if side in held else [factors[side]])
@@ -407,7 +408,7 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
                 profile["solve_jobs_seconds"] += time.time() - t0
                 old.unpersist()
             gram_of[side] = _sum_in_block_order(side_gram.value)
-        loss = data_term.value + user_reg.value
+        loss = float(_sum_in_block_order(data_term.value) + _sum_in_block_order(user_reg.value))
         # Broadcasts no longer shared. With both sides broadcast no cached RDD names an old one
         # (each solve reads the blocks and the two current broadcasts), so it is destroyed now:
         # the driver would otherwise keep two more copies of the factors per iteration (at rank

@@ -29,8 +29,8 @@ class Rules:
     do-not-recommend list).
 
     cap: at most this many items of one group (artist) per list, filled from further down; 0 = no cap.
-    groups: (item_idx, group) rows: the item's artist as a number; an item without one has a
-    group of its own (a negative number), so it is never capped.
+    groups: (item_idx, group) rows: the item's artist as a number (0..); an item without one has
+    a group of its own (a distinct negative number), so it is never capped.
     blocked: (item_idx) rows never recommended to anyone; user_blocked: (user_idx, item_idx) pairs.
     """
 
@@ -196,14 +196,16 @@ def model_recommendations(spark: SparkSession, model: ALSModel, train: DataFrame
     its users against all of them and keeps n rows per user (``recommend``). Otherwise MLlib's
     blocked ``recommendForAllUsers`` makes candidates with room for played items to drop out
     (up to ``MAX_EXCLUDED`` more per user). ``rules`` are obeyed either way; on the MLlib path
-    they are applied to those candidates (blocked items, and room for the cap: n more), so a
-    user may get fewer than n where the exact path would have gone deeper."""
+    they are applied to those candidates (with room for every blocked item and 4n places for
+    the cap), so a user whose candidates are crowded by a few artists may get fewer than n where
+    the exact path would have gone deeper (the output suite's ``missing`` check then says so)."""
     if broadcast_items:
         return recommend(spark, model, train, n, rules)
     max_played = rules.excluded_pairs(train).groupBy(S.USER_IDX).count().agg(F.max("count")).first()[0] or 0
     n_items = model.itemFactors.count()
-    extra = (rules.blocked.count() if rules.blocked is not None else 0) + (n if rules.cap else 0)
-    depth = min(n_items, n + min(max_played + extra, MAX_EXCLUDED))
+    # Room for the rules on top of the played items: every blocked item, and 4n places for the cap.
+    extra = (rules.blocked.count() if rules.blocked is not None else 0) + (4 * n if rules.cap else 0)
+    depth = min(n_items, n + min(max_played, MAX_EXCLUDED) + extra)
     return rank_excluding(model_candidates(model, depth), train, n, rules)
 
 
@@ -214,32 +216,58 @@ def popularity_top_k(train: DataFrame, users: DataFrame, k: int, depth: int, rul
     those items it played) first places of the list, never a cross join of users with the whole
     list: the baseline's cost grows with users x k, not users x depth.
 
-    ``rules``: blocked items leave the list, a user's blocked pairs count as played, and the cap
-    keeps each artist's ``cap`` most popular items in the list (so no user's list breaks it).
+    ``rules``: blocked items leave the list and a user's blocked pairs count as played. The cap
+    is applied per user, as the model's lists get it: the list holds each artist's ``cap`` most
+    popular items, and a user who played (or may not get) some of an artist's items is given the
+    artist's next ones instead ("promoted": only artists the user touched, so at most as many
+    rows as the user's exclusions).
     """
     w = Window.orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX))
+    order = (F.col(S.SCORE).desc(), F.col(S.ITEM_IDX))
     counts = train.groupBy(S.ITEM_IDX).agg(F.countDistinct(S.USER_IDX).cast("double").alias(S.SCORE))
     if rules.blocked is not None:
         counts = counts.join(F.broadcast(rules.blocked.select(S.ITEM_IDX)), S.ITEM_IDX, "left_anti")
-    if rules.cap and rules.groups is not None:
-        in_group = Window.partitionBy("group").orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX))
-        counts = (counts.join(rules.groups.select(S.ITEM_IDX, "group"), S.ITEM_IDX)
-                  .withColumn("in_group", F.row_number().over(in_group)).filter(F.col("in_group") <= rules.cap)
-                  .drop("in_group", "group"))
+    excluded = rules.excluded_pairs(train)
+    capped = bool(rules.cap and rules.groups is not None)
+    if capped:  # in_group: the item's place among its artist's items, by popularity
+        in_group = Window.partitionBy("group").orderBy(*order)
+        ranked = (counts.join(rules.groups.select(S.ITEM_IDX, "group"), S.ITEM_IDX)
+                  .withColumn("in_group", F.row_number().over(in_group))).cache()
+        counts = ranked.filter(F.col("in_group") <= rules.cap).select(S.ITEM_IDX, S.SCORE)
     popular = (
-        counts.orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM_IDX)).limit(depth)
+        counts.orderBy(*order).limit(depth)
         .withColumn("pop_rank", F.row_number().over(w))
     )
-    played = (rules.excluded_pairs(train).join(F.broadcast(popular), S.ITEM_IDX)
+    played = (excluded.join(F.broadcast(popular), S.ITEM_IDX)
               .groupBy(S.USER_IDX).agg(F.collect_set("pop_rank").alias("played_ranks")))
     ranks = F.coalesce(F.col("played_ranks"), F.array().cast("array<int>"))
     places = F.sequence(F.lit(1), F.least(F.lit(depth), F.lit(k) + F.size(ranks)))
     unplayed = F.slice(F.filter(places, lambda r: ~F.array_contains(ranks, r)), 1, k)
-    return (
+    from_list = (
         users.join(played, S.USER_IDX, "left")
         .select(S.USER_IDX, F.posexplode(unplayed).alias("pos", "pop_rank"))
         .join(F.broadcast(popular), "pop_rank")
         .select(S.USER_IDX, S.ITEM_IDX, S.SCORE, (F.col("pos") + 1).alias(S.RANK))
     )
+    if not capped:
+        return from_list
+    # An item past its artist's cap is the user's when its place among the artist's items the user
+    # may still get is within the cap: in_group - (excluded items of that artist ranked above it).
+    gone = (excluded.join(users, S.USER_IDX, "left_semi").join(ranked, S.ITEM_IDX)
+            .select(S.USER_IDX, "group", F.col("in_group").alias("gone_at")))
+    touched = gone.groupBy(S.USER_IDX, "group").agg(F.count("*").alias("gone"))
+    promoted = (
+        touched.join(ranked.filter(F.col("in_group") > rules.cap), "group")
+        .filter(F.col("in_group") <= rules.cap + F.col("gone"))
+        .join(excluded, [S.USER_IDX, S.ITEM_IDX], "left_anti")
+        .join(gone, [S.USER_IDX, "group"], "left")
+        .groupBy(S.USER_IDX, S.ITEM_IDX, S.SCORE, "in_group")
+        .agg(F.count(F.when(F.col("gone_at") < F.col("in_group"), 1)).alias("above"))
+        .filter(F.col("in_group") - F.col("above") <= rules.cap)
+        .select(S.USER_IDX, S.ITEM_IDX, S.SCORE)
+    )
+    both = from_list.drop(S.RANK).unionByName(promoted)
+    return (both.withColumn(S.RANK, F.row_number().over(Window.partitionBy(S.USER_IDX).orderBy(*order)))
+            .filter(F.col(S.RANK) <= k))
 
 

@@ -3,9 +3,9 @@
 A fit started from yesterday's factors begins near a minimum of today's objective (most of
 the data is the same days of the window). It stops after iteration t >= ``MIN_ITER`` when that
 iteration lowered the objective (the Hu-Koren-Volinsky loss, data term plus regularization)
-by less than ``tol`` of its previous value. The loss, not a held-out metric, decides: the
-held-out days never choose how long a model trains. ``bench/warm_start.py`` measures what the
-rule costs in MAP@10 against a cold fit of all iterations.
+by less than ``tol`` of its previous value, or raised it (CG's inexact solves can). The loss,
+not a held-out metric, decides: the held-out days never choose how long a model trains.
+``bench/warm_start.py`` measures what the rule costs in MAP@10 against cold fits of all iterations.
 """
 
 from __future__ import annotations

@@ -125,6 +125,11 @@ class RunParams:
         return dataclasses.asdict(self)
 
     @property
+    def artist_cap(self) -> int:
+        """The cap the top-N obeys: ``max_per_artist`` for tracks; artists have one item each, no cap."""
+        return self.max_per_artist if self.granularity == "track" else 0
+
+    @property
     def searched(self) -> dict:
         """The values tuning searches, as ``music_recs.tuning.candidates`` takes them."""
         return {name: getattr(self, name) for name in SEARCHED}

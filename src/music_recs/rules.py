@@ -19,13 +19,13 @@ import re
 from dataclasses import dataclass
 from typing import NoReturn
 
+from music_recs import schema as S
 from music_recs.failures import MalformedRulesList
 
-ITEM_ID = "item_id"
-USER_ID = "user_id"
+ITEM_ID = S.ITEM_ID
+USER_ID = S.USER_ID
 COLUMNS = (ITEM_ID, USER_ID)
-# The same rule as ingest's (spark_jobs/ingest.py ID_PATTERN): an id the plays can carry.
-ID_PATTERN = r"^[A-Za-z0-9:._@+-]{1,128}$"
+ID_PATTERN = S.ID_PATTERN  # the rule ingest applies: an id the plays can carry
 MAX_ROWS = 5_000_000
 SHOWN_CHARS = 60  # at most this much of an offending value goes into a message
 

@@ -17,6 +17,8 @@ DT = "dt"  # lake partition column, YYYY-MM-DD
 
 # Required in every landing record; more fields are allowed and ignored.
 REQUIRED_LOG_COLUMNS = (EVENT_ID, TS, USER_ID, TRACK_ID, ARTIST_ID, MS_PLAYED)
+# What an id may hold (user, track, artist): ingest quarantines others, the do-not-recommend list refuses them.
+ID_PATTERN = r"^[A-Za-z0-9:._@+-]{1,128}$"
 # Optional columns kept when present.
 TRACK_NAME = "track_name"
 ARTIST_NAME = "artist_name"
