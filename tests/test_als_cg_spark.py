@@ -44,13 +44,14 @@ def test_cg_matches_mllib_on_planted_blocks_and_its_loss_never_increases(spark, 
 def test_broadcast_and_join_exchange_give_the_same_factors(spark, tmp_path):
     """The join path, chosen by a broadcast budget too small for any factors, gives the factors the
     broadcast path gives; both warm-started from the same earlier model (a warm start reaches each
-    block through a join of its own, ``als_cg.known_factors``), which lacks some users and items."""
+    block through a join of its own, ``als_cg.known_factors``), which lacks some users and items and
+    numbered them otherwise (an earlier id index): rows are matched by string id."""
     m = str(tmp_path / "matrix")
     planted(spark, m, users=50, items=30, groups=3, seed=5)
     rng = np.random.default_rng(0)
     earlier = tmp_path / "earlier"
     for side, sid, prefix, n in (("user", "user_id", "u", 45), ("item", "item_id", "i", 25)):
-        spark.createDataFrame([(i, f"{prefix}{i}", rng.uniform(0, 0.5, 3).tolist()) for i in range(n)],
+        spark.createDataFrame([(1000 + i, f"{prefix}{i}", rng.uniform(0, 0.5, 3).tolist()) for i in range(n)],
                               f"id int, {sid} string, features array<float>").write.parquet(str(earlier / f"{side}_factors"))
     got = {}
     # Rank = the planted groups: with a larger rank the extra factors are barely determined, and

@@ -62,8 +62,9 @@ def test_a_warm_start_reaches_the_cold_fit_in_fewer_iterations_and_new_rows_star
 def test_a_model_of_another_rank_means_a_cold_start_that_says_why(spark, tmp_path):
     m = str(tmp_path / "matrix")
     planted(spark, m, users=20, items=12, groups=2)
-    train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "r4"), max_iter=1,
-                                   checkpoint_dir=str(tmp_path / "ckpt"), **dict(COMMON, rank=4)))
+    for side, sid, prefix, n in (("user", "user_id", "u", 20), ("item", "item_id", "i", 12)):
+        spark.createDataFrame([(i, f"{prefix}{i}", [0.1] * 4) for i in range(n)],
+                              f"id int, {sid} string, features array<float>").write.parquet(str(tmp_path / "r4" / f"{side}_factors"))
     result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "r8"), max_iter=2,
                                             checkpoint_dir=str(tmp_path / "ckpt"), warm_start_uri=str(tmp_path / "r4"),
                                             warm_start_from="dt=2026-11-28", **COMMON))
