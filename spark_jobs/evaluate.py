@@ -192,11 +192,11 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
         rules, applied = load_rules(spark, spec, train, items)
         recs = model_recommendations(spark, model, train, want, broadcast_items, rules).cache()
         n_recs = recs.count()
-        possible = O.possible_per_user(train, rules, top_n).cache()
-        unruled = F.least(F.lit(top_n), F.lit(n_items) - F.col("played"))
-        short = (possible.join(train.groupBy(S.USER_IDX).agg(F.count("*").alias("played")), S.USER_IDX)
-                 .filter(F.col("possible") < unruled).count())
-        applied["users_short"] = short  # fewer than top_n only because the rules left too few items
+        # Without rules a user can get min(top_n, unplayed): the users suite works that out itself.
+        possible = O.possible_per_user(train, rules, top_n).cache() if rules.active else None
+        applied["users_short"] = 0 if possible is None else (  # fewer than top_n only because of the rules
+            possible.join(train.groupBy(S.USER_IDX).agg(F.count("*").alias("played")), S.USER_IDX)
+            .filter(F.col("possible") < O.possible_without_rules(top_n, n_items)).count())
     with timer.phase("metrics"):
         model_users = per_user_metrics(recs, holdout, k).cache()
         model_metrics = mean_metrics(model_users)
@@ -241,7 +241,8 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
         )
         similar.write.mode("overwrite").parquet(f"{out_uri}/similar_items")
     recs.unpersist()
-    possible.unpersist()
+    if possible is not None:
+        possible.unpersist()
     train.unpersist()
     return EvaluateResult(
         k=k, top_n=top_n,

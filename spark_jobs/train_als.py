@@ -265,9 +265,10 @@ def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dic
             "seconds": round(time.monotonic() - started, 3)}
 
 
-def warm_start(spark: SparkSession, spec: TrainSpec, matrix: DataFrame, n_users: int, n_items: int
-               ) -> tuple[dict | None, dict]:
+def warm_start(spark: SparkSession, spec: TrainSpec, matrix: DataFrame) -> tuple[dict | None, dict]:
     """(per side the earlier model's factors on this matrix's ids, or None; what was decided and why).
+    The record counts the rows taken from the model; ``run`` adds the new ones once the fit has
+    counted the matrix's rows.
 
     The earlier model (``spec.warm_start_uri``: ``user_factors/`` and ``item_factors/`` with their
     string ids) is matched by string id, so a user or item it has starts where it ended and a new
@@ -286,7 +287,7 @@ def warm_start(spark: SparkSession, spec: TrainSpec, matrix: DataFrame, n_users:
             frame.unpersist()
         return None, {"used": False, "from": source, "reason": reason}
 
-    for side, idx, sid, total in (("user", S.USER_IDX, S.USER_ID, n_users), ("item", S.ITEM_IDX, S.ITEM_ID, n_items)):
+    for side, idx, sid in (("user", S.USER_IDX, S.USER_ID), ("item", S.ITEM_IDX, S.ITEM_ID)):
         old = spark.read.parquet(f"{root}/{side}_factors")
         S.require_columns(old.columns, (sid, S.FEATURES), f"the warm-start model's {side} factors ({root})")
         first = old.select(F.size(S.FEATURES).alias("rank")).first()
@@ -296,8 +297,7 @@ def warm_start(spark: SparkSession, spec: TrainSpec, matrix: DataFrame, n_users:
             return cold(f"the earlier model has rank {first['rank']}, this run trains rank {spec.rank}")
         ids = matrix.select(F.col(idx).alias("id"), sid).distinct()
         init[side] = old.select(sid, S.FEATURES).join(ids, sid).select("id", S.FEATURES).cache()
-        found = init[side].count()
-        record[side + "s"] = {"from_model": found, "new": total - found}
+        record[side + "s"] = {"from_model": init[side].count()}
     if not record["users"]["from_model"] and not record["items"]["from_model"]:
         return cold("the earlier model shares no user or item with this matrix")
     record["reason"] = (f"same rank ({spec.rank}); {record['users']['from_model']} users and "
@@ -329,8 +329,7 @@ def run(spark: SparkSession, spec: TrainSpec) -> TrainResult:
         if nnz == 0:
             raise ValueError(f"the training matrix {matrix_uri}/train is empty: nothing to train on")
     with timer.phase("warm_start"):
-        init, warm = warm_start(spark, spec, matrix, ratings.select(S.USER_IDX).distinct().count(),
-                                ratings.select(S.ITEM_IDX).distinct().count())
+        init, warm = warm_start(spark, spec, matrix)
         log.info("warm start: %s", warm["reason"] if warm["used"] else f"cold ({warm['reason']})")
     with timer.phase("fit"):
         fitted = fit(spark, ratings, spec, blocks, init)
@@ -340,6 +339,8 @@ def run(spark: SparkSession, spec: TrainSpec) -> TrainResult:
         frame.unpersist()
     iterations = fitted.details.get("iterations") or spec.max_iter
     if init:
+        warm["users"]["new"] = n_users - warm["users"]["from_model"]
+        warm["items"]["new"] = n_items - warm["items"]["from_model"]
         warm.update(iterations=iterations, stopped_early=iterations < spec.max_iter, tol=spec.early_stop_tol)
     with timer.phase("check"):
         check_finite(fitted.user_factors, fitted.item_factors)

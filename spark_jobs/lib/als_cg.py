@@ -36,7 +36,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from music_recs import schema as S
 from music_recs.convergence import converged
-from spark_jobs.lib.cg_kernels import DEFAULT_CG_STEPS, gram, rows_loss, solve_rows, start_factors
+from spark_jobs.lib.cg_kernels import DEFAULT_CG_STEPS, gram, rows_loss, rows_reg, solve_rows, start_factors
 
 BROADCAST, JOIN = "broadcast", "join"
 PAYLOAD_SCHEMA = "blk int, payload binary"
@@ -296,8 +296,8 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
     counts are then not used) and the function that turns their values into confidence.
     init: per side (``user``, ``item``) an earlier model's factors ``(id, features)`` DataFrame to
     start from (a warm start); rows it lacks start random (``cg_kernels.start_factors``).
-    tol: > 0 stops after an iteration that lowered the objective by less than this share
-    (``music_recs.convergence``; the objective is then computed every iteration)."""
+    tol: > 0 stops after an iteration that lowered the objective by less than this share, or
+    raised it (``music_recs.convergence``; the objective is then computed every iteration)."""
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}")
     sc = spark.sparkContext
@@ -382,8 +382,7 @@ def fit(spark: SparkSession, ratings: DataFrame, rank: int, max_iter: int, reg: 
                 if loss_here:  # every (user, item) pair's data term plus the items' regularization
                     data_term.add({b: rows_loss(blk.indptr, indices, blk.conf, Y, YtY, new, reg, scale_reg)})
                 if reg_here:
-                    weights = np.diff(blk.indptr) if scale_reg else 1.0
-                    user_reg.add({b: float(reg * (weights * (new.astype(np.float64) ** 2).sum(1)).sum())})
+                    user_reg.add({b: rows_reg(blk.indptr, new, reg, scale_reg)})
                 return "factors", (blk.rows, new)
 
             sources = [blocks[side]] + ([] if side in held else [factors[side]])

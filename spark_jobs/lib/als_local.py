@@ -24,7 +24,7 @@ import numpy as np
 
 from music_recs.convergence import converged
 from music_recs.metrics import mean_metrics
-from spark_jobs.lib.cg_kernels import DEFAULT_CG_STEPS, gram, rows_loss, solve_rows, start_factors
+from spark_jobs.lib.cg_kernels import DEFAULT_CG_STEPS, gram, rows_loss, rows_reg, solve_rows, start_factors
 from spark_jobs.lib.top_n import top_n_excluding
 
 LOCAL_MAX_NNZ = 20_000_000
@@ -83,9 +83,8 @@ def objective(matrix: LocalMatrix, conf_i: np.ndarray, X: np.ndarray, Y: np.ndar
     pair plus the items' regularization (the item side's ``rows_loss``), plus the users'."""
     i = matrix.by_item
     XtX = gram(X) if XtX is None else XtX
-    weights = np.diff(matrix.by_user.indptr) if scale_reg else 1.0
-    user_reg = float(reg * (weights * (X.astype(np.float64) ** 2).sum(1)).sum())
-    return rows_loss(i.indptr, i.indices, conf_i, X, XtX.astype(np.float32), Y, reg, scale_reg) + user_reg
+    return (rows_loss(i.indptr, i.indices, conf_i, X, XtX.astype(np.float32), Y, reg, scale_reg)
+            + rows_reg(matrix.by_user.indptr, X, reg, scale_reg))
 
 
 def fit_trace(matrix: LocalMatrix, rank: int, max_iter: int, reg: float, conf_of, scale_reg: bool = True,

@@ -166,6 +166,12 @@ def rows_loss(indptr, indices, conf, Y, YtY, X, reg: float, scale_reg: bool = Tr
                             np.float32(reg), bool(scale_reg)))
 
 
+def rows_reg(indptr, X, reg: float, scale_reg: bool = True) -> float:
+    """The rows' regularization term: ``reg * sum_u w_u |x_u|^2`` (w_u = the row's ratings, or 1)."""
+    weights = np.diff(indptr) if scale_reg else 1.0
+    return float(reg * (weights * (np.asarray(X, np.float64) ** 2).sum(1)).sum())
+
+
 def initial_factors(ids: np.ndarray, rank: int, seed: int) -> np.ndarray:
     """Small positive random factors in [0, 0.01), a pure function of (seed, id, column): every
     block layout and both factor-exchange paths start from the same values for the same row."""

@@ -34,6 +34,11 @@ def top(recs: DataFrame, n: int) -> DataFrame:
     return recs.filter(F.col(S.RANK) <= n).select(S.USER_IDX, S.ITEM_IDX)
 
 
+def possible_without_rules(top_n: int, n_items: int):
+    """What a user with ``played`` (a column) training items can get without rules: min(top_n, unplayed)."""
+    return F.greatest(F.least(F.lit(top_n), F.lit(n_items) - F.col("played")), F.lit(0))
+
+
 def possible_per_user(train: DataFrame, rules, top_n: int) -> DataFrame:
     """(user_idx, possible): how many items each user of ``train`` can get in a top-N under
     ``rules`` (``spark_jobs.lib.ranking.Rules``): its unplayed, unblocked items, at most
@@ -80,7 +85,7 @@ def users_frame(recs: DataFrame, train: DataFrame, n_items: int, top_n: int, k: 
     users = (played.join(got, S.USER_IDX, "left").join(again, S.USER_IDX, "left")
              .fillna(0, ["recommended", "already_played"]))
     if possible is None:
-        users = users.withColumn("possible", F.greatest(F.least(F.lit(top_n), F.lit(n_items) - F.col("played")), F.lit(0)))
+        users = users.withColumn("possible", possible_without_rules(top_n, n_items))
     else:
         users = users.join(possible, S.USER_IDX, "left")
     users = users.withColumn("missing", F.col("possible") - F.col("recommended"))

@@ -38,8 +38,8 @@ def warm_start_line(warm: dict, iterations: int | None = None) -> str:
     if not warm.get("used"):
         return f"cold start: {warm.get('reason')}"
     ran = warm.get("iterations", iterations)
-    stop = ", stopped early: the objective fell by less than " f"{warm.get('tol', DEFAULT_TOL):.1%}" if warm.get(
-        "stopped_early") else ""
+    tol = warm.get("tol", DEFAULT_TOL)
+    stop = f", stopped early: the objective fell by less than {tol:.1%}" if warm.get("stopped_early") else ""
     users, items = warm.get("users") or {}, warm.get("items") or {}
     return (f"warm start from the model of {warm.get('from')}: {ran} iterations{stop}; "
             f"{users.get('from_model', 0)} users and {items.get('from_model', 0)} items from it, "
