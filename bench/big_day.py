@@ -49,6 +49,9 @@ def generate(folder: str, day: dt.date, plays: int, files: int, catalogue) -> fl
     """
     from music_recs_dev.sample_data import write_days_local
 
+    if os.path.isdir(folder) and os.listdir(folder):  # --work kept from an earlier run: same seeds, same files
+        print(f"  reusing the {len(os.listdir(folder))} files already in {folder}", flush=True)
+        return 0.0
     t = time.time()
     slices = max(1, -(-plays // 1_000_000))
     os.makedirs(folder, exist_ok=True)
@@ -123,7 +126,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--plays", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000])
     p.add_argument("--files-per-million", type=int, default=2)
-    p.add_argument("--work", help="work folder (default: a temporary one, removed after)")
+    p.add_argument("--work", help="work folder (default: a temporary one, removed after); kept, a later run "
+                                  "reuses the generated days in it")
     p.add_argument("--json", help="write every number here")
     p.add_argument("--reference-up-to", type=int, default=3_000_000,
                    help="at sizes up to this, also run ingest with the Python reader for every file (the reference)")

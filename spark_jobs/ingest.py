@@ -229,11 +229,16 @@ def normalize(records: DataFrame, formats=S.LANDING_FORMATS) -> DataFrame:
     return out if out is not None else native.select(*NORMALIZED)
 
 
+def day_window(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """``[lo, hi)``: the play times day ``day`` accepts (UTC, naive), late events included."""
+    day_start = dt.datetime.combine(day, dt.time())
+    return (day_start - dt.timedelta(hours=LATE_TOLERANCE_HOURS),
+            day_start + dt.timedelta(days=1, minutes=CLOCK_SKEW_MINUTES))
+
+
 def classify(normalized: DataFrame, day: dt.date) -> DataFrame:
     """Type each record; ``reason`` is null for a good row, else the first rule it broke."""
-    day_start = dt.datetime.combine(day, dt.time())
-    lo = day_start - dt.timedelta(hours=LATE_TOLERANCE_HOURS)
-    hi = day_start + dt.timedelta(days=1, minutes=CLOCK_SKEW_MINUTES)
+    lo, hi = day_window(day)
     typed = normalized.withColumn(S.TS, F.expr("try_to_timestamp(_ts_raw)")) \
         .withColumn("_ms_double", F.expr("try_cast(_ms_raw AS DOUBLE)"))
     reason = F.when(F.col(PRE_REASON).isNotNull(), F.col(PRE_REASON))
@@ -283,11 +288,14 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
         rows = classify(normalize(records, present), day)
         rows = rows.withColumn(LINE_DIGEST, F.xxhash64(S.RAW_LINE)) \
             .withColumn(S.RAW_LINE, F.when(F.col(S.REASON).isNotNull(), F.col(S.RAW_LINE))).cache()
-        read = rows.count()
+        # One pass fills the cache and counts what was read, by format and by reason.
+        formats, by_reason = {}, {}
+        for r in rows.groupBy(FORMAT, S.REASON).count().collect():
+            formats[r[FORMAT]] = formats.get(r[FORMAT], 0) + r["count"]
+            if r[S.REASON] is not None:
+                by_reason[r[S.REASON]] = by_reason.get(r[S.REASON], 0) + r["count"]
+        read = sum(formats.values())
         records.unpersist()
-        formats = {r[FORMAT]: r["count"] for r in rows.groupBy(FORMAT).count().collect()}
-        by_reason = {r[S.REASON]: r["count"] for r in rows.filter(F.col(S.REASON).isNotNull())
-                     .groupBy(S.REASON).count().collect()}
     good, dupes = dedupe(rows.filter(F.col(S.REASON).isNull()))
     # Events a neighbouring day already accepted are duplicates too, whichever day was ingested
     # first (a backfill can ingest the day before after this one). The other days are not

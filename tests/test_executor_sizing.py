@@ -95,8 +95,13 @@ def test_evaluate_adds_the_recommendations_to_trainings_jvm_sizing_and_python_ro
     assert size_evaluate(shape, cluster, broadcast_budget_mb=50).python_memory_mb == 0
 
 
-def test_other_stages_get_heap_for_twice_their_input_within_the_limit():
-    assert stage_memory_mb(0, 18_000) == 1024  # spark-submit's default is the floor
-    # 416 MiB in memory (a 1.2M-play day of gzip'd JSON): 300 + 2 x 416 / 0.6 x 1.5 = 2380 -> 2560
-    assert stage_memory_mb(416 * 2**20, 18_000) == 2560
-    assert stage_memory_mb(100 * 2**30, 18_000) == 18_000
+def test_other_stages_get_heap_for_their_running_partitions_not_the_day():
+    assert stage_memory_mb(0, 18_000, cores=2) == 1024  # spark-submit's default is the floor
+    # 40 MiB in memory: 300 + 2 cores x 3 x 40 / 0.6 x 1.5 = 900 -> the 1 GiB floor
+    assert stage_memory_mb(40 * 2**20, 18_000, cores=2) == 1024
+    # 416 MiB in memory (a 1.2M-play day): partitions of 128 MiB: 300 + 2 x 3 x 128 / 0.6 x 1.5 = 2220 -> 2304
+    assert stage_memory_mb(416 * 2**20, 18_000, cores=2) == 2304
+    # ... and the same for a day 250 times bigger: it spills, the heap does not grow with it
+    assert stage_memory_mb(100 * 2**30, 18_000, cores=2) == 2304
+    assert stage_memory_mb(100 * 2**30, 18_000, cores=16) == 15_872
+    assert stage_memory_mb(100 * 2**30, 2048, cores=16) == 2048  # never over one executor's limit

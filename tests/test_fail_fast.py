@@ -104,7 +104,7 @@ def test_a_failed_validation(plan):
     pq.write_table(table, f"{partition}/part-00000.parquet")
     open(f"{partition}/_SUCCESS", "w").close()
     message = fails_at_once(lambda: tasks.validate(plan), ValidationFailed)
-    assert message.startswith(f"dt={DAY} failed") and "expect_column_values_to_be_unique(event_id)" in message
+    assert message.startswith(f"dt={DAY} failed") and "expect_column_values_to_be_between(event_id_duplicates): 1;" in message
 
 
 @pytest.mark.spark

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from music_recs.jobs import IngestSpec, ValidateSpec
+from music_recs.quality_gate import failure_line
 from spark_jobs import ingest, validate
 
 pytestmark = pytest.mark.spark
@@ -83,7 +84,8 @@ def test_gx_suite_passes_on_ingested_day_and_fails_on_bad_data(spark, landing, t
     docs = tmp_path / "docs"
     verdict = validate.run(spark, ValidateSpec(day=str(DAY), lake_uri=str(lake), suite_path=validate.DEFAULT_SUITE, summary_suite_path=validate.SUMMARY_SUITE, docs_dir=str(docs)))
     assert verdict.success, verdict.failed
-    assert verdict.statistics["stream_logs_daily"]["evaluated_expectations"] >= 15
+    assert verdict.statistics["stream_logs_daily"]["evaluated_expectations"] == 17
+    assert verdict.profile["rows"] == 21 and verdict.profile["event_id_duplicates"] == 0
     assert verdict.statistics["stream_logs_day_summary"]["evaluated_expectations"] == 3
     assert verdict.data_docs.endswith("index.html") and (docs / "gx/uncommitted/data_docs/local_site/index.html").exists()
     assert list(docs.glob("gx/uncommitted/data_docs/local_site/validations/**/*.html"))
@@ -95,9 +97,22 @@ def test_gx_suite_passes_on_ingested_day_and_fails_on_bad_data(spark, landing, t
     broken.write.mode("overwrite").parquet(str(tmp_path / "bad" / "plays" / f"dt={DAY}"))
     verdict = validate.run(spark, ValidateSpec(day=str(DAY), lake_uri=str(tmp_path / "bad"), suite_path=validate.DEFAULT_SUITE, summary_suite_path=validate.SUMMARY_SUITE))
     assert not verdict.success
-    failed = {(c["expectation"], c["column"]) for c in verdict.failed}
-    assert ("expect_column_values_to_be_unique", "event_id") in failed
-    assert ("expect_column_values_to_be_between", "ms_played") in failed
+    failed = {c["column"]: c["observed_value"] for c in verdict.failed}
+    # One Spark pass counted what each rule found: 2 replayed ids, all 23 rows' ms_played negative.
+    assert failed == {"event_id_duplicates": 2, "ms_played_out_of_range": 23}, verdict.failed
+    assert failure_line(verdict.failed[-1]) == (
+        "stream_logs_daily.event_id_duplicates expect_column_values_to_be_between: observed 2 (min 0, max 0)")
+
+    # Wrong types and a missing column are findings, never a failed job (no value is compared
+    # across types): every row counts against the missing column's rules.
+    odd = bad.withColumn("ms_played", F.col("ms_played").cast("string")).withColumn("ts", F.lit("yesterday")) \
+        .drop("artist_id").withColumn("user_id", F.when(F.col("user_id") == F.col("user_id"), F.lit("bad id!")))
+    odd.write.mode("overwrite").parquet(str(tmp_path / "odd" / "plays" / f"dt={DAY}"))
+    verdict = validate.run(spark, ValidateSpec(day=str(DAY), lake_uri=str(tmp_path / "odd"), suite_path=validate.DEFAULT_SUITE, summary_suite_path=validate.SUMMARY_SUITE))
+    failed = {c["column"]: c["observed_value"] for c in verdict.failed}
+    assert failed == {"missing_columns": 1, "ts_type": "string", "ms_played_type": "string", "artist_id_null": 21,
+                      "artist_id_malformed": 21, "user_id_malformed": 21, "ms_played_out_of_range": 21,
+                      "ts_outside_window": 21}, verdict.failed
 
 
 def test_day_level_checks_catch_replays_and_collapsing_volume(spark, tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 
 from music_recs.sizing import ExecutorSizing
-from music_recs.resubmission import Failure, classify_failure, mask_secrets, next_settings
+from music_recs.resubmission import Failure, classify_failure, mask_secrets, next_settings, python_memory_mb
 
 EXCERPTS = {
     Failure.EXECUTOR_OOM: """26/11/24 10:00:44 WARN TaskSetManager: Lost task 3.0 in stage 12.0 (TID 40) (10.0.0.5 executor 1): java.lang.OutOfMemoryError: Java heap space
@@ -86,3 +86,23 @@ def test_a_python_worker_out_of_memory_is_an_executor_oom_and_doubles_the_python
     assert failure is Failure.EXECUTOR_OOM and lines[-1] == "MemoryError" and "Unable to allocate" in lines[0]
     nxt = next_settings(failure, SIZING.scaled(python_memory_mb=1024), local=False, memory_cap_mb=16_000)
     assert nxt.python_memory_mb == 2048 and nxt.executor_memory_mb == 4096
+
+
+PYTHON_WORKER_CRASH = """26/11/30 20:49:08 WARN TaskSetManager: Lost task 1.0 in stage 14.0 (TID 19) (127.0.0.1 executor 0): org.apache.spark.SparkException: Python worker exited unexpectedly (crashed). Consider setting 'spark.sql.execution.pyspark.udf.faulthandler.enabled' or'spark.python.worker.faulthandler.enabled' configuration to 'true' for the better Python traceback.
+\tat org.apache.spark.api.python.BasePythonRunner$ReaderIterator$$anonfun$1.applyOrElse(PythonRunner.scala:621)
+Caused by: java.io.EOFException
+\tat java.base/java.io.DataInputStream.readInt(DataInputStream.java:386)"""
+
+
+def test_a_python_worker_that_crashed_is_out_of_memory_only_under_a_python_memory_limit():
+    """Under spark.executor.pyspark.memory (an address-space limit) an allocation in compiled code
+    kills the worker without a MemoryError (seen on the standalone cluster test); without a
+    limit a crash says nothing about memory and stays unknown."""
+    assert classify_failure(PYTHON_WORKER_CRASH, 1)[0] is Failure.UNKNOWN
+    failure, lines = classify_failure(PYTHON_WORKER_CRASH, 1, python_memory_mb=640)
+    assert failure is Failure.EXECUTOR_OOM
+    assert lines[0] == "a Python worker crashed under its 640 MiB memory limit (spark.executor.pyspark.memory)"
+    assert "Python worker exited unexpectedly (crashed)" in lines[1]
+    assert [python_memory_mb(c) for c in ({}, {"spark.executor.pyspark.memory": "640m"},
+                                          {"spark.executor.pyspark.memory": "2g"}, {"spark.executor.pyspark.memory": "x"})] \
+        == [0, 640, 2048, 0]

@@ -35,7 +35,8 @@ from airflow.sdk import BaseHook
 
 from music_recs.failures import PermanentSparkJobError, SparkJobError
 from music_recs.jobs import RESULTS, JobSpec
-from music_recs.resubmission import Failure, classify_failure, first_exception, next_settings
+from music_recs.resubmission import (PYTHON_CRASH_UNDER_LIMIT, Failure, classify_failure, first_exception,
+                                     next_settings, python_memory_mb)
 from music_recs.settings import spark_submit_env
 from music_recs.sizing import ExecutorSizing
 
@@ -120,10 +121,13 @@ def event_log_conf(directory: str) -> dict[str, str]:
     }
 
 
-def cause_line(output: str, returncode: int | None) -> tuple[Failure, str]:
-    """The failure class, and the cause: the first exception in the output, else its first decisive line."""
-    failure, lines = classify_failure(output, returncode)
-    return failure, first_exception(output) or next((line for line in lines if line), "no output")
+def cause_line(output: str, returncode: int | None, conf: dict | None = None) -> tuple[Failure, list[str], str]:
+    """The failure class, its decisive lines, and the cause: the first exception in the output,
+    else its first decisive line; for a Python worker that crashed under its memory limit, that."""
+    failure, lines = classify_failure(output, returncode, python_memory_mb(conf or {}))
+    if failure is Failure.EXECUTOR_OOM and lines and lines[0].startswith(PYTHON_CRASH_UNDER_LIMIT.split("{")[0]):
+        return failure, lines, lines[0]
+    return failure, lines, first_exception(output) or next((line for line in lines if line), "no output")
 
 
 class SparkJobHook(BaseHook):
@@ -216,11 +220,11 @@ class SparkJobHook(BaseHook):
             recent.append(f"{type(exc).__name__}: {exc}")
             returncode = None
         if returncode != 0:
-            failure, cause = cause_line("\n".join(recent), returncode)
+            failure, lines, cause = cause_line("\n".join(recent), returncode, conf)
             where = f" {self.label}" if self.label else ""
             error = PermanentSparkJobError if failure is Failure.NON_RETRYABLE else SparkJobError
             raise error(f"Spark job {job}{where} failed ({failure.value}): {cause} (full log: {log_path})",
-                        "\n".join(recent), returncode, master, failure.value)
+                        "\n".join(recent), returncode, master, failure.value, lines)
         if not os.path.exists(result_path):
             raise SparkJobError(f"Spark job {job} finished but wrote no result at {result_path} (full log: {log_path})")
         with open(result_path) as fh:
@@ -282,7 +286,7 @@ def run_with_resubmission(
             result = hook.submit(build_spec(current), conf={**(conf or {}), **current.spark_conf()},
                                  driver_memory=f"{current.driver_memory_mb}m", **executor_args(current, master))
         except SparkJobError as exc:
-            failure, lines = classify_failure(exc.output, exc.returncode)
+            failure, lines = Failure(exc.failure), exc.lines
             attempts.append({"attempt": attempt, "seconds": round(time.time() - started, 1), "outcome": failure.value,
                              "settings": settings, "log": lines})
             log.warning("attempt %d failed: %s\n  %s", attempt, failure.value, "\n  ".join(lines))
@@ -291,7 +295,7 @@ def run_with_resubmission(
                 summary = "; ".join(f"attempt {a['attempt']}: {a['outcome']} after {a['seconds']}s" for a in attempts)
                 reason = "not retryable" if nxt is None else f"{max_attempts} attempts used"
                 raise PermanentSparkJobError(f"{exc} [{reason}: {summary}]", exc.output, exc.returncode, exc.master,
-                                             failure.value) from None
+                                             failure.value, lines) from None
             current = nxt
             continue
         attempts.append({"attempt": attempt, "seconds": round(time.time() - started, 1), "outcome": "success",

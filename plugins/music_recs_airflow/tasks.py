@@ -134,7 +134,8 @@ def folder_bytes(path: str) -> int:
 def submit_stage(plan: RunPlan, spec, input_bytes: int):
     """Submit a stage other than ALS: shuffle partitions and (local mode) memory sized to its input."""
     conf = {"spark.sql.shuffle.partitions": str(shuffle_partitions(input_bytes, plan.cluster))}
-    memory = f"{stage_memory_mb(input_bytes, per_executor_limit_mb(plan.cluster))}m" if plan.local else None
+    memory = (f"{stage_memory_mb(input_bytes, per_executor_limit_mb(plan.cluster), plan.cluster.total_cores)}m"
+              if plan.local else None)
     return spark_hook(plan).submit(spec, conf=conf, driver_memory=memory)
 
 

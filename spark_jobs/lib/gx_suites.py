@@ -1,4 +1,4 @@
-"""Run Great Expectations (GX Core) suites from ``expectations/`` on Spark DataFrames.
+"""Run Great Expectations (GX Core) suites from ``expectations/`` on Spark or pandas DataFrames.
 
 Shared by the input validation (``spark_jobs/validate.py``) and the output checks of the
 evaluation (``spark_jobs/evaluate.py``): each (suite, DataFrame) pair is one GX batch; the
@@ -42,37 +42,61 @@ def _bound(value, parameters: dict):
     return value
 
 
-def _checks(outcome, parameters: dict) -> list[dict]:
+def _plain(value):
+    """A pandas/numpy scalar as a JSON value (NaN and NaT as None)."""
+    if value is None:
+        return None
+    try:
+        import pandas as pd
+
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return value.item() if hasattr(value, "item") else value
+
+
+def _checks(outcome, parameters: dict, row: dict | None = None) -> list[dict]:
+    """One dict per expectation. ``row``: the only row of a one-row frame (a profile or summary);
+    its value is then what was observed, not "1 of 1 rows outside"."""
     checks = []
     for res in outcome.results:
         cfg = res.expectation_config
+        column = cfg.kwargs.get("column")
+        one_value = row is not None and column in row
         checks.append({
             "suite": outcome.suite_name,
             "expectation": cfg.type,
-            "column": cfg.kwargs.get("column"),
+            "column": column,
             "kwargs": {n: _bound(cfg.kwargs[n], parameters) for n in BOUNDS if cfg.kwargs.get(n) is not None},
             "success": bool(res.success),
-            "unexpected_count": res.result.get("unexpected_count"),
-            "element_count": res.result.get("element_count"),
-            "observed_value": res.result.get("observed_value"),
+            "unexpected_count": None if one_value else res.result.get("unexpected_count"),
+            "element_count": None if one_value else res.result.get("element_count"),
+            "observed_value": _plain(row[column]) if one_value else res.result.get("observed_value"),
             "error": (res.exception_info or {}).get("exception_message") if not res.success else None,
         })
     return checks
 
 
 def validate_frames(batches: list[tuple[dict, object]], parameters: dict, docs_dir: str | None = None) -> dict:
-    """Run each (suite, DataFrame) pair. With ``docs_dir``, a file-backed GX project there keeps
-    the results and builds Data Docs (HTML) from them."""
+    """Run each (suite, DataFrame) pair; a DataFrame is Spark's or pandas'. With ``docs_dir``, a
+    file-backed GX project there keeps the results and builds Data Docs (HTML) from them."""
     import great_expectations as gx
+    import pandas as pd
 
     if docs_dir:
         context = gx.get_context(mode="file", project_root_dir=docs_dir)
     else:
         context = gx.get_context(mode="ephemeral")
-    source = context.data_sources.add_or_update_spark(name="lake")
+    sources = {}
     checks, statistics, success = [], {}, True
     for suite_json, df in batches:
         name = suite_json["name"]
+        on_pandas = isinstance(df, pd.DataFrame)
+        if on_pandas not in sources:
+            sources[on_pandas] = (context.data_sources.add_or_update_pandas(name="profiles") if on_pandas
+                                  else context.data_sources.add_or_update_spark(name="lake"))
+        source = sources[on_pandas]
         context.suites.add_or_update(gx.ExpectationSuite(**suite_json))
         suite = context.suites.get(name)
         try:
@@ -88,7 +112,8 @@ def validate_frames(batches: list[tuple[dict, object]], parameters: dict, docs_d
         # Run directly (the result is stored in the project) and build the Data Docs once at
         # the end: a checkpoint with a docs action rebuilt the whole site after every batch.
         outcome = definition.run(batch_parameters={"dataframe": df}, expectation_parameters=parameters)
-        checks += _checks(outcome, parameters)
+        row = df.iloc[0].to_dict() if on_pandas and len(df) == 1 else None
+        checks += _checks(outcome, parameters, row)
         statistics[name] = dict(outcome.statistics)
         success = success and bool(outcome.success)
     if docs_dir:

@@ -48,16 +48,18 @@ class SparkJobError(RuntimeError):
     message: one line with the job, the cause (the first decisive line of the driver's output)
         and where the full log is.
     output: the job's recent output (for classification); returncode: spark-submit's exit code.
-    failure: the failure class ``music_recs.resubmission.classify_failure`` gave it.
+    failure: the failure class ``music_recs.resubmission.classify_failure`` gave it;
+    lines: the decisive log lines it found (secrets masked).
     """
 
     def __init__(self, message: str, output: str = "", returncode: int | None = None, master: str = "",
-                 failure: str = "unknown"):
+                 failure: str = "unknown", lines: list[str] | None = None):
         super().__init__(message)
         self.output = output
         self.returncode = returncode
         self.master = master
         self.failure = failure
+        self.lines = list(lines or [])
 
 
 class PermanentSparkJobError(SparkJobError, PermanentFailure):

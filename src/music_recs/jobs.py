@@ -324,6 +324,7 @@ class ValidateResult(_Contract):
     summary: dict
     failed: list
     seconds: dict
+    profile: dict = dataclasses.field(default_factory=dict)  # what the day's one Spark pass counted
     submission: dict | None = None
 
 

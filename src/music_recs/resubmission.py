@@ -39,7 +39,8 @@ _PATTERNS: list[tuple[Failure, re.Pattern]] = [
         re.I)),
     # 52 is Spark's exit code for an executor that died of OutOfMemoryError (SparkExitCode.OOM):
     # on a cluster the driver often sees only that, the error itself is in the executor's log.
-    # MemoryError: a Python worker hit spark.executor.pyspark.memory (the CG strategy's blocks).
+    # MemoryError: a Python worker hit spark.executor.pyspark.memory (the CG strategy's blocks);
+    # a worker that crashed under that limit is classified below.
     (Failure.EXECUTOR_OOM, re.compile(r"java\.lang\.OutOfMemoryError|Java heap space|GC overhead limit exceeded"
                                       r"|exited with code 52\b|exit code:? 52\b|MemoryError\b", re.I)),
     (Failure.FETCH_FAILED, re.compile(r"FetchFailedException|MetadataFetchFailedException|"
@@ -80,16 +81,39 @@ def first_exception(output: str, limit: int = 400) -> str | None:
     return None
 
 
-def classify_failure(output: str, returncode: int | None = None) -> tuple[Failure, list[str]]:
-    """The failure class and the decisive log lines (secrets masked)."""
+_PYTHON_CRASH = re.compile(r"Python worker exited unexpectedly \(crashed\)")
+PYTHON_CRASH_UNDER_LIMIT = "a Python worker crashed under its {} MiB memory limit (spark.executor.pyspark.memory)"
+
+
+def classify_failure(output: str, returncode: int | None = None,
+                     python_memory_mb: int = 0) -> tuple[Failure, list[str]]:
+    """The failure class and the decisive log lines (secrets masked).
+
+    python_memory_mb: the job's ``spark.executor.pyspark.memory`` (0: none). Under that limit
+    (an address-space limit) an allocation in compiled code (numba, numpy, OpenBLAS threads)
+    often kills the worker outright instead of raising ``MemoryError``: the driver then sees
+    only "Python worker exited unexpectedly (crashed)". With a limit set, that is a memory failure.
+    """
     lines = output.splitlines()
     for failure, pattern in _PATTERNS:
         hits = [mask_secrets(line.strip())[:500] for line in lines if pattern.search(line)]
         if hits:
             return failure, hits[:5]
+    crashes = [mask_secrets(line.strip())[:500] for line in lines if _PYTHON_CRASH.search(line)]
+    if crashes and python_memory_mb:
+        return Failure.EXECUTOR_OOM, [PYTHON_CRASH_UNDER_LIMIT.format(python_memory_mb), *crashes[:4]]
     if returncode == 137:
         return Failure.CONTAINER_MEMORY, [f"exit code {returncode} (killed, usually by the out-of-memory killer)"]
     return Failure.UNKNOWN, [mask_secrets(line.strip())[:500] for line in lines[-5:]]
+
+
+def python_memory_mb(conf: dict) -> int:
+    """``spark.executor.pyspark.memory`` of a job's Spark properties in MiB (0: not set)."""
+    value = str(conf.get("spark.executor.pyspark.memory") or "0").strip().lower()
+    match = re.fullmatch(r"(\d+)([kmgt]?)b?", value)
+    if not match:
+        return 0
+    return int(int(match[1]) * {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}[match[2]])
 
 
 def _mb(value: int, factor: float, cap_mb: int) -> int:

@@ -37,11 +37,13 @@ Stages other than ALS (``shuffle_partitions``, ``stage_memory_mb``): Spark's def
 shuffle partitions is tuned for nobody. Too many on a small day cost more in task scheduling
 than the work itself (GX validation of 3k rows took 50 s with 200, 20 s with 4); too few on a
 large day spill. Aim at ~128 MiB of shuffle input per partition, never fewer than two tasks per
-core. Memory (local mode, where the driver JVM is the executor): spark-submit's default 1 GiB
-ran ingest out of heap on a day of 1.2M plays. Each stage caches its rows and shuffles them
-about once, so the heap is Spark's reserved 300 MiB plus twice the in-memory input over the
-memory fraction, with the same 1.5x headroom as the ALS model; at least 1 GiB, at most what one
-executor may use.
+core. Memory (local mode, where the driver JVM is the executor) follows the partitions, not
+the day: each of the ``c`` running tasks buffers its partition (at most 128 MiB) about twice,
+plus one partition per core of cached rows; caches and shuffles beyond that spill to local
+disk. Heap = 300 MiB reserved + ``c * 3 * partition`` over the memory fraction with the same
+1.5x headroom as the ALS model; at least 1 GiB (spark-submit's default), at most what one
+executor may use. Sized to hold the whole day (twice the input), a 10M-play day's ingest took
+7 GiB and would have grown with every bigger day.
 
 Blocks start at one per core (Spark's default) and double until a task fits; when even the
 largest block count leaves a task or the cached share over what one executor may have,
@@ -266,6 +268,10 @@ def size_evaluate(shape: MatrixShape, cluster: ClusterResources, top_n: int = 50
 
 
 TARGET_PARTITION_BYTES = 128 * MIB
+# A running task of a row stage holds its partition in sort or aggregation buffers about twice
+# (rows and their serialized copy); with one more partition per core of cached rows, the rest of
+# a cache or a shuffle spills to local disk.
+TASK_BUFFERS = 2
 
 
 def shuffle_partitions(input_bytes: int, cluster: ClusterResources) -> int:
@@ -274,8 +280,10 @@ def shuffle_partitions(input_bytes: int, cluster: ClusterResources) -> int:
     return int(min(max(by_size, 2 * cluster.total_cores), 20_000))
 
 
-def stage_memory_mb(input_bytes: int, limit_mb: int) -> int:
-    """Heap for a stage whose rows take ``input_bytes`` in memory (see the module docstring)."""
-    need = JVM_RESERVED + 2 * max(input_bytes, 0) / MEMORY_FRACTION * SAFETY
+def stage_memory_mb(input_bytes: int, limit_mb: int, cores: int) -> int:
+    """Heap for a stage whose rows take ``input_bytes`` in memory, run ``cores`` tasks at a time
+    (see the module docstring): what its running partitions need, never the whole day."""
+    partition = min(max(input_bytes, 0), TARGET_PARTITION_BYTES)
+    need = JVM_RESERVED + cores * (TASK_BUFFERS + 1) * partition / MEMORY_FRACTION * SAFETY
     step = 256 * MIB
     return int(min(max(-(-need // step) * step, 1024 * MIB), limit_mb * MIB) // MIB)
