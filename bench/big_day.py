@@ -75,7 +75,7 @@ def run_size(plays: int, work: str, files_per_million: int, catalogue, reference
     lake = os.path.join(work, f"lake_{plays}")
     cfg = DeploymentSettings(lake_uri=lake)
     start = dt.datetime.combine(DAY, dt.time(), tzinfo=dt.timezone.utc)
-    params = {"window_days": 2, "holdout_days": 1}
+    params = {"window_days": 2, "holdout_days": 1, "tune": "off"}
     history = tasks.plan_run(params, start - dt.timedelta(days=1), f"big__{plays}__history", cfg)
     plan = tasks.plan_run(params, start, f"big__{plays}", cfg)
     files = max(1, files_per_million * plays // 1_000_000)

@@ -274,6 +274,9 @@ def _check_published(store, manifest: dict, day: dt.date, strategy: str, lake):
     rows = manifest["rows"]
     assert rows["rows_read"] == PLAYS
     assert rows["rows_read"] == rows["rows_accepted"] + rows["rows_quarantined"] + rows["duplicates_removed"]
+    # What validation's one pass counted over the accepted plays.
+    profile = manifest["validation"]["profile"]
+    assert profile["rows"] == rows["rows_accepted"] and profile["event_id_duplicates"] == 0, profile
     window = manifest["params"]["window_days"]
     first_day = day - dt.timedelta(days=window - 1)
     assert manifest["data_window"]["first_day"] == first_day.isoformat(), (day, manifest["data_window"])

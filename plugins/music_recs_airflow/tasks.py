@@ -617,7 +617,7 @@ def publish_run(store: S3Store, plan: RunPlan, ingested: IngestResult, validated
         "data_window": matrix.window,
         "rows": ingested.counts,
         "quarantine": {"uri": ingested.quarantine_uri, "reasons": ingested.quarantine_reasons},
-        "validation": {"suite": validated.suite, "statistics": validated.statistics},
+        "validation": {"suite": validated.suite, "statistics": validated.statistics, "profile": validated.profile},
         "matrix": matrix.stats[p.granularity],
         "training": {k: training[k] for k in TRAINING_FIELDS if training[k] is not None},
         "metrics": {"k": evaluated.k, "model": evaluated.model, "baseline_popularity": evaluated.baseline_popularity,
