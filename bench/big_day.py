@@ -102,7 +102,9 @@ def run_size(plays: int, work: str, files_per_million: int, catalogue, reference
     if reference:  # the same stage with the Python reader for every file (before issue 17), same files
         stage("ingest_python_reader", lambda: tasks.submit_stage(plan, dataclasses.replace(
             tasks.ingest_spec(plan), reader="python"), tasks.GZIP_JSON_EXPANSION * landing_bytes))
-    stage("ingest", lambda: tasks.submit_stage(plan, tasks.ingest_spec(plan), tasks.GZIP_JSON_EXPANSION * landing_bytes))
+    largest = tasks.largest_file_bytes(plan.landing_staging)
+    stage("ingest", lambda: tasks.submit_stage(plan, tasks.ingest_spec(plan), tasks.GZIP_JSON_EXPANSION * landing_bytes,
+                                               largest))
     if reference:
         print(f"  ingest: {seconds['ingest_python_reader'] / seconds['ingest']:.2f}x faster than with the Python "
               f"reader for every file", flush=True)

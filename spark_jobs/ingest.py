@@ -171,7 +171,7 @@ def normalize(records: DataFrame, formats=S.LANDING_FORMATS) -> DataFrame:
 
     native = of("native").withColumn("_j", F.from_json(S.RAW_LINE, RAW_SCHEMA)).select(
         S.RAW_LINE, S.SOURCE_FILE, FORMAT, F.coalesce(PRE_REASON, _json_object_reason()).alias(PRE_REASON),
-        *[F.col(f"_j.{c}").alias(c) for c in (S.EVENT_ID, S.USER_ID, S.TRACK_ID, S.ARTIST_ID)],
+        *[F.col(f"_j.{c}").alias(c) for c in S.ID_COLUMNS],
         F.col(f"_j.{S.TS}").alias("_ts_raw"), F.col(f"_j.{S.MS_PLAYED}").alias("_ms_raw"),
         F.col(f"_j.{S.TRACK_NAME}").alias(S.TRACK_NAME), F.col(f"_j.{S.ARTIST_NAME}").alias(S.ARTIST_NAME),
     )
@@ -230,8 +230,9 @@ def normalize(records: DataFrame, formats=S.LANDING_FORMATS) -> DataFrame:
 
 
 def day_window(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    """``[lo, hi)``: the play times day ``day`` accepts (UTC, naive), late events included."""
-    day_start = dt.datetime.combine(day, dt.time())
+    """``[lo, hi)``: the play times day ``day`` accepts, late events included. Aware (UTC): Spark
+    reads a naive datetime literal in the driver's local time zone, not the session's."""
+    day_start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
     return (day_start - dt.timedelta(hours=LATE_TOLERANCE_HOURS),
             day_start + dt.timedelta(days=1, minutes=CLOCK_SKEW_MINUTES))
 
@@ -242,11 +243,11 @@ def classify(normalized: DataFrame, day: dt.date) -> DataFrame:
     typed = normalized.withColumn(S.TS, F.expr("try_to_timestamp(_ts_raw)")) \
         .withColumn("_ms_double", F.expr("try_cast(_ms_raw AS DOUBLE)"))
     reason = F.when(F.col(PRE_REASON).isNotNull(), F.col(PRE_REASON))
-    for col in (S.EVENT_ID, S.USER_ID, S.TRACK_ID, S.ARTIST_ID):
+    for col in S.ID_COLUMNS:
         reason = reason.when(F.col(col).isNull(), F.lit(R_MISSING.format(col)))
     reason = reason.when(F.col("_ts_raw").isNull(), F.lit(R_MISSING.format(S.TS)))
     reason = reason.when(F.col("_ms_raw").isNull(), F.lit(R_MISSING.format(S.MS_PLAYED)))
-    for col in (S.EVENT_ID, S.USER_ID, S.TRACK_ID, S.ARTIST_ID):
+    for col in S.ID_COLUMNS:
         reason = reason.when(~F.col(col).rlike(ID_PATTERN), F.lit(R_BAD_ID.format(col)))
     reason = (
         reason.when(F.col(S.TS).isNull(), F.lit(R_BAD_TS))

@@ -34,13 +34,13 @@ from spark_jobs.lib.session import PhaseTimer, job_main
 DEFAULT_SUITE = os.path.join(EXPECTATIONS, "stream_logs_daily.json")
 SUMMARY_SUITE = os.path.join(EXPECTATIONS, "stream_logs_day_summary.json")
 TRAILING_DAYS = 7
-ID_COLUMNS = (S.EVENT_ID, S.USER_ID, S.TRACK_ID, S.ARTIST_ID)
 
 
 def day_profile(df: DataFrame, day: dt.date) -> dict:
-    """The day's profile, in one Spark job: ``rows``, ``missing_columns``, ``ts_type`` and
-    ``ms_played_type``, and per rule the number of rows that break it (``<column>_null``,
-    ``<id>_malformed``, ``ms_played_out_of_range``, ``ts_outside_window``, ``event_id_duplicates``).
+    """The day's profile, in one Spark job: ``rows``, ``missing_columns`` (the required columns
+    absent, comma-separated), ``ts_type`` and ``ms_played_type``, and per rule the number of rows
+    that break it (``<column>_null``, ``<id>_malformed``, ``ms_played_out_of_range``,
+    ``ts_outside_window``); ``event_id_duplicates``: rows beyond the first of each ``event_id``.
 
     Total on any partition: a missing column counts every row against its rules, and a column
     of the wrong type is not compared (its type check fails instead), so nothing here can fail
@@ -51,7 +51,7 @@ def day_profile(df: DataFrame, day: dt.date) -> dict:
     counts = {"rows": rows}
     for c in S.REQUIRED_LOG_COLUMNS:
         counts[f"{c}_null"] = F.count_if(F.col(c).isNull()) if c in types else rows
-    for c in ID_COLUMNS:
+    for c in S.ID_COLUMNS:
         counts[f"{c}_malformed"] = (F.count_if(~F.col(c).rlike(S.ID_PATTERN))
                                     if isinstance(types.get(c), T.StringType) else rows)
     ms_numeric = isinstance(types.get(S.MS_PLAYED), T.IntegralType)
@@ -66,9 +66,9 @@ def day_profile(df: DataFrame, day: dt.date) -> dict:
         else F.lit(0)
     row = df.agg(*[col.alias(name) for name, col in counts.items()]).first().asDict()
     missing = [c for c in S.REQUIRED_LOG_COLUMNS if c not in types]
-    return {"rows": row.pop("rows"), "missing_columns": len(missing),
-            "ts_type": types[S.TS].simpleString() if S.TS in types else None,
-            "ms_played_type": types[S.MS_PLAYED].simpleString() if S.MS_PLAYED in types else None,
+    return {"rows": row.pop("rows"), "missing_columns": ",".join(missing),
+            "ts_type": types[S.TS].simpleString() if S.TS in types else "missing",
+            "ms_played_type": types[S.MS_PLAYED].simpleString() if S.MS_PLAYED in types else "missing",
             **{name: int(value) for name, value in row.items()}}
 
 

@@ -105,3 +105,5 @@ def test_other_stages_get_heap_for_their_running_partitions_not_the_day():
     assert stage_memory_mb(100 * 2**30, 18_000, cores=2) == 2304
     assert stage_memory_mb(100 * 2**30, 18_000, cores=16) == 15_872
     assert stage_memory_mb(100 * 2**30, 2048, cores=16) == 2048  # never over one executor's limit
+    # ingest holds a landing file whole per task: a 1 GiB .gz adds 2 cores x 2 GiB / 0.6 x 1.5 = 10 GiB
+    assert stage_memory_mb(100 * 2**30, 18_000, cores=2, whole_file_bytes=2**30) == 2304 + 10_240

@@ -94,7 +94,7 @@ def test_too_many_bad_rows(store, bucket, plan):
 @pytest.mark.spark
 def test_a_failed_validation(plan):
     partition = plan.lake.plays(DAY)
-    table = pa.table({"event_id": ["e1", "e1"], "ts": pa.array([dt.datetime(2026, 11, 20, 10)] * 2, pa.timestamp("us")),
+    table = pa.table({"event_id": ["e1", "e1"], "ts": pa.array([dt.datetime(2026, 11, 20, 10)] * 2, pa.timestamp("us", tz="UTC")),
                       "user_id": ["u1", "u1"], "track_id": ["t1", "t1"], "artist_id": ["a1", "a1"],
                       "ms_played": pa.array([-5, 60000], pa.int64()), "track_name": ["x", "x"],
                       "artist_name": ["y", "y"]})
@@ -104,7 +104,10 @@ def test_a_failed_validation(plan):
     pq.write_table(table, f"{partition}/part-00000.parquet")
     open(f"{partition}/_SUCCESS", "w").close()
     message = fails_at_once(lambda: tasks.validate(plan), ValidationFailed)
-    assert message.startswith(f"dt={DAY} failed") and "expect_column_values_to_be_between(event_id_duplicates): 1;" in message
+    assert message.startswith(f"dt={DAY} failed 2 expectation(s): stream_logs_daily.ms_played_out_of_range "
+                              "expect_column_values_to_be_between: observed 1 (min 0, max 0); stream_logs_daily."
+                              "event_id_duplicates expect_column_values_to_be_between: observed 1 (min 0, max 0); "
+                              "Data Docs: file://"), message
 
 
 @pytest.mark.spark

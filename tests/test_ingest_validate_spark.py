@@ -110,9 +110,13 @@ def test_gx_suite_passes_on_ingested_day_and_fails_on_bad_data(spark, landing, t
     odd.write.mode("overwrite").parquet(str(tmp_path / "odd" / "plays" / f"dt={DAY}"))
     verdict = validate.run(spark, ValidateSpec(day=str(DAY), lake_uri=str(tmp_path / "odd"), suite_path=validate.DEFAULT_SUITE, summary_suite_path=validate.SUMMARY_SUITE))
     failed = {c["column"]: c["observed_value"] for c in verdict.failed}
-    assert failed == {"missing_columns": 1, "ts_type": "string", "ms_played_type": "string", "artist_id_null": 21,
+    assert failed == {"missing_columns": "artist_id", "ts_type": "string", "ms_played_type": "string", "artist_id_null": 21,
                       "artist_id_malformed": 21, "user_id_malformed": 21, "ms_played_out_of_range": 21,
                       "ts_outside_window": 21}, verdict.failed
+    odd.drop("ts").write.mode("overwrite").parquet(str(tmp_path / "odd" / "plays" / f"dt={DAY}"))
+    verdict = validate.run(spark, ValidateSpec(day=str(DAY), lake_uri=str(tmp_path / "odd"), suite_path=validate.DEFAULT_SUITE, summary_suite_path=validate.SUMMARY_SUITE))
+    failed = {c["column"]: c["observed_value"] for c in verdict.failed}
+    assert failed["missing_columns"] == "ts,artist_id" and failed["ts_type"] == "missing" and failed["ts_null"] == 21
 
 
 def test_day_level_checks_catch_replays_and_collapsing_volume(spark, tmp_path):

@@ -88,6 +88,10 @@ def test_secret_in_the_error_message_is_masked():
 def test_failure_class_of_a_non_retryable_spark_error_and_of_nothing():
     assert failure_class(SparkJobError("x", "Path does not exist: file:/lake/matrix", 1)) == "spark:non_retryable"
     assert failure_class(None) == "unknown"
+    # The class the hook gave (it knew the job's Python memory limit) wins over the output alone.
+    crash = "WARN TaskSetManager: ... SparkException: Python worker exited unexpectedly (crashed)."
+    assert failure_class(SparkJobError("x", crash, 1)) == "spark:unknown"
+    assert failure_class(SparkJobError("x", crash, 1, failure="executor_out_of_memory")) == "spark:executor_out_of_memory"
 
 
 def _conn(**kw):

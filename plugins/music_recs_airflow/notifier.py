@@ -39,7 +39,9 @@ def failure_class(exc: BaseException | None) -> str:
         return "unknown"
     cause = exc.__cause__ or exc  # a task that fails fast wraps the cause in AirflowFailException
     if isinstance(cause, SparkJobError):
-        return f"spark:{classify_failure(cause.output, cause.returncode)[0].value}"
+        # The hook's class (it knew the job's settings, e.g. a Python memory limit); else from the output.
+        known = cause.failure if cause.failure != "unknown" else None
+        return f"spark:{known or classify_failure(cause.output, cause.returncode)[0].value}"
     return type(cause).__name__
 
 

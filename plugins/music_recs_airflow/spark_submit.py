@@ -124,8 +124,9 @@ def event_log_conf(directory: str) -> dict[str, str]:
 def cause_line(output: str, returncode: int | None, conf: dict | None = None) -> tuple[Failure, list[str], str]:
     """The failure class, its decisive lines, and the cause: the first exception in the output,
     else its first decisive line; for a Python worker that crashed under its memory limit, that."""
-    failure, lines = classify_failure(output, returncode, python_memory_mb(conf or {}))
-    if failure is Failure.EXECUTOR_OOM and lines and lines[0].startswith(PYTHON_CRASH_UNDER_LIMIT.split("{")[0]):
+    limit = python_memory_mb(conf or {})
+    failure, lines = classify_failure(output, returncode, limit)
+    if lines and lines[0] == PYTHON_CRASH_UNDER_LIMIT.format(limit):
         return failure, lines, lines[0]
     return failure, lines, first_exception(output) or next((line for line in lines if line), "no output")
 

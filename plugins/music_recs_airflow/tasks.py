@@ -35,7 +35,7 @@ from music_recs.jobs import (ConfidenceSpec, EvaluateResult, EvaluateSpec, Inges
                              TrainResult, TrainSpec, TuneSpec, ValidateResult, ValidateSpec)
 from music_recs.params import DEFAULTS, DESCRIPTIONS, FIELDS, SCHEMAS, RunParams
 from music_recs.plan import RunPlan
-from music_recs.quality_gate import decide
+from music_recs.quality_gate import decide, failure_line
 from music_recs.rules import parse_do_not_recommend
 from music_recs.settings import DeploymentSettings
 from music_recs.sizing import (ExecutorSizing, MatrixShape, factor_exchange, per_executor_limit_mb, shuffle_partitions, size_als,
@@ -131,10 +131,15 @@ def folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def submit_stage(plan: RunPlan, spec, input_bytes: int):
-    """Submit a stage other than ALS: shuffle partitions and (local mode) memory sized to its input."""
+def largest_file_bytes(path: str) -> int:
+    return max((os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files), default=0)
+
+
+def submit_stage(plan: RunPlan, spec, input_bytes: int, whole_file_bytes: int = 0):
+    """Submit a stage other than ALS: shuffle partitions and (local mode) memory sized to its input's
+    partitions; ``whole_file_bytes``: the largest file a task reads whole (ingest's landing files)."""
     conf = {"spark.sql.shuffle.partitions": str(shuffle_partitions(input_bytes, plan.cluster))}
-    memory = (f"{stage_memory_mb(input_bytes, per_executor_limit_mb(plan.cluster), plan.cluster.total_cores)}m"
+    memory = (f"{stage_memory_mb(input_bytes, per_executor_limit_mb(plan.cluster), plan.cluster.total_cores, whole_file_bytes)}m"
               if plan.local else None)
     return spark_hook(plan).submit(spec, conf=conf, driver_memory=memory)
 
@@ -162,7 +167,8 @@ def ingest_spec(plan: RunPlan) -> IngestSpec:
 @fail_fast
 def ingest(store: S3Store, plan: RunPlan) -> IngestResult:
     stage_landing(store, plan)
-    result = submit_stage(plan, ingest_spec(plan), GZIP_JSON_EXPANSION * folder_bytes(plan.landing_staging))
+    result = submit_stage(plan, ingest_spec(plan), GZIP_JSON_EXPANSION * folder_bytes(plan.landing_staging),
+                          largest_file_bytes(plan.landing_staging))
     log.info("ingest dt=%s: read %d, accepted %d, quarantined %d, duplicates %d (formats %s)", plan.day,
              result.rows_read, result.rows_accepted, result.rows_quarantined, result.duplicates_removed, result.formats)
     # Quarantined rows are stored before any verdict, so they are kept even when the run stops.
@@ -205,11 +211,7 @@ def validate(plan: RunPlan, ingested: IngestResult | None = None) -> ValidateRes
     result = submit_stage(plan, validate_spec(plan, ingested), PARQUET_EXPANSION * folder_bytes(plan.lake.plays(plan.day)))
     log.info("GX Data Docs for dt=%s: file://%s", plan.day, result.data_docs)
     if not result.success:
-        failed = "; ".join(
-            f"{c['expectation']}({c['column'] or ''}): "
-            f"{c['unexpected_count'] if c['unexpected_count'] is not None else c['observed_value']}"
-            for c in result.failed
-        )
+        failed = "; ".join(failure_line(c) for c in result.failed)
         raise ValidationFailed(f"dt={plan.day} failed {len(result.failed)} expectation(s): {failed}; "
                                f"Data Docs: file://{result.data_docs}")
     log.info("validation dt=%s: %d expectations passed", plan.day, len(result.checks))

@@ -17,6 +17,7 @@ DT = "dt"  # lake partition column, YYYY-MM-DD
 
 # Required in every landing record; more fields are allowed and ignored.
 REQUIRED_LOG_COLUMNS = (EVENT_ID, TS, USER_ID, TRACK_ID, ARTIST_ID, MS_PLAYED)
+ID_COLUMNS = (EVENT_ID, USER_ID, TRACK_ID, ARTIST_ID)  # each must match ID_PATTERN
 # What an id may hold (user, track, artist): ingest quarantines others, the do-not-recommend list refuses them.
 ID_PATTERN = r"^[A-Za-z0-9:._@+-]{1,128}$"
 # Optional columns kept when present.

@@ -41,7 +41,8 @@ core. Memory (local mode, where the driver JVM is the executor) follows the part
 the day: each of the ``c`` running tasks buffers its partition (at most 128 MiB) about twice,
 plus one partition per core of cached rows; caches and shuffles beyond that spill to local
 disk. Heap = 300 MiB reserved + ``c * 3 * partition`` over the memory fraction with the same
-1.5x headroom as the ALS model; at least 1 GiB (spark-submit's default), at most what one
+1.5x headroom as the ALS model (2304 MiB on 2 cores); ingest adds twice its largest landing file
+per core (a task holds a file whole); at least 1 GiB (spark-submit's default), at most what one
 executor may use. Sized to hold the whole day (twice the input), a 10M-play day's ingest took
 7 GiB and would have grown with every bigger day.
 
@@ -280,10 +281,14 @@ def shuffle_partitions(input_bytes: int, cluster: ClusterResources) -> int:
     return int(min(max(by_size, 2 * cluster.total_cores), 20_000))
 
 
-def stage_memory_mb(input_bytes: int, limit_mb: int, cores: int) -> int:
+def stage_memory_mb(input_bytes: int, limit_mb: int, cores: int, whole_file_bytes: int = 0) -> int:
     """Heap for a stage whose rows take ``input_bytes`` in memory, run ``cores`` tasks at a time
-    (see the module docstring): what its running partitions need, never the whole day."""
+    (see the module docstring): what its running partitions need, never the whole day.
+
+    whole_file_bytes: the largest file a task holds whole (ingest reads each landing file as one
+    binary row and hands it to its Python worker: held twice), default none."""
     partition = min(max(input_bytes, 0), TARGET_PARTITION_BYTES)
-    need = JVM_RESERVED + cores * (TASK_BUFFERS + 1) * partition / MEMORY_FRACTION * SAFETY
+    per_task = (TASK_BUFFERS + 1) * partition + 2 * max(whole_file_bytes, 0)
+    need = JVM_RESERVED + cores * per_task / MEMORY_FRACTION * SAFETY
     step = 256 * MIB
     return int(min(max(-(-need // step) * step, 1024 * MIB), limit_mb * MIB) // MIB)
