@@ -36,31 +36,39 @@ SUMMARY_SUITE = os.path.join(EXPECTATIONS, "stream_logs_day_summary.json")
 TRAILING_DAYS = 7
 
 
+EXAMPLES = 5  # rows shown per broken rule when the day fails
+
+
+def rules(types: dict, day: dt.date) -> dict[str, tuple[str, object]]:
+    """Per count column of the profile, (the column it is about, the condition a breaking row
+    meets); the condition is None when every row breaks it (the column is missing, or of a type
+    its rule cannot compare: its type check fails instead, so no value is ever cast or compared
+    across types and nothing here can fail the job)."""
+    out: dict[str, tuple[str, object]] = {}
+    for c in S.REQUIRED_LOG_COLUMNS:
+        out[f"{c}_null"] = (c, F.col(c).isNull() if c in types else None)
+    for c in S.ID_COLUMNS:
+        out[f"{c}_malformed"] = (c, ~F.col(c).rlike(S.ID_PATTERN) if isinstance(types.get(c), T.StringType) else None)
+    ms = F.col(S.MS_PLAYED)
+    out["ms_played_out_of_range"] = (S.MS_PLAYED, ((ms < 0) | (ms > MAX_MS_PLAYED))
+                                     if isinstance(types.get(S.MS_PLAYED), T.IntegralType) else None)
+    lo, hi = day_window(day)
+    out["ts_outside_window"] = (S.TS, ((F.col(S.TS) < F.lit(lo)) | (F.col(S.TS) >= F.lit(hi)))
+                                if isinstance(types.get(S.TS), T.TimestampType) else None)
+    return out
+
+
 def day_profile(df: DataFrame, day: dt.date) -> dict:
     """The day's profile, in one Spark job: ``rows``, ``missing_columns`` (the required columns
-    absent, comma-separated), ``ts_type`` and ``ms_played_type``, and per rule the number of rows
-    that break it (``<column>_null``, ``<id>_malformed``, ``ms_played_out_of_range``,
-    ``ts_outside_window``); ``event_id_duplicates``: rows beyond the first of each ``event_id``.
-
-    Total on any partition: a missing column counts every row against its rules, and a column
-    of the wrong type is not compared (its type check fails instead), so nothing here can fail
-    the job on a value.
+    absent, comma-separated), ``ts_type`` and ``ms_played_type``, per rule of ``rules`` the number
+    of rows that break it (``<column>_null``, ``<id>_malformed``, ``ms_played_out_of_range``,
+    ``ts_outside_window``), and ``event_id_duplicates``: rows beyond the first of each ``event_id``.
     """
     types = {f.name: f.dataType for f in df.schema.fields}
     rows = F.count(F.lit(1))
     counts = {"rows": rows}
-    for c in S.REQUIRED_LOG_COLUMNS:
-        counts[f"{c}_null"] = F.count_if(F.col(c).isNull()) if c in types else rows
-    for c in S.ID_COLUMNS:
-        counts[f"{c}_malformed"] = (F.count_if(~F.col(c).rlike(S.ID_PATTERN))
-                                    if isinstance(types.get(c), T.StringType) else rows)
-    ms_numeric = isinstance(types.get(S.MS_PLAYED), T.IntegralType)
-    counts["ms_played_out_of_range"] = (
-        F.count_if((F.col(S.MS_PLAYED) < 0) | (F.col(S.MS_PLAYED) > MAX_MS_PLAYED)) if ms_numeric else rows)
-    lo, hi = day_window(day)
-    ts_typed = isinstance(types.get(S.TS), T.TimestampType)
-    counts["ts_outside_window"] = (F.count_if((F.col(S.TS) < F.lit(lo)) | (F.col(S.TS) >= F.lit(hi)))
-                                   if ts_typed else rows)
+    for name, (_, broken) in rules(types, day).items():
+        counts[name] = F.count_if(broken) if broken is not None else rows
     # Exact, in the same pass: Spark plans the distinct count beside the other aggregates.
     counts["event_id_duplicates"] = (F.count(S.EVENT_ID) - F.count_distinct(S.EVENT_ID)) if S.EVENT_ID in types \
         else F.lit(0)
@@ -70,6 +78,24 @@ def day_profile(df: DataFrame, day: dt.date) -> dict:
             "ts_type": types[S.TS].simpleString() if S.TS in types else "missing",
             "ms_played_type": types[S.MS_PLAYED].simpleString() if S.MS_PLAYED in types else "missing",
             **{name: int(value) for name, value in row.items()}}
+
+
+def examples(df: DataFrame, day: dt.date, profile: dict) -> dict[str, list[str]]:
+    """For each rule the profile counted broken rows of, up to ``EXAMPLES`` of them as
+    ``event_id: value`` (duplicates: the repeated ids and how often). One small job per broken
+    rule, run only on a day that failed: the profile has counts, a person needs rows."""
+    types = {f.name: f.dataType for f in df.schema.fields}
+    event_id = F.col(S.EVENT_ID).cast("string") if S.EVENT_ID in types else F.lit("?")
+    out = {}
+    for name, (column, broken) in rules(types, day).items():
+        if profile.get(name) and broken is not None:
+            found = df.filter(broken).select(event_id.alias("e"), F.col(column).cast("string").alias("v")) \
+                .limit(EXAMPLES).collect()
+            out[name] = [f"{r['e']}: {r['v']}" for r in found]
+    if profile.get("event_id_duplicates"):
+        found = df.groupBy(S.EVENT_ID).count().filter("count > 1").limit(EXAMPLES).collect()
+        out["event_id_duplicates"] = [f"{r[S.EVENT_ID]}: {r['count']} rows" for r in found]
+    return out
 
 
 def day_summary(spark: SparkSession, lake: LakeLayout, day: dt.date, rows_read: int, duplicates: int,
@@ -96,7 +122,8 @@ def run(spark: SparkSession, spec: ValidateSpec) -> ValidateResult:
     timer = PhaseTimer()
     day, lake = dt.date.fromisoformat(spec.day), LakeLayout(spec.lake_uri)
     with timer.phase("profile"):
-        profile = day_profile(spark.read.parquet(lake.plays(spec.day)), day)
+        plays = spark.read.parquet(lake.plays(spec.day))
+        profile = day_profile(plays, day)
         counts = spec.ingest_counts or {"rows_read": profile["rows"], "duplicates_removed": 0, "rows_quarantined": 0}
         summary = day_summary(spark, lake, day, counts["rows_read"], counts["duplicates_removed"],
                               counts["rows_quarantined"], profile["rows"])
@@ -106,6 +133,10 @@ def run(spark: SparkSession, spec: ValidateSpec) -> ValidateResult:
                                    (load_suite(spec.summary_suite_path), pd.DataFrame([summary]))],
                                   parameters, spec.docs_dir)
     failed = [c for c in verdict["checks"] if not c["success"]]
+    if failed:
+        with timer.phase("examples"):
+            shown = examples(plays, day, profile)
+        failed = [{**c, "examples": shown[c["column"]]} if c["column"] in shown else c for c in failed]
     return ValidateResult(day=spec.day, suite=os.path.basename(spec.suite_path), **verdict, summary=summary,
                           profile=profile, failed=failed, seconds=timer.seconds)
 

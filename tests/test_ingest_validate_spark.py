@@ -102,6 +102,10 @@ def test_gx_suite_passes_on_ingested_day_and_fails_on_bad_data(spark, landing, t
     assert failed == {"event_id_duplicates": 2, "ms_played_out_of_range": 23}, verdict.failed
     assert failure_line(verdict.failed[-1]) == (
         "stream_logs_daily.event_id_duplicates expect_column_values_to_be_between: observed 2 (min 0, max 0)")
+    # A failed day shows rows, not only counts: the ids repeated, the values out of range.
+    examples = {c["column"]: c["examples"] for c in verdict.failed}
+    assert len(examples["event_id_duplicates"]) == 2 and all(e.endswith(": 2 rows") for e in examples["event_id_duplicates"])
+    assert len(examples["ms_played_out_of_range"]) == 5 and all(e.endswith(": -5") for e in examples["ms_played_out_of_range"])
 
     # Wrong types and a missing column are findings, never a failed job (no value is compared
     # across types): every row counts against the missing column's rules.

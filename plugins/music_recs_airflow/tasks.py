@@ -212,6 +212,9 @@ def validate(plan: RunPlan, ingested: IngestResult | None = None) -> ValidateRes
     log.info("GX Data Docs for dt=%s: file://%s", plan.day, result.data_docs)
     if not result.success:
         failed = "; ".join(failure_line(c) for c in result.failed)
+        for check in result.failed:
+            if check.get("examples"):
+                log.error("%s; e.g. %s", failure_line(check), "; ".join(check["examples"]))
         raise ValidationFailed(f"dt={plan.day} failed {len(result.failed)} expectation(s): {failed}; "
                                f"Data Docs: file://{result.data_docs}")
     log.info("validation dt=%s: %d expectations passed", plan.day, len(result.checks))
