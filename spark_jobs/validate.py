@@ -39,7 +39,7 @@ TRAILING_DAYS = 7
 EXAMPLES = 5  # rows shown per broken rule when the day fails
 
 
-def rules(types: dict, day: dt.date) -> dict[str, tuple[str, object]]:
+def row_rules(types: dict, day: dt.date) -> dict[str, tuple[str, object]]:
     """Per count column of the profile, (the column it is about, the condition a breaking row
     meets); the condition is None when every row breaks it (the column is missing, or of a type
     its rule cannot compare: its type check fails instead, so no value is ever cast or compared
@@ -60,14 +60,14 @@ def rules(types: dict, day: dt.date) -> dict[str, tuple[str, object]]:
 
 def day_profile(df: DataFrame, day: dt.date) -> dict:
     """The day's profile, in one Spark job: ``rows``, ``missing_columns`` (the required columns
-    absent, comma-separated), ``ts_type`` and ``ms_played_type``, per rule of ``rules`` the number
+    absent, comma-separated), ``ts_type`` and ``ms_played_type``, per rule of ``row_rules`` the number
     of rows that break it (``<column>_null``, ``<id>_malformed``, ``ms_played_out_of_range``,
     ``ts_outside_window``), and ``event_id_duplicates``: rows beyond the first of each ``event_id``.
     """
     types = {f.name: f.dataType for f in df.schema.fields}
     rows = F.count(F.lit(1))
     counts = {"rows": rows}
-    for name, (_, broken) in rules(types, day).items():
+    for name, (_, broken) in row_rules(types, day).items():
         counts[name] = F.count_if(broken) if broken is not None else rows
     # Exact, in the same pass: Spark plans the distinct count beside the other aggregates.
     counts["event_id_duplicates"] = (F.count(S.EVENT_ID) - F.count_distinct(S.EVENT_ID)) if S.EVENT_ID in types \
@@ -87,7 +87,7 @@ def examples(df: DataFrame, day: dt.date, profile: dict) -> dict[str, list[str]]
     types = {f.name: f.dataType for f in df.schema.fields}
     event_id = F.col(S.EVENT_ID).cast("string") if S.EVENT_ID in types else F.lit("?")
     out = {}
-    for name, (column, broken) in rules(types, day).items():
+    for name, (column, broken) in row_rules(types, day).items():
         if profile.get(name) and broken is not None:
             found = df.filter(broken).select(event_id.alias("e"), F.col(column).cast("string").alias("v")) \
                 .limit(EXAMPLES).collect()
