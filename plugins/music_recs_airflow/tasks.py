@@ -127,12 +127,17 @@ def spark_hook(plan: RunPlan) -> SparkJobHook:
                         label=f"dt={plan.day}", event_log_dir=plan.settings.spark_event_log_dir)
 
 
+def file_sizes(path: str) -> list[int]:
+    """The size of every file under ``path``."""
+    return [os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files]
+
+
 def folder_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+    return sum(file_sizes(path))
 
 
 def largest_file_bytes(path: str) -> int:
-    return max((os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files), default=0)
+    return max(file_sizes(path), default=0)
 
 
 def submit_stage(plan: RunPlan, spec, input_bytes: int, whole_file_bytes: int = 0):
