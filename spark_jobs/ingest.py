@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import unquote
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -69,6 +73,26 @@ RAW_SCHEMA = T.StructType([T.StructField(c, T.StringType()) for c in _RAW_FIELDS
 SPOTIFY_SCHEMA = T.StructType([T.StructField(c, T.StringType()) for c in (
     "ts", "username", "ms_played", "spotify_track_uri", "spotify_episode_uri", "episode_name",
     "master_metadata_track_name", "master_metadata_album_artist_name", "reason_end", "skipped")])
+# How a landing line is parsed: strict JSON (no NaN, no single quotes: what json.loads accepts
+# but for duplicate keys, where the last wins), in PERMISSIVE mode with the unparsable line kept
+# in UNPARSED (a name no landing format uses).
+UNPARSED = "_music_recs_unparsed"
+JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": UNPARSED,
+                "allowNonNumericNumbers": "false", "allowSingleQuotes": "false"}
+# Gzip'd JSON lines hold about a million plays in 48 MiB: the day's plays are written about one
+# Parquet file per million plays (per 48 MiB of landing bytes), sized before the day is parsed.
+LANDING_BYTES_PER_OUTPUT_FILE = 48 * 1024 * 1024
+
+
+class Verdict(typing.NamedTuple):
+    """What ``landing.inspect`` found in one landing file."""
+
+    path: str
+    format: str
+    jvm_readable: bool
+    bytes: int
+
+
 LISTENBRAINZ_SCHEMA = T.StructType([
     T.StructField("listened_at", T.StringType()),
     T.StructField("user_name", T.StringType()),
@@ -83,51 +107,63 @@ LISTENBRAINZ_SCHEMA = T.StructType([
 ])
 
 
-def read_records(spark: SparkSession, input_uri: str, source_format: str = "auto",
-                 reader: str = "auto") -> tuple[DataFrame, dict, set]:
-    """One row per record of every landing file: ``raw_line, source_file, format, pre_reason``; how
-    many files each path read (``{"spark": n, "python": m}``); the formats present.
+def inspect_files(spark: SparkSession, input_uri: str, source_format: str = "auto",
+                  reader: str = "auto") -> list[Verdict]:
+    """A verdict per landing file under ``input_uri``: its format, whether Spark's text reader takes
+    it exactly, its size.
 
     Each file is inspected once on the executors (``landing.inspect``: format, intact gzip, valid
-    UTF-8, sane line lengths; only a verdict per file comes back). Files Spark's text reader can
-    take exactly are read by it (gzip through Hadoop's codec) and never cross into Python; the
-    rest (a broken gzip stream, bytes that are not UTF-8, a Spotify JSON array, an endless line)
-    are split by ``landing.iter_records``, so a file that breaks midway keeps its good lines.
+    UTF-8, sane line lengths; only the verdict comes back). ``reader="python"``: every file goes to
+    the Python reader, its format from a look at its head.
     """
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_uri)
-    if reader == "python":  # every file through the Python reader; formats come from a look at its head
-        verdicts = (files.select("path", "content").rdd
-                    .map(lambda row: (row.path, detect(row.path, bytes(row.content), source_format), False)).collect())
+    files = _binary_files(spark, input_uri).select("path", "length", "content")
+    if reader == "python":
+        verdicts = files.rdd.map(lambda row: (row.path, detect(row.path, bytes(row.content), source_format), False,
+                                              row.length)).collect()
     else:
-        verdicts = (files.select("path", "content").rdd
-                    .map(lambda row: (row.path, *inspect(row.path, bytes(row.content), source_format))).collect())
+        verdicts = files.rdd.map(lambda row: (row.path, *inspect(row.path, bytes(row.content), source_format),
+                                              row.length)).collect()
+    return sorted(Verdict(*v) for v in verdicts)
+
+
+def _binary_files(spark: SparkSession, input_uri: str) -> DataFrame:
+    return spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(input_uri)
+
+
+def read_records(spark: SparkSession, input_uri: str, verdicts: list[Verdict],
+                 source_format: str = "auto") -> DataFrame:
+    """One row per record of the files in ``verdicts``: ``raw_line, source_file, format, pre_reason``.
+
+    Files Spark's text reader takes exactly are read by it (gzip through Hadoop's codec) and never
+    cross into Python; the rest (a broken gzip stream, bytes that are not UTF-8, a Spotify JSON
+    array, an endless line) are split by ``landing.iter_records``, so a file that breaks midway
+    keeps its good lines.
+    """
     schema = f"{S.RAW_LINE} string, {S.SOURCE_FILE} string, {FORMAT} string, {PRE_REASON} string"
     parts = []
     by_format: dict[str, list[str]] = {}
-    for path, fmt, jvm_readable in verdicts:
-        if jvm_readable:
-            by_format.setdefault(fmt, []).append(path)
+    for v in verdicts:
+        if v.jvm_readable:
+            by_format.setdefault(v.format, []).append(v.path)
     for fmt, paths in sorted(by_format.items()):
         lines = spark.read.text(sorted(paths)).select(
             F.regexp_replace("value", "^\ufeff", "").alias(S.RAW_LINE), F.col("_metadata.file_path").alias(S.SOURCE_FILE))
         parts.append(lines.filter(F.col(S.RAW_LINE).rlike(BLANK_LINE_NOT)).select(
             S.RAW_LINE, S.SOURCE_FILE, F.lit(fmt).alias(FORMAT), F.lit(None).cast("string").alias(PRE_REASON)))
-    in_python = sorted(path for path, _, jvm_readable in verdicts if not jvm_readable)
+    in_python = sorted(v.path for v in verdicts if not v.jvm_readable)
     if in_python:
         def split(row):
             for line, fmt, reason in iter_records(row.path, bytes(row.content), source_format):
                 yield line, row.path, fmt, reason
 
-        chosen = files.filter(F.col("path").isin(in_python)).select("path", "content")
+        chosen = _binary_files(spark, input_uri).filter(F.col("path").isin(in_python)).select("path", "content")
         parts.append(spark.createDataFrame(chosen.rdd.flatMap(split), schema))
-    paths = {"spark": len(verdicts) - len(in_python), "python": len(in_python)}
-    formats = {fmt for _, fmt, _ in verdicts}
     if not parts:
-        return spark.createDataFrame([], schema), paths, formats
+        return spark.createDataFrame([], schema)
     out = parts[0]
     for part in parts[1:]:
         out = out.unionByName(part)
-    return out, paths, formats
+    return out
 
 
 def _norm(col):
@@ -147,8 +183,14 @@ def derived_id(*cols):
     return F.when(~missing, F.concat(F.lit("name:"), F.substring(F.sha1(joined), 1, 20)))
 
 
+def _from_json(schema: T.StructType):
+    """``from_json`` of the raw line, strict JSON; ``UNPARSED`` holds the line when it is not JSON."""
+    return F.from_json(S.RAW_LINE, T.StructType([*schema.fields, T.StructField(UNPARSED, T.StringType())]), JSON_OPTIONS)
+
+
 def _json_object_reason():
-    ok = F.expr(f"try_parse_json({S.RAW_LINE}) IS NOT NULL") & F.trim(F.col(S.RAW_LINE)).startswith("{")
+    # The parse that types the fields also says whether the line is JSON: no second parse.
+    ok = F.col(f"_j.{UNPARSED}").isNull() & F.trim(F.col(S.RAW_LINE)).startswith("{")
     return F.when(~ok, F.lit(R_NOT_JSON))
 
 
@@ -169,14 +211,14 @@ def normalize(records: DataFrame, formats=S.LANDING_FORMATS) -> DataFrame:
     def of(fmt):
         return records.filter(F.col(FORMAT) == fmt)
 
-    native = of("native").withColumn("_j", F.from_json(S.RAW_LINE, RAW_SCHEMA)).select(
+    native = of("native").withColumn("_j", _from_json(RAW_SCHEMA)).select(
         S.RAW_LINE, S.SOURCE_FILE, FORMAT, F.coalesce(PRE_REASON, _json_object_reason()).alias(PRE_REASON),
         *[F.col(f"_j.{c}").alias(c) for c in S.ID_COLUMNS],
         F.col(f"_j.{S.TS}").alias("_ts_raw"), F.col(f"_j.{S.MS_PLAYED}").alias("_ms_raw"),
         F.col(f"_j.{S.TRACK_NAME}").alias(S.TRACK_NAME), F.col(f"_j.{S.ARTIST_NAME}").alias(S.ARTIST_NAME),
     )
 
-    sp = of("spotify").withColumn("_j", F.from_json(S.RAW_LINE, SPOTIFY_SCHEMA))
+    sp = of("spotify").withColumn("_j", _from_json(SPOTIFY_SCHEMA))
     artist, track = F.col("_j.master_metadata_album_artist_name"), F.col("_j.master_metadata_track_name")
     podcast = F.col("_j.spotify_track_uri").isNull() & (
         F.col("_j.spotify_episode_uri").isNotNull() | F.col("_j.episode_name").isNotNull())
@@ -203,7 +245,7 @@ def normalize(records: DataFrame, formats=S.LANDING_FORMATS) -> DataFrame:
         field(5).alias(S.TRACK_NAME), field(3).alias(S.ARTIST_NAME),
     ).withColumn(S.EVENT_ID, _derived_event_id("lastfm"))
 
-    lb = of("listenbrainz").withColumn("_j", F.from_json(S.RAW_LINE, LISTENBRAINZ_SCHEMA))
+    lb = of("listenbrainz").withColumn("_j", _from_json(LISTENBRAINZ_SCHEMA))
     meta = "_j.track_metadata"
     lb_artist, lb_track = F.col(f"{meta}.artist_name"), F.col(f"{meta}.track_name")
     # Seconds since the epoch, within years 1..9999 (beyond, timestamp_seconds overflows in ANSI mode).
@@ -263,41 +305,81 @@ def classify(normalized: DataFrame, day: dt.date) -> DataFrame:
     return typed.withColumn(S.REASON, reason).withColumn(S.MS_PLAYED, ms)
 
 
-def dedupe(good: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """Keep one row per ``event_id`` (the earliest; ties broken by the raw line's digest, then its
-    source file, so reruns agree)."""
+@contextmanager
+def landing_records(spark: SparkSession, spec: IngestSpec, verdicts: list[Verdict]) -> Iterator[DataFrame]:
+    """``read_records`` of ``verdicts``, cached while in use when normalize() would read them more than
+    once (a pass per format present) and some are split in Python (the costly part to repeat)."""
+    records = read_records(spark, spec.input_uri, verdicts, spec.source_format)
+    cached = len({v.format for v in verdicts}) > 1 and not all(v.jvm_readable for v in verdicts)
+    if cached:
+        records = records.cache()
+    try:
+        yield records
+    finally:
+        if cached:
+            records.unpersist()
+
+
+def classified(records: DataFrame, formats: set[str], day: dt.date) -> DataFrame:
+    """Every record typed, with its ``reason`` (null: accepted) and the digest of its raw line; the
+    raw line is kept only where it goes to quarantine."""
+    rows = classify(normalize(records, formats), day)
+    return rows.withColumn(LINE_DIGEST, F.xxhash64(S.RAW_LINE)).select(
+        F.when(F.col(S.REASON).isNotNull(), F.col(S.RAW_LINE)).alias(S.RAW_LINE), S.SOURCE_FILE, FORMAT, S.REASON,
+        LINE_DIGEST, S.EVENT_ID, S.TS, S.USER_ID, S.TRACK_ID, S.ARTIST_ID, S.MS_PLAYED, *S.OPTIONAL_LOG_COLUMNS)
+
+
+def accepted_plays(good: DataFrame, seen: DataFrame | None, n_files: int) -> tuple[DataFrame, Observation]:
+    """The day's plays to write: one row per ``event_id`` (the earliest; ties broken by the raw
+    line's digest, then its source file, so reruns agree), none of the ids in ``seen`` (events a
+    neighbouring day accepted), in ``n_files`` partitions.
+
+    The observation counts, as the plays are written, ``duplicates`` (replays within the day),
+    ``of_other_days`` (events in ``seen``) and ``accepted``.
+    """
+    # One shuffle by event_id serves the deduplication, the neighbour join and the output files.
     w = Window.partitionBy(S.EVENT_ID).orderBy(S.TS, LINE_DIGEST, S.SOURCE_FILE)
-    ranked = good.withColumn("_rn", F.row_number().over(w))
-    return ranked.filter("_rn = 1").drop("_rn"), ranked.filter("_rn > 1").drop("_rn")
+    ranked = good.repartition(n_files, S.EVENT_ID).withColumn("_rn", F.row_number().over(w))
+    first = F.col("_rn") == 1
+    if seen is None:
+        ranked = ranked.withColumn("_seen", F.lit(False))
+    else:
+        seen = seen.select(S.EVENT_ID).distinct().withColumn("_seen", F.lit(True))
+        ranked = ranked.join(seen, S.EVENT_ID, "left").withColumn("_seen", F.coalesce("_seen", F.lit(False)))
+    counts = Observation("ingest_plays")
+    ranked = ranked.observe(counts, F.count_if(~first).alias("duplicates"),
+                            F.count_if(first & F.col("_seen")).alias("of_other_days"),
+                            F.count_if(first & ~F.col("_seen")).alias("accepted"))
+    plays = (ranked.filter(first & ~F.col("_seen"))
+             .select(S.EVENT_ID, S.TS, S.USER_ID, S.TRACK_ID, S.ARTIST_ID, S.MS_PLAYED, *S.OPTIONAL_LOG_COLUMNS)
+             .sortWithinPartitions(S.USER_ID, S.TS, S.EVENT_ID))
+    return plays, counts
+
+
+def _files_with(verdicts: list[Verdict], source_files: list[str]) -> list[Verdict]:
+    """The verdicts of the files named in ``source_files`` (as the records name them: Spark's text
+    reader gives a file's path URL-encoded); all of them if a name matches no file."""
+    by_path = {v.path: v for v in verdicts}
+    chosen = {by_path.get(f) or by_path.get(unquote(f)) for f in source_files}
+    return verdicts if None in chosen else sorted(chosen)
+
+
+QUARANTINE_SCHEMA = f"{S.REASON} string, {S.RAW_LINE} string, {S.SOURCE_FILE} string, {FORMAT} string"
 
 
 def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
-    """Ingest ``spec.day`` from ``spec.input_uri`` into the lake; see the module docstring."""
+    """Ingest ``spec.day`` from ``spec.input_uri`` into the lake; see the module docstring.
+
+    One pass parses the day, writes the accepted plays and counts everything else as it goes; a
+    second pass over only the files that had quarantined rows writes the quarantine. Nothing is
+    cached: parsing a file again costs less than caching every typed row of the day.
+    """
     timer = PhaseTimer()
     day_s, day = spec.day, dt.date.fromisoformat(spec.day)
     lake = LakeLayout(spec.lake_uri)
-    with timer.phase("parse"):
-        # normalize() reads the records once per format (a union of four filters); cached, the
-        # files are decompressed and split in Python once instead of four times.
-        records, files_by_reader, present = read_records(spark, spec.input_uri, spec.source_format, spec.reader)
-        # normalize() reads the records once per format present: cached when that is more than
-        # once, or when some were split in Python (the costly part to do twice).
-        if len(present) > 1 or files_by_reader["python"]:
-            records = records.cache()
-        # The raw line is kept only where it goes to quarantine (accepted rows need its digest for
-        # deduplication): the cached rows are a fraction of the day's text.
-        rows = classify(normalize(records, present), day)
-        rows = rows.withColumn(LINE_DIGEST, F.xxhash64(S.RAW_LINE)) \
-            .withColumn(S.RAW_LINE, F.when(F.col(S.REASON).isNotNull(), F.col(S.RAW_LINE))).cache()
-        # One pass fills the cache and counts what was read, by format and by reason.
-        formats, by_reason = {}, {}
-        for r in rows.groupBy(FORMAT, S.REASON).count().collect():
-            formats[r[FORMAT]] = formats.get(r[FORMAT], 0) + r["count"]
-            if r[S.REASON] is not None:
-                by_reason[r[S.REASON]] = by_reason.get(r[S.REASON], 0) + r["count"]
-        read = sum(formats.values())
-        records.unpersist()
-    good, dupes = dedupe(rows.filter(F.col(S.REASON).isNull()))
+    with timer.phase("inspect"):
+        verdicts = inspect_files(spark, spec.input_uri, spec.source_format, spec.reader)
+    formats = {v.format for v in verdicts}
     # Events a neighbouring day already accepted are duplicates too, whichever day was ingested
     # first (a backfill can ingest the day before after this one). The other days are not
     # rewritten, so a rerun of this day finds the same ones and each event stays in one day.
@@ -305,47 +387,53 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
     # runs one ingest at a time.
     neighbours = [day + dt.timedelta(days=i) for i in range(-NEIGHBOUR_DAYS, NEIGHBOUR_DAYS + 1) if i]
     others = present_days(spark, lake, neighbours)
-    repeated = None
-    if others:
-        seen = read_plays(spark, lake, others).select(S.EVENT_ID)
-        repeated = good.join(seen, S.EVENT_ID, "left_semi")
-        good = good.join(seen, S.EVENT_ID, "left_anti")
-    # Size the output to the data: ~1M rows per file, at least one.
-    n_files = spec.output_files or max(1, read // 1_000_000 + 1)
-    with timer.phase("write_plays"):
-        plays = (
-            good.select(S.EVENT_ID, S.TS, S.USER_ID, S.TRACK_ID, S.ARTIST_ID, S.MS_PLAYED, *S.OPTIONAL_LOG_COLUMNS)
-            .repartition(n_files, S.USER_ID)
-            .sortWithinPartitions(S.USER_ID, S.TS, S.EVENT_ID)
-        )
+    seen = read_plays(spark, lake, others) if others else None
+    n_files = spec.output_files or max(1, math.ceil(sum(v.bytes for v in verdicts) / LANDING_BYTES_PER_OUTPUT_FILE))
+    with timer.phase("write_plays"), landing_records(spark, spec, verdicts) as records:
+        rows, read_counter = _counted(classified(records, formats, day))
+        plays, play_counter = accepted_plays(rows.filter(F.col(S.REASON).isNull()), seen, n_files)
         plays.write.mode("overwrite").parquet(lake.plays(day_s))
+        counts = {**read_counter.get, **play_counter.get}
     with timer.phase("write_quarantine"):
-        quarantined = (
-            rows.filter(F.col(S.REASON).isNotNull())
-            # The quarantine copy is cut; parsing saw the whole line.
-            .select(S.REASON, F.substring(S.RAW_LINE, 1, QUARANTINE_CHARS).alias(S.RAW_LINE), S.SOURCE_FILE, FORMAT)
-            .repartition(1).sortWithinPartitions(S.SOURCE_FILE, S.RAW_LINE)
-        )
-        quarantined.write.mode("overwrite").json(lake.quarantine(day_s))
-    accepted = spark.read.parquet(lake.plays(day_s)).count()
-    of_other_days = repeated.count() if repeated is not None else 0
-    duplicates = dupes.count() + of_other_days
+        bad = _files_with(verdicts, counts["bad_files"]) if counts["quarantined"] else []
+        with landing_records(spark, spec, bad) as records:
+            quarantined = classified(records, formats, day).filter(F.col(S.REASON).isNotNull()).select(
+                # The quarantine copy is cut; parsing saw the whole line.
+                S.REASON, F.substring(S.RAW_LINE, 1, QUARANTINE_CHARS).alias(S.RAW_LINE), S.SOURCE_FILE, FORMAT)
+            quarantined.repartition(1).sortWithinPartitions(S.SOURCE_FILE, S.RAW_LINE).write.mode("overwrite").json(
+                lake.quarantine(day_s))
+        by_reason = {r[S.REASON]: r["count"] for r in spark.read.schema(QUARANTINE_SCHEMA)
+                     .json(lake.quarantine(day_s)).groupBy(S.REASON).count().collect()}
+    read, accepted = counts["read"], spark.read.parquet(lake.plays(day_s)).count()
+    duplicates = counts["duplicates"] + counts["of_other_days"]
     n_quarantined = sum(by_reason.values())
-    rows.unpersist()
     result = IngestResult(
         day=day_s, rows_read=read, rows_accepted=accepted, rows_quarantined=n_quarantined,
-        duplicates_removed=duplicates, duplicates_of_other_days=of_other_days,
-        quarantine_reasons=dict(sorted(by_reason.items())), formats=dict(sorted(formats.items())),
-        files_by_reader=files_by_reader,
+        duplicates_removed=duplicates, duplicates_of_other_days=counts["of_other_days"],
+        quarantine_reasons=dict(sorted(by_reason.items())),
+        formats={f: counts[f"format_{f}"] for f in S.LANDING_FORMATS if counts[f"format_{f}"]},
+        files_by_reader={"spark": sum(v.jvm_readable for v in verdicts),
+                         "python": sum(not v.jvm_readable for v in verdicts)},
         seconds=timer.seconds,
     )
-    # Nothing may vanish between reading and writing.
-    if read != accepted + n_quarantined + duplicates:
+    # Nothing may vanish between reading and writing, nor between the two passes.
+    if read != accepted + n_quarantined + duplicates or n_quarantined != counts["quarantined"]:
         raise RuntimeError(
-            f"row accounting broken for {day_s}: read {read} != accepted {accepted} + "
-            f"quarantined {n_quarantined} + duplicates {duplicates}"
+            f"row accounting broken for {day_s}: read {read} != accepted {accepted} + quarantined "
+            f"{n_quarantined} (counted {counts['quarantined']} while reading) + duplicates {duplicates}"
         )
     return result
+
+
+def _counted(rows: DataFrame) -> tuple[DataFrame, Observation]:
+    """``rows`` observed: how many were read, per format, how many go to quarantine and from which
+    files (counted while the plays are written, so the day is parsed once for both)."""
+    counts = Observation("ingest_read")
+    bad = F.col(S.REASON).isNotNull()
+    return rows.observe(
+        counts, F.count(F.lit(1)).alias("read"), F.count_if(bad).alias("quarantined"),
+        F.collect_set(F.when(bad, F.col(S.SOURCE_FILE))).alias("bad_files"),
+        *[F.count_if(F.col(FORMAT) == f).alias(f"format_{f}") for f in S.LANDING_FORMATS]), counts
 
 
 def main(argv=None) -> None:
