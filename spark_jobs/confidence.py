@@ -137,13 +137,16 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake:
 
     # Display names for people (the CLI, reports): the smallest name seen in the window, so
     # reruns agree; ids without a name keep a null.
+    # Distinct first: a hash aggregation folds the plays to one row per spelling, so the min() over
+    # strings (a sort-based aggregation) sorts a row per name, not per play.
+    all_plays = plays_train.unionByName(plays_holdout)
     if granularity == "track":
-        names = plays_train.unionByName(plays_holdout).groupBy(F.col(S.TRACK_ID).alias(S.ITEM_ID)).agg(
-            F.min(S.TRACK_NAME).alias(S.ITEM_NAME), F.min(S.ARTIST_ID).alias(S.ARTIST_ID),
-            F.min(S.ARTIST_NAME).alias(S.ARTIST_NAME))
+        names = (all_plays.select(F.col(S.TRACK_ID).alias(S.ITEM_ID), S.TRACK_NAME, S.ARTIST_ID, S.ARTIST_NAME).distinct()
+                 .groupBy(S.ITEM_ID).agg(F.min(S.TRACK_NAME).alias(S.ITEM_NAME), F.min(S.ARTIST_ID).alias(S.ARTIST_ID),
+                                         F.min(S.ARTIST_NAME).alias(S.ARTIST_NAME)))
     else:
-        names = (plays_train.unionByName(plays_holdout).groupBy(F.col(S.ARTIST_ID).alias(S.ITEM_ID))
-                 .agg(F.min(S.ARTIST_NAME).alias(S.ARTIST_NAME))
+        names = (all_plays.select(F.col(S.ARTIST_ID).alias(S.ITEM_ID), S.ARTIST_NAME).distinct()
+                 .groupBy(S.ITEM_ID).agg(F.min(S.ARTIST_NAME).alias(S.ARTIST_NAME))
                  .withColumn(S.ITEM_NAME, F.col(S.ARTIST_NAME)).withColumn(S.ARTIST_ID, F.col(S.ITEM_ID)))
 
     # Files sized to the matrix (~2M pairs each), not to the session's shuffle partitions: those
@@ -216,7 +219,7 @@ def run(spark: SparkSession, spec: ConfidenceSpec) -> MatrixResult:
             f"(present: {', '.join(map(str, present)) or 'none'}); ingest earlier days first "
             "(music-recs ingest --from-day ... --to-day ...)"
         )
-    plays = read_plays(spark, lake, present).cache()
+    plays = read_plays(spark, lake, present)
     cutoff = train_days[-1].isoformat()
     plays_train = plays.filter(F.col(S.DT) <= cutoff)
     plays_holdout = plays.filter(F.col(S.DT) > cutoff)
