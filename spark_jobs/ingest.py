@@ -356,7 +356,7 @@ def accepted_plays(good: DataFrame, seen: DataFrame | None, n_files: int) -> tup
     return plays, counts
 
 
-def _files_with(verdicts: list[Verdict], source_files: list[str]) -> list[Verdict]:
+def files_named(verdicts: list[Verdict], source_files: list[str]) -> list[Verdict]:
     """The verdicts of the files named in ``source_files`` (as the records name them: Spark's text
     reader gives a file's path URL-encoded); all of them if a name matches no file."""
     by_path = {v.path: v for v in verdicts}
@@ -387,7 +387,11 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
     # runs one ingest at a time.
     neighbours = [day + dt.timedelta(days=i) for i in range(-NEIGHBOUR_DAYS, NEIGHBOUR_DAYS + 1) if i]
     others = present_days(spark, lake, neighbours)
-    seen = read_plays(spark, lake, others) if others else None
+    # Only a neighbour's plays timed inside this day's window could be accepted here too: the
+    # rest are never read into the join (of 6 neighbours, about 2 days' plays remain).
+    lo, hi = day_window(day)
+    seen = (read_plays(spark, lake, others).filter((F.col(S.TS) >= F.lit(lo)) & (F.col(S.TS) < F.lit(hi)))
+            if others else None)
     n_files = spec.output_files or max(1, math.ceil(sum(v.bytes for v in verdicts) / LANDING_BYTES_PER_OUTPUT_FILE))
     with timer.phase("write_plays"), landing_records(spark, spec, verdicts) as records:
         rows, read_counter = _counted(classified(records, formats, day))
@@ -395,7 +399,7 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
         plays.write.mode("overwrite").parquet(lake.plays(day_s))
         counts = {**read_counter.get, **play_counter.get}
     with timer.phase("write_quarantine"):
-        bad = _files_with(verdicts, counts["bad_files"]) if counts["quarantined"] else []
+        bad = files_named(verdicts, counts["bad_files"]) if counts["quarantined"] else []
         with landing_records(spark, spec, bad) as records:
             quarantined = classified(records, formats, day).filter(F.col(S.REASON).isNotNull()).select(
                 # The quarantine copy is cut; parsing saw the whole line.

@@ -34,6 +34,10 @@ BROKEN = {
     good(105, ms_played=12.5): "ms_played_not_integer",
     good(106, ms_played=-1): "ms_played_out_of_range",
     good(107, user_id="bad user/../x"): "malformed_user_id",
+    # Strict JSON: what Spark's reader would otherwise let through.
+    good(108).replace("120000", "NaN"): "not_json_object",
+    good(109).replace('"', "'"): "not_json_object",
+    good(110)[:-1]: "not_json_object",
 }
 
 
@@ -168,3 +172,11 @@ def test_an_event_accepted_on_a_neighbouring_day_is_kept_once(spark, tmp_path, o
     rows = spark.read.parquet(f"{lake}/plays").collect()
     assert sorted(r.event_id for r in rows) == ["e1", "e2", "e900", "e901"]
     assert [str(r.dt) for r in rows if r.event_id == "e900"] == [str(first)]
+
+
+def test_the_quarantine_pass_finds_the_files_by_the_names_records_give_them():
+    verdicts = [ingest.Verdict("file:/l/a b%20c.jsonl", "native", True, 10), ingest.Verdict("file:/l/x.gz", "native", True, 5),
+                ingest.Verdict("file:/l/y.gz", "native", False, 5)]
+    # Spark's text reader names a file URL-encoded; the Python reader as listed.
+    assert ingest.files_named(verdicts, ["file:/l/a%20b%2520c.jsonl", "file:/l/y.gz"]) == [verdicts[0], verdicts[2]]
+    assert ingest.files_named(verdicts, ["file:/l/elsewhere.gz"]) == verdicts  # unknown: every file again

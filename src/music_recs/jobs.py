@@ -75,7 +75,8 @@ class IngestSpec(JobSpec):
 
     day: the partition ``dt=D`` (ISO date). input_uri: folder of the day's landing files.
     lake_uri: the lake root. source_format: ``auto`` (detect per file) or one landing format.
-    output_files: Parquet files of the day's plays; 0 (default) = about one per million rows.
+    output_files: Parquet files of the day's plays; 0 (default) = one per 48 MiB of landing files
+    (about a million plays of gzip'd JSON lines).
     reader: ``auto`` (default: Spark's text reader for the files it reads exactly, the Python
     reader for the rest) or ``python`` (the Python reader for every file: the reference the
     benchmark compares with, and a switch should a source ever read differently).
