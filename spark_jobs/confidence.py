@@ -231,7 +231,6 @@ def run(spark: SparkSession, spec: ConfidenceSpec) -> MatrixResult:
                 spark, plays_train, plays_holdout, g, day, lake, spec.confidence, spec.min_user_items,
                 spec.min_item_users, matrix_of(out_uri, g), tuning_cutoff,
             )
-    plays.unpersist()
     return MatrixResult(
         day=spec.day,
         window={"first_day": days[0].isoformat(), "last_train_day": cutoff,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import unquote
 
@@ -93,16 +93,16 @@ class Verdict(typing.NamedTuple):
     bytes: int
 
 
-LISTENBRAINZ_SCHEMA = T.StructType([
-    T.StructField("listened_at", T.StringType()),
-    T.StructField("user_name", T.StringType()),
-    T.StructField("track_metadata", T.StructType([
-        T.StructField("artist_name", T.StringType()),
-        T.StructField("track_name", T.StringType()),
-        T.StructField("additional_info", T.StructType([
-            T.StructField("recording_mbid", T.StringType()),
-            T.StructField("artist_mbids", T.ArrayType(T.StringType())),
-        ])),
+# A listen's top level as text (``track_metadata`` as its JSON), then ``track_metadata`` parsed on
+# its own: a nested value of an unexpected type (``artist_mbids: "x"``) then nulls that field
+# only, instead of making the whole line unparsed.
+LISTENBRAINZ_SCHEMA = T.StructType([T.StructField(c, T.StringType()) for c in ("listened_at", "user_name", "track_metadata")])
+TRACK_METADATA_SCHEMA = T.StructType([
+    T.StructField("artist_name", T.StringType()),
+    T.StructField("track_name", T.StringType()),
+    T.StructField("additional_info", T.StructType([
+        T.StructField("recording_mbid", T.StringType()),
+        T.StructField("artist_mbids", T.ArrayType(T.StringType())),
     ])),
 ])
 
@@ -245,8 +245,9 @@ def normalize(records: DataFrame, formats=S.LANDING_FORMATS) -> DataFrame:
         field(5).alias(S.TRACK_NAME), field(3).alias(S.ARTIST_NAME),
     ).withColumn(S.EVENT_ID, _derived_event_id("lastfm"))
 
-    lb = of("listenbrainz").withColumn("_j", _from_json(LISTENBRAINZ_SCHEMA))
-    meta = "_j.track_metadata"
+    lb = of("listenbrainz").withColumn("_j", _from_json(LISTENBRAINZ_SCHEMA)) \
+        .withColumn("_meta", F.from_json("_j.track_metadata", TRACK_METADATA_SCHEMA))
+    meta = "_meta"
     lb_artist, lb_track = F.col(f"{meta}.artist_name"), F.col(f"{meta}.track_name")
     # Seconds since the epoch, within years 1..9999 (beyond, timestamp_seconds overflows in ANSI mode).
     listened = F.expr("try_cast(_j.listened_at AS BIGINT)")
@@ -329,27 +330,27 @@ def classified(records: DataFrame, formats: set[str], day: dt.date) -> DataFrame
         LINE_DIGEST, S.EVENT_ID, S.TS, S.USER_ID, S.TRACK_ID, S.ARTIST_ID, S.MS_PLAYED, *S.OPTIONAL_LOG_COLUMNS)
 
 
-def accepted_plays(good: DataFrame, seen: DataFrame | None, n_files: int) -> tuple[DataFrame, Observation]:
+def accepted_plays(good: DataFrame, seen: DataFrame | None, n_files: int) -> tuple[DataFrame, Callable[[bool], dict]]:
     """The day's plays to write: one row per ``event_id`` (the earliest; ties broken by the raw
     line's digest, then its source file, so reruns agree), none of the ids in ``seen`` (events a
-    neighbouring day accepted), in ``n_files`` partitions.
+    neighbouring day accepted), in ``n_files`` partitions by ``event_id``.
 
-    The observation counts, as the plays are written, ``duplicates`` (replays within the day),
-    ``of_other_days`` (events in ``seen``) and ``accepted``.
+    With them, a function that gives, after they are written, ``duplicates`` (replays within the
+    day), ``of_other_days`` (events in ``seen``) and ``accepted``.
     """
-    # One shuffle by event_id serves the deduplication, the neighbour join and the output files.
+    # One shuffle of the day by event_id serves the deduplication, the neighbour join and the
+    # output files: the neighbours' ids are shuffled to the same partitions, so the join keeps them.
     w = Window.partitionBy(S.EVENT_ID).orderBy(S.TS, LINE_DIGEST, S.SOURCE_FILE)
     ranked = good.repartition(n_files, S.EVENT_ID).withColumn("_rn", F.row_number().over(w))
     first = F.col("_rn") == 1
     if seen is None:
         ranked = ranked.withColumn("_seen", F.lit(False))
     else:
-        seen = seen.select(S.EVENT_ID).distinct().withColumn("_seen", F.lit(True))
+        seen = seen.select(S.EVENT_ID).repartition(n_files, S.EVENT_ID).distinct().withColumn("_seen", F.lit(True))
         ranked = ranked.join(seen, S.EVENT_ID, "left").withColumn("_seen", F.coalesce("_seen", F.lit(False)))
-    counts = Observation("ingest_plays")
-    ranked = ranked.observe(counts, F.count_if(~first).alias("duplicates"),
-                            F.count_if(first & F.col("_seen")).alias("of_other_days"),
-                            F.count_if(first & ~F.col("_seen")).alias("accepted"))
+    ranked, counts = _observed(ranked, "ingest_plays", {
+        "duplicates": F.count_if(~first), "of_other_days": F.count_if(first & F.col("_seen")),
+        "accepted": F.count_if(first & ~F.col("_seen"))})
     plays = (ranked.filter(first & ~F.col("_seen"))
              .select(S.EVENT_ID, S.TS, S.USER_ID, S.TRACK_ID, S.ARTIST_ID, S.MS_PLAYED, *S.OPTIONAL_LOG_COLUMNS)
              .sortWithinPartitions(S.USER_ID, S.TS, S.EVENT_ID))
@@ -359,9 +360,13 @@ def accepted_plays(good: DataFrame, seen: DataFrame | None, n_files: int) -> tup
 def files_named(verdicts: list[Verdict], source_files: list[str]) -> list[Verdict]:
     """The verdicts of the files named in ``source_files`` (as the records name them: Spark's text
     reader gives a file's path URL-encoded); all of them if a name matches no file."""
-    by_path = {v.path: v for v in verdicts}
-    chosen = {by_path.get(f) or by_path.get(unquote(f)) for f in source_files}
-    return verdicts if None in chosen else sorted(chosen)
+    paths = {v.path for v in verdicts}
+    # Both spellings where both name a file: an extra file only adds rows quarantined anyway.
+    named = [{f, unquote(f)} & paths for f in source_files]
+    if not all(named):
+        return verdicts
+    chosen = set().union(*named)
+    return [v for v in verdicts if v.path in chosen]
 
 
 QUARANTINE_SCHEMA = f"{S.REASON} string, {S.RAW_LINE} string, {S.SOURCE_FILE} string, {FORMAT} string"
@@ -387,17 +392,14 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
     # runs one ingest at a time.
     neighbours = [day + dt.timedelta(days=i) for i in range(-NEIGHBOUR_DAYS, NEIGHBOUR_DAYS + 1) if i]
     others = present_days(spark, lake, neighbours)
-    # Only a neighbour's plays timed inside this day's window could be accepted here too: the
-    # rest are never read into the join (of 6 neighbours, about 2 days' plays remain).
-    lo, hi = day_window(day)
-    seen = (read_plays(spark, lake, others).filter((F.col(S.TS) >= F.lit(lo)) & (F.col(S.TS) < F.lit(hi)))
-            if others else None)
+    seen = read_plays(spark, lake, others) if others else None
     n_files = spec.output_files or max(1, math.ceil(sum(v.bytes for v in verdicts) / LANDING_BYTES_PER_OUTPUT_FILE))
     with timer.phase("write_plays"), landing_records(spark, spec, verdicts) as records:
-        rows, read_counter = _counted(classified(records, formats, day))
-        plays, play_counter = accepted_plays(rows.filter(F.col(S.REASON).isNull()), seen, n_files)
+        rows, read_counts = _counted(classified(records, formats, day))
+        plays, play_counts = accepted_plays(rows.filter(F.col(S.REASON).isNull()), seen, n_files)
         plays.write.mode("overwrite").parquet(lake.plays(day_s))
-        counts = {**read_counter.get, **play_counter.get}
+        accepted = spark.read.parquet(lake.plays(day_s)).count()
+        counts = {**read_counts(accepted > 0), **play_counts(accepted > 0)}
     with timer.phase("write_quarantine"):
         bad = files_named(verdicts, counts["bad_files"]) if counts["quarantined"] else []
         with landing_records(spark, spec, bad) as records:
@@ -408,7 +410,7 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
                 lake.quarantine(day_s))
         by_reason = {r[S.REASON]: r["count"] for r in spark.read.schema(QUARANTINE_SCHEMA)
                      .json(lake.quarantine(day_s)).groupBy(S.REASON).count().collect()}
-    read, accepted = counts["read"], spark.read.parquet(lake.plays(day_s)).count()
+    read = counts["read"]
     duplicates = counts["duplicates"] + counts["of_other_days"]
     n_quarantined = sum(by_reason.values())
     result = IngestResult(
@@ -429,15 +431,29 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
     return result
 
 
-def _counted(rows: DataFrame) -> tuple[DataFrame, Observation]:
+def _counted(rows: DataFrame) -> tuple[DataFrame, Callable[[bool], dict]]:
     """``rows`` observed: how many were read, per format, how many go to quarantine and from which
     files (counted while the plays are written, so the day is parsed once for both)."""
-    counts = Observation("ingest_read")
     bad = F.col(S.REASON).isNotNull()
-    return rows.observe(
-        counts, F.count(F.lit(1)).alias("read"), F.count_if(bad).alias("quarantined"),
-        F.collect_set(F.when(bad, F.col(S.SOURCE_FILE))).alias("bad_files"),
-        *[F.count_if(F.col(FORMAT) == f).alias(f"format_{f}") for f in S.LANDING_FORMATS]), counts
+    return _observed(rows, "ingest_read", {
+        "read": F.count(F.lit(1)), "quarantined": F.count_if(bad),
+        "bad_files": F.collect_set(F.when(bad, F.col(S.SOURCE_FILE))),
+        **{f"format_{f}": F.count_if(F.col(FORMAT) == f) for f in S.LANDING_FORMATS}})
+
+
+def _observed(df: DataFrame, name: str, metrics: dict) -> tuple[DataFrame, Callable[[bool], dict]]:
+    """``df`` observed by ``metrics`` (name: aggregate column), and a function giving their values
+    once an action ran on it: ``values(wrote_rows)``. When the action wrote no row, the metrics
+    come from an aggregate over ``df`` instead: adaptive execution drops the stages under an empty
+    shuffle, and the metrics observed there with them (a day with nothing to accept pays for a
+    second pass; every other day reads them from the one pass)."""
+    observation = Observation(name)
+    columns = [col.alias(key) for key, col in metrics.items()]
+
+    def values(wrote_rows: bool) -> dict:
+        return observation.get if wrote_rows else df.agg(*columns).first().asDict()
+
+    return df.observe(observation, *columns), values
 
 
 def main(argv=None) -> None:

@@ -53,7 +53,9 @@ def landing(tmp_path):
                                                 "artist_mbids": ["8f6bd1e4-fbe1-4f50-aa9b-94c450ec0f11"],
                                                 "listening_from": "spotify"}}},
         {"listened_at": 1795219200, "user_name": "rob",
-         "track_metadata": {"artist_name": "Massive Attack", "track_name": "Teardrop", "additional_info": {}}},
+         # A nested value of another type (a string, not a list) nulls that field, not the listen.
+         "track_metadata": {"artist_name": "Massive Attack", "track_name": "Teardrop",
+                            "additional_info": {"artist_mbids": "not a list"}}},
         {"listened_at": 1795219200, "user_name": "rob", "track_metadata": {"additional_info": {}}},
     ]
     (root / "listens.jsonl").write_text("\n".join(json.dumps(x) for x in listens) + "\n")
@@ -88,7 +90,7 @@ def test_every_format_maps_to_the_same_schema(spark, landing, tmp_path):
     assert roads.track_id == "mbid:0c1e7c8f-61a3-44e0-9a37-1e3ea8c7bd08"
     assert roads.artist_id == "mbid:8f6bd1e4-fbe1-4f50-aa9b-94c450ec0f11"
     assert roads.ts == dt.datetime(2026, 11, 20, 23, 0, 0)  # listened_at 1795215600 (epoch seconds, UTC)
-    assert plays["rob", "Teardrop"].track_id.startswith("name:")
+    assert plays["rob", "Teardrop"].track_id.startswith("name:") and plays["rob", "Teardrop"].artist_id.startswith("name:")
 
 
 def test_derived_ids_ignore_case_and_spacing(spark, tmp_path):

@@ -180,3 +180,42 @@ def test_the_quarantine_pass_finds_the_files_by_the_names_records_give_them():
     # Spark's text reader names a file URL-encoded; the Python reader as listed.
     assert ingest.files_named(verdicts, ["file:/l/a%20b%2520c.jsonl", "file:/l/y.gz"]) == [verdicts[0], verdicts[2]]
     assert ingest.files_named(verdicts, ["file:/l/elsewhere.gz"]) == verdicts  # unknown: every file again
+    # A name that reads both ways gives both files: an extra file only adds rows quarantined anyway.
+    both = [ingest.Verdict("file:/l/a b", "native", True, 1), ingest.Verdict("file:/l/a%20b", "native", True, 1)]
+    assert ingest.files_named(both, ["file:/l/a%20b"]) == both
+
+
+@pytest.mark.parametrize("content", ["every line broken", "one empty file", "no file"])
+def test_a_day_with_nothing_to_accept_still_counts_every_row(spark, tmp_path, content):
+    """Adaptive execution drops the stages under an empty shuffle, and the counts observed there
+    with them: such a day must still count every row (and not wait for counts that never come)."""
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    lines = list(BROKEN) if content == "every line broken" else []
+    if content != "no file":
+        (folder / "a.jsonl").write_text("".join(f"{line}\n" for line in lines))
+    lake = tmp_path / "lake"
+    result = ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(folder), lake_uri=str(lake)))
+    n = len(lines)
+    assert (result.rows_read, result.rows_accepted, result.rows_quarantined, result.duplicates_removed) == (n, 0, n, 0)
+    assert spark.read.parquet(f"{lake}/plays/dt={DAY}").count() == 0
+    assert spark.read.json(f"{lake}/quarantine/dt={DAY}").count() == n
+
+
+def test_the_day_is_written_in_the_files_asked_for_whatever_join_spark_picks(spark, tmp_path):
+    """With a neighbouring day in a sort-merge join (not broadcast), the day keeps its one shuffle by
+    event_id: ``output_files`` files, not the session's shuffle partitions."""
+    lake = str(tmp_path / "lake")
+    before = DAY - dt.timedelta(days=1)
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d1" / "a.jsonl").write_text("".join(good(i, ts=f"{before}T12:{i:02d}:00Z") + "\n" for i in range(200, 240)))
+    (tmp_path / "d2").mkdir()
+    (tmp_path / "d2" / "a.jsonl").write_text("".join(good(i) + "\n" for i in range(60)))
+    ingest.run(spark, IngestSpec(day=str(before), input_uri=str(tmp_path / "d1"), lake_uri=lake))
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
+    try:
+        result = ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(tmp_path / "d2"), lake_uri=lake, output_files=3))
+    finally:
+        spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
+    assert result.rows_accepted == 60
+    assert len(list((tmp_path / "lake" / "plays" / f"dt={DAY}").glob("part-*.parquet"))) == 3
