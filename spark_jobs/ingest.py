@@ -376,8 +376,8 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
     """Ingest ``spec.day`` from ``spec.input_uri`` into the lake; see the module docstring.
 
     One pass parses the day, writes the accepted plays and counts everything else as it goes; a
-    second pass over only the files that had quarantined rows writes the quarantine. Nothing is
-    cached: parsing a file again costs less than caching every typed row of the day.
+    second pass over only the files that had quarantined rows writes the quarantine. The typed
+    rows are not cached: parsing a file again costs less than caching every typed row of the day.
     """
     timer = PhaseTimer()
     day_s, day = spec.day, dt.date.fromisoformat(spec.day)
