@@ -336,7 +336,7 @@ def accepted_plays(good: DataFrame, seen: DataFrame | None, n_files: int) -> tup
     neighbouring day accepted), in ``n_files`` partitions by ``event_id``.
 
     With them, a function that gives, after they are written, ``duplicates`` (replays within the
-    day), ``of_other_days`` (events in ``seen``) and ``accepted``.
+    day) and ``of_other_days`` (events in ``seen``); the accepted count is read from what was written.
     """
     # One shuffle of the day by event_id serves the deduplication, the neighbour join and the
     # output files: the neighbours' ids are shuffled to the same partitions, so the join keeps them.
@@ -349,8 +349,7 @@ def accepted_plays(good: DataFrame, seen: DataFrame | None, n_files: int) -> tup
         seen = seen.select(S.EVENT_ID).repartition(n_files, S.EVENT_ID).distinct().withColumn("_seen", F.lit(True))
         ranked = ranked.join(seen, S.EVENT_ID, "left").withColumn("_seen", F.coalesce("_seen", F.lit(False)))
     ranked, counts = _observed(ranked, "ingest_plays", {
-        "duplicates": F.count_if(~first), "of_other_days": F.count_if(first & F.col("_seen")),
-        "accepted": F.count_if(first & ~F.col("_seen"))})
+        "duplicates": F.count_if(~first), "of_other_days": F.count_if(first & F.col("_seen"))})
     plays = (ranked.filter(first & ~F.col("_seen"))
              .select(S.EVENT_ID, S.TS, S.USER_ID, S.TRACK_ID, S.ARTIST_ID, S.MS_PLAYED, *S.OPTIONAL_LOG_COLUMNS)
              .sortWithinPartitions(S.USER_ID, S.TS, S.EVENT_ID))
