@@ -56,17 +56,13 @@ def main(argv=None) -> None:
     os.symlink(day_folder(args.train_plays), os.path.join(lake, "plays", f"dt={train_day.isoformat()}"))
     os.symlink(day_folder(args.holdout_plays), os.path.join(lake, "plays", f"dt={held_day.isoformat()}"))
 
-    from pyspark.sql import SparkSession
-
     from music_recs.jobs import ConfidenceSpec
     from spark_jobs import confidence
-    from spark_jobs.lib.session import BASE_CONF
+    from spark_jobs.lib.session import get_spark
 
-    builder = SparkSession.builder.master("local[*]").config("spark.driver.memory", args.driver_memory) \
-        .config("spark.sql.shuffle.partitions", str(args.shuffle_partitions)).config("spark.ui.enabled", "false")
-    for key, value in BASE_CONF.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    spark = get_spark("confidence_window", {
+        "spark.master": "local[*]", "spark.driver.memory": args.driver_memory,
+        "spark.sql.shuffle.partitions": str(args.shuffle_partitions), "spark.ui.enabled": "false"})
     spark.sparkContext.setLogLevel("ERROR")
     spec = ConfidenceSpec(day=held_day.isoformat(), lake_uri=lake, window_days=2, holdout_days=1,
                           granularities=("track",), out_uri=os.path.join(lake, "matrix"))

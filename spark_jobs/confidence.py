@@ -179,13 +179,12 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake:
     # The statistics in a few small jobs over the written matrix (a job costs ~0.3 s in a fresh JVM);
     # skips are the training window's short plays, counted from one column instead of aggregating
     # the window's pairs again.
-    whole = train.agg(F.count(F.lit(1)).alias("nnz"), F.count_distinct(S.ITEM_IDX).alias("items"),
-                      F.sum(S.PLAYS).alias(S.PLAYS), F.max(S.USER_IDX).alias("max_user"),
-                      F.max(S.ITEM_IDX).alias("max_item")).first()
-    per_user = train.groupBy(S.USER_IDX).agg(F.count("*").alias("items"), F.sum(S.PLAYS).alias(S.PLAYS)).cache()
-    n_users, n_items, nnz = per_user.count(), whole["items"], whole["nnz"]
+    whole = train.agg(F.count(F.lit(1)).alias("nnz"), F.count_distinct(S.USER_IDX).alias("users"),
+                      F.count_distinct(S.ITEM_IDX).alias("items"), F.sum(S.PLAYS).alias(S.PLAYS),
+                      F.max(S.USER_IDX).alias("max_user"), F.max(S.ITEM_IDX).alias("max_item")).first()
+    n_users, n_items, nnz = whole["users"], whole["items"], whole["nnz"]
+    per_user = train.groupBy(S.USER_IDX).agg(F.count("*").alias("items"), F.sum(S.PLAYS).alias(S.PLAYS))
     spread = percentiles(per_user, [S.PLAYS, "items"])
-    per_user.unpersist()
     held_counts = held.agg(F.count_distinct(S.USER_IDX).alias("users"), F.count(F.lit(1)).alias("pairs")).first()
     stats = {
         "day": day.isoformat(),
