@@ -31,6 +31,8 @@ if [ -z "${AIRFLOW_CONN_SPARK_DEFAULT:-}" ]; then
 fi
 
 export MUSIC_RECS_LAKE_URI="${MUSIC_RECS_LAKE_URI:-$LOCAL_STATE/lake}"
+# Driver JVM class archives (music_recs_airflow.class_archive) of local runs and tests.
+export MUSIC_RECS_SPARK_CLASS_ARCHIVE_DIR="${MUSIC_RECS_SPARK_CLASS_ARCHIVE_DIR:-$LOCAL_STATE/spark-class-archives}"
 export PYSPARK_PYTHON="$VENV/bin/python"
 export PYSPARK_DRIVER_PYTHON="$VENV/bin/python"
 export OPENBLAS_NUM_THREADS=1

@@ -37,8 +37,9 @@ from music_recs.failures import PermanentSparkJobError, SparkJobError
 from music_recs.jobs import RESULTS, JobSpec
 from music_recs.resubmission import (PYTHON_CRASH_UNDER_LIMIT, Failure, classify_failure, first_exception,
                                      next_settings, python_memory_mb)
-from music_recs.settings import spark_submit_env
+from music_recs.settings import spark_class_archive_dir, spark_submit_env
 from music_recs.sizing import ExecutorSizing
+from music_recs_airflow.class_archive import DriverClassArchive, archive_key
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,8 @@ class SparkJobHook(BaseHook):
     :param label: what the one-line error names besides the job, e.g. ``dt=2026-11-20`` (default none).
     :param event_log_dir: Spark event log folder for the History Server (default off).
     :param jobs_dir: where the jobs' entry points are (default ``spark_jobs/``).
+    :param class_archive_dir: where the driver JVM's class archive is kept (``class_archive``);
+        default ``music_recs.settings.spark_class_archive_dir()``; empty: none.
     """
 
     conn_name_attr = "conn_id"
@@ -150,8 +153,9 @@ class SparkJobHook(BaseHook):
 
     def __init__(self, conn_id: str = default_conn_name, work_dir: str = "/tmp/music_recs_submit",
                  pyfiles_dir: str | None = None, label: str = "", event_log_dir: str = "",
-                 jobs_dir: Path = JOBS_DIR):
+                 jobs_dir: Path = JOBS_DIR, class_archive_dir: str | None = None):
         super().__init__()
+        self.class_archive_dir = spark_class_archive_dir() if class_archive_dir is None else class_archive_dir
         self.conn_id = conn_id
         self.work_dir = work_dir
         self.pyfiles_dir = pyfiles_dir or work_dir
@@ -161,8 +165,11 @@ class SparkJobHook(BaseHook):
         self._process: subprocess.Popen | None = None
 
     def command(self, spec_path: str, result_path: str, job: str, conf: dict[str, str],
-                options: dict[str, str | int | None]) -> list[str]:
-        """The spark-submit command line for ``job`` (no secret in it: none is passed to a job)."""
+                options: dict[str, str | int | None], driver_java_options: str = "") -> list[str]:
+        """The spark-submit command line for ``job`` (no secret in it: none is passed to a job).
+
+        driver_java_options: JVM options added to the driver's (``spark.driver.extraJavaOptions``).
+        """
         conn = self.get_connection(self.conn_id)
         extra = conn.extra_dejson or {}
         binary = extra.get("spark-binary", "spark-submit")
@@ -172,7 +179,11 @@ class SparkJobHook(BaseHook):
         cmd = [binary, "--master", spark_master(self.conn_id), "--deploy-mode", "client"]
         if extra.get("queue"):
             cmd += ["--queue", str(extra["queue"])]
-        for key, value in {**base_conf(self.event_log_dir), **conf}.items():
+        merged = {**base_conf(self.event_log_dir), **conf}
+        if driver_java_options:
+            key = "spark.driver.extraJavaOptions"
+            merged[key] = f"{merged.get(key, '')} {driver_java_options}".strip()
+        for key, value in merged.items():
             cmd += ["--conf", f"{key}={value}"]
         cmd += ["--properties-file", str(SPARK_DEFAULTS), "--py-files", package_zip(self.pyfiles_dir),
                 "--name", f"music_recs.{job}"]
@@ -203,23 +214,33 @@ class SparkJobHook(BaseHook):
         options = {"driver_memory": driver_memory, "executor_memory": executor_memory,
                    "executor_cores": executor_cores, "num_executors": num_executors,
                    "total_executor_cores": total_executor_cores}
-        cmd = self.command(spec_path, result_path, job, conf or {}, options)
+        env = spark_submit_env()
+        key = archive_key(env, conf or {}, driver_memory) if self.class_archive_dir else None
+        archive = DriverClassArchive(self.class_archive_dir, key) if key else None
+        cmd = self.command(spec_path, result_path, job, conf or {}, options,
+                           archive.java_options() if archive else "")
         master = cmd[cmd.index("--master") + 1]
         log.info("spark-submit %s on %s (log: %s)", job, master, log_path)
         started = time.time()
         recent: deque[str] = deque(maxlen=5000)
+        head: list[str] = []  # the JVM's word on the class archive comes first
+        returncode = None
         try:
             with open(log_path, "w") as log_file:
                 self._process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                                 errors="replace", env=spark_submit_env())
+                                                 errors="replace", env=env)
                 for line in self._process.stdout:
                     log_file.write(line)
                     recent.append(line.rstrip("\n"))
+                    if len(head) < 20:
+                        head.append(line)
                     log.info("%s", line.rstrip("\n"))
                 returncode = self._process.wait()
         except OSError as exc:  # spark-submit not found, not executable
             recent.append(f"{type(exc).__name__}: {exc}")
-            returncode = None
+        finally:
+            if archive:
+                archive.settle(returncode, "".join(head))
         if returncode != 0:
             failure, lines, cause = cause_line("\n".join(recent), returncode, conf)
             where = f" {self.label}" if self.label else ""

@@ -200,6 +200,20 @@ def spark_submit_env(environ: Mapping[str, str] | None = None) -> dict[str, str]
             "PATH": os.pathsep.join([os.path.dirname(sys.executable), environ.get("PATH", "")])}
 
 
+def spark_class_archive_dir(environ: Mapping[str, str] | None = None) -> str:
+    """Where the Spark driver's JVM class archives are kept (``music_recs_airflow.class_archive``):
+    ``MUSIC_RECS_SPARK_CLASS_ARCHIVE_DIR``, else ``music_recs/spark-class-archives`` in the user's
+    cache folder (``XDG_CACHE_HOME``, else ``~/.cache``); ``off``: none (every job starts cold)."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(f"{ENV_PREFIX}SPARK_CLASS_ARCHIVE_DIR", "").strip()
+    if value.lower() == "off":
+        return ""
+    if value:
+        return value
+    cache = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "music_recs", "spark-class-archives")
+
+
 def s3_endpoint(environ: Mapping[str, str] | None = None) -> str | None:
     """``AWS_ENDPOINT_URL_S3``: the S3 endpoint when the Airflow connection names none."""
     environ = os.environ if environ is None else environ
