@@ -2,26 +2,30 @@
 Spark's jars, written by the first job, mapped by later ones, dropped when the JVM refuses it."""
 
 import os
+import sys
 
 import pytest
 
+from music_recs.failures import SparkJobError
 from music_recs.settings import spark_class_archive_dir
-from music_recs_airflow.class_archive import (DYNAMIC_MAGIC, KEEP, REJECTED, UNUSABLE, DriverClassArchive,
-                                              archive_key, memory_mb)
-from music_recs_airflow.spark_submit import SparkJobHook
+from music_recs.sizing import memory_string_mb
+from music_recs_airflow.class_archive import (DYNAMIC_MAGIC, KEEP, UNUSABLE, DriverClassArchive, archive_key,
+                                              class_path_has_files)
+from music_recs_airflow.spark_submit import LOG4J2, SparkJobHook
 
 ARCHIVE = DYNAMIC_MAGIC + b"rest of an archive"
+KEY = "0123456789abcdef0123"
 
 
 @pytest.mark.parametrize("value, mb", [("2304m", 2304), ("4g", 4096), ("4G", 4096), ("512k", 0.5),
-                                       ("1t", 1024 * 1024), ("1048576", 1), ("32gb", 32768)])
+                                       ("1t", 1024 * 1024), ("2048", 2048), ("32gb", 32768)])
 def test_memory_strings(value, mb):
-    assert memory_mb(value) == mb
+    assert memory_string_mb(value) == mb
 
 
 @pytest.mark.parametrize("value", [None, "", "lots", "-1g", "2.5g"])
 def test_what_is_not_a_memory_string(value):
-    assert memory_mb(value) is None
+    assert memory_string_mb(value) is None
 
 
 @pytest.fixture
@@ -35,76 +39,176 @@ def installs(tmp_path):
     return {"JAVA_HOME": str(jdk), "SPARK_HOME": str(spark), "PATH": ""}
 
 
-def test_the_key_follows_the_jdk_the_jars_the_class_path_and_the_heap(installs, tmp_path):
+def test_the_key_follows_the_jdk_the_jars_the_class_path_the_jvm_options_and_the_heap(installs, tmp_path):
     key = archive_key(installs, {}, "2304m")
     assert key == archive_key(installs, {}, "2304m") == archive_key(installs, {}, "8g")  # same class layout
-    assert archive_key(installs, {}, "40g") != key  # past 32 GiB the JVM drops compressed pointers
+    assert archive_key(installs, {}, "31g") != key  # near 32 GiB the JVM may drop compressed pointers
     assert archive_key(installs, {"spark.driver.extraClassPath": "/x.jar"}, "2304m") != key
+    assert archive_key(installs, {"spark.driver.extraJavaOptions": "-XX:+UseZGC"}, "2304m") != key
     assert archive_key({**installs, "SPARK_CONF_DIR": "/etc/spark"}, {}, "2304m") != key
+    assert archive_key({**installs, "JAVA_TOOL_OPTIONS": "-XX:-UseCompressedOops"}, {}, "2304m") != key
+    props = tmp_path / "spark-defaults.conf"
+    props.write_text("spark.driver.extraClassPath /opt/x.jar\n")
+    assert archive_key(installs, {}, "2304m", str(props)) not in (None, key)
     (tmp_path / "jdk" / "release").write_text('JAVA_VERSION="17.0.16"\n')
     upgraded_jdk = archive_key(installs, {}, "2304m")
     assert upgraded_jdk != key
-    (tmp_path / "spark" / "jars" / "spark-core_2.13-4.1.1.jar").write_bytes(b"x" * 11)
+    jar = tmp_path / "spark" / "jars" / "spark-core_2.13-4.1.1.jar"
+    os.utime(jar, (1_000_000, 1_000_000))  # reinstalled: same size, new file (the JVM checks the time)
     assert archive_key(installs, {}, "2304m") != upgraded_jdk
     assert archive_key({**installs, "SPARK_HOME": str(tmp_path / "nowhere")}, {}, None) is None
+    (tmp_path / "jdk" / "release").unlink()
+    assert archive_key(installs, {}, None) is None  # a JDK that cannot be told: no archive
+
+
+def test_a_class_path_folder_with_files_means_no_archive_is_written(installs, tmp_path):
+    assert not class_path_has_files(installs, {})  # pip's pyspark: no conf folder
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    assert not class_path_has_files({**installs, "SPARK_CONF_DIR": str(conf)}, {})
+    (conf / "spark-defaults.conf").write_text("")
+    assert class_path_has_files({**installs, "SPARK_CONF_DIR": str(conf)}, {})
+    assert class_path_has_files(installs, {"spark.driver.extraClassPath": f"/x.jar{os.pathsep}{conf}"})
+    assert not class_path_has_files(installs, {"spark.driver.extraClassPath": f"{conf}/*"})  # jars, not the folder
+    archive = DriverClassArchive(str(tmp_path / "a"), KEY, may_write=False)
+    assert archive.java_options() == "" and archive.writing is None
+
+
+def write_archive(archive, content=ARCHIVE):
+    """What the JVM does at exit with ``-XX:ArchiveClassesAtExit``."""
+    with open(archive.writing, "wb") as fh:
+        fh.write(content)
 
 
 def test_written_once_kept_when_whole_mapped_after(tmp_path):
-    archive = DriverClassArchive(str(tmp_path / "a"), "k1")
+    archive = DriverClassArchive(str(tmp_path / "a"), KEY)
     option = archive.java_options()
-    assert option.startswith("-XX:ArchiveClassesAtExit=") and option.endswith("-Xlog:cds=off")
-    written = option.split("=", 1)[1].split()[0]
-    open(written, "wb").write(ARCHIVE)
+    assert option == f"-XX:ArchiveClassesAtExit={archive.writing} -Xlog:cds=off"
+    write_archive(archive)
     archive.settle(0, "")
-    assert os.listdir(tmp_path / "a") == ["k1.jsa"]
-    assert DriverClassArchive(str(tmp_path / "a"), "k1").java_options() == f"-XX:SharedArchiveFile={tmp_path / 'a' / 'k1.jsa'}"
+    assert os.listdir(tmp_path / "a") == [f"{KEY}.jsa"]
+    again = DriverClassArchive(str(tmp_path / "a"), KEY)
+    assert again.java_options() == f"-XX:SharedArchiveFile={tmp_path / 'a' / KEY}.jsa" and again.writing is None
 
 
 def test_a_failed_job_leaves_no_archive(tmp_path):
-    archive = DriverClassArchive(str(tmp_path), "k1")
-    written = archive.java_options().split("=", 1)[1].split()[0]
-    open(written, "wb").write(ARCHIVE)
+    archive = DriverClassArchive(str(tmp_path), KEY)
+    archive.java_options()
+    write_archive(archive)
     archive.settle(1, "")
     assert os.listdir(tmp_path) == []
 
 
 def test_a_file_that_is_not_an_archive_is_neither_kept_nor_mapped(tmp_path):
-    archive = DriverClassArchive(str(tmp_path), "k1")
-    open(archive.java_options().split("=", 1)[1].split()[0], "wb").write(b"\0" * 64)  # a dump cut short
+    archive = DriverClassArchive(str(tmp_path), KEY)
+    archive.java_options()
+    write_archive(archive, b"\0" * 64)  # a dump cut short
     archive.settle(0, "")
     assert os.listdir(tmp_path) == []
-    open(tmp_path / "k1.jsa", "wb").write(b"\0" * 64)  # damaged on disk: written again
-    assert DriverClassArchive(str(tmp_path), "k1").java_options().startswith("-XX:ArchiveClassesAtExit=")
+    open(tmp_path / f"{KEY}.jsa", "wb").write(b"\0" * 64)  # damaged on disk: written again
+    assert DriverClassArchive(str(tmp_path), KEY).java_options().startswith("-XX:ArchiveClassesAtExit=")
 
 
-def test_an_archive_the_jvm_refuses_is_marked_and_never_written_again(tmp_path):
-    open(tmp_path / "k1.jsa", "wb").write(ARCHIVE)
-    archive = DriverClassArchive(str(tmp_path), "k1")
+def test_an_archive_the_jvm_refuses_is_removed_and_its_key_marked(tmp_path):
+    open(tmp_path / f"{KEY}.jsa", "wb").write(ARCHIVE)
+    archive = DriverClassArchive(str(tmp_path), KEY)
     assert archive.java_options().startswith("-XX:SharedArchiveFile=")
-    archive.settle(0, f"[0.141s][warning][cds,dynamic] {REJECTED}. The top archive failed to load: ...\n")
-    assert (tmp_path / f"k1.jsa{UNUSABLE}").exists()
-    assert DriverClassArchive(str(tmp_path), "k1").java_options() == ""
+    # JDK 17's words (hotspot filemap.cpp), pinned here rather than taken from the module's constant.
+    archive.settle(0, "[0.141s][warning][cds,dynamic] Unable to use shared archive. The top archive failed to load: x\n")
+    assert os.listdir(tmp_path) == [f"{KEY}.jsa{UNUSABLE}"]
+    assert DriverClassArchive(str(tmp_path), KEY).java_options() == ""
 
 
-def test_only_the_most_recently_used_archives_are_kept(tmp_path):
-    for i in range(KEEP + 2):
-        open(tmp_path / f"old{i}.jsa", "wb").write(ARCHIVE)
-        os.utime(tmp_path / f"old{i}.jsa", (1000 + i, 1000 + i))
-    archive = DriverClassArchive(str(tmp_path), "new")
-    open(archive.java_options().split("=", 1)[1].split()[0], "wb").write(ARCHIVE)
+def test_only_the_most_recently_used_archives_and_nothing_else_is_removed(tmp_path):
+    old = [f"{i:020x}.jsa" for i in range(KEEP + 2)]
+    for i, name in enumerate(old):
+        open(tmp_path / name, "wb").write(ARCHIVE)
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    (tmp_path / "someone-elses.jsa").write_bytes(ARCHIVE)
+    os.utime(tmp_path / "someone-elses.jsa", (1, 1))
+    archive = DriverClassArchive(str(tmp_path), KEY)
+    archive.java_options()
+    write_archive(archive)
     archive.settle(0, "")
-    assert sorted(os.listdir(tmp_path)) == sorted(["new.jsa", *[f"old{i}.jsa" for i in range(5 - KEEP + 1, 5)]])
+    assert sorted(os.listdir(tmp_path)) == sorted([f"{KEY}.jsa", "someone-elses.jsa", *old[-(KEEP - 1):]])
 
 
-def test_an_unwritable_folder_means_no_archive(tmp_path):
+def test_a_half_written_archive_of_a_killed_job_is_removed_once_stale(tmp_path):
+    stale, fresh = tmp_path / f"{KEY}.jsa.{'a' * 32}.tmp", tmp_path / f"{KEY}.jsa.{'b' * 32}.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"half")
+    os.utime(stale, (1, 1))
+    DriverClassArchive(str(tmp_path), KEY).java_options()
+    assert stale.exists() is False and fresh.exists()  # another job may still be writing that one
+
+
+def test_no_archive_where_the_folder_cannot_be_written_or_the_path_would_be_split(tmp_path):
     (tmp_path / "file").write_text("")
-    assert DriverClassArchive(str(tmp_path / "file" / "under"), "k").java_options() == ""
+    assert DriverClassArchive(str(tmp_path / "file" / "under"), KEY).java_options() == ""  # logged, not raised
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        if not os.access(read_only, os.W_OK):  # root writes anywhere
+            assert DriverClassArchive(str(read_only), KEY).java_options() == ""
+    finally:
+        read_only.chmod(0o755)
+    assert DriverClassArchive(str(tmp_path / "with space"), KEY).java_options() == ""
+    assert DriverClassArchive(str(tmp_path / "a:b"), KEY).java_options() == ""
 
 
 def test_the_folder_setting(tmp_path):
     assert spark_class_archive_dir({"MUSIC_RECS_SPARK_CLASS_ARCHIVE_DIR": "off"}) == ""
     assert spark_class_archive_dir({"MUSIC_RECS_SPARK_CLASS_ARCHIVE_DIR": "/srv/cds"}) == "/srv/cds"
     assert spark_class_archive_dir({"XDG_CACHE_HOME": "/c"}) == "/c/music_recs/spark-class-archives"
+
+
+def test_a_callers_jvm_options_add_to_the_base_ones(tmp_path):
+    hook = SparkJobHook("spark_default", work_dir=str(tmp_path))
+    cmd = hook.command("s.json", "r.json", "ingest", {"spark.driver.extraJavaOptions": "-Dx=1"}, {},
+                       driver_java_options="-XX:SharedArchiveFile=/a.jsa")
+    conf = dict(cmd[i + 1].split("=", 1) for i, arg in enumerate(cmd) if arg == "--conf")
+    assert conf["spark.driver.extraJavaOptions"].split() == ["-Dlog4j2.configurationFile=file:" + str(LOG4J2),
+                                                            "-Dx=1", "-XX:SharedArchiveFile=/a.jsa"]
+    assert conf["spark.executor.extraJavaOptions"] == "-Dlog4j2.configurationFile=file:" + str(LOG4J2)
+
+
+FAKE_SUBMIT = """
+import sys
+result = sys.argv[sys.argv.index("--result") + 1]
+open(result, "w").write(sys.argv[-1])
+sys.exit(1)  # as a JVM that fails writing its class archive at exit
+"""
+
+
+@pytest.mark.parametrize("writing", [True, False])
+def test_a_job_that_wrote_its_result_succeeded_even_if_writing_the_archive_failed(tmp_path, monkeypatch, writing):
+    """Exit 1 after the result was written: when the JVM was writing the archive, the job's work
+    is done (the result is taken, the key marked, no retry); otherwise it failed as always."""
+    from music_recs.jobs import IngestResult, IngestSpec
+
+    result = IngestResult(day="2026-11-20", rows_read=1, rows_accepted=1, rows_quarantined=0, duplicates_removed=0,
+                          duplicates_of_other_days=0, quarantine_reasons={}, formats={}, seconds={})
+    archives = tmp_path / "archives"
+    if not writing:
+        archives.mkdir()
+        (archives / f"{KEY}.jsa").write_bytes(ARCHIVE)
+    hook = SparkJobHook("spark_default", work_dir=str(tmp_path / "submit"), class_archive_dir=str(archives))
+    monkeypatch.setattr(hook, "class_archive", lambda *a: DriverClassArchive(str(archives), KEY))
+
+    def command(spec_path, result_path, job, conf, options, driver_java_options=""):
+        assert driver_java_options.startswith("-XX:ArchiveClassesAtExit=" if writing else "-XX:SharedArchiveFile=")
+        return [sys.executable, "-c", FAKE_SUBMIT, "--master", "local[*]", "--result", result_path, result.to_json()]
+
+    monkeypatch.setattr(hook, "command", command)
+    spec = IngestSpec(day="2026-11-20", input_uri=str(tmp_path), lake_uri=str(tmp_path / "lake"))
+    if writing:
+        assert hook.submit(spec).rows_accepted == 1
+        assert os.listdir(archives) == [f"{KEY}.jsa{UNUSABLE}"]
+    else:
+        with pytest.raises(SparkJobError, match="failed"):
+            hook.submit(spec)
+        assert os.listdir(archives) == [f"{KEY}.jsa"]
 
 
 TINY_JOB = """

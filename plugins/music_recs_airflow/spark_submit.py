@@ -4,7 +4,8 @@
 runs ``spark-submit ... spark_jobs/<job>.py --spec FILE --result FILE`` against the master
 of an Airflow Spark connection (every job gets ``infra/spark/spark-defaults.conf``, the quiet
 log4j2 configuration and the core and Spark-side packages as ``--py-files``), keeps the job's
-whole output in its own log file, and reads the typed result back.
+whole output in its own log file, and reads the typed result back. The driver's JVM maps
+Spark's classes from an archive the first job wrote (``class_archive``): a shorter start.
 
 Why not the Spark provider's ``SparkSubmitHook``: its public API gives neither the job's
 output nor its exit code (only an exception whose text is the command line), and reading
@@ -39,7 +40,7 @@ from music_recs.resubmission import (PYTHON_CRASH_UNDER_LIMIT, Failure, classify
                                      next_settings, python_memory_mb)
 from music_recs.settings import spark_class_archive_dir, spark_submit_env
 from music_recs.sizing import ExecutorSizing
-from music_recs_airflow.class_archive import DriverClassArchive, archive_key
+from music_recs_airflow.class_archive import DriverClassArchive, archive_key, class_path_has_files
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ JOBS_DIR = REPO_ROOT / "spark_jobs"
 CORE_DIR = REPO_ROOT / "src" / "music_recs"
 SPARK_DEFAULTS = REPO_ROOT / "infra" / "spark" / "spark-defaults.conf"
 LOG4J2 = REPO_ROOT / "infra" / "spark" / "log4j2.properties"
+JAVA_OPTIONS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
 
 
 def spark_master(conn_id: str) -> str:
@@ -179,10 +181,12 @@ class SparkJobHook(BaseHook):
         cmd = [binary, "--master", spark_master(self.conn_id), "--deploy-mode", "client"]
         if extra.get("queue"):
             cmd += ["--queue", str(extra["queue"])]
-        merged = {**base_conf(self.event_log_dir), **conf}
-        if driver_java_options:
-            key = "spark.driver.extraJavaOptions"
-            merged[key] = f"{merged.get(key, '')} {driver_java_options}".strip()
+        base = base_conf(self.event_log_dir)
+        merged = {**base, **conf}
+        # A caller's JVM options add to the base ones (the log4j configuration), not replace them.
+        for name in JAVA_OPTIONS:
+            extra = driver_java_options if name == "spark.driver.extraJavaOptions" else ""
+            merged[name] = " ".join(v for v in (base.get(name, ""), conf.get(name, ""), extra) if v)
         for key, value in merged.items():
             cmd += ["--conf", f"{key}={value}"]
         cmd += ["--properties-file", str(SPARK_DEFAULTS), "--py-files", package_zip(self.pyfiles_dir),
@@ -215,10 +219,9 @@ class SparkJobHook(BaseHook):
                    "executor_cores": executor_cores, "num_executors": num_executors,
                    "total_executor_cores": total_executor_cores}
         env = spark_submit_env()
-        key = archive_key(env, conf or {}, driver_memory) if self.class_archive_dir else None
-        archive = DriverClassArchive(self.class_archive_dir, key) if key else None
-        cmd = self.command(spec_path, result_path, job, conf or {}, options,
-                           archive.java_options() if archive else "")
+        archive = self.class_archive(env, conf or {}, driver_memory)
+        cmd = self.command(spec_path, result_path, job, conf or {}, options, archive.java_options() if archive else "")
+        writing_archive = bool(archive and archive.writing)
         master = cmd[cmd.index("--master") + 1]
         log.info("spark-submit %s on %s (log: %s)", job, master, log_path)
         started = time.time()
@@ -239,8 +242,15 @@ class SparkJobHook(BaseHook):
         except OSError as exc:  # spark-submit not found, not executable
             recent.append(f"{type(exc).__name__}: {exc}")
         finally:
+            if returncode is None:
+                self.on_kill()  # interrupted (a timeout, a kill): no JVM outlives the task
             if archive:
                 archive.settle(returncode, "".join(head))
+        if returncode and writing_archive and os.path.exists(result_path):
+            # The job wrote its result, so its work is done: the JVM failed writing the class
+            # archive at exit. Take the result and never try that archive again.
+            archive.mark_unusable(f"the JVM exited with {returncode} writing it, after job {job} succeeded")
+            returncode = 0
         if returncode != 0:
             failure, lines, cause = cause_line("\n".join(recent), returncode, conf)
             where = f" {self.label}" if self.label else ""
@@ -254,6 +264,15 @@ class SparkJobHook(BaseHook):
         return dataclasses.replace(result, submission={"settings": {"master": master, **options, "conf": conf or {}},
                                                        "attempts": [{"attempt": 1, "outcome": "success",
                                                                      "seconds": round(time.time() - started, 1)}]})
+
+    def class_archive(self, env: dict[str, str], conf: dict[str, str],
+                      driver_memory: str | None) -> DriverClassArchive | None:
+        """The driver class archive a submission with ``env``, ``conf`` and ``driver_memory`` uses
+        (``class_archive``); None when off or when its JDK or Spark cannot be told."""
+        if not self.class_archive_dir:
+            return None
+        key = archive_key(env, conf, driver_memory, str(SPARK_DEFAULTS))
+        return DriverClassArchive(self.class_archive_dir, key, not class_path_has_files(env, conf)) if key else None
 
     def on_kill(self) -> None:
         if self._process and self._process.poll() is None:

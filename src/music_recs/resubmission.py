@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import re
 
-from music_recs.sizing import ExecutorSizing
+from music_recs.sizing import ExecutorSizing, memory_string_mb
 
 
 class Failure(str, enum.Enum):
@@ -109,11 +109,7 @@ def classify_failure(output: str, returncode: int | None = None,
 
 def python_memory_mb(conf: dict) -> int:
     """``spark.executor.pyspark.memory`` of a job's Spark properties in MiB (0: not set)."""
-    value = str(conf.get("spark.executor.pyspark.memory") or "0").strip().lower()
-    match = re.fullmatch(r"(\d+)([kmgt]?)b?", value)
-    if not match:
-        return 0
-    return int(int(match[1]) * {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}[match[2]])
+    return int(memory_string_mb(conf.get("spark.executor.pyspark.memory")) or 0)
 
 
 def _mb(value: int, factor: float, cap_mb: int) -> int:

@@ -54,11 +54,20 @@ largest block count leaves a task or the cached share over what one executor may
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 
 from music_recs.failures import DataTooLargeError
 
 MIB = 1024 * 1024
+_MEMORY_UNITS_MB = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
+
+
+def memory_string_mb(value) -> float | None:
+    """A Spark memory setting (``2304m``, ``4g``, ``512k``; no unit: MiB, as Spark reads
+    ``spark.*.memory``) in MiB; None when ``value`` is not one."""
+    match = re.fullmatch(r"(\d+)([kmgt]?)b?", str(value or "").strip().lower())
+    return int(match[1]) * _MEMORY_UNITS_MB[match[2]] if match else None
 RATING_BYTES = 12  # int destination index + float rating + amortized per-source pointers
 JVM_RESERVED = 300 * MIB  # Spark's reserved memory
 MEMORY_FRACTION = 0.6  # spark.memory.fraction: execution + storage share of (heap - reserved)
