@@ -45,6 +45,7 @@ def test_the_key_follows_the_jdk_the_jars_the_class_path_the_jvm_options_and_the
     assert archive_key(installs, {}, "31g") != key  # near 32 GiB the JVM may drop compressed pointers
     assert archive_key(installs, {"spark.driver.extraClassPath": "/x.jar"}, "2304m") != key
     assert archive_key(installs, {"spark.driver.extraJavaOptions": "-XX:+UseZGC"}, "2304m") != key
+    assert archive_key(installs, {"spark.driver.extraJavaOptions": "-Dx=1 -Xlog:gc:file=/g.log"}, "2304m") == key
     assert archive_key({**installs, "SPARK_CONF_DIR": "/etc/spark"}, {}, "2304m") != key
     assert archive_key({**installs, "JAVA_TOOL_OPTIONS": "-XX:-UseCompressedOops"}, {}, "2304m") != key
     props = tmp_path / "spark-defaults.conf"

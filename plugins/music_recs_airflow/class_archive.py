@@ -60,9 +60,9 @@ DYNAMIC_MAGIC = (0xF00BABA8).to_bytes(4, "little")  # HotSpot's CDS_DYNAMIC_ARCH
 LARGE_HEAP_MB = 30 * 1024
 # Environment the launcher reads for the driver's class path and JVM options.
 CLASS_PATH_ENV = ("SPARK_CONF_DIR", "SPARK_DIST_CLASSPATH", "HADOOP_CONF_DIR", "YARN_CONF_DIR", "SPARK_CLASSPATH")
-JVM_OPTIONS_ENV = ("SPARK_SUBMIT_OPTS", "JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS", "SPARK_DRIVER_MEMORY")
+JVM_OPTIONS_ENV = ("SPARK_SUBMIT_OPTS", "JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS")
 CONF_KEYS = ("spark.driver.extraClassPath", "spark.driver.extraJavaOptions", "spark.driver.defaultJavaOptions",
-             "spark.driver.memory", "spark.remote", "spark.api.mode")
+             "spark.remote", "spark.api.mode")
 
 
 def guarded(default):
@@ -95,6 +95,14 @@ def java_home(environ: Mapping[str, str]) -> str | None:
     return os.path.dirname(os.path.dirname(os.path.realpath(java))) if java else None
 
 
+def jvm_flags(options: str) -> str:
+    """The options in ``options`` that can change what an archive must fit: ``-XX:`` flags (the
+    garbage collector, compressed pointers, verification) and the heap; not properties (``-D``)
+    nor logging (``-Xlog``)."""
+    return " ".join(t for t in options.split() if t.startswith(("-XX:", "-Xmx", "-Xshare", "-Xverify"))
+                    and not t.startswith(("-XX:SharedArchiveFile", "-XX:ArchiveClassesAtExit")))
+
+
 def _file_stamp(path: str) -> str:
     st = os.stat(path)
     return f"{os.path.basename(path)}:{st.st_size}:{st.st_mtime_ns}"
@@ -122,12 +130,14 @@ def archive_key(environ: Mapping[str, str], conf: Mapping[str, str], driver_memo
     if os.path.isfile(modules):
         parts.append(_file_stamp(modules))
     parts += [_file_stamp(os.path.join(jars, name)) for name in sorted(os.listdir(jars))]
-    parts += [f"{name}={environ.get(name, '')}" for name in (*CLASS_PATH_ENV, *JVM_OPTIONS_ENV)]
-    parts += [f"{name}={conf.get(name, '')}" for name in CONF_KEYS]
+    parts += [f"{name}={environ.get(name, '')}" for name in CLASS_PATH_ENV]
+    parts += [f"{name}={jvm_flags(environ.get(name, ''))}" for name in JVM_OPTIONS_ENV]
+    parts += [f"{name}={jvm_flags(conf.get(name, '')) if 'JavaOptions' in name else conf.get(name, '')}"
+              for name in CONF_KEYS]
     if properties_file:
         with open(properties_file, encoding="utf-8", errors="replace") as fh:
             parts.append(fh.read())
-    heap = memory_string_mb(driver_memory or conf.get("spark.driver.memory"))
+    heap = memory_string_mb(driver_memory or conf.get("spark.driver.memory") or environ.get("SPARK_DRIVER_MEMORY"))
     parts.append("large heap" if heap is not None and heap >= LARGE_HEAP_MB else "heap")
     digest = hashlib.sha256()
     for part in parts:
