@@ -9,8 +9,8 @@ every later job maps it.
 
 An archive fits one JDK, one class path and one set of JVM flags, so each is kept under a key:
 a digest of the JDK (its location, ``release`` file and module image), Spark's jars (names,
-sizes, modification times), the class path settings, the JVM options a driver gets from the
-environment and the job's properties, and whether the heap is near 32 GiB (compressed
+sizes, modification times), the class path settings, the ``-XX`` and heap flags a driver gets
+from the environment and the job's properties (``jvm_flags``), and whether the heap is near 32 GiB (compressed
 pointers). An upgrade makes a new key; the least recently used archives beyond ``KEEP`` are
 removed.
 
