@@ -225,10 +225,10 @@ open(sys.argv[sys.argv.index("--result") + 1], "w").write('{"day": "2026-11-20",
 
 
 @pytest.mark.spark
-def test_real_jobs_write_then_map_the_archive_and_run_without_a_broken_one(tmp_path):
-    """Three real spark-submits: the first writes the archive, the second maps its classes from it
-    (the JVM's class-load log says so); with the archive damaged, the third runs from the jars and
-    writes it again."""
+def test_real_jobs_write_then_map_the_archive_and_a_jvm_it_does_not_fit_refuses_it(tmp_path, monkeypatch):
+    """Three real spark-submits: the first writes the archive; the second maps its classes from it
+    (the JVM's class-load log says so); the third, given the same archive with another class
+    path, runs without it, and the JVM's refusal removes it and marks its key."""
     from music_recs.jobs import IngestSpec
 
     jobs, archives = tmp_path / "jobs", tmp_path / "archives"
@@ -238,9 +238,9 @@ def test_real_jobs_write_then_map_the_archive_and_run_without_a_broken_one(tmp_p
                         class_archive_dir=str(archives))
     spec = IngestSpec(day="2026-11-20", input_uri=str(tmp_path), lake_uri=str(tmp_path / "lake"))
 
-    def submit(name):
+    def submit(name, **conf):
         loads = tmp_path / f"{name}.classes"
-        hook.submit(spec, conf={"spark.driver.extraJavaOptions": f"-Xlog:class+load=info:file={loads}"},
+        hook.submit(spec, conf={"spark.driver.extraJavaOptions": f"-Xlog:class+load=info:file={loads}", **conf},
                     driver_memory="1g")
         return loads.read_text()
 
@@ -252,8 +252,10 @@ def test_real_jobs_write_then_map_the_archive_and_run_without_a_broken_one(tmp_p
     from_archive = second.count("source: shared objects file (top)")
     assert from_archive > 5000, from_archive  # Spark's classes, mapped instead of read from its jars
 
-    written[0].chmod(0o644)
-    written[0].write_bytes(b"\0" * 4096)
-    damaged = submit("damaged")
-    assert "shared objects file (top)" not in damaged
-    assert sorted(archives.iterdir()) == written and written[0].stat().st_size > 10_000_000
+    # A class path the key does not know of (as a key that missed something would see it).
+    key = written[0].name.removesuffix(".jsa")
+    monkeypatch.setattr(hook, "class_archive", lambda *a: DriverClassArchive(str(archives), key))
+    (tmp_path / "extra").mkdir()
+    refused = submit("refused", **{"spark.driver.extraClassPath": str(tmp_path / "extra")})
+    assert "shared objects file (top)" not in refused
+    assert sorted(p.name for p in archives.iterdir()) == [f"{key}.jsa{UNUSABLE}"]
