@@ -185,8 +185,8 @@ class SparkJobHook(BaseHook):
         merged = {**base, **conf}
         # A caller's JVM options add to the base ones (the log4j configuration), not replace them.
         for name in JAVA_OPTIONS:
-            extra = driver_java_options if name == "spark.driver.extraJavaOptions" else ""
-            merged[name] = " ".join(v for v in (base.get(name, ""), conf.get(name, ""), extra) if v)
+            added = driver_java_options if name == "spark.driver.extraJavaOptions" else ""
+            merged[name] = " ".join(v for v in (base.get(name, ""), conf.get(name, ""), added) if v)
         for key, value in merged.items():
             cmd += ["--conf", f"{key}={value}"]
         cmd += ["--properties-file", str(SPARK_DEFAULTS), "--py-files", package_zip(self.pyfiles_dir),
