@@ -2,7 +2,9 @@
 Spark's jars, written by the first job, mapped by later ones, dropped when the JVM refuses it."""
 
 import os
+import shutil
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -143,7 +145,7 @@ def test_a_half_written_archive_of_a_killed_job_is_removed_once_stale(tmp_path):
     assert stale.exists() is False and fresh.exists()  # another job may still be writing that one
 
 
-def test_no_archive_where_the_folder_cannot_be_written_or_the_path_would_be_split(tmp_path):
+def test_no_archive_where_the_folder_cannot_be_written_or_the_path_would_be_split(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     assert DriverClassArchive(str(tmp_path / "file" / "under"), KEY).java_options() == ""  # logged, not raised
     read_only = tmp_path / "ro"
@@ -154,6 +156,9 @@ def test_no_archive_where_the_folder_cannot_be_written_or_the_path_would_be_spli
             assert DriverClassArchive(str(read_only), KEY).java_options() == ""
     finally:
         read_only.chmod(0o755)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=10 ** 8))
+    assert DriverClassArchive(str(tmp_path / "full"), KEY).java_options() == ""  # 100 MB free: no 170 MB dump
+    monkeypatch.undo()
     assert DriverClassArchive(str(tmp_path / "with space"), KEY).java_options() == ""
     assert DriverClassArchive(str(tmp_path / "a:b"), KEY).java_options() == ""
 

@@ -61,8 +61,8 @@ LARGE_HEAP_MB = 30 * 1024
 # Environment the launcher reads for the driver's class path and JVM options.
 CLASS_PATH_ENV = ("SPARK_CONF_DIR", "SPARK_DIST_CLASSPATH", "HADOOP_CONF_DIR", "YARN_CONF_DIR", "SPARK_CLASSPATH")
 JVM_OPTIONS_ENV = ("SPARK_SUBMIT_OPTS", "JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS")
-CONF_KEYS = ("spark.driver.extraClassPath", "spark.driver.extraJavaOptions", "spark.driver.defaultJavaOptions",
-             "spark.remote", "spark.api.mode")
+CLASS_PATH_CONF = ("spark.driver.extraClassPath", "spark.remote", "spark.api.mode")
+JVM_OPTIONS_CONF = ("spark.driver.extraJavaOptions", "spark.driver.defaultJavaOptions")
 
 
 def guarded(default):
@@ -108,6 +108,11 @@ def _file_stamp(path: str) -> str:
     return f"{os.path.basename(path)}:{st.st_size}:{st.st_mtime_ns}"
 
 
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return fh.read()
+
+
 def _conf_dir(environ: Mapping[str, str], spark: str) -> str:
     return environ.get("SPARK_CONF_DIR") or os.path.join(spark, "conf")
 
@@ -124,19 +129,19 @@ def archive_key(environ: Mapping[str, str], conf: Mapping[str, str], driver_memo
     jars = os.path.join(spark, "jars")
     if not os.path.isdir(jars):
         return None
-    parts = [os.path.realpath(jdk), open(os.path.join(jdk, "release"), encoding="utf-8", errors="replace").read(),
-             os.path.realpath(spark), _conf_dir(environ, spark), str(os.path.isdir(_conf_dir(environ, spark)))]
+    conf_dir = _conf_dir(environ, spark)
+    parts = [os.path.realpath(jdk), _read(os.path.join(jdk, "release")), os.path.realpath(spark), conf_dir,
+             str(os.path.isdir(conf_dir))]
     modules = os.path.join(jdk, "lib", "modules")
     if os.path.isfile(modules):
         parts.append(_file_stamp(modules))
     parts += [_file_stamp(os.path.join(jars, name)) for name in sorted(os.listdir(jars))]
     parts += [f"{name}={environ.get(name, '')}" for name in CLASS_PATH_ENV]
     parts += [f"{name}={jvm_flags(environ.get(name, ''))}" for name in JVM_OPTIONS_ENV]
-    parts += [f"{name}={jvm_flags(conf.get(name, '')) if 'JavaOptions' in name else conf.get(name, '')}"
-              for name in CONF_KEYS]
+    parts += [f"{name}={conf.get(name, '')}" for name in CLASS_PATH_CONF]
+    parts += [f"{name}={jvm_flags(conf.get(name, ''))}" for name in JVM_OPTIONS_CONF]
     if properties_file:
-        with open(properties_file, encoding="utf-8", errors="replace") as fh:
-            parts.append(fh.read())
+        parts.append(_read(properties_file))
     heap = memory_string_mb(driver_memory or conf.get("spark.driver.memory") or environ.get("SPARK_DRIVER_MEMORY"))
     parts.append("large heap" if heap is not None and heap >= LARGE_HEAP_MB else "heap")
     digest = hashlib.sha256()

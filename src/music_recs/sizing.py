@@ -60,14 +60,6 @@ from dataclasses import asdict, dataclass, field, replace
 from music_recs.failures import DataTooLargeError
 
 MIB = 1024 * 1024
-_MEMORY_UNITS_MB = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
-
-
-def memory_string_mb(value) -> float | None:
-    """A Spark memory setting (``2304m``, ``4g``, ``512k``; no unit: MiB, as Spark reads
-    ``spark.*.memory``) in MiB; None when ``value`` is not one."""
-    match = re.fullmatch(r"(\d+)([kmgt]?)b?", str(value or "").strip().lower())
-    return int(match[1]) * _MEMORY_UNITS_MB[match[2]] if match else None
 RATING_BYTES = 12  # int destination index + float rating + amortized per-source pointers
 JVM_RESERVED = 300 * MIB  # Spark's reserved memory
 MEMORY_FRACTION = 0.6  # spark.memory.fraction: execution + storage share of (heap - reserved)
@@ -85,6 +77,14 @@ CSR_BYTES_PER_RATING = 16  # int32 index + int32 local index + float32 confidenc
 RECOMMENDATION_BYTES = 32  # one (user, item, score, rank) row in Spark's columnar cache, ~26 measured
 # Scores one scoring worker holds at a time (``spark_jobs.lib.top_n``): chunk rows x targets float32.
 CHUNK_BYTES = 64 * MIB
+_MEMORY_UNITS_MB = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
+
+
+def memory_string_mb(value) -> float | None:
+    """A Spark memory setting (``2304m``, ``4g``, ``512k``; no unit: MiB, as Spark reads
+    ``spark.*.memory``) in MiB; None when ``value`` is not one."""
+    match = re.fullmatch(r"(\d+)([kmgt]?)b?", str(value or "").strip().lower())
+    return int(match[1]) * _MEMORY_UNITS_MB[match[2]] if match else None
 
 
 @dataclass(frozen=True)
