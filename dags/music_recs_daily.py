@@ -83,10 +83,8 @@ def music_recs_daily():
     def plan_run() -> dict:
         ctx = get_current_context()
         # .get: a manual run without a logical date has no interval; plan_run says so.
-        # The names set in the form or conf: tuning never varies them.
-        given = (ctx["dag_run"].conf or {}).keys()
         return tasks.plan_run(ctx["params"], ctx.get("data_interval_start"), ctx["run_id"],
-                              tasks.load_settings(), given).to_dict()
+                              tasks.load_settings()).to_dict()
 
     @task(pool=pool)
     def ingest(plan: dict) -> dict:
@@ -107,9 +105,9 @@ def music_recs_daily():
         return tasks.recommendation_rules(_store(plan), plan)
 
     @task(pool=pool, execution_timeout=dt.timedelta(hours=4))
-    def train_als(plan: dict, matrix: dict) -> dict:
+    def train_als(plan: dict, matrix: dict, rules: dict) -> dict:
         plan = _plan(plan)
-        return tasks.train(plan, MatrixResult.from_dict(matrix), _store(plan)).to_dict()
+        return tasks.train(plan, MatrixResult.from_dict(matrix), _store(plan), rules).to_dict()
 
     @task(pool=pool)
     def evaluate(plan: dict, matrix: dict, trained: dict, rules: dict) -> dict:
@@ -141,8 +139,7 @@ def music_recs_daily():
     validated = validate(plan, ingested)
     matrix = build_confidence(plan)
     rules = recommendation_rules(plan)
-    trained = train_als(plan, matrix)
-    rules >> trained  # a malformed list stops the run before training
+    trained = train_als(plan, matrix, rules)  # a malformed list stops the run before training
     evaluated = evaluate(plan, matrix, trained, rules)
     gate = quality_gate(plan, evaluated)
     wait_for_logs = LandingPartitionSensor(

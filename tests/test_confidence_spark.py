@@ -45,7 +45,7 @@ def test_skips_windows_and_confidence(spark, tmp_path):
         (d(3), "u1", "t2", "a1", 200_000),  # outside a 3-day window (first day = D-2)
         (D, "u1", "t3", "a1", 200_000), (D, "u2", "t1", "a1", 200_000),  # held out (last day)
     ])
-    params = ConfidenceParams(function="linear", alpha=2.0, skip_ms=30_000)
+    params = ConfidenceParams(confidence_function="linear", alpha=2.0, skip_ms=30_000)
     result = confidence.run(spark, ConfidenceSpec(day=str(D), lake_uri=str(lake), confidence=params, window_days=3, holdout_days=1, min_user_items=1, min_item_users=1))
     assert result.window == {"first_day": str(d(2)), "last_train_day": str(d(1)), "holdout_days": [str(D)],
                                 "days_present": [str(d(2)), str(d(1)), str(D)]}
@@ -70,7 +70,7 @@ def test_log_function_decay_and_min_support(spark, tmp_path):
     rows += [(D - dt.timedelta(days=1), "u2", "t1", "a1", 100_000), (D - dt.timedelta(days=1), "u2", "t2", "a2", 100_000),
              (D - dt.timedelta(days=1), "u3", "t3", "a3", 100_000), (D, "u2", "t9", "a9", 100_000)]
     write_plays(spark, lake, rows)
-    params = ConfidenceParams(function="log", alpha=1.0, epsilon=1.0, half_life_days=2.0)
+    params = ConfidenceParams(confidence_function="log", alpha=1.0, epsilon=1.0, half_life_days=2.0)
     confidence.run(spark, ConfidenceSpec(day=str(D), lake_uri=str(lake), confidence=params, window_days=5, holdout_days=1, min_user_items=1, min_item_users=2))
     m = matrix(spark, lake)
     # t1 has 2 listeners and survives; t2 and t3 have 1 and are dropped, and u3 with them.

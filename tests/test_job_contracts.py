@@ -62,7 +62,7 @@ def test_the_specs_carry_the_run_params_and_settings(plan):
     assert specs["validate"].max_quarantine_fraction == 0.2 and specs["validate"].ingest_counts["rows_read"] == 10
     confidence = specs["confidence"]
     assert (confidence.window_days, confidence.holdout_days, confidence.granularities) == (30, 2, ("artist",))
-    assert confidence.confidence.function == "linear" and confidence.confidence.alpha == 2.5
+    assert confidence.confidence.confidence_function == "linear" and confidence.confidence.alpha == 2.5
     train = specs["train_als"]
     assert (train.rank, train.alpha, train.strategy, train.broadcast_budget_mb) == (16, 2.5, "mllib", 64)
     assert train.matrix_uri == plan.matrix and train.matrix_uri.endswith("/granularity=artist")

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,20 +27,26 @@ from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from music_recs import __version__, settings, tuning
+from music_recs import history as history_rules
+from music_recs import manifest as manifests
 from music_recs.checks import check_run_conf_names_no_location, safe_key_part
-from music_recs.failures import EmptyMatrix, MalformedRulesList, NoLandingData, QualityGateFailed, TooManyBadRows, \
+from music_recs.failures import EmptyMatrix, InvalidInput, MalformedRulesList, NoLandingData, QualityGateFailed, TooManyBadRows, \
     ValidationFailed, is_permanent
 from music_recs.jobs import (ConfidenceSpec, EvaluateResult, EvaluateSpec, IngestResult, IngestSpec, MatrixResult,
                              TrainResult, TrainSpec, TuneSpec, ValidateResult, ValidateSpec)
-from music_recs.params import DEFAULTS, DESCRIPTIONS, FIELDS, SCHEMAS, RunParams
+from music_recs.history import TrainingRecipe
+from music_recs.manifest import SearchContext, search_label
+from music_recs.params import DEFAULTS, DESCRIPTIONS, SCHEMAS, RunParams
 from music_recs.plan import RunPlan
 from music_recs.quality_gate import decide, failure_line
+from music_recs.recipe import FIELDS as RECIPE_FIELDS
+from music_recs.recipe import Recipe
 from music_recs.rules import parse_do_not_recommend
 from music_recs.settings import DeploymentSettings
 from music_recs.sizing import (ExecutorSizing, MatrixShape, factor_exchange, per_executor_limit_mb, shuffle_partitions, size_als,
                                size_evaluate, stage_memory_mb)
-from music_recs_airflow.publish import (ARTIFACTS, MANIFEST, PUBLICATION, PublishError, publication_prefix, publish,
-                                        read_latest)
+from music_recs_airflow.model_history import ModelHistory
+from music_recs_airflow.publish import ARTIFACTS, publication_prefix, publish
 from music_recs_airflow.report import publish_report
 from music_recs_airflow.s3 import S3Store
 from music_recs_airflow.spark_submit import REPO_ROOT, SparkJobHook, executor_args, run_with_resubmission, spark_master
@@ -90,34 +95,33 @@ def load_settings(use_airflow: bool = True) -> DeploymentSettings:
         except Exception as exc:  # no task context or API server (CLI, tests): the environment and defaults
             log.debug("Variable %s not readable: %s", settings.AIRFLOW_VARIABLE, exc)
         if variable is not None and not isinstance(variable, dict):
-            raise ValueError(f"Airflow Variable {settings.AIRFLOW_VARIABLE} must be a JSON object")
+            raise InvalidInput(f"Airflow Variable {settings.AIRFLOW_VARIABLE} must be a JSON object")
     return settings.resolve(variable)
 
 
 def logical_day(data_interval_start: dt.datetime | None) -> dt.date:
     """The partition a run processes: the day its data interval starts (UTC), never "now"."""
     if data_interval_start is None:
-        raise ValueError("the run has no data interval, so no day to process: it was triggered without a logical "
+        raise InvalidInput("the run has no data interval, so no day to process: it was triggered without a logical "
                          "date; trigger it with one (the trigger form's default, `airflow dags trigger -l ...`)")
     return data_interval_start.astimezone(dt.timezone.utc).date()
 
 
 @fail_fast
-def plan_run(params: dict, data_interval_start, run_id: str, cfg: DeploymentSettings,
-             given: Iterable[str] | None = None) -> RunPlan:
+def plan_run(params: dict, data_interval_start, run_id: str, cfg: DeploymentSettings) -> RunPlan:
     """Check the run's params, fix its day, run key, settings and cluster resources.
 
-    given: names set in the trigger form or run conf (None: every name in ``params``)."""
+    params: the run's (the DAG's defaults with the form's or conf's values over them); a recipe
+    field left empty is the search's to choose, a filled one is fixed (``RunParams.fixed_recipe``)."""
     check_run_conf_names_no_location(params, set(settings.FIELDS))
     run = RunParams.from_params(dict(params))
-    given = tuple(sorted(set(params if given is None else given) & set(FIELDS)))
     if urlparse(cfg.lake_uri).scheme not in ("", "file"):
-        raise ValueError(f"lake_uri {cfg.lake_uri!r}: this version stages landing files and publishes from a local "
+        raise InvalidInput(f"lake_uri {cfg.lake_uri!r}: this version stages landing files and publishes from a local "
                          "lake; set MUSIC_RECS_LAKE_URI to a local folder")
     master = spark_master(cfg.spark_conn_id)
     plan = RunPlan(day=logical_day(data_interval_start).isoformat(), run_id=run_id, run_key=safe_key_part(run_id),
                    params=run, settings=cfg, cluster=settings.cluster_resources(master.startswith("local")),
-                   spark_master=master, given=given)
+                   spark_master=master)
     log.info("run %s processes dt=%s on %s (%s) with %s", run_id, plan.day, master, plan.cluster, run.as_dict())
     return plan
 
@@ -252,194 +256,112 @@ def _shape(plan: RunPlan, matrix: MatrixResult) -> MatrixShape:
     return MatrixShape(stats["users"], stats["items"], stats["nnz"], plan.params.rank)
 
 
-def largest_rank(values: dict, search: TuneSpec | None) -> int:
+def largest_rank(recipe: Recipe, search: TuneSpec | None) -> int:
     """The largest rank training may use: the chosen one, or any the search may try.
     Sizing and the factor exchange follow it."""
-    searched = [] if search is None or "rank" in search.fixed else list(tuning.SEARCH_SPACE["rank"])
-    return max([values["rank"], *searched])
+    searched = list(tuning.SEARCH_SPACE["rank"]) if search is not None and "rank" not in search.fixed else []
+    return max([recipe.rank, *searched])
 
 
-def train_spec(plan: RunPlan, shape: MatrixShape, sizing: ExecutorSizing, values: dict | None = None,
+def train_spec(plan: RunPlan, shape: MatrixShape, sizing: ExecutorSizing, recipe: Recipe | None = None,
                tune: TuneSpec | None = None) -> TrainSpec:
-    """The training job's spec; ``values``: the searched params to train with (default: the run's)."""
+    """The training job's spec; ``recipe``: the values to train with (default: the run's without a search)."""
     p, budget = plan.params, plan.settings.broadcast_budget_mb
-    v = {**p.searched, **(values or {})}
-    exchange = factor_exchange(shape.users, shape.items, largest_rank(v, tune), budget) if p.strategy == "cg" else None
-    return TrainSpec(matrix_uri=plan.matrix, out_uri=plan.model, rank=int(v["rank"]), max_iter=p.max_iter,
-                     reg=float(v["reg"]), alpha=float(v["alpha"]), confidence_function=v["confidence_function"],
-                     epsilon=float(v["epsilon"]), scale_reg=v["reg_scaling"] == "per_rating",
-                     strategy=p.strategy, user_blocks=sizing.user_blocks, item_blocks=sizing.item_blocks,
-                     checkpoint_dir=plan.checkpoints, checkpoint_interval=sizing.checkpoint_interval,
-                     exchange=exchange, broadcast_budget_mb=budget, tune=None if tune is None else tune.to_dict())
+    r = recipe or p.recipe
+    exchange = factor_exchange(shape.users, shape.items, largest_rank(r, tune), budget) if p.strategy == "cg" else None
+    return TrainSpec(matrix_uri=plan.matrix, out_uri=plan.model, rank=r.rank, max_iter=p.max_iter, reg=r.reg,
+                     alpha=r.alpha, confidence_function=r.confidence_function, epsilon=r.epsilon,
+                     scale_reg=r.scale_reg, strategy=p.strategy, user_blocks=sizing.user_blocks,
+                     item_blocks=sizing.item_blocks, checkpoint_dir=plan.checkpoints,
+                     checkpoint_interval=sizing.checkpoint_interval, exchange=exchange, broadcast_budget_mb=budget,
+                     tune=None if tune is None else tune.to_dict())
 
 
-def published_manifest(store: S3Store, plan: RunPlan) -> dict | None:
-    """The manifest of the model behind the pointer, or None when nothing is published."""
+def model_history(store: S3Store | None, plan: RunPlan) -> ModelHistory:
     cfg = plan.settings
-    try:
-        return read_latest(store, cfg.models_bucket, cfg.pointer_key)[1]
-    except PublishError as exc:
-        log.info("no published model: %s", exc)
-        return None
+    return ModelHistory(store, cfg.models_bucket, cfg.models_prefix, cfg.pointer_key, plan.day)
 
 
-def reusable_search(manifest: dict | None, plan: RunPlan) -> dict | None:
-    """The published model's search, if young enough (``tune_max_age_days``), of a day before this
-    run's (a rerun must not depend on what was published after its day) and of the same
-    granularity, strategy and metric."""
-    if not manifest:
-        return None
-    searched = (manifest.get("training") or {}).get("tuning") or {}
-    day, p = searched.get("day"), plan.params
-    if not day or "chosen" not in searched:
-        return None
-    age = (dt.date.fromisoformat(plan.day) - dt.date.fromisoformat(day)).days
-    same = (manifest["params"].get("granularity"), manifest["params"].get("strategy"), searched.get("metric")) == (
-        p.granularity, p.strategy, p.primary_metric)
-    return searched if same and 0 < age <= p.tune_max_age_days else None
+def rules_checksum(rules: dict | None) -> str | None:
+    return ((rules or {}).get("do_not_recommend") or {}).get("sha256")
 
 
-def training_values(plan: RunPlan, manifest: dict | None) -> tuple[dict, dict, TuneSpec | None]:
-    """(values to train with, where each came from, the search to run or None).
-
-    Trigger-form values always win; with ``tune=off`` the rest are the built-in defaults; with
-    ``if_stale`` a young enough published search is reused, otherwise (and with ``always``)
-    the training job searches the names not given."""
+def choose_recipe(plan: RunPlan, history: ModelHistory, rules: dict | None = None
+                  ) -> tuple[TrainingRecipe, TuneSpec | None, SearchContext]:
+    """What training uses (``music_recs.history.training_recipe``), the search to run (or None) and
+    the run's search context (recorded, so a later run can tell whether it may reuse the search)."""
     p = plan.params
-    given = set(plan.given) & set(tuning.SEARCHED)
-    source = {name: "trigger" if name in given else "default" for name in tuning.SEARCHED}
-    values = p.searched
-    if p.tune == "off" or given == set(tuning.SEARCHED):
-        return values, source, None
-    reused = reusable_search(manifest, plan) if p.tune == "if_stale" else None
-    if reused is not None:
-        for name in set(tuning.SEARCHED) - given:
-            values[name] = reused["chosen"][name]
-            source[name] = f"tuning of dt={reused['day']}"
-        return values, source, None
-    search = TuneSpec(trials=p.tune_trials, minutes=p.tune_minutes, fixed=tuple(sorted(given)),
-                      metric=p.primary_metric, k=p.k)
-    return values, source, search
+    context = history_rules.search_context(p, rules_checksum(rules))
+    reusable = history_rules.reusable_search(history.earlier(), plan.day, p, context) if p.tune == "if_stale" else None
+    chosen = history_rules.training_recipe(p, reusable)
+    log.info("recipe: %s (%s); sources %s", chosen.recipe.as_dict(), chosen.why, chosen.sources)
+    search = None
+    if chosen.search:
+        search = TuneSpec(trials=p.tune_trials, minutes=p.tune_minutes, fixed=chosen.fixed, metric=p.primary_metric,
+                          k=p.k)
+    return chosen, search, context
 
 
-def earlier_publications(store: S3Store, plan: RunPlan) -> list[str]:
-    """Manifest keys of the models published for a day before this run's, newest first (by day,
-    then by publication time). Never the run's own day or a later one: a rerun of day D must not
-    start from what was published for D or after it."""
-    cfg = plan.settings
-    root = f"{cfg.models_prefix}/dt="
-    found = []
-    for obj in store.list_objects(cfg.models_bucket, root):
-        parts = obj.key[len(root):].split("/")
-        # {day}/run={key}/publish={UTC time}/manifest.json
-        if len(parts) == 4 and parts[3] == MANIFEST and parts[2].startswith(PUBLICATION) and parts[0] < plan.day:
-            found.append((parts[0], parts[2], obj.key))
-    return [key for *_, key in sorted(found, reverse=True)]
-
-
-def earlier_publication(store: S3Store, plan: RunPlan, unusable=lambda manifest: None) -> tuple[dict | None, str]:
-    """The manifest of the newest model published for a day before this run's that ``unusable``
-    (manifest -> a reason, or None) accepts, and why a newer one was passed over (or why none)."""
-    why = f"no model published for a day before dt={plan.day}"
-    for number, key in enumerate(earlier_publications(store, plan)):
-        try:
-            got = store.get_json(plan.settings.models_bucket, key)
-        except ValueError as exc:  # not JSON: skip it, say so
-            log.warning("skipping s3://%s/%s: not a readable manifest (%s)", plan.settings.models_bucket, key, exc)
-            continue
-        manifest = got[0] if got and isinstance(got[0], dict) else None
-        reason = "not a readable manifest" if manifest is None else unusable(manifest)
-        if reason is None:
-            return manifest, why if number else ""
-        if number == 0:
-            why = reason
-    return None, why
-
-
-def stage_factors(store: S3Store, plan: RunPlan, manifest: dict, dest: str) -> bool:
-    """Copy a publication's ``user_factors`` and ``item_factors`` to ``dest`` (for Spark, which has
-    no S3 connector in local mode); False when one of them is gone."""
-    shutil.rmtree(dest, ignore_errors=True)
-    objects = [o for o in manifest.get("objects", []) if o.get("artifact") in ("user_factors", "item_factors")]
-    for obj in objects:
-        got = store.get_bytes(plan.settings.models_bucket, obj["key"])
-        if got is None:
-            log.warning("published object s3://%s/%s is gone", plan.settings.models_bucket, obj["key"])
-            return False
-        path = Path(dest) / obj["artifact"] / obj["key"].rsplit("/", 1)[-1]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(got[0])
-    return {o["artifact"] for o in objects} == {"user_factors", "item_factors"}
-
-
-def warm_start_source(store: S3Store | None, plan: RunPlan, values: dict, search: TuneSpec | None
-                      ) -> dict[str, str | None]:
-    """The training spec's warm-start fields: the newest model published for a day before this
-    run's that can serve (same granularity; same rank unless a search may change it, in which case
-    the job checks the rank it ends up training), staged next to the run; otherwise why not
-    (``warm_start_note``), e.g. ``warm_start=off`` or strategy ``mllib``."""
+def warm_start_source(history: ModelHistory, plan: RunPlan, chosen: TrainingRecipe) -> dict[str, str | None]:
+    """The training spec's warm-start fields: the model ``music_recs.history.warm_start`` picks, staged
+    next to the run; otherwise why not (``warm_start_note``), e.g. ``warm_start=off`` or strategy ``mllib``."""
     p = plan.params
 
     def cold(why: str) -> dict:
         return {"warm_start_uri": None, "warm_start_from": None, "warm_start_note": why}
 
-    def unusable(manifest: dict) -> str | None:
-        day = manifest.get("day")
-        granularity = (manifest.get("params") or {}).get("granularity")
-        rank = ((manifest.get("training") or {}).get("params") or {}).get("rank")
-        if granularity != p.granularity:
-            return f"the model of dt={day} recommends {granularity}s, this run {p.granularity}s"
-        if (search is None or "rank" in search.fixed) and rank != values["rank"]:
-            return f"the model of dt={day} has rank {rank}, this run trains rank {values['rank']}"
-        return None
-
     if p.warm_start == "off":
         return cold("warm_start=off")
     if p.strategy != "cg":
         return cold("MLlib's ALS cannot start from given factors (strategy mllib)")
-    if store is None:
+    if history.store is None:
         return cold("no model store")
-    manifest, passed_over = earlier_publication(store, plan, unusable)
-    if manifest is None:
-        return cold(passed_over)
-    if passed_over:
-        log.info("warm start: passed over a newer model (%s)", passed_over)
+    # With a search that may change the rank, the job checks the rank it ends up training.
+    rank = None if chosen.search and "rank" not in chosen.fixed else chosen.recipe.rank
+    found = history_rules.warm_start(history.earlier(), plan.day, p, rank)
+    if found.chosen is None:
+        return cold(found.why)
+    log.info("warm start: %s", found.why)
     dest = f"{plan.run_dir}/warm_start"
-    if not stage_factors(store, plan, manifest, dest):
-        return cold(f"the factors of the model of dt={manifest['day']} are gone from S3")
-    return {"warm_start_uri": dest, "warm_start_from": f"dt={manifest['day']} ({manifest.get('prefix')})",
+    if not history.stage_factors(found.chosen, dest):
+        return cold(f"the factors of the model of dt={found.chosen.day} are gone from S3")
+    return {"warm_start_uri": dest, "warm_start_from": f"dt={found.chosen.day} ({found.chosen.prefix})",
             "warm_start_note": None}
 
 
 @fail_fast
-def train(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None) -> TrainResult:
+def train(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None, rules: dict | None = None) -> TrainResult:
     """Train ALS with settings sized to the matrix; failed attempts are classified and resubmitted here,
     so a failure that outlives them is final (no Airflow retry on top).
 
-    Tunes first when the run asks (``training_values``) and starts from an earlier model when it
-    can (``warm_start_source``); ``store``: where published models are read (None: no published
-    search to reuse, no warm start)."""
+    Searches first, or reuses a search, when the run asks (``choose_recipe``) and starts from an earlier
+    model when it can (``warm_start_source``); ``store``: where published models are read (None: no
+    search to reuse, no warm start); ``rules``: ``recommendation_rules``'s (the search scores under them)."""
     p, budget = plan.params, plan.settings.broadcast_budget_mb
-    values, source, search = training_values(plan, published_manifest(store, plan) if store and p.tune == "if_stale"
-                                             else None)
-    warm = warm_start_source(store, plan, values, search)
+    history = model_history(store, plan)
+    chosen, search, context = choose_recipe(plan, history, rules)
+    warm = warm_start_source(history, plan, chosen)
     log.info("warm start: %s", f"from the model of {warm['warm_start_from']}" if warm["warm_start_uri"]
              else f"none ({warm['warm_start_note']})")
-    shape = dataclasses.replace(_shape(plan, matrix), rank=largest_rank(values, search))
+    shape = dataclasses.replace(_shape(plan, matrix), rank=largest_rank(chosen.recipe, search))
     sizing = size_als(shape, plan.cluster, strategy=p.strategy, broadcast_budget_mb=budget)
     log.info("sizing for %s, %s on %s: %s", shape, p.strategy, plan.cluster, sizing.as_dict())
     result = run_with_resubmission(spark_hook(plan),
-                                   lambda s: dataclasses.replace(train_spec(plan, shape, s, values, search), **warm), sizing,
+                                   lambda s: dataclasses.replace(train_spec(plan, shape, s, chosen.recipe, search),
+                                                                 **warm), sizing,
                                    plan.local, per_executor_limit_mb(plan.cluster),
                                    max_attempts=plan.settings.train_attempts)
+    source = dict(chosen.sources)
     if search is not None:  # searched now: the job's trials and choice, with this day
         for name in set(tuning.SEARCHED) - set(search.fixed):
-            source[name] = f"tuning of dt={plan.day}"
-        record = {**result.tuning, "day": plan.day, "source": source}
-    else:  # reused (keeps the search's day, so its age still counts) or not tuned
-        reused = sorted({v for v in source.values() if v.startswith("tuning of dt=")})
-        record = {"day": reused[0].removeprefix("tuning of dt=") if reused else None, "chosen": values,
-                  "source": source, "metric": p.primary_metric, "trials": []}
+            source[name] = search_label(plan.day)
+        record = {**result.tuning, "day": plan.day, "source": source, "context": context.as_dict()}
+    elif chosen.reused is not None:  # reused: keeps the search's day, so its age still counts
+        record = {"day": chosen.reused.day, "chosen": chosen.recipe.as_dict(), "source": source,
+                  "metric": p.primary_metric, "trials": [], "context": context.as_dict(), "why": chosen.why}
+    else:
+        record = {"day": None, "chosen": chosen.recipe.as_dict(), "source": source, "metric": p.primary_metric,
+                  "trials": [], "why": chosen.why}
     result = dataclasses.replace(result, tuning=record)
     log.info("ALS (%s) rank %d: %d users, %d items, %d iterations in %.1fs (%.2fs/iteration); params from %s; "
              "warm start: %s", p.strategy, result.params["rank"], result.data["users"], result.data["items"],
@@ -462,7 +384,7 @@ def recommendation_rules(store: S3Store | None, plan: RunPlan) -> dict:
     if cfg.do_not_recommend_key:
         uri = f"s3://{cfg.models_bucket}/{cfg.do_not_recommend_key}"
         if store is None:
-            raise ValueError(f"do_not_recommend_key is set ({uri}) but no S3 store was given to read it")
+            raise InvalidInput(f"do_not_recommend_key is set ({uri}) but no S3 store was given to read it")
         got = store.get_bytes(cfg.models_bucket, cfg.do_not_recommend_key)
         if got is None:
             raise MalformedRulesList(f"do-not-recommend list {uri}: no such object (set do_not_recommend_key to an "
@@ -501,56 +423,44 @@ def evaluate_spec(plan: RunPlan, published_uri: str | None = None, compare_churn
                         do_not_recommend_path=rules["path"])
 
 
-def churn_reference(plan: RunPlan, manifest: dict | None, trained: TrainResult | None) -> tuple[bool, str]:
-    """Whether the churn band applies against the published model, and why (or why not).
-
-    Churn tells an unstable (or stale) model from a healthy one only between models of the same
-    recipe: published for an earlier day (a rerun of the published day would look stale by
-    construction), with the same strategy and the same trained values (a new search or a changed
-    strategy is meant to change the lists)."""
-    if manifest is None:
-        return False, "no model published"
-    if not manifest.get("day", "") < plan.day:
-        return False, f"the published model is for dt={manifest.get('day')}, not an earlier day"
-    training = manifest.get("training") or {}
-    if trained is None or training.get("strategy") != trained.strategy:
-        return False, "the published model was trained with another strategy"
-    ours = {n: trained.params.get(n) for n in tuning.SEARCHED}
-    if {n: (training.get("params") or {}).get(n) for n in tuning.SEARCHED} != ours:
-        return False, "the published model was trained with other values"
-    return True, f"against the model of dt={manifest['day']}"
-
-
-def stage_published_factors(store: S3Store, plan: RunPlan) -> tuple[str | None, dict | None]:
-    """The published model's factors, copied next to the run (``{run}/published/``) so evaluation
-    can score it on this run's held-out pairs, and its manifest; (None, None) when nothing
-    comparable is published."""
-    manifest = published_manifest(store, plan)
-    if manifest is None or manifest["params"].get("granularity") != plan.params.granularity:
-        return None, None
-    dest = f"{plan.run_dir}/published"
-    if not stage_factors(store, plan, manifest, dest):
-        log.warning("not comparing with the published model: its factors are incomplete")
-        return None, None
-    return dest, manifest
+def trained_recipe(trained: TrainResult) -> Recipe | None:
+    try:
+        return Recipe.from_dict({n: trained.params[n] for n in RECIPE_FIELDS})
+    except (KeyError, ValueError):
+        return None
 
 
 @fail_fast
 def evaluate(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None,
              trained: TrainResult | None = None, rules: dict | None = None) -> EvaluateResult:
     """Score the model on the held-out days, with Spark settings sized to the matrix (``size_evaluate``);
-    with ``store``, the published model is scored on the same pairs too, and with ``trained`` (this
-    run's training result) churn is checked against it when it has the same recipe (``churn_reference``).
-    ``rules`` (``recommendation_rules``): every top-N, and so every metric, obeys them."""
+    with ``store``, the published model is scored on the same pairs too when it may be compared
+    (``music_recs.history.comparison``: never a model trained on this run's held-out days), and with
+    ``trained`` (this run's training result) churn is checked against it when it has the same recipe
+    (``music_recs.history.churn_reference``). ``rules`` (``recommendation_rules``): every top-N, and so
+    every metric, obeys them. The result's ``comparison`` says in one line what was compared, or why not."""
     p = plan.params
-    published_uri, manifest = stage_published_factors(store, plan) if store is not None else (None, None)
-    compare, why = churn_reference(plan, manifest, trained)
-    churn = f"checked {why}" if compare else f"not checked: {why}"
+    history = model_history(store, plan)
+    compared = history_rules.comparison(history.published, plan.day, p)
+    published_uri = None
+    if compared.chosen is not None:
+        published_uri = f"{plan.run_dir}/published"
+        if not history.stage_factors(compared.chosen, published_uri):
+            published_uri, compared = None, history_rules.Choice(
+                None, f"the factors of the published model (dt={compared.chosen.day}) are incomplete")
+    comparison_line = f"compared {compared.why}" if compared.chosen else f"not compared: {compared.why}"
+    log.info("published model %s", comparison_line)
+    recipe = trained_recipe(trained) if trained is not None else None
+    churn_ref = (history_rules.churn_reference(compared.chosen, plan.day, p, trained.strategy, recipe)
+                 if trained is not None and recipe is not None and compared.chosen is not None
+                 else history_rules.Choice(None, compared.why if compared.chosen is None else "no training result"))
+    churn = f"checked {churn_ref.why}" if churn_ref.chosen else f"not checked: {churn_ref.why}"
     log.info("churn %s", churn)
     sizing = size_evaluate(_shape(plan, matrix), plan.cluster, max(p.k, p.top_n), plan.settings.broadcast_budget_mb)
-    result = spark_hook(plan).submit(evaluate_spec(plan, published_uri, compare, rules), conf=sizing.spark_conf(),
-                                     driver_memory=f"{sizing.driver_memory_mb}m",
+    result = spark_hook(plan).submit(evaluate_spec(plan, published_uri, churn_ref.chosen is not None, rules),
+                                     conf=sizing.spark_conf(), driver_memory=f"{sizing.driver_memory_mb}m",
                                      **executor_args(sizing, plan.spark_master))
+    result = dataclasses.replace(result, comparison=comparison_line)
     if result.output_checks is not None:
         result = dataclasses.replace(result, output_checks={**result.output_checks, "churn": churn})
     if rules and rules.get("do_not_recommend"):  # the list's checksum and rows beside what matched
@@ -563,32 +473,29 @@ def evaluate(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None,
     return result
 
 
-def published_metrics(store: S3Store, plan: RunPlan) -> dict | None:
-    """Metrics of the model behind the pointer, if it is comparable (same granularity and k)."""
-    manifest = published_manifest(store, plan)
-    if manifest is None:
-        return None
-    if manifest["params"].get("granularity") != plan.params.granularity or manifest["metrics"].get("k") != plan.params.k:
-        log.info("the published model has another granularity or k; comparing with the baseline only")
-        return None
-    return manifest["metrics"]["model"]
-
-
 @fail_fast
 def quality_gate(store: S3Store, plan: RunPlan, evaluated: EvaluateResult) -> dict:
+    """The gate (``music_recs.quality_gate.decide``) on the evaluation's numbers. The published model
+    counts only when the evaluation compared with it (scored on this run's held-out pairs); otherwise
+    the manifest's metrics of a model that may be compared (``music_recs.history.comparison``)."""
     p = plan.params
     lift = (evaluated.lift or {}).get(p.primary_metric)
+    comparison_line = evaluated.comparison
     if evaluated.published is not None:  # scored on this run's held-out pairs
         published, published_lift = evaluated.published, (evaluated.lift_over_published or {}).get(p.primary_metric)
     else:
-        published, published_lift = published_metrics(store, plan), None
+        compared = history_rules.comparison(model_history(store, plan).published, plan.day, p)
+        published, published_lift = (compared.chosen.metrics.get("model") if compared.chosen else None), None
+        comparison_line = comparison_line or (f"compared {compared.why} (its manifest's metrics)" if compared.chosen
+                                              else f"not compared: {compared.why}")
     output_failures = tuple((evaluated.output_checks or {}).get("failed") or ())
     decision = decide(p.primary_metric, evaluated.model, evaluated.baseline_popularity, published, p.gate_min_lift,
                       p.gate_max_drop, p.override_quality_gate, lift, published_lift, output_failures)
+    log.info("dt=%s: published model %s", plan.day, comparison_line)
     if not decision.publish:
         raise QualityGateFailed(f"dt={plan.day}: {decision.message()}; not published")
     (log.warning if decision.overridden else log.info)("dt=%s: %s", plan.day, decision.message())
-    return decision.as_dict()
+    return {**decision.as_dict(), "comparison": comparison_line}
 
 
 def code_version() -> str:
@@ -621,23 +528,18 @@ def publish_run(store: S3Store, plan: RunPlan, ingested: IngestResult, validated
                 matrix: MatrixResult, trained: TrainResult, evaluated: EvaluateResult, gate: dict) -> dict:
     cfg, p = plan.settings, plan.params
     training = trained.to_dict()
-    manifest = {
-        "code_version": code_version(),
-        "params": p.as_dict(),
-        "data_window": matrix.window,
-        "rows": ingested.counts,
-        "quarantine": {"uri": ingested.quarantine_uri, "reasons": ingested.quarantine_reasons},
-        "validation": {"suite": validated.suite, "statistics": validated.statistics, "profile": validated.profile},
-        "matrix": matrix.stats[p.granularity],
-        "training": {k: training[k] for k in TRAINING_FIELDS if training[k] is not None},
-        "metrics": {"k": evaluated.k, "model": evaluated.model, "baseline_popularity": evaluated.baseline_popularity,
-                    "lift_over_popularity": evaluated.lift, "published_model": evaluated.published,
-                    "change_over_published": evaluated.lift_over_published},
-        "evaluation": {"seconds": evaluated.seconds, "submission": evaluated.submission},
-        "output_checks": output_checks_record(evaluated.output_checks),
-        "rules": evaluated.rules,
-        "quality_gate": gate,
-    }
+    manifest = manifests.build(
+        code_version=code_version(), params=p.as_dict(), data_window=matrix.window, rows=ingested.counts,
+        quarantine={"uri": ingested.quarantine_uri, "reasons": ingested.quarantine_reasons},
+        validation={"suite": validated.suite, "statistics": validated.statistics, "profile": validated.profile},
+        matrix=matrix.stats[p.granularity],
+        training={k: training[k] for k in TRAINING_FIELDS if training[k] is not None},
+        metrics={"k": evaluated.k, "model": evaluated.model, "baseline_popularity": evaluated.baseline_popularity,
+                 "lift_over_popularity": evaluated.lift, "published_model": evaluated.published,
+                 "change_over_published": evaluated.lift_over_published},
+        comparison=gate.get("comparison") or evaluated.comparison or "not compared",
+        evaluation={"seconds": evaluated.seconds, "submission": evaluated.submission},
+        output_checks=output_checks_record(evaluated.output_checks), rules=evaluated.rules, quality_gate=gate)
     # A folder of its own: a rerun of the run behind the pointer never writes over the live model.
     prefix = publication_prefix(cfg.model_key_prefix(plan.day, plan.run_key))
     uri = f"s3://{cfg.models_bucket}/{prefix}"

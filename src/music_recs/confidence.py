@@ -29,32 +29,33 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-CONFIDENCE_FUNCTIONS = ("linear", "log")
+from music_recs.recipe import ConfidenceFunction, Recipe
+
+CONFIDENCE_FUNCTIONS = tuple(ConfidenceFunction)
+_RECIPE = Recipe()
 
 
 @dataclass(frozen=True)
 class ConfidenceParams:
     """How plays become confidence.
 
-    function: ``log`` (default) or ``linear``.
-    alpha: 1.0. The paper reports 40 for TV watching with linear confidence; with the log
-    function on play counts that drowns the preference signal (on MovieLens-100K as plays, 40
-    scored a third of 1.0's MAP@10 on the validation day); 1.0 with epsilon 5 was the best
-    worst case over that and the generated data (``bench/RESULTS.md``, "Real listening data").
-    epsilon: 5.0; scale of the log function (``r / epsilon``), in plays.
+    confidence_function, alpha, epsilon: the recipe's (``music_recs.recipe.Recipe``, whose
+    defaults these are); epsilon is the scale of the log function (``r / epsilon``), in plays.
     half_life_days: 0.0 = no time decay.
     skip_ms: 30000; a play shorter than 30 s is a skip: counted, never a preference.
     """
 
-    function: str = "log"
-    alpha: float = 1.0
-    epsilon: float = 5.0
+    confidence_function: ConfidenceFunction = _RECIPE.confidence_function
+    alpha: float = _RECIPE.alpha
+    epsilon: float = _RECIPE.epsilon
     half_life_days: float = 0.0
     skip_ms: int = 30_000
 
     def __post_init__(self):
-        if self.function not in CONFIDENCE_FUNCTIONS:
-            raise ValueError(f"confidence function must be one of {CONFIDENCE_FUNCTIONS}, got {self.function!r}")
+        if self.confidence_function not in CONFIDENCE_FUNCTIONS:
+            raise ValueError(f"confidence function must be one of {', '.join(CONFIDENCE_FUNCTIONS)}, "
+                             f"got {self.confidence_function!r}")
+        object.__setattr__(self, "confidence_function", ConfidenceFunction(self.confidence_function))
         if not self.alpha > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
         if not self.epsilon > 0:
@@ -82,7 +83,7 @@ def strength(r, params: ConfidenceParams, log1p: Callable = math.log1p):
     r: the (decayed) play count, a number or a Spark column.
     log1p: ``math.log1p`` for numbers (default), ``pyspark.sql.functions.log1p`` for columns.
     """
-    if params.function == "linear":
+    if params.confidence_function == ConfidenceFunction.LINEAR:
         return r
     return log1p(r / params.epsilon)
 

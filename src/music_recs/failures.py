@@ -14,6 +14,11 @@ class PermanentFailure(RuntimeError):
     """Retrying cannot help; the message is one line that names the cause."""
 
 
+class InvalidInput(PermanentFailure, ValueError):
+    """A value that breaks a rule of the project (a param, a setting, a list, a spec): the same
+    input fails the same way on every retry."""
+
+
 class NoLandingData(PermanentFailure):
     """The day's landing prefix holds no file to ingest."""
 

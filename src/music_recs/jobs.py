@@ -389,6 +389,8 @@ class EvaluateResult(_Contract):
     # users_short (users with fewer than top_n items because the rules left too few candidates).
     rules: dict | None = None
     submission: dict | None = None
+    # Set by the Airflow side: which published model was compared with, or why none (one line).
+    comparison: str | None = None
 
 
 SPECS = {cls.JOB: cls for cls in (IngestSpec, ValidateSpec, ConfidenceSpec, TrainSpec, EvaluateSpec)}

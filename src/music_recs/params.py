@@ -1,5 +1,10 @@
 """The DAG's run parameters, declared once: default, JSON schema and description per field.
 
+The recipe's fields (``music_recs.recipe``) appear here nullable and empty by default: empty
+means "chosen by the search" (or the recipe's default with ``tune=off``), a value means "fixed
+for this run". The trigger form sends every field; only the filled ones fix anything, so a run
+started from the form with nothing changed decides like a scheduled run.
+
 ``RunParams`` is the declaration. The Airflow side turns each field into a trigger-form
 ``Param`` (``music_recs_airflow.tasks.airflow_params``), so Airflow refuses a wrong type or
 an out-of-range number before a run is created; ``RunParams.from_params`` checks the same
@@ -14,36 +19,43 @@ from collections.abc import Mapping
 
 import jsonschema
 
-from music_recs.confidence import CONFIDENCE_FUNCTIONS, ConfidenceParams
-from music_recs.tuning import REG_SCALINGS, SEARCHED
+from music_recs import recipe
+from music_recs.confidence import ConfidenceParams
+from music_recs.failures import InvalidInput
+from music_recs.recipe import Recipe
 
 
 def _param(default, description: str, **schema):
     return dataclasses.field(default=default, metadata={"schema": schema, "description": description})
 
 
+def _recipe(name: str):
+    """A recipe field in the form: its schema made nullable, default empty (null)."""
+    schema = dict(recipe.SCHEMAS[name])
+    schema["type"] = ["null", schema["type"]]
+    if "enum" in schema:
+        schema["enum"] = [None, *schema["enum"]]
+    return _param(None, f"{recipe.DESCRIPTIONS[name]} Empty: chosen by the search (tune), or "
+                  f"{recipe.DEFAULTS[name]} with tune=off. A value set here is fixed for this run.", **schema)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunParams:
     """A run's parameters; each field's metadata holds its JSON schema and its description."""
 
-    rank: int = _param(32, "Number of latent factors per user and item (ALS rank).",
-                       type="integer", minimum=2, maximum=512)
+    # The recipe (music_recs.recipe): empty in the form = chosen by the search (tune), or the
+    # recipe's default with tune=off; a value set here is fixed for this run and never searched.
+    rank: int | None = _recipe("rank")
     strategy: str = _param("cg", "ALS solver: 'cg' = the project's conjugate-gradient ALS on cached blocks (same "
                            "objective as MLlib, faster at ranks of 32 and more); 'mllib' = Spark MLlib (exact "
                            "Cholesky per row, the reference).", type="string", enum=["cg", "mllib"])
     max_iter: int = _param(10, "ALS iterations (each solves users, then items).",
                            type="integer", minimum=1, maximum=50)
-    reg: float = _param(0.1, "L2 regularization lambda (see reg_scaling).",
-                        type="number", exclusiveMinimum=0, maximum=100)
-    reg_scaling: str = _param("per_rating", "How lambda scales: 'per_rating' = times each user's/item's number of "
-                              "ratings (Spark MLlib's convention); 'constant' = a plain lambda (the implicit library's; "
-                              "strategy 'cg' only).", type="string", enum=list(REG_SCALINGS))
-    alpha: float = _param(1.0, "Confidence scale: c = 1 + alpha * f(r) (Hu, Koren & Volinsky 2008).",
-                          type="number", exclusiveMinimum=0, maximum=10000)
-    confidence_function: str = _param("log", "f(r): 'log' = log(1 + r/epsilon), 'linear' = r.",
-                                      type="string", enum=list(CONFIDENCE_FUNCTIONS))
-    epsilon: float = _param(5.0, "Scale of the log confidence function, in plays.",
-                            type="number", exclusiveMinimum=0, maximum=1000)
+    reg: float | None = _recipe("reg")
+    reg_scaling: str | None = _recipe("reg_scaling")
+    alpha: float | None = _recipe("alpha")
+    confidence_function: str | None = _recipe("confidence_function")
+    epsilon: float | None = _recipe("epsilon")
     half_life_days: float = _param(0.0, "Exponential time decay of plays by age; 0 disables.",
                                    type="number", minimum=0, maximum=3650)
     skip_seconds: int = _param(30, "Plays shorter than this are skips: counted, never a preference.",
@@ -66,11 +78,15 @@ class RunParams:
     gate_min_lift: float = _param(0.0, "Publish only if the lower end of the 95% bootstrap interval of the model's "
                                   "relative lift over popularity (per evaluated user) is above this margin.",
                                   type="number", minimum=0, maximum=10)
+    gate_min_users: int = _param(30, "Fewest evaluated users the quality gate judges a model on; with fewer it "
+                                 "does not publish ('too few users to judge') unless override_quality_gate is set.",
+                                 type="integer", minimum=1, maximum=1000000)
     gate_max_drop: float = _param(0.2, "Publish only if the model is at most this much (relative) below the published one.",
                                   type="number", minimum=0, maximum=1)
-    tune: str = _param("if_stale", "Search rank, alpha, reg, reg_scaling, confidence_function and epsilon before "
-                       "training: 'always'; 'if_stale' = only when the published model's search is older than "
-                       "tune_max_age_days (else reuse its choice); 'off'. Values set in this form are never searched.",
+    tune: str = _param("if_stale", "Search the recipe fields left empty (rank, alpha, reg, reg_scaling, "
+                       "confidence_function, epsilon) before training: 'always'; 'if_stale' = reuse an earlier "
+                       "search of the same context at most tune_max_age_days old, else search; 'off' = the "
+                       "recipe's defaults.",
                        type="string", enum=["off", "if_stale", "always"])
     tune_trials: int = _param(24, "Candidates the search tries (the best third then trains all iterations).",
                               type="integer", minimum=1, maximum=200)
@@ -98,28 +114,40 @@ class RunParams:
         params = dict(params)
         unknown = set(params) - set(FIELDS)
         if unknown:
-            raise ValueError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+            raise InvalidInput(f"unknown parameter(s): {', '.join(sorted(unknown))}")
         for name, value in params.items():
             try:
                 jsonschema.validate(value, SCHEMAS[name])
             except jsonschema.ValidationError as exc:
-                raise ValueError(f"parameter {name}: {exc.message}") from None
-        run = cls(**{name: float(v) if SCHEMAS[name]["type"] == "number" else v for name, v in params.items()})
+                raise InvalidInput(f"parameter {name}: {exc.message}") from None
+        run = cls(**{name: float(v) if v is not None and "number" in _types(name) else v for name, v in params.items()})
         if run.holdout_days >= run.window_days:
-            raise ValueError(f"holdout_days ({run.holdout_days}) must be smaller than window_days ({run.window_days})")
+            raise InvalidInput(f"holdout_days ({run.holdout_days}) must be smaller than window_days ({run.window_days})")
         if run.tune != "off" and run.holdout_days + run.validation_days >= run.window_days:
-            raise ValueError(f"tuning needs training days before its validation days: holdout_days ({run.holdout_days}) "
-                             f"+ validation_days ({run.validation_days}) must be smaller than window_days "
-                             f"({run.window_days}), or set tune=off")
+            raise InvalidInput(f"tuning needs training days before its validation days: holdout_days "
+                               f"({run.holdout_days}) + validation_days ({run.validation_days}) must be smaller than "
+                               f"window_days ({run.window_days}), or set tune=off")
         if run.reg_scaling == "constant" and run.strategy == "mllib":
-            raise ValueError("reg_scaling 'constant' needs strategy 'cg' (MLlib scales reg per rating)")
+            raise InvalidInput("reg_scaling 'constant' needs strategy 'cg' (MLlib scales reg per rating)")
         run.confidence  # noqa: B018  (validates the confidence parameters)
         return run
 
     @property
+    def fixed_recipe(self) -> dict:
+        """The recipe fields this run fixes (set in the form or conf); the rest are the search's to choose."""
+        return {name: getattr(self, name) for name in recipe.FIELDS if getattr(self, name) is not None}
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe without a search: the fixed fields, the recipe's defaults for the rest."""
+        return Recipe(**self.fixed_recipe)
+
+    @property
     def confidence(self) -> ConfidenceParams:
-        return ConfidenceParams(self.confidence_function, float(self.alpha), float(self.epsilon),
-                                float(self.half_life_days), int(self.skip_seconds) * 1000)
+        """How build_confidence turns plays into the matrix (the recipe's alpha, f and epsilon)."""
+        r = self.recipe
+        return ConfidenceParams(r.confidence_function, r.alpha, r.epsilon, float(self.half_life_days),
+                                int(self.skip_seconds) * 1000)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -129,14 +157,14 @@ class RunParams:
         """The cap the top-N obeys: ``max_per_artist`` for tracks; artists have one item each, no cap."""
         return self.max_per_artist if self.granularity == "track" else 0
 
-    @property
-    def searched(self) -> dict:
-        """The values tuning searches, as ``music_recs.tuning.candidates`` takes them."""
-        return {name: getattr(self, name) for name in SEARCHED}
-
     def changed(self) -> dict:
         """The params that differ from their defaults."""
         return {name: value for name, value in self.as_dict().items() if value != DEFAULTS[name]}
+
+
+def _types(name: str) -> list:
+    kind = SCHEMAS[name]["type"]
+    return kind if isinstance(kind, list) else [kind]
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(RunParams))

@@ -80,7 +80,6 @@ class RunPlan:
     run_id: Airflow's run id; run_key: the same, safe as one S3 key or folder segment.
     params: the run's checked params; settings: deployment settings; cluster: what Spark may use.
     spark_master: the master of the Spark connection (``local[*]``, ``spark://host:7077``, ``yarn`` ...).
-    given: names of the params set in the trigger form or run conf (tuning never varies them).
     """
 
     day: str
@@ -90,7 +89,6 @@ class RunPlan:
     settings: DeploymentSettings
     cluster: ClusterResources
     spark_master: str
-    given: tuple[str, ...] = ()
 
     def __post_init__(self):
         parse_day(self.day, "the run's day")
@@ -144,11 +142,10 @@ class RunPlan:
     def to_dict(self) -> dict:
         return {"day": self.day, "run_id": self.run_id, "run_key": self.run_key, "params": self.params.as_dict(),
                 "settings": self.settings.as_dict(), "cluster": self.cluster.as_dict(),
-                "spark_master": self.spark_master, "given": list(self.given)}
+                "spark_master": self.spark_master}
 
     @classmethod
     def from_dict(cls, values: Mapping) -> RunPlan:
         return cls(day=values["day"], run_id=values["run_id"], run_key=values["run_key"],
                    params=RunParams(**values["params"]), settings=DeploymentSettings(**values["settings"]),
-                   cluster=ClusterResources(**values["cluster"]), spark_master=values["spark_master"],
-                   given=tuple(values.get("given", ())))
+                   cluster=ClusterResources(**values["cluster"]), spark_master=values["spark_master"])

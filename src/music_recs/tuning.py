@@ -27,18 +27,22 @@ import math
 import random
 from collections.abc import Mapping
 
-REG_SCALINGS = ("per_rating", "constant")
+from music_recs import recipe
+
+REG_SCALINGS = tuple(recipe.RegScaling)
 
 # Values a search may try; the defaults of a run are added to each list.
 SEARCH_SPACE: dict[str, tuple] = {
     "alpha": (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0),
-    "confidence_function": ("log", "linear"),
+    "confidence_function": tuple(recipe.ConfidenceFunction),
     "epsilon": (0.5, 1.0, 5.0),
     "reg": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
     "reg_scaling": REG_SCALINGS,
     "rank": (16, 32, 64),
 }
+# The search varies exactly the recipe (the order here seeds the candidate sample).
 SEARCHED = tuple(SEARCH_SPACE)
+assert set(SEARCHED) == set(recipe.FIELDS), (SEARCHED, recipe.FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)

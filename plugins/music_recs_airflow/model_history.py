@@ -1,0 +1,93 @@
+"""Where the model's history is read from: the publications in the models bucket.
+
+The decisions over it are the core's (``music_recs.history``); this module only finds and reads
+manifests, once per task: the one behind the ``latest`` pointer (checksum checked) and those
+published for days before the run's, newest first (by day, then publication time), read lazily
+so a decision that takes the newest reads one manifest.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from music_recs.manifest import Manifest
+from music_recs_airflow.publish import MANIFEST, PUBLICATION, PublishError, read_latest
+from music_recs_airflow.s3 import S3Store
+
+log = logging.getLogger(__name__)
+
+
+class ModelHistory:
+    """The publications of ``bucket`` under ``models_prefix``, seen from a run of ``day``.
+
+    store: the S3 store (None: nothing published, e.g. a run without a model store);
+    pointer_key: the ``latest`` pointer's key."""
+
+    def __init__(self, store: S3Store | None, bucket: str, models_prefix: str, pointer_key: str, day: str):
+        self.store, self.bucket, self.prefix, self.pointer_key, self.day = store, bucket, models_prefix, pointer_key, day
+        self._read: dict[str, Manifest | None] = {}
+
+    @functools.cached_property
+    def published(self) -> Manifest | None:
+        """The model behind the pointer, or None when nothing is published."""
+        if self.store is None:
+            return None
+        try:
+            pointer, manifest = read_latest(self.store, self.bucket, self.pointer_key)
+        except PublishError as exc:
+            log.info("no published model: %s", exc)
+            return None
+        return Manifest.from_dict(manifest, pointer["manifest_key"])
+
+    @functools.cached_property
+    def _earlier_keys(self) -> list[str]:
+        if self.store is None:
+            return []
+        root = f"{self.prefix}/dt="
+        found = []
+        for obj in self.store.list_objects(self.bucket, root):
+            parts = obj.key[len(root):].split("/")
+            # {day}/run={key}/publish={UTC time}/manifest.json
+            if len(parts) == 4 and parts[3] == MANIFEST and parts[2].startswith(PUBLICATION) and parts[0] < self.day:
+                found.append((parts[0], parts[2], obj.key))
+        return [key for *_, key in sorted(found, reverse=True)]
+
+    def earlier(self) -> Iterator[Manifest]:
+        """Manifests published for days before the run's, newest first; unreadable ones are skipped
+        with a warning. Never the run's own day or a later one: a rerun of day D must not depend on
+        what was published for D or after it."""
+        for key in self._earlier_keys:
+            if key not in self._read:
+                self._read[key] = self._manifest(key)
+            if self._read[key] is not None:
+                yield self._read[key]
+
+    def _manifest(self, key: str) -> Manifest | None:
+        try:
+            got = self.store.get_json(self.bucket, key)
+        except ValueError as exc:  # not JSON
+            log.warning("skipping s3://%s/%s: not a readable manifest (%s)", self.bucket, key, exc)
+            return None
+        if not got or not isinstance(got[0], dict):
+            log.warning("skipping s3://%s/%s: not a readable manifest", self.bucket, key)
+            return None
+        return Manifest.from_dict(got[0], key)
+
+    def stage_factors(self, model: Manifest, dest: str) -> bool:
+        """Copy a publication's ``user_factors`` and ``item_factors`` to ``dest`` (for Spark, which has no
+        S3 connector in local mode); False when one of them is gone."""
+        shutil.rmtree(dest, ignore_errors=True)
+        objects = [o for o in model.objects if o.get("artifact") in ("user_factors", "item_factors")]
+        for obj in objects:
+            got = self.store.get_bytes(self.bucket, obj["key"])
+            if got is None:
+                log.warning("published object s3://%s/%s is gone", self.bucket, obj["key"])
+                return False
+            path = Path(dest) / obj["artifact"] / obj["key"].rsplit("/", 1)[-1]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(got[0])
+        return {o["artifact"] for o in objects} == {"user_factors", "item_factors"}
