@@ -9,17 +9,18 @@ from music_recs.checks import check_bucket, check_prefix, parse_day, safe_key_pa
 
 def test_defaults_are_valid():
     run = RunParams.from_params({})
-    assert run.rank == 32 and run.confidence_function == "log" and run.window_days == 90
+    assert run.rank is None and run.recipe.rank == 32 and run.recipe.confidence_function == "log"
+    assert run.window_days == 90
     assert run.confidence.skip_ms == 30_000
 
 
 @pytest.mark.parametrize("params, message", [
     ({"rank": 0}, "parameter rank: 0 is less than the minimum of 2"),
-    ({"rank": "32"}, "parameter rank: '32' is not of type 'integer'"),
-    ({"rank": True}, "parameter rank: True is not of type 'integer'"),
+    ({"rank": "32"}, "parameter rank: '32' is not of type 'null', 'integer'"),
+    ({"rank": True}, "parameter rank: True is not of type 'null', 'integer'"),
     ({"alpha": 0}, "parameter alpha: 0 is less than or equal to the minimum of 0"),
     ({"max_iter": 51}, "parameter max_iter: 51 is greater than the maximum of 50"),
-    ({"confidence_function": "sqrt"}, "parameter confidence_function: 'sqrt' is not one of ['linear', 'log']"),
+    ({"confidence_function": "sqrt"}, "parameter confidence_function: 'sqrt' is not one of [None, 'log', 'linear']"),
     ({"window_days": 5, "holdout_days": 5}, "holdout_days (5) must be smaller than window_days (5)"),
     ({"rnak": 3}, "unknown parameter(s): rnak"),
 ])

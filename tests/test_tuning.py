@@ -113,43 +113,18 @@ def _plan(tmp_path, conf: dict, day="2026-11-20"):
 
     cfg = DeploymentSettings(raw_bucket="raw", models_bucket="models", lake_uri=str(tmp_path / "lake"))
     start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc)
-    return tasks.plan_run(conf, start, "manual__t", cfg, given=conf.keys())
-
-
-def _published(day: str, chosen: dict, metric="map", granularity="track", strategy="cg") -> dict:
-    return {"params": {"granularity": granularity, "strategy": strategy},
-            "training": {"tuning": {"day": day, "chosen": chosen, "metric": metric}}}
-
-
-CHOSEN = {"alpha": 2.0, "confidence_function": "linear", "epsilon": 1.0, "reg": 1.0, "reg_scaling": "constant",
-          "rank": 64}
+    return tasks.plan_run(conf, start, "manual__t", cfg)
 
 
 def test_trigger_values_win_and_the_rest_is_searched(tmp_path):
-    from music_recs_airflow.tasks import training_values
+    from music_recs_airflow.model_history import ModelHistory
+    from music_recs_airflow.tasks import choose_recipe
 
     plan = _plan(tmp_path, {"rank": 8, "tune": "always"})
-    values, source, search = training_values(plan, _published("2026-11-19", CHOSEN))
-    assert search.fixed == ("rank",) and values["rank"] == 8 and source["rank"] == "trigger"
-    assert search.metric == "map" and search.trials == RunParams().tune_trials and source["alpha"] == "default"
-
-
-def test_a_young_published_search_is_reused_an_old_or_later_one_is_not(tmp_path):
-    from music_recs_airflow.tasks import training_values
-
-    plan = _plan(tmp_path, {"alpha": 5.0})  # tune=if_stale by default
-    values, source, search = training_values(plan, _published("2026-11-15", CHOSEN))
-    assert search is None and values == {**CHOSEN, "alpha": 5.0}
-    assert source["alpha"] == "trigger" and source["reg"] == "tuning of dt=2026-11-15"
-    for stale in (_published("2026-11-12", CHOSEN),  # 8 days: older than tune_max_age_days (7)
-                  _published("2026-11-20", CHOSEN),  # the same day: a rerun must not depend on it
-                  _published("2026-11-21", CHOSEN),  # published after the day (a backfill)
-                  _published("2026-11-19", CHOSEN, granularity="artist"),
-                  _published("2026-11-19", CHOSEN, metric="ndcg"), None):
-        assert training_values(plan, stale)[2] is not None, stale
-    off = _plan(tmp_path, {"tune": "off"})
-    values, source, search = training_values(off, _published("2026-11-19", CHOSEN))
-    assert search is None and set(source.values()) == {"default"} and values["alpha"] == RunParams().alpha
+    chosen, search, context = choose_recipe(plan, ModelHistory(None, "m", "music_recs", "latest.json", plan.day))
+    assert search.fixed == ("rank",) and chosen.recipe.rank == 8 and chosen.sources["rank"] == "trigger"
+    assert search.metric == "map" and search.trials == RunParams().tune_trials and chosen.sources["alpha"] == "default"
+    assert dict(context.fixed) == {"rank": 8}
 
 
 def test_a_run_that_cannot_tune_says_so_in_plan_run(tmp_path):

@@ -11,6 +11,8 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from music_recs.failures import MalformedRulesList
+from music_recs.history import TrainingRecipe
+from music_recs.recipe import Recipe
 from music_recs.settings import DeploymentSettings
 from music_recs_airflow import publish as P
 from music_recs_airflow import tasks
@@ -27,43 +29,46 @@ def plan_for(tmp_path, bucket, day=DAY, **params):
 
 
 def publish_model(store, bucket, artifacts, day, run, rank=8, granularity="track"):  # noqa: F811
-    manifest = {"params": {"granularity": granularity}, "training": {"params": {"rank": rank}}}
+    manifest = {"params": {"granularity": granularity}, "training": {"params": Recipe(rank=rank).as_dict()},
+                "data_window": {"last_train_day": str(dt.date.fromisoformat(day) - dt.timedelta(days=1))}}
     prefix = P.publication_prefix(f"music_recs/dt={day}/run={run}/")
     P.publish(store, bucket, prefix, "music_recs/latest.json", day, run, artifacts, manifest, allow_rewind=True)
     return prefix
 
 
+def warm(store, plan, rank=8):
+    chosen = TrainingRecipe(Recipe(rank=rank), {}, search=False)
+    return tasks.warm_start_source(tasks.model_history(store, plan), plan, chosen)
+
+
 def test_a_run_starts_from_the_newest_model_published_for_an_earlier_day(store, bucket, artifacts, tmp_path):  # noqa: F811
     plan = plan_for(tmp_path, bucket)
-    values = plan.params.searched
-    assert tasks.warm_start_source(store, plan, values, None)["warm_start_note"] == (
-        "no model published for a day before dt=2026-11-20")
+    assert warm(store, plan)["warm_start_note"] == "no model published for a day before dt=2026-11-20"
     publish_model(store, bucket, artifacts, "2026-11-18", "a")
     first = publish_model(store, bucket, artifacts, "2026-11-19", "b")
     second = publish_model(store, bucket, artifacts, "2026-11-19", "c")  # republished later: the newest
     publish_model(store, bucket, artifacts, DAY, "d")  # the day itself: never (a rerun must not see itself)
     publish_model(store, bucket, artifacts, "2026-11-21", "e")  # a later day: never
-    chosen, passed_over = tasks.earlier_publication(store, plan)
-    assert chosen["prefix"] == f"s3://{bucket}/{second}" and first < second and passed_over == ""
-    warm = tasks.warm_start_source(store, plan, values, None)
-    assert warm["warm_start_from"] == f"dt=2026-11-19 (s3://{bucket}/{second})" and warm["warm_start_note"] is None
+    assert [m.day for m in tasks.model_history(store, plan).earlier()] == ["2026-11-19", "2026-11-19", "2026-11-18"]
+    assert first < second
+    got = warm(store, plan)
+    assert got["warm_start_from"] == f"dt=2026-11-19 (s3://{bucket}/{second})" and got["warm_start_note"] is None
     staged = sorted(p.parent.name for p in (tmp_path / "lake").rglob("*.parquet") if "warm_start" in str(p))
     assert staged == ["item_factors"] * 2 + ["user_factors"] * 2
 
     # What makes the run start cold, and says so.
-    assert tasks.warm_start_source(store, plan, {**values, "rank": 16}, None)["warm_start_note"] == (
+    assert warm(store, plan, rank=16)["warm_start_note"] == (
         "the model of dt=2026-11-19 has rank 8, this run trains rank 16")
-    off = plan_for(tmp_path, bucket, warm_start="off")
-    assert tasks.warm_start_source(store, off, values, None)["warm_start_note"] == "warm_start=off"
-    mllib = plan_for(tmp_path, bucket, strategy="mllib")
-    assert "MLlib" in tasks.warm_start_source(store, mllib, values, None)["warm_start_note"]
-    artist = plan_for(tmp_path, bucket, granularity="artist")
-    assert tasks.warm_start_source(store, artist, values, None)["warm_start_note"] == (
+    assert warm(store, plan_for(tmp_path, bucket, warm_start="off"))["warm_start_note"] == "warm_start=off"
+    assert "MLlib" in warm(store, plan_for(tmp_path, bucket, strategy="mllib"))["warm_start_note"]
+    assert warm(store, plan_for(tmp_path, bucket, granularity="artist"))["warm_start_note"] == (
         "the model of dt=2026-11-19 recommends tracks, this run artists")
+    # A model trained on one of this run's held-out days (holdout 3: from the 18th) is passed over.
+    held = warm(store, plan_for(tmp_path, bucket, holdout_days=3))
+    assert held["warm_start_from"].startswith("dt=2026-11-18 ")
     # A newer model that cannot serve (another rank) is passed over for the newest one that can.
     publish_model(store, bucket, artifacts, "2026-11-19", "f", rank=16)
-    assert tasks.warm_start_source(store, plan, values, None)["warm_start_from"] == (
-        f"dt=2026-11-19 (s3://{bucket}/{second})")
+    assert warm(store, plan)["warm_start_from"] == f"dt=2026-11-19 (s3://{bucket}/{second})"
 
 
 def test_a_well_formed_list_is_recorded_with_its_checksum_and_staged_for_spark(store, bucket, tmp_path):
