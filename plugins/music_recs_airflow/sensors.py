@@ -5,26 +5,27 @@ from __future__ import annotations
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
+from music_recs.plan import RunPlan
 from music_recs_airflow.s3 import S3Store
-from music_recs_airflow.tasks import landing_files, load_settings, logical_day
+from music_recs_airflow.tasks import landing_files
 
 
 class LandingPartitionSensor(BaseSensorOperator):
     """Done when ``s3://<raw bucket>/<landing prefix>/dt=D/`` holds at least one file.
 
-    D is the start of the run's data interval. When the sensor times out, the error names
+    D and the settings are the run plan's (the XCom of ``plan_task_id``, default ``plan_run``):
+    resolved once for the run, never again here. When the sensor times out, the error names
     the prefix that stayed empty, so the person on call knows which feed to chase; nothing
     downstream runs, so nothing is published for that day.
     """
 
-    def __init__(self, *, aws_conn_id: str | None = None, **kwargs):
+    def __init__(self, *, plan_task_id: str = "plan_run", **kwargs):
         super().__init__(**kwargs)
-        self.aws_conn_id = aws_conn_id
+        self.plan_task_id = plan_task_id
 
     def _landing(self, context) -> tuple[S3Store, object, str]:
-        cfg = load_settings()
-        day = logical_day(context["data_interval_start"]).isoformat()
-        return S3Store.from_airflow(self.aws_conn_id or cfg.aws_conn_id), cfg, day
+        plan = RunPlan.from_dict(context["ti"].xcom_pull(task_ids=self.plan_task_id))
+        return S3Store.from_airflow(plan.settings.aws_conn_id), plan.settings, plan.day
 
     def poke(self, context) -> bool:
         store, cfg, day = self._landing(context)

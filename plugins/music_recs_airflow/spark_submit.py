@@ -146,6 +146,7 @@ class SparkJobHook(BaseHook):
     :param jobs_dir: where the jobs' entry points are (default ``spark_jobs/``).
     :param class_archive_dir: where the driver JVM's class archive is kept (``class_archive``);
         default ``music_recs.settings.spark_class_archive_dir()``; empty: none.
+    :param master: the master as a run's plan resolved it (default None: read from the connection).
     """
 
     conn_name_attr = "conn_id"
@@ -155,8 +156,9 @@ class SparkJobHook(BaseHook):
 
     def __init__(self, conn_id: str = default_conn_name, work_dir: str = "/tmp/music_recs_submit",
                  pyfiles_dir: str | None = None, label: str = "", event_log_dir: str = "",
-                 jobs_dir: Path = JOBS_DIR, class_archive_dir: str | None = None):
+                 jobs_dir: Path = JOBS_DIR, class_archive_dir: str | None = None, master: str | None = None):
         super().__init__()
+        self.master = master
         self.class_archive_dir = spark_class_archive_dir() if class_archive_dir is None else class_archive_dir
         self.conn_id = conn_id
         self.work_dir = work_dir
@@ -178,7 +180,7 @@ class SparkJobHook(BaseHook):
         if binary not in ("spark-submit", "spark2-submit", "spark3-submit"):
             raise ValueError(f"the spark-binary extra of {self.conn_id} must be spark-submit, spark2-submit or "
                              f"spark3-submit, got {binary!r}")
-        cmd = [binary, "--master", spark_master(self.conn_id), "--deploy-mode", "client"]
+        cmd = [binary, "--master", self.master or spark_master(self.conn_id), "--deploy-mode", "client"]
         if extra.get("queue"):
             cmd += ["--queue", str(extra["queue"])]
         base = base_conf(self.event_log_dir)

@@ -128,7 +128,8 @@ def plan_run(params: dict, data_interval_start, run_id: str, cfg: DeploymentSett
 
 def spark_hook(plan: RunPlan) -> SparkJobHook:
     return SparkJobHook(plan.settings.spark_conn_id, work_dir=plan.results, pyfiles_dir=plan.lake.submit_dir,
-                        label=f"dt={plan.day}", event_log_dir=plan.settings.spark_event_log_dir)
+                        label=f"dt={plan.day}", event_log_dir=plan.settings.spark_event_log_dir,
+                        master=plan.spark_master)
 
 
 def file_sizes(path: str) -> list[int]:
