@@ -125,6 +125,8 @@ def cmd_latest(args) -> int:
         trained = manifest["training"]["params"]
         print("  trained with: " + ", ".join(f"{n}={trained.get(n)} ({src})"
                                              for n, src in sorted(searched["source"].items())))
+    if (manifest.get("metrics") or {}).get("comparison"):
+        print(f"  published model {manifest['metrics']['comparison']}")
     used = {k: v for k, v in manifest["params"].items() if k in RunParams.__dataclass_fields__}
     changed = RunParams(**used).changed()
     print("  params: " + (", ".join(f"{k}={v}" for k, v in changed.items()) + " (others default)" if changed

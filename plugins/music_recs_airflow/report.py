@@ -327,6 +327,7 @@ def build_report(manifest: dict, history: list[dict]) -> str:
         f"{_e(_fmt(gate.get('baseline')))}, previously published model "
         f"{_e('none' if published is None else _fmt(published))}"
         f"{_e(' (' + '; '.join(gate['reasons']) + ')') if gate.get('reasons') else ''}</p>",
+        f"<p>Published model {_e(metrics.get('comparison') or gate.get('comparison') or 'not recorded')}.</p>",
         lift_line(metrics, primary),
         _table(["metric", "ALS model", "most popular"],
                [[f"{n}@{k}", metrics["model"][n], metrics["baseline_popularity"][n]] for n in METRICS]
