@@ -36,3 +36,141 @@ def test_override_is_not_recorded_when_the_gate_passes():
 def test_unknown_metric_is_a_clear_error():
     with pytest.raises(ValueError, match="no 'ndcg'"):
         decide("ndcg", {"map": 0.5}, BASE, None)
+
+
+# --- sample size and a baseline that scores 0 (issue #28, item 5) ------------------------------
+import json  # noqa: E402
+import re  # noqa: E402
+
+import numpy as np  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from music_recs.quality_gate import paired_bootstrap  # noqa: E402
+
+NAN_OR_INF = re.compile(r"(?i)\b(nan|inf)\b")
+
+
+def _judge(model, popularity, **kw):
+    """The gate on per-user scores, as the quality gate task calls it."""
+    lift = paired_bootstrap(model, popularity)
+    return decide("map", {"map": float(np.mean(model))}, {"map": float(np.mean(popularity))}, None, lift=lift, **kw)
+
+
+def _readable(decision):
+    """The message and the manifest's record carry no NaN or infinity (strict JSON)."""
+    assert not NAN_OR_INF.search(decision.message()), decision.message()
+    json.dumps(decision.as_dict(), allow_nan=False)
+
+
+def test_one_user_is_too_few_to_judge_though_its_interval_is_a_point():
+    d = _judge([0.3], [0.1])
+    assert d.lift["relative_interval"] == pytest.approx([2.0, 2.0])  # a point: no sampling error to see
+    assert not d.passed and not d.publish
+    assert d.reasons == ("too few users to judge: 1 evaluated, at least 30 needed",)
+    assert d.as_dict()["users"] == 1 and d.as_dict()["min_users"] == 30
+
+
+def test_the_minimum_number_of_users_is_judged_and_one_fewer_is_not():
+    popularity = np.linspace(0.05, 0.15, 30)
+    at = _judge(popularity + 0.1, popularity)  # +0.1 for every user: the interval is exactly the difference
+    assert at.passed and at.users == 30, at.reasons
+    below = _judge(popularity[:29] + 0.1, popularity[:29])
+    assert not below.passed and below.reasons == ("too few users to judge: 29 evaluated, at least 30 needed",)
+    assert _judge(popularity[:29] + 0.1, popularity[:29], min_users=29).passed
+
+
+def test_without_a_bootstrap_the_metrics_count_of_users_is_used():
+    d = decide("map", {"map": 0.2, "users_evaluated": 12}, {"map": 0.1}, None, min_users=20)
+    assert not d.passed and d.reasons == ("too few users to judge: 12 evaluated, at least 20 needed",)
+
+
+def test_override_below_the_minimum_publishes_and_is_recorded():
+    d = _judge([0.3, 0.2, 0.4, 0.1, 0.5], [0.1] * 5, override=True)
+    assert not d.passed and d.overridden and d.publish
+    assert d.as_dict()["reasons"] == ["too few users to judge: 5 evaluated, at least 30 needed"]
+    assert "failed but overridden" in d.message()
+
+
+def test_a_better_model_than_a_popularity_scoring_zero_passes_on_the_difference():
+    model = np.tile([0.1, 0.3], 20)  # 40 users, mean 0.2; popularity finds nothing for anyone
+    d = _judge(model, np.zeros(40))
+    assert d.passed and d.publish, d.reasons
+    assert d.lift["relative"] is None and d.lift["relative_interval"] is None
+    assert d.lift["zero_baseline_resamples"] == 1000
+    low, high = d.lift["difference_interval"]
+    assert 0.1 <= low < 0.2 < high <= 0.3 and d.lift["difference"] == pytest.approx(0.2)
+    assert "lift unbounded" in d.message() and "judged on the difference +0.2000" in d.message()
+    _readable(d)
+
+
+def test_a_model_scoring_zero_like_popularity_fails_with_a_clear_reason():
+    d = _judge(np.zeros(40), np.zeros(40))
+    assert not d.passed
+    [reason] = d.reasons
+    assert reason.startswith("popularity scores 0 in 1000 of 1000 resamples, so the difference is judged")
+    assert "(+0.0000) must be above 0 " in reason
+    _readable(d)
+
+
+def test_a_popularity_scoring_zero_in_some_resamples_is_judged_on_the_difference():
+    # Popularity finds the one held-out item of 1 user in 40: a resample misses that user with
+    # probability (39/40)^40 = 0.36. The difference is 0.1 - (times that user is drawn) / 40;
+    # drawn at most 3 times in 97.5 % of resamples, so its interval is [0.025, 0.1].
+    popularity = np.zeros(40)
+    popularity[0] = 1.0
+    d = _judge(np.full(40, 0.1), popularity)
+    assert d.lift["relative"] == pytest.approx(3.0) and d.lift["relative_interval"] is None
+    assert 300 < d.lift["zero_baseline_resamples"] < 430
+    assert d.lift["difference_interval"] == pytest.approx([0.025, 0.1])
+    assert d.passed and "lift +300.0%, no interval" in d.message()
+    _readable(d)
+    # The margin in absolute terms: 2.0 x popularity's mean 0.025 = 0.05, above the lower end 0.025.
+    strict = _judge(np.full(40, 0.1), popularity, min_lift=2.0)
+    [reason] = strict.reasons
+    assert "lower end of its 95% interval (+0.0250) must be above +0.0500" in reason
+    _readable(strict)
+
+
+def test_a_collapse_against_a_published_model_scoring_zero_in_a_resample_is_judged_on_the_difference():
+    published = np.zeros(40)
+    published[:6] = 1.0  # 6 of 40 users; the new model finds nothing
+    change = paired_bootstrap(np.zeros(40), published)
+    assert change["relative_interval"] is None and change["zero_baseline_resamples"] == 1
+    lift = paired_bootstrap(np.full(40, 0.0), np.zeros(40))
+    d = decide("map", {"map": 0.0}, {"map": 0.0}, {"map": 0.15}, lift=lift, published_lift=change, override=True)
+    collapse = [r for r in d.reasons if "published model" in r]
+    assert collapse == ["-0.1500 against the published model on the same held-out users (difference judged: it "
+                        "scores 0 in 1 of 1000 resamples; interval up to -0.0500, below -0.0300, a collapse of "
+                        "more than 20%)"]
+    _readable(d)
+    # Against a published model that scores 0 for everyone nothing can collapse.
+    model = np.tile([0.1, 0.3], 20)
+    fine = decide("map", {"map": 0.2}, {"map": 0.1}, {"map": 0.0}, lift=paired_bootstrap(model, model / 2),
+                  published_lift=paired_bootstrap(model, np.zeros(40)))
+    assert fine.passed, fine.reasons
+    _readable(fine)
+
+
+def test_non_finite_scores_are_refused_rather_than_judged():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        paired_bootstrap([0.1, float("nan")], [0.1, 0.2])
+    with pytest.raises(ValueError, match="the candidate map is nan"):
+        decide("map", {"map": float("nan")}, BASE, None)
+
+
+scores = st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)), max_size=60)
+
+
+@settings(max_examples=300)
+@given(scores, st.integers(1, 40), st.floats(0, 2), st.floats(0, 1), st.booleans())
+def test_any_scores_give_finite_numbers_and_a_readable_message(rows, min_users, min_lift, max_drop, override):
+    model, popularity, published = (np.array(v, dtype=float) for v in zip(*rows)) if rows else (np.zeros(0),) * 3
+    lift, change = paired_bootstrap(model, popularity, resamples=200), paired_bootstrap(model, published, 200)
+    mean = (lambda v: float(v.mean()) if len(v) else 0.0)
+    d = decide("map", {"map": mean(model)}, {"map": mean(popularity)}, {"map": mean(published)}, min_lift, max_drop,
+               override, lift, change, min_users=min_users)
+    _readable(d)
+    assert len(d.message()) < 1000
+    assert not d.passed or len(rows) >= min_users
+    assert d.publish == (d.passed or override)

@@ -14,9 +14,13 @@ server over HTTP.
   `music-recs recommend` prints recommendations from the published model;
 - the published model as an Asset: the publication that moved the pointer triggers the example
   consumer DAG, which verifies the manifest's objects;
-- UI trigger: the REST call the trigger form makes (login with the generated password):
-  out-of-schema params are refused, a run whose params break a cross-field rule fails in
-  plan_run and the failure alert reaches the alerts webhook; no secret reaches any log.
+- UI trigger: the trigger form in headless Chromium, submitted as a person would (the recipe
+  fields left empty): the form sends every param, and the run searches like a scheduled one;
+  through the REST API the form calls, out-of-schema params are refused, a run whose params break
+  a cross-field rule fails in plan_run and the failure alert reaches the alerts webhook;
+- a backfill of a day before the published one: evaluated and published without moving the
+  pointer, never compared with the later model (trained on its held-out day), and its manifest
+  says why; no secret reaches any log.
 """
 
 from __future__ import annotations
@@ -40,9 +44,11 @@ import psutil
 import pytest
 
 from music_recs.jobs import IngestSpec
+from music_recs.recipe import FIELDS as RECIPE_FIELDS
 from music_recs_airflow import cli
 from music_recs_airflow.cli import load_recommendations
 from music_recs_airflow.publish import read_latest
+from music_recs_dev.airflow_ui import trigger_dag
 from music_recs_dev.sample_data import Catalogue, CatalogueSpec, upload_days, write_days_local
 from spark_jobs import ingest
 from tests.conftest import REPO, airflow_env, free_port
@@ -61,6 +67,8 @@ MIDNIGHT_MARGIN = dt.timedelta(minutes=20)
 # The scheduled run trains with the default strategy (CG) and searches its params first (tune
 # if_stale, nothing searched published yet); the backfill trains with MLlib, without a search.
 BACKFILL_CONF = {"window_days": 4, "max_iter": 5, "top_n": 10, "strategy": "mllib", "tune": "off"}
+# The run from the trigger form: a smaller window and search; the recipe fields left empty.
+FORM_CHANGES = {"window_days": 4, "tune_trials": 3}
 API_TIMEOUT_S = 120
 # Two runs of five Spark stages, 20-55 s each on 2 cores: 7.5 min here, 15 in a CI run that was
 # 1.6x slower; the deadline leaves that much again.
@@ -231,7 +239,8 @@ def stack(tmp_path_factory, s3_endpoint, spark, metadata_db):
         assert start.returncode == 0, start.stdout[-3000:] + start.stderr[-3000:]
         assert f"http://127.0.0.1:{port}" in start.stdout
         passwords = json.loads((root / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())
-        yield {"days": days, "env": cli_env, "store": store, "root": root, "api": Api(f"http://127.0.0.1:{port}", passwords["admin"]),
+        yield {"days": days, "env": cli_env, "store": store, "root": root, "password": passwords["admin"],
+               "api": Api(f"http://127.0.0.1:{port}", passwords["admin"]),
                "alerts": alerts, "alert_token": alert_token, "started": started}
     finally:
         _stop_stack(env, pid_file)
@@ -352,21 +361,37 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
               {"logical_date": dt.datetime.now(dt.timezone.utc).isoformat(),  # the form's default
                "conf": {"window_days": 3, "holdout_days": 3}})
 
+    # The scheduled day is published before the backfill of the day before it starts.
+    def scheduled_done():
+        run = next(r for r in _runs(api) if r["dag_run_id"] == scheduled[0]["dag_run_id"])
+        return run if run["state"] in ("success", "failed") else None
+
+    assert _wait(scheduled_done, RUNS_DEADLINE_S, "the scheduled run")["state"] == "success"
+
     # CLI backfill over two days ending on the scheduled day, one run at a time.
     first, last = days.backfill[0].isoformat(), days.backfill[-1].isoformat()
     backfill = _cli(env, "backfill", "create", "--dag-id", DAG_ID, "--from-date", first, "--to-date", last,
                     "--max-active-runs", "1", "--dag-run-conf", json.dumps(BACKFILL_CONF))
 
+    # The trigger form in a real browser, as a person fills it: the recipe fields left empty, two
+    # others changed. It sends every param; the empty ones leave the recipe to the search.
+    form = trigger_dag(api.base, DAG_ID, FORM_CHANGES, password=stack["password"],
+                       screenshot=stack["root"] / "trigger_form.png")
+    assert set(form.conf) == set(params) and {n: form.conf[n] for n in FORM_CHANGES} == FORM_CHANGES
+    assert all(form.conf[n] is None for n in RECIPE_FIELDS), form.conf
+
     def settled():
         runs = _runs(api)
         done = all(r["state"] in ("success", "failed") for r in runs)
-        return runs if done and len(runs) >= 3 else None
+        return runs if done and len(runs) >= 4 else None
 
     runs = _wait(settled, RUNS_DEADLINE_S, "all runs to finish", interval=2)
     by_type = {}
     for r in runs:
         by_type.setdefault(r["run_type"], []).append(r)
-    failed = [(r["dag_run_id"], r["state"]) for r in by_type["scheduled"] + by_type["backfill"] if r["state"] != "success"]
+    from_form = next(r for r in runs if r["dag_run_id"] == form.run_id)
+    failed = [(r["dag_run_id"], r["state"]) for r in by_type["scheduled"] + by_type["backfill"] + [from_form]
+              if r["state"] != "success"]
     assert not failed, (failed, backfill.stdout[-2000:])
 
     # Each day once: the day the scheduled run was processing was not run again by the backfill.
@@ -380,17 +405,31 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
     for a, b in zip(spans, spans[1:]):
         assert a[1] <= b[0], f"{a[2]}.{a[3]} overlapped {b[2]}.{b[3]}"
 
-    # Every day published, with its params in the manifest; the pointer ends on the last day.
+    # Every day published, with its params in the manifest; the pointer ends on the last day. The
+    # scheduled day twice: by the scheduled run and by the run from the form (a rerun of that day).
+    published = {}
     for day in days.backfill:
-        runs_of_day = [o.key for o in store.list_objects(MODELS, f"music_recs/dt={day}/") if o.key.endswith("manifest.json")]
-        assert len(runs_of_day) == 1, (day, runs_of_day)
-        manifest = json.loads(store.get_bytes(MODELS, runs_of_day[0])[0])
-        expected = BACKFILL_CONF if day != days.scheduled else {"window_days": 90, "max_iter": 10, "top_n": 50}
-        assert {k: manifest["params"][k] for k in expected} == expected, day
-        assert store.get_bytes(MODELS, manifest["report"]["key"]) is not None
-        _check_published(store, manifest, day, "cg" if day == days.scheduled else "mllib", stack["root"] / "lake")
+        for key in [o.key for o in store.list_objects(MODELS, f"music_recs/dt={day}/") if o.key.endswith("manifest.json")]:
+            manifest = json.loads(store.get_bytes(MODELS, key)[0])
+            published[manifest["run_id"]] = manifest
+            expected = (BACKFILL_CONF if day != days.scheduled else FORM_CHANGES if manifest["run_id"] == form.run_id
+                        else {"window_days": 90, "max_iter": 10, "top_n": 50})
+            assert {k: manifest["params"][k] for k in expected} == expected, day
+            assert store.get_bytes(MODELS, manifest["report"]["key"]) is not None
+            _check_published(store, manifest, day, "cg" if day == days.scheduled else "mllib", stack["root"] / "lake")
+    assert sorted(published) == sorted([scheduled[0]["dag_run_id"], form.run_id, backfilled[0]["dag_run_id"]])
+    # The run from the form searched, like the scheduled one, every recipe value labelled by its day.
+    searched = published[form.run_id]["training"]["tuning"]
+    assert set(searched["source"].values()) == {f"tuning of dt={days.scheduled}"} and searched["trials"]
+    assert all(published[form.run_id]["params"][n] is None for n in RECIPE_FIELDS)
+    # The backfilled day was not compared with the later day's model, which was trained on its held-out day.
+    later = published[backfilled[0]["dag_run_id"]]
+    assert later["metrics"]["published_model"] is None and later["quality_gate"]["published"] is None
+    assert later["metrics"]["comparison"] == (
+        f"not compared: the model of dt={days.scheduled} was trained through dt={days.backfill[0]}, not before "
+        f"this run's held-out days (from dt={days.backfill[0]})"), later["metrics"]["comparison"]
     pointer, manifest = read_latest(store, MODELS, "music_recs/latest.json")
-    assert pointer["day"] == days.scheduled.isoformat() and pointer["run_id"] == scheduled[0]["dag_run_id"]
+    assert pointer["day"] == days.scheduled.isoformat() and pointer["run_id"] in (scheduled[0]["dag_run_id"], form.run_id)
 
     # The publication that moved the pointer was announced on the Asset, and the example consumer
     # DAG ran on it: it found the manifest in the event and verified every object's checksum.
