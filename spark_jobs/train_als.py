@@ -28,7 +28,9 @@ Design choices:
   (``tuning/train`` scored on ``tuning/validation``, ``music_recs.tuning``) in this same
   application: the CG strategy groups the ratings into blocks once and every trial reuses them
   (only the confidence of each rating changes between trials). The winner is then trained on
-  ``train/``. A trial that diverges scores 0 and the search goes on.
+  ``train/``. A trial that diverges scores 0 and the search goes on. Every trial's lists obey
+  the run's recommendation rules (``TuneSpec.max_per_artist``, ``do_not_recommend_path``) as
+  the evaluation's do, so the search optimises the lists the quality gate scores.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from music_recs.confidence import ConfidenceParams, confidence, strength
 from music_recs.jobs import TrainResult, TrainSpec, TuneSpec
 from music_recs.sizing import factor_exchange
 from spark_jobs.lib import als_cg, als_local
-from spark_jobs.lib.ranking import mean_metrics, model_recommendations, per_user_metrics
+from spark_jobs.lib.ranking import NO_RULES, load_rules, mean_metrics, model_recommendations, per_user_metrics
 from spark_jobs.lib.session import PhaseTimer, job_main
 
 log = logging.getLogger("music_recs.job")
@@ -171,7 +173,8 @@ def trial_spec(spec: TrainSpec, params: dict, max_iter: int, seed: int) -> Train
 
 def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dict:
     """Successive halving over ``tuning.candidates`` on the matrix's nested split; every trial
-    is fitted on ``tuning/train`` and scored at k on ``tuning/validation``."""
+    is fitted on ``tuning/train`` and scored at k on ``tuning/validation``, its lists built under
+    the tuning spec's rules (``ranking.load_rules``, the evaluation's)."""
     tune = TuneSpec.from_dict(spec.tune)
     started = time.monotonic()
     root = spec.matrix_uri.rstrip("/")
@@ -186,6 +189,10 @@ def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dic
     if not n_users or not n_validation:
         raise ValueError(f"the tuning split of {root} is empty ({n_users} users, {n_validation} validation users); "
                          "widen window_days or set tune=off")
+    if tune.max_per_artist or tune.do_not_recommend_path:
+        rules, applied = load_rules(spark, tune, train, spark.read.parquet(f"{root}/items"))
+    else:
+        rules, applied = NO_RULES, {"max_per_artist": 0, "do_not_recommend": None}
     base = {"alpha": spec.alpha, "confidence_function": spec.confidence_function or "log", "epsilon": spec.epsilon,
             "reg": spec.reg, "reg_scaling": "per_rating" if spec.scale_reg else "constant", "rank": spec.rank}
     fixed = set(tune.fixed) | ({"reg_scaling"} if spec.strategy == "mllib" else set())
@@ -199,6 +206,7 @@ def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dic
         pairs = raw.toArrow()
         matrix = als_local.LocalMatrix.from_pairs(*(pairs.column(c).to_numpy() for c in (S.USER_IDX, S.ITEM_IDX,
                                                                                       S.STRENGTH)))
+        local_rules = als_local.LocalRules.from_rules(rules, matrix)
         held = validation.toArrow()
         truth: dict[int, set] = {}
         for user, item in zip(held.column(S.USER_IDX).to_pylist(), held.column(S.ITEM_IDX).to_pylist()):
@@ -210,7 +218,7 @@ def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dic
                              trial.cg_steps, trial.seed)
         if not (np.isfinite(X).all() and np.isfinite(Y).all()):
             raise NonFiniteFactorsError("non-finite factors")
-        return als_local.score(matrix, X, Y, truth, tune.k)[tune.metric]
+        return als_local.score(matrix, X, Y, truth, tune.k, local_rules)[tune.metric]
 
     def score_on_spark(trial: TrainSpec) -> float:
         if prepared is not None:
@@ -221,7 +229,7 @@ def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dic
         try:
             check_finite(fitted.user_factors, fitted.item_factors)
             broadcast_items = factor_exchange(1, n_items, trial.rank, spec.broadcast_budget_mb)["item"] == "broadcast"
-            recs = model_recommendations(spark, fitted.model, played, tune.k, broadcast_items)
+            recs = model_recommendations(spark, fitted.model, played, tune.k, broadcast_items, rules)
             return mean_metrics(per_user_metrics(recs, validation, tune.k))[tune.metric]
         finally:
             fitted.user_factors.unpersist(), fitted.item_factors.unpersist()
@@ -256,11 +264,12 @@ def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dic
     if prepared is not None:
         prepared.release()
     raw.unpersist(), validation.unpersist()
+    rules.unpersist()
     chosen = tuning.winner(trials)
     return {"metric": tune.metric, "k": tune.k, "budget": {"trials": tune.trials, "minutes": tune.minutes},
             "fixed": sorted(fixed), "candidates": len(pool), "rungs": [first_iter, last_iter],
             "trials_ran_on": "driver" if local else "cached blocks",
-            "split": {"users": n_users, "items": n_items, "validation_users": n_validation},
+            "split": {"users": n_users, "items": n_items, "validation_users": n_validation}, "rules": applied,
             "trials": [t.as_dict() for t in trials], "winner": chosen.as_dict(), "chosen": chosen.params,
             "seconds": round(time.monotonic() - started, 3)}
 

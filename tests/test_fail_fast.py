@@ -1,8 +1,11 @@
 """A failure that can never succeed ends its task after one try (AirflowFailException: no retry),
-with its one-line cause; a transient one keeps the task's retries."""
+with its one-line cause; a transient one keeps the task's retries. Only the project's own
+deterministic failure classes count as the first kind: a ValueError from library code, or a
+connection look-up the metadata database did not answer, keeps the retries."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gzip
 import json
@@ -14,11 +17,17 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from music_recs import failures
-from music_recs.failures import (DataTooLargeError, NoLandingData, PermanentSparkJobError, TooManyBadRows,
-                                 ValidationFailed)
+from music_recs.failures import (DataTooLargeError, InvalidInput, NoLandingData, PermanentSparkJobError, TooManyBadRows,
+                                 ValidationFailed, is_permanent)
+from music_recs import settings
+from music_recs.checks import parse_day
+from music_recs.confidence import ConfidenceParams
 from music_recs.jobs import MatrixResult
+from music_recs.schema import require_columns
 from music_recs.settings import DeploymentSettings
+from music_recs.sizing import ClusterResources, MatrixShape, size_als
 from music_recs_airflow import tasks
+from music_recs_airflow.spark_submit import SparkJobHook, job_path
 
 DAY = "2026-11-20"
 START = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
@@ -78,6 +87,88 @@ def test_a_transient_failure_keeps_its_retries():
 
     with pytest.raises(ConnectionError):
         lost_connection()
+
+
+def test_a_value_error_from_library_code_keeps_its_retries():
+    """Before: every ValueError counted as permanent, whatever raised it."""
+    @tasks.fail_fast
+    def parse_a_reply():
+        json.loads('{"truncated": ')  # JSONDecodeError, a ValueError: a reply cut short may be whole next time
+
+    with pytest.raises(json.JSONDecodeError):
+        parse_a_reply()
+    assert not is_permanent(ValueError("x")) and is_permanent(InvalidInput("x"))
+
+
+def test_a_spark_connection_that_is_not_defined_fails_at_once(plan):
+    cfg = dataclasses.replace(plan.settings, spark_conn_id="no_such_spark")
+    message = fails_at_once(lambda: tasks.plan_run({"rank": 4}, START, "manual__no_conn", cfg), InvalidInput)
+    assert message == ("the Spark connection 'no_such_spark' is not defined (AirflowNotFoundException); create it, "
+                       """e.g. AIRFLOW_CONN_NO_SUCH_SPARK='{"conn_type": "spark", "host": "local[*]"}'""")
+
+
+def locked_database():
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("SELECT connection.conn_id FROM connection WHERE conn_id = ?", ("spark_default",),
+                            sqlite3.OperationalError("database is locked"))
+
+
+@pytest.mark.parametrize("error, shown", [
+    (locked_database, "OperationalError: (sqlite3.OperationalError) database is locked"),
+    (lambda: ConnectionResetError(104, "Connection reset by peer"), "ConnectionResetError: [Errno 104] Connection reset by peer"),
+    (lambda: RuntimeError("API_SERVER_ERROR: {'status_code': 503}"), "RuntimeError: API_SERVER_ERROR: {'status_code': 503}"),
+], ids=["database_locked", "connection_reset", "api_server_error"])
+def test_a_connection_look_up_that_failed_keeps_its_retries(plan, monkeypatch, error, shown):
+    """Fault injection: the metadata database (or the API server) does not answer the look-up.
+    Before: a ValueError saying the connection is not defined, and no retry."""
+    from airflow.sdk import BaseHook
+
+    def flaky(cls, conn_id):
+        raise error()
+
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(flaky))
+    with pytest.raises(RuntimeError) as err:
+        tasks.plan_run({"rank": 4}, START, "manual__flaky", plan.settings)
+    assert not isinstance(err.value, AirflowFailException) and not is_permanent(err.value)
+    assert str(err.value) == f"could not read the Spark connection 'spark_default': {shown}"
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: DeploymentSettings(raw_bucket="Raw_Bucket"), "raw_bucket 'Raw_Bucket' is not a valid S3 bucket name"),
+    (lambda: DeploymentSettings(lake_uri="lake"), "lake_uri 'lake' must be an absolute path (a relative one depends "
+                                                  "on the worker's folder)"),
+    (lambda: DeploymentSettings(max_quarantine_fraction="a lot"), "setting max_quarantine_fraction must be a float, "
+                                                                  "got 'a lot'"),
+    (lambda: DeploymentSettings(train_attempts=0), "broadcast_budget_mb must be >= 0 and train_attempts >= 1"),
+    (lambda: settings.resolve({"lake": "/x"}, {}), "Airflow Variable music_recs_config has unknown key(s): ['lake']"),
+    (lambda: settings.cluster_resources(True, {"MUSIC_RECS_CLUSTER_NODES": "two"}),
+     "MUSIC_RECS_CLUSTER_NODES must be a whole number, got 'two'"),
+    (lambda: parse_day("2026-02-30", "day"), "day '2026-02-30' is not a calendar date: day is out of range for month"),
+    (lambda: ConfidenceParams(alpha=0), "alpha must be > 0, got 0"),
+    (lambda: require_columns(["user_id"], ["user_id", "track_id"], "the plays"),
+     "the plays is missing required column(s): track_id"),
+    (lambda: size_als(MatrixShape(users=0, items=5, nnz=5, rank=4), ClusterResources(1, 2, 4096, local=True)),
+     "matrix shape must be positive, got MatrixShape(users=0, items=5, nnz=5, rank=4)"),
+    (lambda: job_path("no_such_job"), "unknown Spark job 'no_such_job': no "),
+], ids=["bucket", "lake_uri", "setting_type", "train_attempts", "variable_key", "cluster_env", "day", "alpha",
+        "columns", "matrix_shape", "job"])
+def test_bad_input_fails_at_once_with_its_message(call, message):
+    @tasks.fail_fast
+    def stage():
+        call()
+
+    assert fails_at_once(stage, InvalidInput).startswith(message)
+
+
+def test_a_spark_binary_that_is_not_spark_submit_fails_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_ODD_SPARK", '{"conn_type": "spark", "host": "local[*]", '
+                                                 '"extra": {"spark-binary": "bash"}}')
+    hook = SparkJobHook("odd_spark", work_dir=str(tmp_path))
+    message = fails_at_once(tasks.fail_fast(lambda: hook.command("s.json", "r.json", "ingest", {}, {})), InvalidInput)
+    assert message == "the spark-binary extra of odd_spark must be spark-submit, spark2-submit or spark3-submit, got 'bash'"
 
 
 @pytest.mark.spark

@@ -1,6 +1,12 @@
-import pytest
+import json
+import re
 
-from music_recs.quality_gate import decide
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from music_recs.quality_gate import decide, paired_bootstrap
 
 BASE = {"map": 0.10, "precision": 0.05}
 
@@ -38,16 +44,7 @@ def test_unknown_metric_is_a_clear_error():
         decide("ndcg", {"map": 0.5}, BASE, None)
 
 
-# --- sample size and a baseline that scores 0 (issue #28, item 5) ------------------------------
-import json  # noqa: E402
-import re  # noqa: E402
-
-import numpy as np  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from music_recs.quality_gate import paired_bootstrap  # noqa: E402
-
+# --- sample size and a baseline that scores 0 ----------------------------------------------------
 NAN_OR_INF = re.compile(r"(?i)\b(nan|inf)\b")
 
 

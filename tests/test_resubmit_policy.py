@@ -3,7 +3,8 @@
 import pytest
 
 from music_recs.sizing import ExecutorSizing
-from music_recs.resubmission import Failure, classify_failure, mask_secrets, next_settings, python_memory_mb
+from music_recs.resubmission import (Failure, classify_failure, first_exception, mask_secrets, next_settings,
+                                     python_memory_mb)
 
 EXCERPTS = {
     Failure.EXECUTOR_OOM: """26/11/24 10:00:44 WARN TaskSetManager: Lost task 3.0 in stage 12.0 (TID 40) (10.0.0.5 executor 1): java.lang.OutOfMemoryError: Java heap space
@@ -36,9 +37,45 @@ def test_an_executor_that_exited_with_spark_oom_code_is_an_executor_oom():
     assert classify_failure("Lost executor 1 on 127.0.0.1: Command exited with code 1", 1)[0] is Failure.EXECUTORS_LOST
 
 
-def test_a_killed_process_without_a_message_is_a_memory_kill():
-    assert classify_failure("", 137)[0] is Failure.CONTAINER_MEMORY
+SPARK_START = """WARNING: Using incubator modules: jdk.incubator.vector
+26/12/04 16:40:02 WARN Utils: Your hostname, worker, resolves to a loopback address: 127.0.1.1; using 10.0.0.5 instead (on interface eth0)
+26/12/04 16:40:02 WARN Utils: Set SPARK_LOCAL_IP if you need to bind to another address"""
+
+
+@pytest.mark.parametrize("returncode, how", [(-9, "(signal 9)"), (137, "(exit code 137 = 128 + signal 9)")])
+def test_a_killed_driver_is_named_by_its_signal(returncode, how):
+    """spark-submit's exit code: negative when the driver JVM died of a signal, 128 + N when the
+    process under it did. In client mode that is the local driver, never an executor container."""
+    failure, lines = classify_failure(SPARK_START, returncode)
+    assert failure is Failure.KILLED
+    assert lines[0] == (f"the driver was killed by SIGKILL {how}; the kernel's out-of-memory killer is a common cause "
+                        "(see dmesg or the kernel log)")
+    assert lines[-1].endswith("Set SPARK_LOCAL_IP if you need to bind to another address")
+    assert classify_failure("", -15)[1] == ["the driver was killed by SIGTERM (signal 15)"]
+    assert classify_failure("", 143)[1] == ["the driver was killed by SIGTERM (exit code 143 = 128 + signal 15)"]
     assert classify_failure("something odd\n", 1)[0] is Failure.UNKNOWN
+    assert next_settings(Failure.KILLED, SIZING, False, 16_000) == SIZING
+
+
+def test_a_kill_is_explained_by_memory_or_a_full_disk_not_by_what_spark_recovers_from():
+    """With -XX:OnOutOfMemoryError="kill -9 %p" the JVM logs the error, then dies of SIGKILL."""
+    assert classify_failure(EXCERPTS[Failure.DRIVER_OOM], -9)[0] is Failure.DRIVER_OOM
+    assert classify_failure("java.io.IOException: No space left on device", -9)[0] is Failure.NO_SPACE
+    for recovered in (Failure.EXECUTORS_LOST, Failure.FETCH_FAILED, Failure.NON_RETRYABLE):
+        assert classify_failure(EXCERPTS[recovered], -9)[0] is Failure.KILLED
+
+
+def test_the_projects_own_permanent_failures_inside_a_job_are_not_retried():
+    """A job that raised e.g. ``InvalidInput`` (a spec's bad column list) prints it under its own
+    name, not as ValueError; before, such a job was classified unknown and resubmitted."""
+    output = """Traceback (most recent call last):
+  File "/work/main/spark_jobs/train_als.py", line 157, in load_matrix
+    S.require_columns(matrix.columns, (S.USER_IDX, S.ITEM_IDX, S.STRENGTH), what)
+music_recs.failures.InvalidInput: the matrix /lake/matrix/dt=2026-11-20 is missing required column(s): strength"""
+    failure, lines = classify_failure(output, 1)
+    assert failure is Failure.NON_RETRYABLE and lines == [output.splitlines()[-1]]
+    assert first_exception(output) == ("InvalidInput: the matrix /lake/matrix/dt=2026-11-20 is missing required "
+                                       "column(s): strength")
 
 
 def test_secrets_in_log_lines_are_masked():
@@ -63,6 +100,7 @@ def test_each_class_gets_the_adjustment_that_suits_it():
     assert next_settings(Failure.FETCH_FAILED, SIZING, False, 16_000).shuffle_partitions == 64
     assert next_settings(Failure.DRIVER_OOM, SIZING, False, 16_000).driver_memory_mb == 4096
     assert next_settings(Failure.NON_RETRYABLE, SIZING, False, 16_000) is None
+    assert next_settings(Failure.NO_SPACE, SIZING, False, 16_000) is None
     assert next_settings(Failure.UNKNOWN, SIZING, False, 16_000) == SIZING
 
 

@@ -22,9 +22,10 @@ apt_install() {
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
   apt_install postgresql "PostgreSQL's server programs" "the scheduler test"
 fi
-# The report test opens the run report in headless Chromium (music_recs_dev.browser), as a person would.
+# The report and Airflow UI tests drive Debian's headless Chromium with Playwright (music_recs_dev.airflow_ui),
+# as a person would; Playwright's own browser builds are never downloaded.
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
-  apt_install chromium Chromium "the report test"
+  apt_install chromium Chromium "the report and Airflow UI tests"
 fi
 cd "$REPO_ROOT"
 # --durations: the slowest tests are listed at the end, to keep the suite under 20 minutes.

@@ -13,8 +13,9 @@ them means overriding its private methods, which breaks silently on a provider u
 This hook reads the same connection (host or URL as master, ``deploy-mode``, ``queue`` and
 ``spark-binary`` extras) and runs spark-submit in client mode itself. A failed job raises
 ``SparkJobError`` whose message is one line: the job, the day, the cause (the first decisive
-line of the driver's output, as ``music_recs.resubmission.classify_failure`` finds it) and
-where the full log is; never the command line. A failure that no resubmission can fix raises
+line of the driver's output, as ``music_recs.resubmission.classify_failure`` finds it; for a
+killed driver, the signal; for a full disk, the folder and its free space) and where the full
+log is; never the command line. A failure that no resubmission can fix raises
 ``PermanentSparkJobError``.
 
 ``run_with_resubmission`` resubmits a failed job with settings the failure class calls for.
@@ -25,19 +26,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import subprocess
+import tempfile
 import time
 import zipfile
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
 
-from music_recs.failures import PermanentSparkJobError, SparkJobError
+from music_recs.failures import InvalidInput, PermanentSparkJobError, SparkJobError
 from music_recs.jobs import RESULTS, JobSpec
-from music_recs.resubmission import (PYTHON_CRASH_UNDER_LIMIT, Failure, classify_failure, first_exception,
-                                     next_settings, python_memory_mb)
+from music_recs.resubmission import (PERMANENT, PYTHON_CRASH_UNDER_LIMIT, Failure, classify_failure, first_exception,
+                                     free_space, mask_secrets, next_settings, python_memory_mb)
 from music_recs.settings import spark_class_archive_dir, spark_submit_env
 from music_recs.sizing import ExecutorSizing
 from music_recs_airflow.class_archive import DriverClassArchive, archive_key, class_path_has_files
@@ -52,17 +57,29 @@ LOG4J2 = REPO_ROOT / "infra" / "spark" / "log4j2.properties"
 JAVA_OPTIONS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
 
 
-def spark_master(conn_id: str) -> str:
-    """The master of the Spark connection ``conn_id``, spelled as the provider's hook spells it
-    (``host`` holding a URL or ``local[*]``, else ``conn_type://host:port``).
+def spark_connection(conn_id: str):
+    """The Airflow connection ``conn_id``.
 
-    A missing connection is an error here: the provider would fall back to YARN silently.
+    One that is not defined fails for good (``InvalidInput``): the provider would fall back to
+    YARN silently. A look-up that failed otherwise (the metadata database or the API server did
+    not answer) raises a ``RuntimeError`` naming the connection and the cause: the task's retries
+    may get through.
     """
     try:
-        conn = BaseHook.get_connection(conn_id)
-    except Exception as exc:  # AirflowNotFoundException, or no way to reach connections
-        raise ValueError(f"the Spark connection {conn_id!r} is not defined ({type(exc).__name__}); create it, e.g. "
-                         f"AIRFLOW_CONN_{conn_id.upper()}='{{\"conn_type\": \"spark\", \"host\": \"local[*]\"}}'") from None
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException as exc:
+        raise InvalidInput(f"the Spark connection {conn_id!r} is not defined ({type(exc).__name__}); create it, e.g. "
+                           f"AIRFLOW_CONN_{conn_id.upper()}='{{\"conn_type\": \"spark\", \"host\": \"local[*]\"}}'") from None
+    except Exception as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), "no message")
+        raise RuntimeError(f"could not read the Spark connection {conn_id!r}: {type(exc).__name__}: "
+                           f"{mask_secrets(detail)[:300]}") from exc
+
+
+def spark_master(conn_id: str) -> str:
+    """The master of the Spark connection ``conn_id``, spelled as the provider's hook spells it
+    (``host`` holding a URL or ``local[*]``, else ``conn_type://host:port``); see ``spark_connection``."""
+    conn = spark_connection(conn_id)
     if conn.conn_type == "spark" and conn.host and ("://" in conn.host or not conn.port):
         master = conn.host
     else:
@@ -89,7 +106,7 @@ def package_zip(dest_dir: str) -> str:
 def job_path(job: str, jobs_dir: Path = JOBS_DIR) -> str:
     path = Path(jobs_dir) / f"{job}.py"
     if not path.exists():
-        raise ValueError(f"unknown Spark job {job!r}: no {path}")
+        raise InvalidInput(f"unknown Spark job {job!r}: no {path}")
     return str(path)
 
 
@@ -124,14 +141,28 @@ def event_log_conf(directory: str) -> dict[str, str]:
     }
 
 
-def cause_line(output: str, returncode: int | None, conf: dict | None = None) -> tuple[Failure, list[str], str]:
+def cause_line(output: str, returncode: int | None, conf: dict | None = None,
+               folders: list[tuple[str, str]] = ()) -> tuple[Failure, list[str], str]:
     """The failure class, its decisive lines, and the cause: the first exception in the output,
-    else its first decisive line; for a Python worker that crashed under its memory limit, that."""
+    else its first decisive line; for a Python worker that crashed under its memory limit, that;
+    for a killed driver, the signal; for a full disk, the free space of the job's local
+    ``folders`` ((what, path), ``music_recs.resubmission.free_space``) and the error."""
     limit = python_memory_mb(conf or {})
     failure, lines = classify_failure(output, returncode, limit)
-    if lines and lines[0] == PYTHON_CRASH_UNDER_LIMIT.format(limit):
+    if failure is Failure.KILLED or (lines and lines[0] == PYTHON_CRASH_UNDER_LIMIT.format(limit)):
         return failure, lines, lines[0]
+    if failure is Failure.NO_SPACE:
+        error = first_exception("\n".join(lines)) or lines[0]
+        return failure, lines, f"{free_space(folders, lines)}; {error}"
     return failure, lines, first_exception(output) or next((line for line in lines if line), "no output")
+
+
+def local_path(uri: str) -> str | None:
+    """The local path of ``uri`` (a path or ``file://``), None for a remote one (``s3a://``, ``hdfs://``)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") and parsed.path.startswith("/"):
+        return parsed.path
+    return None
 
 
 class SparkJobHook(BaseHook):
@@ -174,12 +205,12 @@ class SparkJobHook(BaseHook):
 
         driver_java_options: JVM options added to the driver's (``spark.driver.extraJavaOptions``).
         """
-        conn = self.get_connection(self.conn_id)
+        conn = spark_connection(self.conn_id)
         extra = conn.extra_dejson or {}
         binary = extra.get("spark-binary", "spark-submit")
         if binary not in ("spark-submit", "spark2-submit", "spark3-submit"):
-            raise ValueError(f"the spark-binary extra of {self.conn_id} must be spark-submit, spark2-submit or "
-                             f"spark3-submit, got {binary!r}")
+            raise InvalidInput(f"the spark-binary extra of {self.conn_id} must be spark-submit, spark2-submit or "
+                               f"spark3-submit, got {binary!r}")
         cmd = [binary, "--master", self.master or spark_master(self.conn_id), "--deploy-mode", "client"]
         if extra.get("queue"):
             cmd += ["--queue", str(extra["queue"])]
@@ -254,9 +285,10 @@ class SparkJobHook(BaseHook):
             archive.mark_unusable(f"the JVM exited with {returncode} writing it, after job {job} succeeded")
             returncode = 0
         if returncode != 0:
-            failure, lines, cause = cause_line("\n".join(recent), returncode, conf)
+            failure, lines, cause = cause_line("\n".join(recent), returncode, conf,
+                                               self.local_folders(spec, conf or {}, env))
             where = f" {self.label}" if self.label else ""
-            error = PermanentSparkJobError if failure is Failure.NON_RETRYABLE else SparkJobError
+            error = PermanentSparkJobError if failure in PERMANENT else SparkJobError
             raise error(f"Spark job {job}{where} failed ({failure.value}): {cause} (full log: {log_path})",
                         "\n".join(recent), returncode, master, failure.value, lines)
         if not os.path.exists(result_path):
@@ -266,6 +298,22 @@ class SparkJobHook(BaseHook):
         return dataclasses.replace(result, submission={"settings": {"master": master, **options, "conf": conf or {}},
                                                        "attempts": [{"attempt": 1, "outcome": "success",
                                                                      "seconds": round(time.time() - started, 1)}]})
+
+    def local_folders(self, spec: JobSpec, conf: dict[str, str], env: dict[str, str]) -> list[tuple[str, str]]:
+        """The local folders a job writes to, as (what, path): its spec's local ``*_uri`` and
+        ``*_dir`` fields (the lake, outputs; not ``input_uri``, landing files staged before it
+        ran), Spark's local dirs (``SPARK_LOCAL_DIRS``, else ``spark.local.dir``, else the JVM's
+        temp folder), the Python temp folder, the event log folder and ``work_dir`` (its log)."""
+        folders = [(f.name, path) for f in dataclasses.fields(spec)
+                   if f.name.endswith(("_uri", "_dir")) and f.name != "input_uri"
+                   and isinstance(getattr(spec, f.name), str) and (path := local_path(getattr(spec, f.name)))]
+        java_tmp = re.search(r"-Djava\.io\.tmpdir=(\S+)", conf.get("spark.driver.extraJavaOptions", ""))
+        local_dirs = env.get("SPARK_LOCAL_DIRS") or conf.get("spark.local.dir") or (java_tmp[1] if java_tmp else "/tmp")
+        folders += [("spark.local.dir", d.strip()) for d in local_dirs.split(",") if local_path(d.strip())]
+        folders.append(("TMPDIR", tempfile.gettempdir()))
+        if self.event_log_dir and (path := local_path(self.event_log_dir)):
+            folders.append(("spark.eventLog.dir", path))
+        return [*folders, ("work_dir", os.path.abspath(self.work_dir))]
 
     def class_archive(self, env: dict[str, str], conf: dict[str, str],
                       driver_memory: str | None) -> DriverClassArchive | None:
@@ -312,7 +360,7 @@ def run_with_resubmission(
     """Submit the job ``build_spec(sizing)`` describes; on failure classify it and resubmit with
     adjusted settings (``music_recs.resubmission.next_settings``).
 
-    Non-retryable failures (bad input, bad parameter, a bug) stop at once. Every attempt
+    Non-retryable failures (bad input, bad parameter, a bug, a full disk) stop at once. Every attempt
     (settings, seconds, failure class, decisive log lines with secrets masked) is logged and
     returned in ``result.submission["attempts"]``. When no attempt succeeds the error says so in
     one line and is a ``PermanentSparkJobError``: the resubmissions were the retries, and
@@ -320,7 +368,7 @@ def run_with_resubmission(
     """
     attempts: list[dict] = []
     current = sizing
-    master = spark_master(hook.conn_id)
+    master = hook.master or spark_master(hook.conn_id)
     for attempt in range(1, max_attempts + 1):
         settings = current.as_dict()
         log.info("attempt %d/%d with %s", attempt, max_attempts, {k: v for k, v in settings.items() if k != "estimate"})

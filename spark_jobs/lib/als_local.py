@@ -6,8 +6,10 @@ fits in a few MB. When the tuning matrix is small enough (``LOCAL_MAX_NNZ`` rati
 bound for every machine: its CSR, both ways, is ~12 bytes per rating), the search collects it
 once to the driver and runs each trial here with the very same kernels (``cg_kernels``: same
 objective, same CG steps, same random start per id), then scores it with the evaluation's
-top-n kernel (``top_n``) and the reference metrics (``music_recs.metrics``). Larger matrices
-use the cached blocks: the result is the same search, only the place it runs differs.
+top-n kernel (``top_n``) and the reference metrics (``music_recs.metrics``), under the run's
+recommendation rules (``LocalRules``: the evaluation's ``ranking.Rules`` on the matrix's
+positions, applied by the same kernel). Larger matrices use the cached blocks: the result is
+the same search, only the place it runs differs.
 
 ``fit_trace`` also starts from an earlier model's factors (a warm start across days), stops
 by ``music_recs.convergence`` and reports each iteration's objective, so ``bench/warm_start.py``
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from music_recs import schema as S
 from music_recs.convergence import converged
 from music_recs.metrics import mean_metrics
 from spark_jobs.lib.cg_kernels import DEFAULT_CG_STEPS, gram, rows_loss, rows_reg, solve_rows, start_factors
@@ -60,6 +63,48 @@ class LocalMatrix:
         item_ids, i = np.unique(items, return_inverse=True)
         return cls(_csr(u, i, values, len(user_ids), user_ids), _csr(i, u, values, len(item_ids), item_ids))
 
+
+def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Dense positions of ``wanted`` in the sorted ``ids``; -1 for an id not there."""
+    if not len(ids):
+        return np.full(len(wanted), -1, np.int64)
+    pos = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
+    return np.where(ids[pos] == wanted, pos, -1)
+
+
+@dataclass
+class LocalRules:
+    """The recommendation rules on a ``LocalMatrix``'s dense positions, for ``top_n_excluding``.
+
+    cap: at most this many items of one group per list, filled from further down (0: no cap);
+    groups: a group per item position (-1: none); blocked: a bool per item position, never
+    recommended; user_blocked: user position -> item positions that user must not get.
+    """
+
+    cap: int = 0
+    groups: np.ndarray | None = None
+    blocked: np.ndarray | None = None
+    user_blocked: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def from_rules(cls, rules, matrix: "LocalMatrix") -> "LocalRules":
+        """``rules`` (a ``spark_jobs.lib.ranking.Rules``, on global ids) collected onto ``matrix``'s
+        positions; listed ids the matrix does not have are dropped."""
+        blocked, groups = rules.target_arrays(matrix.by_item.ids)
+        pairs: dict[int, np.ndarray] = {}
+        if rules.user_blocked is not None:
+            table = rules.user_blocked.select(S.USER_IDX, S.ITEM_IDX).toArrow()
+            u = _positions(matrix.by_user.ids, table.column(S.USER_IDX).to_numpy(zero_copy_only=False))
+            i = _positions(matrix.by_item.ids, table.column(S.ITEM_IDX).to_numpy(zero_copy_only=False))
+            keep = (u >= 0) & (i >= 0)
+            u, i = u[keep], i[keep]
+            order = np.argsort(u, kind="stable")
+            users, starts = np.unique(u[order], return_index=True)
+            pairs = dict(zip(users.tolist(), np.split(i[order], starts[1:])))
+        return cls(rules.cap if groups is not None else 0, groups, blocked, pairs)
+
+
+NO_LOCAL_RULES = LocalRules()
 
 Known = tuple[np.ndarray, np.ndarray]  # (global ids, factors) of an earlier model
 
@@ -131,25 +176,32 @@ def fit(matrix: LocalMatrix, rank: int, max_iter: int, reg: float, conf_of, scal
     return trace.X, trace.Y
 
 
-def recommend(matrix: LocalMatrix, X: np.ndarray, Y: np.ndarray, users, k: int) -> dict[int, list]:
+def recommend(matrix: LocalMatrix, X: np.ndarray, Y: np.ndarray, users, k: int,
+              rules: LocalRules = NO_LOCAL_RULES) -> dict[int, list]:
     """Top ``k`` global item ids per global user id of ``users`` that has factors, best first,
-    the user's rated items excluded (the evaluation's top-n kernel)."""
+    the user's rated items excluded and ``rules`` obeyed (the evaluation's top-n kernel)."""
     u = matrix.by_user
     users = np.asarray(sorted(users), dtype=np.int64)
     pos = np.searchsorted(u.ids, users)
     known = (pos < len(u.ids)) & (u.ids[np.minimum(pos, len(u.ids) - 1)] == users)
     rows = pos[known]
     excluded = [u.indices[u.indptr[r]:u.indptr[r + 1]] for r in rows]
+    for n, r in enumerate(rows):  # a user's blocked pairs count as played
+        if int(r) in rules.user_blocked:
+            excluded[n] = np.concatenate([excluded[n], rules.user_blocked[int(r)]])
     ranked: dict[int, list] = {}
     query_users = users[known]
-    for q, t, _, r in top_n_excluding(X[rows], excluded, Y, k):
+    for q, t, _, r in top_n_excluding(X[rows], excluded, Y, k, blocked=rules.blocked, groups=rules.groups,
+                                      cap=rules.cap):
         for a, b, c in zip(q, t, r):
             ranked.setdefault(int(query_users[a]), []).append((int(c), int(matrix.by_item.ids[b])))
     return {user: [item for _, item in sorted(pairs)] for user, pairs in ranked.items()}
 
 
-def score(matrix: LocalMatrix, X: np.ndarray, Y: np.ndarray, truth: dict[int, set], k: int) -> dict:
+def score(matrix: LocalMatrix, X: np.ndarray, Y: np.ndarray, truth: dict[int, set], k: int,
+          rules: LocalRules = NO_LOCAL_RULES) -> dict:
     """Mean metrics at k over the users of ``truth`` (global ids -> held-out global item ids);
-    candidates exclude the user's rated items; a user or item without factors scores as a miss."""
-    recs = recommend(matrix, X, Y, truth, k)
+    candidates exclude the user's rated items, lists obey ``rules`` (a held-out item they forbid
+    is a miss); a user or item without factors scores as a miss."""
+    recs = recommend(matrix, X, Y, truth, k, rules)
     return {**mean_metrics(recs, truth, k), "users_evaluated": len(truth)}

@@ -56,6 +56,14 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
+def _condition(value) -> str:
+    """An expectation's ``row_condition`` in words (``side == item``): the rows it was run on."""
+    from great_expectations.expectations.row_conditions import deserialize_row_condition
+
+    condition = deserialize_row_condition(value)
+    return condition if isinstance(condition, str) else repr(condition)
+
+
 def _checks(outcome, parameters: dict, row: dict | None = None) -> list[dict]:
     """One dict per expectation. ``row``: the only row of a one-row frame (a profile or summary);
     its value is then what was observed, not "1 of 1 rows outside"."""
@@ -64,11 +72,14 @@ def _checks(outcome, parameters: dict, row: dict | None = None) -> list[dict]:
         cfg = res.expectation_config
         column = cfg.kwargs.get("column")
         one_value = row is not None and column in row
+        kwargs = {n: _bound(cfg.kwargs[n], parameters) for n in BOUNDS if cfg.kwargs.get(n) is not None}
+        if cfg.kwargs.get("row_condition"):  # run on some rows only (e.g. one side of the factors)
+            kwargs["row_condition"] = _condition(cfg.kwargs["row_condition"])
         checks.append({
             "suite": outcome.suite_name,
             "expectation": cfg.type,
             "column": column,
-            "kwargs": {n: _bound(cfg.kwargs[n], parameters) for n in BOUNDS if cfg.kwargs.get(n) is not None},
+            "kwargs": kwargs,
             "success": bool(res.success),
             "unexpected_count": None if one_value else res.result.get("unexpected_count"),
             "element_count": None if one_value else res.result.get("element_count"),

@@ -10,8 +10,10 @@ factors and training matrix, and runs one GX suite on each (``spark_jobs.lib.gx_
   list, the items the rules leave, ``possible_per_user``), ``already_played`` (top-N items the user played
   in training), and ``overlap``: the Jaccard overlap of the user's top-k with the published
   model's top-k on the same candidates (null when there is nothing to compare with);
-* ``factors``: one row per user and item factor: ``norm``, ``finite`` (no NaN/inf) and
-  ``norm_over_median`` (the norm over its side's median norm);
+* ``factors``: one row per user and item factor: ``side`` (user or item), ``norm``, ``finite``
+  (no NaN/inf) and ``norm_over_median`` (the norm over its side's median norm). Its suite checks
+  each side on that side's rows (a ``row_condition`` on ``side``): pooled, a side that is a small
+  share of the rows (a few hundred items among many users) could be mostly outliers and pass;
 * ``summary``: one row: ``catalogue_coverage`` (share of the matrix's items in some top-N) and
   ``popular_share`` (share of top-N slots taken by the 1 % most popular items, by listeners).
 """

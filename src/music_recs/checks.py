@@ -1,7 +1,7 @@
 """Validation of values that come from outside: UI params, run conf, configuration.
 
-Each check raises ``ValueError`` with one readable line naming the offending value,
-before any work starts.
+Each check raises ``InvalidInput`` (a ``ValueError`` that fails its task at once) with one
+readable line naming the offending value, before any work starts.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from urllib.parse import urlparse
+
+from music_recs.failures import InvalidInput
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._=/-]+$")
@@ -18,31 +20,31 @@ _RUN_ID_SAFE_RE = re.compile(r"[^A-Za-z0-9._=-]")
 def parse_day(value: str, what: str = "date") -> _dt.date:
     """Parse ``YYYY-MM-DD`` strictly (no times, no other formats)."""
     if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-        raise ValueError(f"{what} must look like YYYY-MM-DD, got {value!r}")
+        raise InvalidInput(f"{what} must look like YYYY-MM-DD, got {value!r}")
     try:
         return _dt.date.fromisoformat(value)
     except ValueError as exc:
-        raise ValueError(f"{what} {value!r} is not a calendar date: {exc}") from None
+        raise InvalidInput(f"{what} {value!r} is not a calendar date: {exc}") from None
 
 
 def check_bucket(name: str, what: str = "bucket") -> str:
     """``name`` if it is a valid S3 bucket name (lower case, 3-63 characters, no ``..``); ``what`` names it in the error."""
     if not isinstance(name, str) or not _BUCKET_RE.fullmatch(name) or ".." in name:
-        raise ValueError(f"{what} {name!r} is not a valid S3 bucket name")
+        raise InvalidInput(f"{what} {name!r} is not a valid S3 bucket name")
     return name
 
 
 def check_prefix(prefix: str, what: str = "prefix") -> str:
     """A relative key prefix inside a bucket: no '..', no absolute path, no scheme."""
     if not isinstance(prefix, str) or not prefix:
-        raise ValueError(f"{what} must be a non-empty string, got {prefix!r}")
+        raise InvalidInput(f"{what} must be a non-empty string, got {prefix!r}")
     if prefix.startswith("/") or "://" in prefix:
-        raise ValueError(f"{what} {prefix!r} must be relative to its bucket (no leading '/' or scheme)")
+        raise InvalidInput(f"{what} {prefix!r} must be relative to its bucket (no leading '/' or scheme)")
     parts = prefix.strip("/").split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"{what} {prefix!r} must not contain '..', '.' or empty path segments")
+        raise InvalidInput(f"{what} {prefix!r} must not contain '..', '.' or empty path segments")
     if not _PREFIX_RE.fullmatch(prefix):
-        raise ValueError(f"{what} {prefix!r} may only contain letters, digits and . _ = / -")
+        raise InvalidInput(f"{what} {prefix!r} may only contain letters, digits and . _ = / -")
     return prefix.strip("/")
 
 
@@ -57,14 +59,14 @@ LAKE_SCHEMES = ("", "file", "s3a", "hdfs")
 def check_lake_uri(uri: str, what: str = "lake_uri") -> str:
     """An absolute local path or a ``file://``/``s3a://``/``hdfs://`` URI, with no '..' segment."""
     if not isinstance(uri, str) or not uri.strip():
-        raise ValueError(f"{what} must be a non-empty path or URI, got {uri!r}")
+        raise InvalidInput(f"{what} must be a non-empty path or URI, got {uri!r}")
     parsed = urlparse(uri)
     if parsed.scheme not in LAKE_SCHEMES:
-        raise ValueError(f"{what} {uri!r}: scheme {parsed.scheme!r} is not one of file, s3a, hdfs")
+        raise InvalidInput(f"{what} {uri!r}: scheme {parsed.scheme!r} is not one of file, s3a, hdfs")
     if not parsed.scheme and not uri.startswith("/"):
-        raise ValueError(f"{what} {uri!r} must be an absolute path (a relative one depends on the worker's folder)")
+        raise InvalidInput(f"{what} {uri!r} must be an absolute path (a relative one depends on the worker's folder)")
     if any(part in ("..", ".") for part in parsed.path.split("/")):
-        raise ValueError(f"{what} {uri!r} must not contain '..' or '.' segments")
+        raise InvalidInput(f"{what} {uri!r} must not contain '..' or '.' segments")
     return uri
 
 
@@ -72,6 +74,6 @@ def check_run_conf_names_no_location(params: dict, settings: set[str]) -> None:
     """Run conf (UI trigger, CLI --conf) may set the DAG's params only, never where data is read or written."""
     named = sorted(set(params) & settings)
     if named:
-        raise ValueError(
+        raise InvalidInput(
             f"run conf may not set {', '.join(named)}: buckets, prefixes and paths come from the configuration "
             "(MUSIC_RECS_* environment variables or the Airflow Variable music_recs_config), not from a run")

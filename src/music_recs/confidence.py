@@ -29,6 +29,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from music_recs.failures import InvalidInput
 from music_recs.recipe import ConfidenceFunction, Recipe
 
 CONFIDENCE_FUNCTIONS = tuple(ConfidenceFunction)
@@ -53,17 +54,17 @@ class ConfidenceParams:
 
     def __post_init__(self):
         if self.confidence_function not in CONFIDENCE_FUNCTIONS:
-            raise ValueError(f"confidence function must be one of {', '.join(CONFIDENCE_FUNCTIONS)}, "
+            raise InvalidInput(f"confidence function must be one of {', '.join(CONFIDENCE_FUNCTIONS)}, "
                              f"got {self.confidence_function!r}")
         object.__setattr__(self, "confidence_function", ConfidenceFunction(self.confidence_function))
         if not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+            raise InvalidInput(f"alpha must be > 0, got {self.alpha}")
         if not self.epsilon > 0:
-            raise ValueError(f"epsilon must be > 0, got {self.epsilon}")
+            raise InvalidInput(f"epsilon must be > 0, got {self.epsilon}")
         if self.half_life_days < 0:
-            raise ValueError(f"half_life_days must be >= 0, got {self.half_life_days}")
+            raise InvalidInput(f"half_life_days must be >= 0, got {self.half_life_days}")
         if self.skip_ms < 0:
-            raise ValueError(f"skip_ms must be >= 0, got {self.skip_ms}")
+            raise InvalidInput(f"skip_ms must be >= 0, got {self.skip_ms}")
 
 
 def decay_weight(age_days, half_life_days: float):

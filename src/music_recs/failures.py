@@ -3,8 +3,9 @@
 A ``PermanentFailure`` can never succeed on a retry with the same input (bad data, a
 validation verdict, a matrix too large for the cluster, a Spark job that failed for a
 non-retryable reason): the Airflow side ends the task at once with the exception's one-line
-message. Anything else (a lost S3 connection, a Spark executor that died) keeps the task's
-retries.
+message. Anything else (a lost S3 connection, a Spark executor that died, a ``ValueError`` from
+library code, a connection look-up the metadata database did not answer) keeps the task's
+retries: only the project's own deterministic failures are known not to change on a retry.
 """
 
 from __future__ import annotations
@@ -72,6 +73,6 @@ class PermanentSparkJobError(SparkJobError, PermanentFailure):
 
 
 def is_permanent(exc: BaseException) -> bool:
-    """Whether ``exc`` can never succeed on a retry: a ``PermanentFailure``, or a ``ValueError``
-    (a value that breaks a rule: a bad param, setting or input)."""
-    return isinstance(exc, (PermanentFailure, ValueError))
+    """Whether ``exc`` can never succeed on a retry: a ``PermanentFailure`` (``InvalidInput`` for a
+    value that breaks a rule). Any other exception, a ``ValueError`` included, may be transient."""
+    return isinstance(exc, PermanentFailure)

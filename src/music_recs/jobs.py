@@ -165,6 +165,9 @@ class TuneSpec(_Contract):
     to try per name, replacing ``music_recs.tuning.SEARCH_SPACE``'s (None: those).
     local_max_nnz: CG trials of a tuning matrix with at most this many ratings run on the
     driver with the same kernels (20M; 0 = always on the cached blocks), see ``spark_jobs.lib.als_local``.
+    max_per_artist (0: no cap) and do_not_recommend_path (None: no list): the rules every trial's
+    lists obey, as ``EvaluateSpec``'s, so the search scores the lists the gate scores (the cap
+    needs the matrix's ``items/``).
     """
 
     trials: int = 24
@@ -175,6 +178,8 @@ class TuneSpec(_Contract):
     seed: int = 0
     space: dict | None = None
     local_max_nnz: int = 20_000_000
+    max_per_artist: int = 0
+    do_not_recommend_path: str | None = None
 
     def __post_init__(self):
         if self.trials < 1 or not self.minutes > 0:
@@ -184,6 +189,11 @@ class TuneSpec(_Contract):
         unknown = (set(self.fixed) | set(self.space or {})) - set(SEARCH_SPACE)
         if unknown:
             raise ValueError(f"not searched: {', '.join(sorted(unknown))}; searched: {', '.join(SEARCH_SPACE)}")
+        if isinstance(self.max_per_artist, bool) or not isinstance(self.max_per_artist, int) or self.max_per_artist < 0:
+            raise ValueError(f"max_per_artist must be an int >= 0 (0: no cap), got {self.max_per_artist!r}")
+        if self.do_not_recommend_path is not None and not (isinstance(self.do_not_recommend_path, str)
+                                                           and self.do_not_recommend_path.strip()):
+            raise ValueError(f"do_not_recommend_path must be None or a path, got {self.do_not_recommend_path!r}")
 
 
 @dataclasses.dataclass(frozen=True)

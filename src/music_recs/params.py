@@ -29,11 +29,16 @@ def _param(default, description: str, **schema):
     return dataclasses.field(default=default, metadata={"schema": schema, "description": description})
 
 
+SEARCHED_LABEL = "empty: the search's choice"
+
+
 def _recipe(name: str):
     """A recipe field in the form: its schema made nullable, default empty (null)."""
     schema = dict(recipe.SCHEMAS[name])
     schema["type"] = ["null", schema["type"]]
     if "enum" in schema:
+        # The form's drop-down shows "null" for None unless every value is named.
+        schema["values_display"] = {"None": SEARCHED_LABEL, **{v: v for v in schema["enum"]}}
         schema["enum"] = [None, *schema["enum"]]
     return _param(None, f"{recipe.DESCRIPTIONS[name]} Empty: chosen by the search (tune), or "
                   f"{recipe.DEFAULTS[name]} with tune=off. A value set here is fixed for this run.", **schema)

@@ -167,14 +167,16 @@ def _short(value) -> str:
 
 
 def expectation_bounds(kwargs: dict) -> str:
-    """An expectation's bounds in words: ``min 0.1, max 0.95``, ``in [True]``, ``for 99% of rows``."""
+    """An expectation's bounds in words: ``min 0.1, max 0.95``, ``in [True]``, ``for 99% of rows``,
+    and the rows it ran on (``where side == item``: its ``row_condition``)."""
     parts = [f"{n.removesuffix('_value')} {_short(kwargs[n])}" for n in ("min_value", "max_value")
              if kwargs.get(n) is not None]
     if "value_set" in kwargs:
         parts.append(f"in {kwargs['value_set']}")
     if kwargs.get("mostly") is not None:
         parts.append(f"for {kwargs['mostly']:.0%} of rows")
-    return ", ".join(parts)
+    where = f" where {kwargs['row_condition']}" if kwargs.get("row_condition") else ""
+    return ", ".join(parts) + where
 
 
 def failure_line(check: dict) -> str:

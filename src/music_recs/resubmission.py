@@ -2,21 +2,28 @@
 
 ``classify_failure`` reads the driver/executor output and the exit code of spark-submit and
 names the failure; ``next_settings`` returns the adjusted sizing for the next attempt, or
-None when retrying cannot help (bad input path, bad parameter, a bug), so such a run fails
-at once. Patterns are checked in order: the first class that matches wins, because the
-specific causes (a container killed for memory) also log the generic symptom (a lost executor).
+None when retrying cannot help (bad input path, bad parameter, a bug, a full disk), so such a
+run fails at once. Patterns are checked in order: the first class that matches wins, because the
+specific causes (a container killed for memory) also log the generic symptom (a lost executor);
+a driver that died of a signal is ``KILLED`` unless its output names a cause of the kill.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import re
+import shutil
+import signal
+from collections.abc import Sequence
 
+from music_recs import failures
 from music_recs.sizing import ExecutorSizing, memory_string_mb
 
 
 class Failure(str, enum.Enum):
-    """Why a Spark job failed, as far as its output tells; ``NON_RETRYABLE`` is never resubmitted."""
+    """Why a Spark job failed, as far as its output and exit code tell; ``PERMANENT`` ones are never
+    resubmitted."""
 
     CONTAINER_MEMORY = "container_killed_for_memory"
     EXECUTOR_OOM = "executor_out_of_memory"
@@ -25,10 +32,25 @@ class Failure(str, enum.Enum):
     FETCH_FAILED = "fetch_failed"
     EXECUTORS_LOST = "executors_lost"
     NON_RETRYABLE = "non_retryable"
+    NO_SPACE = "no_space"
+    KILLED = "killed"
     UNKNOWN = "unknown"
 
 
+# A full disk does not empty itself: a resubmission writes the same data into the same folders
+# and fails again after spending the job's time, and so would Airflow's retries. Freeing space or
+# moving the folder is an operator's job, so the run stops at once and names the folder.
+PERMANENT = frozenset({Failure.NON_RETRYABLE, Failure.NO_SPACE})
+
+# The project's own deterministic failures (``music_recs.failures``) raised inside a job.
+_PROJECT_PERMANENT = sorted(name for name, value in vars(failures).items()
+                            if isinstance(value, type) and issubclass(value, failures.PermanentFailure))
+
 _PATTERNS: list[tuple[Failure, re.Pattern]] = [
+    # ENOSPC, EDQUOT and Hadoop's name for them. A full disk also breaks what was writing (the
+    # Parquet writer reports "Unable to close resource", caused by the IOException), so first.
+    (Failure.NO_SPACE, re.compile(r"No space left on device|Disk quota exceeded|DiskOutOfSpaceException"
+                                  r"|\bENOSPC\b|\bEDQUOT\b", re.I)),
     (Failure.CONTAINER_MEMORY, re.compile(
         r"killed by YARN for exceeding (physical )?memory limits|exceeding (physical|virtual) memory limits"
         r"|OOMKilled|Consider boosting spark\.(yarn\.)?executor\.memoryOverhead|exit(ed)? (with )?code:? 137", re.I)),
@@ -53,8 +75,13 @@ _PATTERNS: list[tuple[Failure, re.Pattern]] = [
         r"AnalysisException|UNRESOLVED_COLUMN|ValueError|TypeError|NameError|ImportError|ModuleNotFoundError|"
         r"SyntaxError|error: (argument|unrecognized arguments)|usage: |NonFiniteFactorsError|"
         r"IllegalArgumentException|ArithmeticException|NumberFormatException|DateTimeException|"
-        r"\[CAST_OVERFLOW\]|\[CAST_INVALID_INPUT\]|INVALID_ARRAY_INDEX")),
+        r"\[CAST_OVERFLOW\]|\[CAST_INVALID_INPUT\]|INVALID_ARRAY_INDEX|"
+        + "|".join(rf"\b{name}\b" for name in _PROJECT_PERMANENT))),
 ]
+
+# What makes a driver die of a signal (a JVM option such as -XX:OnOutOfMemoryError="kill -9 %p",
+# a container or cgroup limit), so it names the failure rather than the kill.
+_KILL_CAUSES = frozenset({Failure.NO_SPACE, Failure.CONTAINER_MEMORY, Failure.DRIVER_OOM, Failure.EXECUTOR_OOM})
 
 _SECRET = re.compile(r"(?i)((?:secret|password|token|access[_.-]?key)[\w.-]*\s*[=:]\s*)(\S+)")
 
@@ -65,7 +92,8 @@ def mask_secrets(line: str) -> str:
 
 
 # A stack trace's header line: ``[package.]SomeException: message`` (Java, Python or Py4J).
-_EXCEPTION = re.compile(r"^(?:Caused by: |Exception in thread \"[^\"]*\" )?(?:[\w$]+\.)*(?P<name>[\w$]*(?:Exception|Error))(?::\s*(?P<message>.*))?$")
+_EXCEPTION = re.compile(r"^(?:Caused by: |Exception in thread \"[^\"]*\" )?(?:[\w$]+\.)*"
+                        rf"(?P<name>[\w$]*(?:Exception|Error)|{'|'.join(_PROJECT_PERMANENT)})(?::\s*(?P<message>.*))?$")
 # Wrappers that only say that something below failed.
 _WRAPPERS = re.compile(r"^(Py4JJavaError|SparkException|RuntimeError)$")
 
@@ -85,6 +113,23 @@ _PYTHON_CRASH = re.compile(r"Python worker exited unexpectedly \(crashed\)")
 PYTHON_CRASH_UNDER_LIMIT = "a Python worker crashed under its {} MiB memory limit (spark.executor.pyspark.memory)"
 
 
+def killed_by(returncode: int | None) -> str | None:
+    """What a spark-submit exit code says about a signal, or None: negative when spark-submit (the
+    driver JVM) died of it, 128 + N when the driver process under it (or a wrapper's child) did."""
+    if returncode is None or not (returncode < 0 or 128 < returncode <= 128 + 64):
+        return None
+    number = -returncode if returncode < 0 else returncode - 128
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    how = f"signal {number}" if returncode < 0 else f"exit code {returncode} = 128 + signal {number}"
+    line = f"the driver was killed by {name} ({how})"
+    if number == signal.SIGKILL:
+        line += "; the kernel's out-of-memory killer is a common cause (see dmesg or the kernel log)"
+    return line
+
+
 def classify_failure(output: str, returncode: int | None = None,
                      python_memory_mb: int = 0) -> tuple[Failure, list[str]]:
     """The failure class and the decisive log lines (secrets masked).
@@ -93,17 +138,25 @@ def classify_failure(output: str, returncode: int | None = None,
     (an address-space limit) an allocation in compiled code (numba, numpy, OpenBLAS threads)
     often kills the worker outright instead of raising ``MemoryError``: the driver then sees
     only "Python worker exited unexpectedly (crashed)". With a limit set, that is a memory failure.
+
+    A driver killed by a signal is ``KILLED`` (the deploy mode is client, so spark-submit's exit
+    code is the local driver's, never an executor container's), unless its output names what
+    leads to a kill (memory, a full disk); what Spark recovers from (a lost executor, a failed
+    fetch, a warning) does not explain it.
     """
     lines = output.splitlines()
+    kill = killed_by(returncode)
     for failure, pattern in _PATTERNS:
+        if kill and failure not in _KILL_CAUSES:
+            continue
         hits = [mask_secrets(line.strip())[:500] for line in lines if pattern.search(line)]
         if hits:
             return failure, hits[:5]
+    if kill:
+        return Failure.KILLED, [kill, *(mask_secrets(line.strip())[:500] for line in lines[-4:])]
     crashes = [mask_secrets(line.strip())[:500] for line in lines if _PYTHON_CRASH.search(line)]
     if crashes and python_memory_mb:
         return Failure.EXECUTOR_OOM, [PYTHON_CRASH_UNDER_LIMIT.format(python_memory_mb), *crashes[:4]]
-    if returncode == 137:
-        return Failure.CONTAINER_MEMORY, [f"exit code {returncode} (killed, usually by the out-of-memory killer)"]
     return Failure.UNKNOWN, [mask_secrets(line.strip())[:500] for line in lines[-5:]]
 
 
@@ -121,7 +174,7 @@ def next_settings(failure: Failure, current: ExecutorSizing, local: bool, memory
 
     In local mode the driver JVM is also the executor, so memory goes to the driver.
     """
-    if failure is Failure.NON_RETRYABLE:
+    if failure in PERMANENT:
         return None
     s = current
     if failure in (Failure.EXECUTOR_OOM, Failure.DRIVER_OOM) and local:
@@ -152,4 +205,45 @@ def next_settings(failure: Failure, current: ExecutorSizing, local: bool, memory
                         executor_memory_mb=_mb(s.executor_memory_mb, 1.25, memory_cap_mb))
     if failure is Failure.FETCH_FAILED:
         return s.scaled(shuffle_partitions=s.shuffle_partitions * 2)
-    return s  # unknown: the same settings once more (transient trouble)
+    # Unknown, or killed (the log cannot tell by whom: the out-of-memory killer reacting to the
+    # whole machine, an operator, a node shutting down): the same settings once more.
+    return s
+
+
+GIB = 1024 ** 3
+
+
+def _size(n: int) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 1024 ** 2:.1f} MiB"
+
+
+def _existing(path: str) -> str:
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def free_space(folders: Sequence[tuple[str, str]], lines: Sequence[str] = (), shown: int = 3) -> str:
+    """One line on the free space of the filesystems holding ``folders`` ((what, local path)), one
+    folder per filesystem: first one the decisive ``lines`` name, then the fullest; e.g.
+    ``lake_uri /lake has 0.0 MiB free of 2.0 GiB now (spark.local.dir /tmp: 31.2 GiB free)``."""
+    seen: dict[int, tuple[str, str, int, int]] = {}
+    for what, path in folders:
+        try:
+            existing = _existing(path)
+            device, usage = os.stat(existing).st_dev, shutil.disk_usage(existing)
+        except OSError:
+            continue
+        seen.setdefault(device, (what, path, usage.free, usage.total))
+
+    def order(entry):
+        return not any(entry[1] in line for line in lines), entry[2]
+
+    ranked = sorted(seen.values(), key=order)[:shown]
+    if not ranked:
+        return "no local folder of the job could be read"
+    (what, path, free, total), rest = ranked[0], ranked[1:]
+    line = f"{what} {path} has {_size(free)} free of {_size(total)} now"
+    if rest:
+        line += " (" + "; ".join(f"{w} {p}: {_size(f)} free" for w, p, f, _ in rest) + ")"
+    return line

@@ -6,6 +6,8 @@ silently empty column.
 
 from __future__ import annotations
 
+from music_recs.failures import InvalidInput
+
 # --- stream log (landing and lake) ---------------------------------------------------
 EVENT_ID = "event_id"
 TS = "ts"  # ISO-8601 UTC timestamp of the play start
@@ -58,4 +60,4 @@ def require_columns(columns, required, what: str) -> None:
     """Fail fast, naming every missing column, instead of failing later on a null."""
     missing = [c for c in required if c not in set(columns)]
     if missing:
-        raise ValueError(f"{what} is missing required column(s): {', '.join(missing)}")
+        raise InvalidInput(f"{what} is missing required column(s): {', '.join(missing)}")

@@ -26,6 +26,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 
+from music_recs.failures import InvalidInput
 from music_recs.schema import LANDING_FORMATS
 from music_recs.checks import check_bucket, check_lake_uri, check_prefix
 from music_recs.sizing import DEFAULT_BROADCAST_BUDGET_MB, ClusterResources
@@ -79,18 +80,18 @@ class DeploymentSettings:
                 try:
                     object.__setattr__(self, f.name, kind(value))
                 except (TypeError, ValueError):
-                    raise ValueError(f"setting {f.name} must be a {kind.__name__}, got {value!r}") from None
+                    raise InvalidInput(f"setting {f.name} must be a {kind.__name__}, got {value!r}") from None
         check_bucket(self.raw_bucket, "raw_bucket")
         check_bucket(self.models_bucket, "models_bucket")
         for name in ("landing_prefix", "quarantine_prefix", "models_prefix"):
             check_prefix(getattr(self, name), name)
         check_lake_uri(self.lake_uri)
         if self.source_format not in SOURCE_FORMATS:
-            raise ValueError(f"source_format must be one of {SOURCE_FORMATS}, got {self.source_format!r}")
+            raise InvalidInput(f"source_format must be one of {SOURCE_FORMATS}, got {self.source_format!r}")
         if not 0 <= self.max_quarantine_fraction <= 1:
-            raise ValueError(f"max_quarantine_fraction must be within [0, 1], got {self.max_quarantine_fraction}")
+            raise InvalidInput(f"max_quarantine_fraction must be within [0, 1], got {self.max_quarantine_fraction}")
         if self.broadcast_budget_mb < 0 or self.train_attempts < 1:
-            raise ValueError("broadcast_budget_mb must be >= 0 and train_attempts >= 1")
+            raise InvalidInput("broadcast_budget_mb must be >= 0 and train_attempts >= 1")
 
     # --- locations in S3 -----------------------------------------------------------------
     def landing_key_prefix(self, day: str) -> str:
@@ -127,7 +128,7 @@ def resolve(variable: Mapping | None = None, environ: Mapping[str, str] | None =
     variable = dict(variable or {})
     unknown = set(variable) - set(FIELDS)
     if unknown:
-        raise ValueError(f"Airflow Variable {AIRFLOW_VARIABLE} has unknown key(s): {sorted(unknown)}")
+        raise InvalidInput(f"Airflow Variable {AIRFLOW_VARIABLE} has unknown key(s): {sorted(unknown)}")
     values = {}
     for name in FIELDS:
         env = environ.get(f"{ENV_PREFIX}{name.upper()}")
@@ -151,7 +152,7 @@ def cluster_resources(local: bool, environ: Mapping[str, str] | None = None) -> 
         try:
             return int(raw) if raw else default
         except ValueError:
-            raise ValueError(f"{ENV_PREFIX}{name} must be a whole number, got {raw!r}") from None
+            raise InvalidInput(f"{ENV_PREFIX}{name} must be a whole number, got {raw!r}") from None
 
     try:
         total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MIB

@@ -57,7 +57,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 
-from music_recs.failures import DataTooLargeError
+from music_recs.failures import DataTooLargeError, InvalidInput
 
 MIB = 1024 * 1024
 RATING_BYTES = 12  # int destination index + float rating + amortized per-source pointers
@@ -202,7 +202,7 @@ def size_als(shape: MatrixShape, cluster: ClusterResources, checkpoint_interval:
              strategy: str = "mllib", broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB) -> ExecutorSizing:
     """Choose executors, memory and block counts for training ``shape`` on ``cluster``."""
     if min(shape.users, shape.items, shape.nnz, shape.rank) <= 0:
-        raise ValueError(f"matrix shape must be positive, got {shape}")
+        raise InvalidInput(f"matrix shape must be positive, got {shape}")
     # Local mode: one JVM, 3/4 of the machine (the rest: OS, Python workers). A cluster: at most
     # MAX_CORES_PER_EXECUTOR cores each, 1 GiB of each node left to the OS.
     per_executor_limit = per_executor_limit_mb(cluster) * MIB

@@ -7,8 +7,9 @@ Trigger form, changes the fields it is given and submits. The form posts to the 
 (``POST /api/v2/dags/{dag_id}/dagRuns``); that request and its answer are captured, so the caller
 gets the new run's id and the exact ``conf`` the form sent.
 
-Run: ``python -m music_recs_dev.airflow_ui URL DAG_ID [--field name=JSON ...] [--logical-date ISO]``
-(password from ``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated``).
+Run: ``python -m music_recs_dev.airflow_ui trigger URL DAG_ID [--field NAME=JSON ...] [--logical-date ISO]``
+(password from ``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated``), or
+``python -m music_recs_dev.airflow_ui screenshot PAGE.html OUT.png`` (a full-page PNG, e.g. docs/report.png).
 """
 
 from __future__ import annotations
@@ -59,9 +60,19 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
-def new_page(browser: Browser, width: int = 1280, height: int = 1000) -> Page:
+def new_page(browser: Browser, width: int = 1280, height: int = 1400) -> Page:
     """A page in a fresh context on UTC (Airflow's UI shows dates in the browser's zone)."""
     return browser.new_context(viewport={"width": width, "height": height}, timezone_id="UTC").new_page()
+
+
+def screenshot_page(page: str | os.PathLike, out: str | os.PathLike, width: int = 1280) -> None:
+    """A full-page PNG of ``page`` (a file or URL) once it has loaded and its images have decoded."""
+    url = str(page) if re.match(r"^[a-z]+://", str(page)) else Path(page).resolve().as_uri()
+    with chromium() as browser:
+        tab = new_page(browser, width=width, height=900)
+        tab.goto(url, wait_until="load")
+        tab.evaluate("Promise.all([...document.images].map(img => img.decode().catch(() => null)))")
+        tab.screenshot(path=str(out), full_page=True)
 
 
 def admin_password(airflow_home: str | os.PathLike | None = None, username: str = "admin") -> str:
@@ -125,35 +136,45 @@ class TriggerForm:
             box = row.get_by_role("checkbox")
             if box.is_checked() != value:
                 row.locator("[data-scope=switch][data-part=control]").click()
-            _wait(lambda: expect(box).to_be_checked(checked=value, timeout=self.ui.timeout_ms), f"the switch {name} did not turn {value}")
+            _wait(lambda: expect(box).to_be_checked(checked=value, timeout=self.ui.timeout_ms),
+                  f"the switch {name} did not turn {value}")
         elif kind in ("number", "text"):
+            low, high = schema.get("minimum"), schema.get("maximum")
+            if kind == "number" and value is not None and (
+                    (low is not None and value < low) or (high is not None and value > high)):
+                # The field would silently move it onto the bound on blur, and the form send that.
+                raise ValueError(f"{name}: {value!r} is outside its minimum/maximum {low}..{high}")
             box = row.get_by_role("spinbutton") if kind == "number" else row.get_by_role("textbox")
             text = "" if value is None else _text(value)
             box.fill(text)
             box.press("Tab")  # the number input commits on blur, as when a person moves on
-            _wait(lambda: expect(box).to_have_value(text, timeout=self.ui.timeout_ms), f"{name} does not read {text!r}")
+            _wait(lambda: expect(box).to_have_value(text, timeout=self.ui.timeout_ms),
+                  f"{name} does not read {text!r}")
         else:
             raise UIError(f"param {name!r} has a widget this driver does not fill (schema {schema})")
 
     def _choose(self, row: Locator, name: str, schema: dict, value: Any) -> None:
         enum = schema.get("enum") or []
         if value is None and None not in enum:
-            # No "null" entry to pick: empty it with the field's clear button (the "x").
+            # No "null" entry to pick: empty it with the field's clear button (the "x"); the form
+            # then sends null, which such a schema refuses.
             clear = row.get_by_role("button", name="Clear selected options", include_hidden=True)
             if clear.count():
                 clear.click()
+                _wait(lambda: expect(clear).to_have_count(0, timeout=self.ui.timeout_ms), f"{name} was not emptied")
             return
         if value not in enum:
             raise ValueError(f"{name}: {value!r} is not one of its choices {enum}")
         label = _label(value, schema.get("values_display"))
         row.get_by_role("combobox").click()
-        option = self.page.get_by_role("option", name=label, exact=True)
-        try:
-            option.click(timeout=self.ui.timeout_ms)
-        except PlaywrightTimeout:
-            shown = self.page.get_by_role("option").all_inner_texts()
-            raise UIError(f"{name}: no choice labelled {label!r} in its list {shown}") from None
-        _wait(lambda: expect(row.locator(f'[id="element_{name}"]')).to_contain_text(label, timeout=self.ui.timeout_ms),
+        options = self.page.get_by_role("option")
+        options.first.wait_for()
+        shown = [t.strip() for t in options.all_inner_texts()]
+        if shown.count(label) != 1:
+            raise UIError(f"{name}: {shown.count(label)} choices labelled {label!r} in its list {shown}")
+        options.filter(has_text=re.compile(rf"^\s*{re.escape(label)}\s*$")).click()
+        control = row.locator(f'[id="element_{name}"] > div').first
+        _wait(lambda: expect(control).to_have_text(label, timeout=self.ui.timeout_ms),
               f"{name} does not show {label!r}")
 
     def set_logical_date(self, when: dt.datetime) -> None:
@@ -178,17 +199,21 @@ class TriggerForm:
         self.page.keyboard.press("Escape")
         picker.wait_for(state="hidden", timeout=self.ui.timeout_ms)
         shown = local.strftime("%b %d, %Y %H:%M")
-        _wait(lambda: expect(self.dialog.get_by_test_id("datetime-input")).to_have_text(shown, timeout=self.ui.timeout_ms),
+        date = self.dialog.get_by_test_id("datetime-input")
+        _wait(lambda: expect(date).to_have_text(shown, timeout=self.ui.timeout_ms),
               f"the logical date does not read {shown!r}")
 
     def set_unpause(self, unpause: bool) -> None:
         """Tick or untick "Unpause <dag> on trigger" (shown only for a paused DAG)."""
-        box = self.dialog.get_by_role("checkbox", name=re.compile(r"^Unpause .* on trigger$"))
-        if not box.count():
+        label = self.dialog.locator("label[data-scope=checkbox]").filter(
+            has_text=re.compile(rf"^\s*Unpause {re.escape(self.dag_id)} on trigger\s*$"))
+        if not label.count():
             raise UIError(f"no 'Unpause {self.dag_id} on trigger' box: the DAG is not paused")
+        box = label.get_by_role("checkbox", include_hidden=True)
         if box.is_checked() != unpause:
-            self.dialog.locator("label[data-scope=checkbox]").filter(has=box).click()
-        _wait(lambda: expect(box).to_be_checked(checked=unpause, timeout=self.ui.timeout_ms), "the unpause box did not change")
+            label.click()
+        _wait(lambda: expect(box).to_be_checked(checked=unpause, timeout=self.ui.timeout_ms),
+              "the unpause box did not change")
 
     def shows(self, name: str) -> str:
         """What the field of param ``name`` shows (number/text: its value; dropdown: the chosen label)."""
@@ -200,7 +225,8 @@ class TriggerForm:
             return row.get_by_role("textbox").input_value()
         if kind == "switch":
             return "on" if row.get_by_role("checkbox").is_checked() else "off"
-        return row.locator("[id^=element_]").inner_text().strip()
+        # the dropdown's control (its sibling spans are screen-reader announcements)
+        return row.locator(f'[id="element_{name}"] > div').first.inner_text().strip()
 
     def submit(self) -> TriggeredRun:
         """Press Trigger; returns the new run, or raises UIError with what Airflow or the form said."""
@@ -315,10 +341,11 @@ def _widget(row: Locator) -> str:
 
 
 def _label(value: Any, values_display: Mapping[str, str] | None) -> str:
-    """The label the dropdown shows for ``value`` (Python None is JSON null, shown "null")."""
+    """The label the dropdown shows for ``value``, as Airflow 3.3's form picks it: JSON null is
+    "null"; with ``values_display``, a value it does not name gets its "None" entry's label."""
     key = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
     if values_display:
-        return values_display.get(key) or values_display.get("None" if value is None else key) or key
+        return values_display.get(key, values_display.get("None", key))
     return key
 
 
@@ -336,13 +363,21 @@ def _wait(assertion, what: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("url", help="the Airflow UI, e.g. http://127.0.0.1:8080")
-    parser.add_argument("dag_id")
-    parser.add_argument("--field", action="append", default=[], metavar="NAME=JSON",
-                        help="a param to change, its value as JSON (null empties it); repeatable")
-    parser.add_argument("--logical-date", type=dt.datetime.fromisoformat, help="ISO date-time with zone")
-    parser.add_argument("--screenshot", help="a PNG of the filled form")
+    commands = parser.add_subparsers(dest="command", required=True)
+    trigger = commands.add_parser("trigger", help="trigger a DAG from its form; print the run id and conf sent")
+    trigger.add_argument("url", help="the Airflow UI, e.g. http://127.0.0.1:8080")
+    trigger.add_argument("dag_id")
+    trigger.add_argument("--field", action="append", default=[], metavar="NAME=JSON",
+                         help="a param to change, its value as JSON (null empties it); repeatable")
+    trigger.add_argument("--logical-date", type=dt.datetime.fromisoformat, help="ISO date-time with zone")
+    trigger.add_argument("--screenshot", help="a PNG of the filled form")
+    shot = commands.add_parser("screenshot", help="a full-page PNG of a page")
+    shot.add_argument("page", help="an HTML file or a URL")
+    shot.add_argument("out", help="the PNG to write")
     args = parser.parse_args(argv)
+    if args.command == "screenshot":
+        screenshot_page(args.page, args.out)
+        return 0
     fields = {}
     for item in args.field:
         name, _, raw = item.partition("=")
