@@ -104,49 +104,54 @@ def test_a_better_model_than_a_popularity_scoring_zero_passes_on_the_difference(
 def test_a_model_scoring_zero_like_popularity_fails_with_a_clear_reason():
     d = _judge(np.zeros(40), np.zeros(40))
     assert not d.passed
-    [reason] = d.reasons
-    assert reason.startswith("popularity scores 0 in 1000 of 1000 resamples, so the difference is judged")
-    assert "(+0.0000) must be above 0 " in reason
+    assert d.reasons == ("the lower end of the difference's 95% interval (+0.0000) must be above 0 (popularity "
+                         "scores 0 for every user, so the difference is judged; 40 users evaluated)",)
+    assert "(no lift: popularity scores 0 for every user; judged on the difference +0.0000" in d.message()
     _readable(d)
 
 
-def test_a_popularity_scoring_zero_in_some_resamples_is_judged_on_the_difference():
+def test_a_popularity_scoring_zero_in_some_resamples_leaves_the_upper_end_unbounded():
     # Popularity finds the one held-out item of 1 user in 40: a resample misses that user with
-    # probability (39/40)^40 = 0.36. The difference is 0.1 - (times that user is drawn) / 40;
-    # drawn at most 3 times in 97.5 % of resamples, so its interval is [0.025, 0.1].
+    # probability (39/40)^40 = 0.36, and its lift is then unbounded. The lower end is the lift of
+    # the resamples that draw that user 3 times (97.5 % draw it at most 3 times): 0.1 / (3/40) - 1.
     popularity = np.zeros(40)
     popularity[0] = 1.0
     d = _judge(np.full(40, 0.1), popularity)
-    assert d.lift["relative"] == pytest.approx(3.0) and d.lift["relative_interval"] is None
+    assert d.lift["relative"] == pytest.approx(3.0)
+    assert d.lift["relative_interval"] == [pytest.approx(1 / 3), None]
     assert 300 < d.lift["zero_baseline_resamples"] < 430
-    assert d.lift["difference_interval"] == pytest.approx([0.025, 0.1])
-    assert d.passed and "lift +300.0%, no interval" in d.message()
+    assert d.passed and "(lift +300.0%, 95% interval [+33.3%, unbounded] over 40 users; popularity scores 0 in" \
+        in d.message()
     _readable(d)
-    # The margin in absolute terms: 2.0 x popularity's mean 0.025 = 0.05, above the lower end 0.025.
-    strict = _judge(np.full(40, 0.1), popularity, min_lift=2.0)
-    [reason] = strict.reasons
-    assert "lower end of its 95% interval (+0.0250) must be above +0.0500" in reason
+    strict = _judge(np.full(40, 0.1), popularity, min_lift=2.0)  # the margin still counts
+    assert strict.reasons == ("the lower end of the lift's 95% interval (+33.3%) must be above +200% "
+                              "(40 users evaluated)",)
     _readable(strict)
 
 
-def test_a_collapse_against_a_published_model_scoring_zero_in_a_resample_is_judged_on_the_difference():
-    published = np.zeros(40)
-    published[:6] = 1.0  # 6 of 40 users; the new model finds nothing
-    change = paired_bootstrap(np.zeros(40), published)
-    assert change["relative_interval"] is None and change["zero_baseline_resamples"] == 1
-    lift = paired_bootstrap(np.full(40, 0.0), np.zeros(40))
-    d = decide("map", {"map": 0.0}, {"map": 0.0}, {"map": 0.15}, lift=lift, published_lift=change, override=True)
-    collapse = [r for r in d.reasons if "published model" in r]
-    assert collapse == ["-0.1500 against the published model on the same held-out users (difference judged: it "
-                        "scores 0 in 1 of 1000 resamples; interval up to -0.0500, below -0.0300, a collapse of "
-                        "more than 20%)"]
-    _readable(d)
-    # Against a published model that scores 0 for everyone nothing can collapse.
+def test_the_change_against_a_published_model_scoring_zero_is_defined():
     model = np.tile([0.1, 0.3], 20)
-    fine = decide("map", {"map": 0.2}, {"map": 0.1}, {"map": 0.0}, lift=paired_bootstrap(model, model / 2),
-                  published_lift=paired_bootstrap(model, np.zeros(40)))
-    assert fine.passed, fine.reasons
-    _readable(fine)
+    lift = paired_bootstrap(model, model / 2)
+    some = np.zeros(40)
+    some[0] = 1.0  # the published model finds 1 user's item: unbounded where a resample misses it
+    change = paired_bootstrap(model, some)
+    assert change["relative"] == pytest.approx(7.0) and change["relative_interval"][1] is None
+    none = paired_bootstrap(model, np.zeros(40))
+    assert none["relative"] is None and none["relative_interval"] is None
+    for published, scores in ((0.025, change), (0.0, none)):
+        d = decide("map", {"map": 0.2}, {"map": 0.1}, {"map": published}, lift=lift, published_lift=scores)
+        assert d.passed, d.reasons
+        json.dumps(scores, allow_nan=False)  # the manifest's change_over_published
+        _readable(d)
+    # A collapse: the new model finds nothing where the published one found 6 users' items. The
+    # resample that misses those 6 (0 against 0) is no change; the rest are -100 %.
+    found = np.zeros(40)
+    found[:6] = 1.0
+    collapsed = paired_bootstrap(np.zeros(40), found)
+    assert collapsed["zero_baseline_resamples"] == 1 and collapsed["relative_interval"] == [-1.0, -1.0]
+    d = decide("map", {"map": 0.0}, {"map": 0.0}, {"map": 0.15}, published_lift=collapsed, min_users=1)
+    assert d.reasons == ("needs > 0.0000 to beat popularity by 0%", "-100.0% against the published model on the "
+                         "same held-out users (interval up to -100.0%), a collapse of more than 20%")
 
 
 def test_non_finite_scores_are_refused_rather_than_judged():
@@ -168,6 +173,7 @@ def test_any_scores_give_finite_numbers_and_a_readable_message(rows, min_users, 
     d = decide("map", {"map": mean(model)}, {"map": mean(popularity)}, {"map": mean(published)}, min_lift, max_drop,
                override, lift, change, min_users=min_users)
     _readable(d)
+    json.dumps(change, allow_nan=False)
     assert len(d.message()) < 1000
     assert not d.passed or len(rows) >= min_users
     assert d.publish == (d.passed or override)

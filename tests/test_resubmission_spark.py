@@ -56,8 +56,8 @@ os._exit(0)
     ("os.getpid()", 137, "(exit code 137 = 128 + signal 9)"),  # the Python driver under it
 ], ids=["driver_jvm", "python_driver"])
 def test_a_killed_driver_says_it_was_killed_and_by_which_signal(tmp_path, target, returncode, how):
-    """Before: "failed (unknown)" and the last line the driver happened to log (a warning about
-    SPARK_LOCAL_IP), or for 137 a container memory failure that resubmits with more overhead."""
+    """Before: "failed (unknown)" and a line the driver happened to log (a JVM warning), or for 137
+    a container memory failure, resubmitted with more executor overhead."""
     from music_recs.jobs import IngestSpec
 
     jobs = tmp_path / "jobs"

@@ -195,10 +195,12 @@ def stack(tmp_path_factory, s3_endpoint, spark, metadata_db):
         store.ensure_bucket(b)
     catalogue = Catalogue(CatalogueSpec.for_plays_per_day(PLAYS))
     upload_days(store, RAW, "stream_logs", [*days.history, *days.backfill], PLAYS, catalogue)
-    # History: the days before the backfill are in the lake, as earlier daily runs leave them.
+    # History: the days before the scheduled one are in the lake, as earlier daily runs leave them
+    # (the scheduled run searches on the day before it); the backfill ingests its day again.
     lake = str(root / "lake")
-    write_days_local(str(root / "landing"), days.history, PLAYS, catalogue)
-    for d in days.history:
+    in_lake = [*days.history, days.backfill[0]]
+    write_days_local(str(root / "landing"), in_lake, PLAYS, catalogue)
+    for d in in_lake:
         ingest.run(spark, IngestSpec(day=str(d), input_uri=str(root / "landing" / f"dt={d}"), lake_uri=str(lake)))
 
     alerts = http.server.HTTPServer(("127.0.0.1", 0), _AlertReceiver)
@@ -269,6 +271,19 @@ def _task_spans(api, run_id: str, query: str = "") -> list[tuple]:
     tis = api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='~')}/taskInstances?limit=100{query}")
     return [(dt.datetime.fromisoformat(t["start_date"]), dt.datetime.fromisoformat(t["end_date"]), t["dag_run_id"],
              t["task_id"]) for t in tis["task_instances"] if t["state"] in ("success", "failed") and t["try_number"] > 0]
+
+
+def _failures(api, root: Path, run_id: str) -> str:
+    """The failed tasks of a run with the last error lines of their logs (for an assertion's message)."""
+    tis = api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances?limit=100")
+    failed = [t["task_id"] for t in tis["task_instances"] if t["state"] == "failed"]
+    lines = []
+    for task_id in failed:
+        for log in (root / "airflow" / "logs").rglob(f"*task_id={task_id}*/**/*"):
+            if log.is_file() and (quote(run_id, safe="") in str(log) or run_id in str(log)):
+                lines += [line[:600] for line in log.read_text(errors="replace").splitlines()
+                          if '"error"' in line or "ERROR" in line][-5:]
+    return f"failed tasks {failed}: " + "\n".join(lines)
 
 
 def _day(run: dict) -> str:
@@ -366,7 +381,8 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
         run = next(r for r in _runs(api) if r["dag_run_id"] == scheduled[0]["dag_run_id"])
         return run if run["state"] in ("success", "failed") else None
 
-    assert _wait(scheduled_done, RUNS_DEADLINE_S, "the scheduled run")["state"] == "success"
+    assert _wait(scheduled_done, RUNS_DEADLINE_S, "the scheduled run")["state"] == "success", _failures(
+        api, stack["root"], scheduled[0]["dag_run_id"])
 
     # CLI backfill over two days ending on the scheduled day, one run at a time.
     first, last = days.backfill[0].isoformat(), days.backfill[-1].isoformat()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from music_recs.jobs import TrainSpec, TuneSpec
 from spark_jobs.lib import als_local
 
 # Users 10, 20 and 30 (global ids), items 100..107. Rank 1: every user ranks the items the same
@@ -51,3 +52,15 @@ def test_the_cap_changes_the_metric_the_search_reads():
     # Free: [100, 102, 103], hits at 2 and 3. Capped: [100, 106, 107], a hit at 3.
     assert free["precision"] == pytest.approx(2 / 3) and capped["precision"] == pytest.approx(1 / 3)
     assert free["map"] == pytest.approx((1 / 2 + 2 / 3) / 3) and capped["map"] == pytest.approx((1 / 3) / 3)
+
+
+def test_the_tuning_spec_carries_the_rules_and_refuses_bad_ones():
+    tune = TuneSpec(max_per_artist=2, do_not_recommend_path="/runs/r1/rules/do_not_recommend.parquet")
+    assert TuneSpec.from_json(tune.to_json()) == tune
+    assert (TuneSpec().max_per_artist, TuneSpec().do_not_recommend_path) == (0, None)
+    for bad in ({"max_per_artist": -1}, {"max_per_artist": 1.5}, {"max_per_artist": True},
+                {"do_not_recommend_path": ""}, {"do_not_recommend_path": 3}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TuneSpec(**bad)
+        with pytest.raises(ValueError, match=next(iter(bad))):  # the training spec checks its search
+            TrainSpec(matrix_uri="m", out_uri="o", tune={**TuneSpec().to_dict(), **bad})

@@ -32,7 +32,7 @@ import tempfile
 import time
 import zipfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -142,7 +142,7 @@ def event_log_conf(directory: str) -> dict[str, str]:
 
 
 def cause_line(output: str, returncode: int | None, conf: dict | None = None,
-               folders: list[tuple[str, str]] = ()) -> tuple[Failure, list[str], str]:
+               folders: Sequence[tuple[str, str]] = ()) -> tuple[Failure, list[str], str]:
     """The failure class, its decisive lines, and the cause: the first exception in the output,
     else its first decisive line; for a Python worker that crashed under its memory limit, that;
     for a killed driver, the signal; for a full disk, the free space of the job's local
@@ -153,7 +153,7 @@ def cause_line(output: str, returncode: int | None, conf: dict | None = None,
         return failure, lines, lines[0]
     if failure is Failure.NO_SPACE:
         error = first_exception("\n".join(lines)) or lines[0]
-        return failure, lines, f"{free_space(folders, lines)}; {error}"
+        return failure, lines, f"{free_space(folders, lines, output)}; {error}"
     return failure, lines, first_exception(output) or next((line for line in lines if line), "no output")
 
 

@@ -19,20 +19,23 @@ A model is published only if, on the primary metric (MAP@k by default):
    then refuses; with thousands the interval is narrow and the point lift decides. (Without
    per-user scores, as in manifests of earlier versions, the point lift is compared.)
 
-   **A baseline that scores 0.** Where popularity's mean is 0 the relative lift is unbounded
-   (or 0/0), so it has no interval: when popularity scores 0 in any resample (for every user,
-   or for all the users a resample drew), ``relative_interval`` is None and the gate judges the
-   **difference** ``mean(model) - mean(popularity)`` instead: its interval's lower end must be
-   above ``min_lift * mean(popularity)``, the same margin in absolute terms (0 when popularity
-   scores 0 for everyone: any positive difference is then an unbounded lift, which clears every
-   margin). The reason and the message say the difference was judged. No NaN or infinity
-   reaches the decision, its message or the manifest.
+   **A baseline that scores 0.** A resample in which popularity scores 0 has an unbounded lift
+   (or none, 0, when the model scores 0 there too), so an end of the interval that falls on
+   such resamples is unbounded (None in ``relative_interval``, "unbounded" in the message):
+   with popularity scoring for a few users only, the upper end usually is, and the lower end
+   still decides (a resample misses every user popularity scores for with probability at most
+   1/e, so the lower end is bounded). When popularity scores 0 for every user (no relative lift
+   at all: ``relative`` and ``relative_interval`` are None), or a lower end is unbounded
+   anyway (a ratio that overflows), the gate judges the **difference**
+   ``mean(model) - mean(popularity)``: its interval's lower end must be above 0 (an unbounded
+   lift clears every margin ``min_lift``). The reason and the message say so. No NaN or
+   infinity reaches the decision, its message or the manifest.
 2. it has not collapsed against the model currently behind the ``latest`` pointer. When the
    evaluation scored that model on the same held-out pairs (``published_lift``: the paired
    bootstrap of the per-user change), the gate refuses only a confident collapse: the upper
-   end of the interval of the relative change below ``-max_drop`` (a published model that
-   scores 0 in some resample: the upper end of the difference's interval below
-   ``-max_drop * mean(published)``). Otherwise (nothing to
+   end of the interval of the relative change below ``-max_drop`` (an unbounded upper end is
+   no collapse; against a published model that scores 0 for every user, only a difference
+   whose upper end is below 0 is). Otherwise (nothing to
    score it with) it compares with the metrics in the published manifest: at most
    ``max_drop`` (relative) below the model currently behind the
    ``latest`` pointer (``candidate >= published * (1 - max_drop)``). Held-out days differ
@@ -56,25 +59,55 @@ import numpy as np
 from music_recs.failures import QualityGateFailed  # noqa: F401  (raised by the task that applies the gate)
 
 
-def _percent(value: float | None) -> str:
+def percent_change(value: float | None) -> str:
     """A relative change in a few characters (``+12.3%``; ``+4.1e+05%`` when huge; None: unbounded)."""
     if value is None:
         return "unbounded"
-    return f"{value:+.1%}" if abs(value) < 100 else f"{value * 100:+.2g}%"
+    if abs(value) < 100:
+        return f"{value:+.1%}"
+    mantissa, exponent = f"{value:+.1e}".split("e")  # x 100 in the exponent: the value itself may be near overflow
+    return f"{mantissa}e{int(exponent) + 2:+03d}%"
 
 
-def relative_interval(lift: dict) -> list[float] | None:
-    """The bootstrap's interval of the relative change, or None where it is unbounded (the
-    baseline scored 0 in some resample; earlier versions stored inf or NaN there)."""
+def relative_interval(lift: dict) -> list[float | None] | None:
+    """The bootstrap's interval of the relative change: None when the baseline scores 0 for every
+    user (no relative change at all); an end None where it is unbounded (the baseline scored 0 in
+    the resamples at that tail). Earlier versions stored inf or NaN there: read as None."""
     interval = lift.get("relative_interval")
-    if interval is None or not all(math.isfinite(v) for v in interval):
+    if interval is None or lift.get("baseline", 1.0) <= 0:
         return None
-    return [float(v) for v in interval]
+    return [float(v) if v is not None and math.isfinite(v) else None for v in interval]
 
 
-def _zero_resamples(lift: dict) -> str:
+def _zero(lift: dict) -> str:
+    """Where the baseline scored 0, in words."""
+    if lift.get("baseline", 1.0) <= 0:
+        return "for every user"
     zero = lift.get("zero_baseline_resamples")
-    return "some" if zero is None else f"{zero} of {lift['resamples']}"
+    return "in some resamples" if zero is None else f"in {zero} of {lift['resamples']} resamples"
+
+
+def _on_difference(lift: dict) -> bool:
+    """Whether the gate judges the difference: the lift's lower end is unbounded or undefined."""
+    interval = relative_interval(lift)
+    return interval is None or interval[0] is None
+
+
+def lift_summary(lift: dict) -> str:
+    """A ``paired_bootstrap`` against popularity in words, as the gate judged it (no NaN or inf):
+    ``lift +12.3%, 95% interval [+4.0%, +21.0%] over 250 users``; an unbounded end says where
+    popularity scored 0; when the difference is judged, its interval."""
+    level, users = f"{lift['level']:.0%}", lift["users"]
+    interval = relative_interval(lift)
+    point = (f"lift {percent_change(lift.get('relative'))}" if interval is not None
+             else "lift unbounded" if lift["candidate"] > 0 else "no lift")
+    if not _on_difference(lift):
+        low, high = interval
+        return (f"{point}, {level} interval [{percent_change(low)}, {percent_change(high)}] over {users} users"
+                + (f"; popularity scores 0 {_zero(lift)}" if high is None else ""))
+    low, high = lift["difference_interval"]
+    return (f"{point}: popularity scores 0 {_zero(lift)}; judged on the difference {lift['difference']:+.4f}, "
+            f"{level} interval [{low:+.4f}, {high:+.4f}] over {users} users")
 
 
 @dataclass(frozen=True)
@@ -107,28 +140,31 @@ class GateDecision:
         text = (f"quality gate {verdict} on {self.metric}: model {self.candidate:.4f}, "
                 f"popularity baseline {self.baseline:.4f}")
         if self.lift:
-            interval, level, users = relative_interval(self.lift), f"{self.lift['level']:.0%}", self.lift["users"]
-            if interval is not None:
-                text += (f" (lift {_percent(self.lift['relative'])}, {level} interval "
-                         f"[{_percent(interval[0])}, {_percent(interval[1])}] over {users} users)")
-            else:
-                low, high = self.lift["difference_interval"]
-                text += (f" (lift {_percent(self.lift.get('relative'))}, no interval: popularity scores 0 in {_zero_resamples(self.lift)} "
-                         f"resamples; judged on the difference {self.lift['difference']:+.4f}, {level} interval "
-                         f"[{low:+.4f}, {high:+.4f}] over {users} users)")
+            text += f" ({lift_summary(self.lift)})"
         text += f", published model {published}"
         return text + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
+
+
+def _tail(ordered: np.ndarray, q: float) -> float | None:
+    """numpy's linear percentile ``q`` of sorted values that may hold infinities; None where it
+    touches one (that end of the interval is unbounded)."""
+    h = (len(ordered) - 1) * q / 100
+    lo, hi = ordered[math.floor(h)], ordered[math.ceil(h)]
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    return float(lo + (hi - lo) * (h - math.floor(h)))
 
 
 def paired_bootstrap(candidate, baseline, resamples: int = 1000, level: float = 0.95, seed: int = 42) -> dict:
     """Mean difference and relative lift of paired per-user scores, with percentile intervals.
 
-    candidate, baseline: one finite score per evaluated user, in the same user order. Users are
-    resampled with replacement ``resamples`` times (seeded: the same scores give the same
-    interval). ``relative`` is ``mean(candidate) / mean(baseline) - 1``, None when the
-    baseline's mean is not above 0; ``relative_interval`` is None when the baseline's mean is
-    not above 0 (or so small the ratio overflows) in some resample (``zero_baseline_resamples``
-    of them): the relative lift is unbounded there. ``difference`` and its interval are always defined.
+    candidate, baseline: one finite score per evaluated user (ranking metrics: >= 0), in the same
+    user order. Users are resampled with replacement ``resamples`` times (seeded: the same scores
+    give the same interval). ``difference`` and its interval are always defined. ``relative`` is
+    ``mean(candidate) / mean(baseline) - 1``: None when the baseline scores 0 for every user
+    (``relative_interval`` is then None too) or the ratio overflows. A resample whose baseline
+    scores 0 (``zero_baseline_resamples`` of them) has an unbounded lift, or none (0, when the
+    candidate scores 0 there too); an end of ``relative_interval`` that falls on one is None.
     """
     c, b = np.asarray(candidate, np.float64), np.asarray(baseline, np.float64)
     if c.shape != b.shape or c.ndim != 1:
@@ -150,15 +186,21 @@ def paired_bootstrap(candidate, baseline, resamples: int = 1000, level: float = 
         sums_c[start:start + len(idx)] = c[idx].sum(axis=1)
         sums_b[start:start + len(idx)] = b[idx].sum(axis=1)
     tails = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # a baseline of (about) 0: no ratio
-        ratio = float(c.mean() / b.mean()) - 1 if b.mean() > 0 else math.nan
-        lifts = np.where(sums_b > 0, sums_c / np.where(sums_b > 0, sums_b, 1) - 1, np.nan)
-    zero = int(np.count_nonzero(~np.isfinite(lifts)))
-    interval = [float(v) for v in np.percentile(lifts, tails)] if zero == 0 else None
-    return {**result, "candidate": float(c.mean()), "baseline": float(b.mean()),
-            "difference": float(c.mean() - b.mean()),
+    mean_c, mean_b = float(c.mean()), float(b.mean())
+    relative = interval = None
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # a baseline of (about) 0: no bound
+        if mean_b > 0:
+            relative = mean_c / mean_b - 1
+        lifts = np.where(sums_b > 0, sums_c / np.where(sums_b > 0, sums_b, 1) - 1,
+                         np.sign(sums_c) * np.inf)  # 0/0: no lift
+        lifts = np.nan_to_num(lifts, nan=0.0, posinf=np.inf, neginf=-np.inf)
+    zero = int(np.count_nonzero(~np.isfinite(lifts) | (sums_b <= 0)))
+    if mean_b > 0:
+        interval = ([float(v) for v in np.percentile(lifts, tails)] if np.isfinite(lifts).all()
+                    else [_tail(np.sort(lifts), q) for q in tails])
+    return {**result, "candidate": mean_c, "baseline": mean_b, "difference": mean_c - mean_b,
             "difference_interval": [float(v) for v in np.percentile((sums_c - sums_b) / n, tails)],
-            "relative": ratio if math.isfinite(ratio) else None,
+            "relative": relative if relative is not None and math.isfinite(relative) else None,
             "relative_interval": interval, "zero_baseline_resamples": zero}
 
 
@@ -208,35 +250,34 @@ def _score(name: str, metrics: dict, metric: str) -> float:
 def _against_popularity(lift: dict, min_lift: float) -> str | None:
     """Why the model does not clear popularity by ``min_lift`` on the bootstrap (None: it does)."""
     level = f"{lift['level']:.0%}"
-    interval = relative_interval(lift)
-    if interval is not None:
-        if interval[0] > min_lift:
+    if not _on_difference(lift):
+        low = relative_interval(lift)[0]
+        if low > min_lift:
             return None
-        return (f"the lower end of the lift's {level} interval ({_percent(interval[0])}) must be above "
+        return (f"the lower end of the lift's {level} interval ({percent_change(low)}) must be above "
                 f"{min_lift:+.0%} ({lift['users']} users evaluated)")
-    low, threshold = lift["difference_interval"][0], min_lift * lift["baseline"]
-    if low > threshold:
+    # An unbounded lift clears every margin: a positive difference is what is asked.
+    low = lift["difference_interval"][0]
+    if low > 0:
         return None
-    bound = ("0" if threshold == 0 else
-             f"{threshold:+.4f} (the {min_lift:.0%} margin times popularity's mean {lift['baseline']:.4f})")
-    return (f"popularity scores 0 in {_zero_resamples(lift)} resamples, so the difference is judged: the lower "
-            f"end of its {level} interval ({low:+.4f}) must be above {bound} ({lift['users']} users evaluated)")
+    return (f"the lower end of the difference's {level} interval ({low:+.4f}) must be above 0 (popularity "
+            f"scores 0 {_zero(lift)}, so the difference is judged; {lift['users']} users evaluated)")
 
 
 def _collapse(change: dict, max_drop: float) -> str | None:
     """Why the model collapsed against the published one on the same users (None: it did not)."""
     interval = relative_interval(change)
     if interval is not None:
-        if not interval[1] < -max_drop:
+        high = interval[1]  # None: unbounded above, no collapse
+        if high is None or not high < -max_drop:
             return None
-        return (f"{_percent(change['relative'])} against the published model on the same held-out users "
-                f"(interval up to {_percent(interval[1])}), a collapse of more than {max_drop:.0%}")
-    high, threshold = change["difference_interval"][1], -max_drop * change["baseline"]
-    if not high < threshold:
+        return (f"{percent_change(change['relative'])} against the published model on the same held-out users "
+                f"(interval up to {percent_change(high)}), a collapse of more than {max_drop:.0%}")
+    high = change["difference_interval"][1]  # it scores 0 for every user: only a negative difference falls
+    if not high < 0:
         return None
-    return (f"{change['difference']:+.4f} against the published model on the same held-out users (difference "
-            f"judged: it scores 0 in {_zero_resamples(change)} resamples; interval up to {high:+.4f}, below "
-            f"{threshold:+.4f}, a collapse of more than {max_drop:.0%})")
+    return (f"{change['difference']:+.4f} against the published model on the same held-out users, which scores "
+            f"0 for every user (difference interval up to {high:+.4f})")
 
 
 def decide(metric: str, candidate: dict, baseline: dict, published: dict | None,
@@ -247,7 +288,8 @@ def decide(metric: str, candidate: dict, baseline: dict, published: dict | None,
 
     lift: ``paired_bootstrap`` of the per-user ``metric`` scores, model against popularity (the
     evaluation's ``lift[metric]``); the gate then asks its interval's lower end to clear
-    ``min_lift`` (the difference's, when popularity scores 0: see the module doc). None: the
+    ``min_lift`` (the difference's lower end to be above 0 when popularity scores 0 in nearly
+    every resample or for every user: see the module doc). None: the
     point values are compared (``candidate > baseline * (1 + min_lift)``).
     published_lift: the same against the published model scored on these held-out pairs
     (``published`` is then its metrics there).

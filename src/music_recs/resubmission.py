@@ -223,10 +223,14 @@ def _existing(path: str) -> str:
     return path
 
 
-def free_space(folders: Sequence[tuple[str, str]], lines: Sequence[str] = (), shown: int = 3) -> str:
+def free_space(folders: Sequence[tuple[str, str]], lines: Sequence[str] = (), output: str = "",
+               shown: int = 3) -> str:
     """One line on the free space of the filesystems holding ``folders`` ((what, local path)), one
-    folder per filesystem: first one the decisive ``lines`` name, then the fullest; e.g.
-    ``lake_uri /lake has 0.0 MiB free of 2.0 GiB now (spark.local.dir /tmp: 31.2 GiB free)``."""
+    folder per filesystem, e.g. ``lake_uri /lake has 0.0 MiB free of 2.0 GiB now (spark.local.dir
+    /tmp: 31.2 GiB free)``. First the folder the decisive ``lines`` name (Spark's block writer
+    names its file), else one an error line of ``output`` names (the Parquet writer's "Task failed
+    while writing rows to file:..."), else the fullest: the space the job filled may be free again."""
+    errors = [line for line in output.splitlines() if "Exception" in line or "Error" in line]
     seen: dict[int, tuple[str, str, int, int]] = {}
     for what, path in folders:
         try:
@@ -237,7 +241,7 @@ def free_space(folders: Sequence[tuple[str, str]], lines: Sequence[str] = (), sh
         seen.setdefault(device, (what, path, usage.free, usage.total))
 
     def order(entry):
-        return not any(entry[1] in line for line in lines), entry[2]
+        return not any(entry[1] in line for line in lines), not any(entry[1] in line for line in errors), entry[2]
 
     ranked = sorted(seen.values(), key=order)[:shown]
     if not ranked:
