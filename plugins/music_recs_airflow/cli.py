@@ -21,6 +21,7 @@ from music_recs.checks import parse_day
 from music_recs.convergence import warm_start_line
 from music_recs.failures import PermanentFailure
 from music_recs.params import RunParams
+from music_recs.quality_gate import lift_summary
 from music_recs.rules import rules_line
 from music_recs.settings import local_settings, resolve
 from music_recs_airflow.publish import PublishError, read_latest
@@ -105,9 +106,7 @@ def cmd_latest(args) -> int:
     primary = manifest["params"].get("primary_metric", "map")
     lift = (manifest["metrics"].get("lift_over_popularity") or {}).get(primary)
     if lift:
-        low, high = lift["relative_interval"]
-        print(f"  {primary}@{k} lift over popularity {lift['relative']:+.1%}, {lift['level']:.0%} interval "
-              f"[{low:+.1%}, {high:+.1%}] over {lift['users']} users")
+        print(f"  {primary}@{k} over popularity: {lift_summary(lift)}")
     checks = manifest.get("output_checks")
     if checks:
         s = checks.get("summary") or {}

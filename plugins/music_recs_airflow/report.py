@@ -30,7 +30,7 @@ matplotlib.use("Agg")  # no display on workers
 import matplotlib.pyplot as plt  # noqa: E402
 
 from music_recs.convergence import warm_start_line  # noqa: E402
-from music_recs.quality_gate import expectation_bounds  # noqa: E402
+from music_recs.quality_gate import expectation_bounds, lift_summary, percent_change, relative_interval  # noqa: E402
 from music_recs.rules import rules_line  # noqa: E402
 from music_recs_airflow.publish import MANIFEST, PUBLICATION  # noqa: E402
 from music_recs_airflow.s3 import S3Store  # noqa: E402
@@ -204,11 +204,14 @@ def lift_line(metrics: dict, primary: str) -> str:
     lift = (metrics.get("lift_over_popularity") or {}).get(primary)
     if not lift:
         return ""
-    low, high = lift["relative_interval"]
-    return (f"<p>Lift of {_e(primary)} over popularity: <b>{lift['relative']:+.1%}</b>, "
-            f"{lift['level']:.0%} bootstrap interval [{low:+.1%}, {high:+.1%}] over {lift['users']} evaluated "
-            f"users (difference {lift['difference']:+.4f}, interval [{lift['difference_interval'][0]:+.4f}, "
-            f"{lift['difference_interval'][1]:+.4f}]).</p>")
+    interval = relative_interval(lift)
+    if interval is None:
+        return f"<p>Lift of {_e(primary)} over popularity: {_e(lift_summary(lift))}.</p>"
+    low, high = interval
+    return (f"<p>Lift of {_e(primary)} over popularity: <b>{_e(percent_change(lift['relative']))}</b>, "
+            f"{lift['level']:.0%} bootstrap interval [{_e(percent_change(low))}, {_e(percent_change(high))}] over "
+            f"{lift['users']} evaluated users (difference {lift['difference']:+.4f}, interval "
+            f"[{lift['difference_interval'][0]:+.4f}, {lift['difference_interval'][1]:+.4f}]).</p>")
 
 
 def chart_metric_over_time(runs: list[dict], metric: str, current_day: str) -> str:

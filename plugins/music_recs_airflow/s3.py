@@ -22,6 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from music_recs.settings import s3_endpoint
+from music_recs.failures import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def is_loopback(endpoint_url: str) -> bool:
 def check_endpoint(endpoint_url: str | None) -> None:
     """Plain HTTP is only acceptable to a server on this machine."""
     if endpoint_url and urlparse(endpoint_url).scheme != "https" and not is_loopback(endpoint_url):
-        raise ValueError(
+        raise InvalidInput(
             f"S3 endpoint {endpoint_url!r} is not TLS; use https:// for any endpoint that is not loopback"
         )
 
@@ -162,7 +163,7 @@ class S3Store:
                 continue
             path = os.path.realpath(os.path.join(root, rel))
             if not path.startswith(root + os.sep) or any(p in ("..", ".") for p in rel.split("/")):
-                raise ValueError(f"refusing to stage s3://{bucket}/{obj.key}: its name leaves the staging folder")
+                raise InvalidInput(f"refusing to stage s3://{bucket}/{obj.key}: its name leaves the staging folder")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             self.client.download_file(bucket, obj.key, path)
             paths.append(path)

@@ -491,7 +491,8 @@ def quality_gate(store: S3Store, plan: RunPlan, evaluated: EvaluateResult) -> di
                                               else f"not compared: {compared.why}")
     output_failures = tuple((evaluated.output_checks or {}).get("failed") or ())
     decision = decide(p.primary_metric, evaluated.model, evaluated.baseline_popularity, published, p.gate_min_lift,
-                      p.gate_max_drop, p.override_quality_gate, lift, published_lift, output_failures)
+                      p.gate_max_drop, p.override_quality_gate, lift, published_lift, output_failures,
+                      min_users=p.gate_min_users)
     log.info("dt=%s: published model %s", plan.day, comparison_line)
     if not decision.publish:
         raise QualityGateFailed(f"dt={plan.day}: {decision.message()}; not published")

@@ -21,6 +21,7 @@ from music_recs.convergence import DEFAULT_TOL
 from music_recs.metrics import METRICS
 from music_recs.tuning import SEARCH_SPACE
 from music_recs.sizing import DEFAULT_BROADCAST_BUDGET_MB
+from music_recs.failures import InvalidInput
 
 GRANULARITIES = ("track", "artist")
 STRATEGIES = ("cg", "mllib")
@@ -41,12 +42,12 @@ class _Contract:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - names
         if unknown:
-            raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+            raise InvalidInput(f"{cls.__name__} has no field(s) {sorted(unknown)}")
         required = {f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = required - set(values)
         if missing:
-            raise ValueError(f"{cls.__name__} is missing field(s) {sorted(missing)}")
+            raise InvalidInput(f"{cls.__name__} is missing field(s) {sorted(missing)}")
         hints = typing.get_type_hints(cls)
         kwargs = {}
         for name, value in values.items():
@@ -93,7 +94,7 @@ class IngestSpec(JobSpec):
     def __post_init__(self):
         parse_day(self.day, "day")
         if self.reader not in ("auto", "python"):
-            raise ValueError(f"reader must be 'auto' or 'python', got {self.reader!r}")
+            raise InvalidInput(f"reader must be 'auto' or 'python', got {self.reader!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,11 +149,11 @@ class ConfidenceSpec(JobSpec):
     def __post_init__(self):
         parse_day(self.day, "day")
         if self.holdout_days + self.validation_days >= self.window_days:
-            raise ValueError(f"holdout_days ({self.holdout_days}) + validation_days ({self.validation_days}) must be "
+            raise InvalidInput(f"holdout_days ({self.holdout_days}) + validation_days ({self.validation_days}) must be "
                              f"smaller than the window ({self.window_days} days)")
         bad = set(self.granularities) - set(GRANULARITIES)
         if bad or not self.granularities:
-            raise ValueError(f"granularities must be some of {GRANULARITIES}, got {self.granularities}")
+            raise InvalidInput(f"granularities must be some of {GRANULARITIES}, got {self.granularities}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,17 +184,17 @@ class TuneSpec(_Contract):
 
     def __post_init__(self):
         if self.trials < 1 or not self.minutes > 0:
-            raise ValueError(f"a search needs trials >= 1 and minutes > 0, got {self.trials} and {self.minutes}")
+            raise InvalidInput(f"a search needs trials >= 1 and minutes > 0, got {self.trials} and {self.minutes}")
         if self.metric not in METRICS:
-            raise ValueError(f"unknown tuning metric {self.metric!r}: use one of {', '.join(METRICS)}")
+            raise InvalidInput(f"unknown tuning metric {self.metric!r}: use one of {', '.join(METRICS)}")
         unknown = (set(self.fixed) | set(self.space or {})) - set(SEARCH_SPACE)
         if unknown:
-            raise ValueError(f"not searched: {', '.join(sorted(unknown))}; searched: {', '.join(SEARCH_SPACE)}")
+            raise InvalidInput(f"not searched: {', '.join(sorted(unknown))}; searched: {', '.join(SEARCH_SPACE)}")
         if isinstance(self.max_per_artist, bool) or not isinstance(self.max_per_artist, int) or self.max_per_artist < 0:
-            raise ValueError(f"max_per_artist must be an int >= 0 (0: no cap), got {self.max_per_artist!r}")
+            raise InvalidInput(f"max_per_artist must be an int >= 0 (0: no cap), got {self.max_per_artist!r}")
         if self.do_not_recommend_path is not None and not (isinstance(self.do_not_recommend_path, str)
                                                            and self.do_not_recommend_path.strip()):
-            raise ValueError(f"do_not_recommend_path must be None or a path, got {self.do_not_recommend_path!r}")
+            raise InvalidInput(f"do_not_recommend_path must be None or a path, got {self.do_not_recommend_path!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,14 +250,14 @@ class TrainSpec(JobSpec):
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
+            raise InvalidInput(f"unknown strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
         if not self.scale_reg and self.strategy == "mllib":
-            raise ValueError("MLlib scales reg by each row's ratings; scale_reg=False needs strategy 'cg'")
+            raise InvalidInput("MLlib scales reg by each row's ratings; scale_reg=False needs strategy 'cg'")
         if self.tune is not None:
             TuneSpec.from_dict(self.tune)
         if self.exchange is not None and (set(self.exchange) - {"user", "item"}
                                           or set(self.exchange.values()) - set(EXCHANGES)):
-            raise ValueError(f"exchange maps user/item to one of {EXCHANGES}, got {self.exchange}")
+            raise InvalidInput(f"exchange maps user/item to one of {EXCHANGES}, got {self.exchange}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ import random
 from collections.abc import Mapping
 
 from music_recs import recipe
+from music_recs.failures import InvalidInput
 
 REG_SCALINGS = tuple(recipe.RegScaling)
 
@@ -70,7 +71,7 @@ def candidates(base: Mapping, fixed: set[str], n: int, seed: int = 0,
     ``epsilon`` only matters with the log function: linear candidates keep ``base``'s epsilon.
     """
     if n < 1:
-        raise ValueError(f"a search needs at least one trial, got {n}")
+        raise InvalidInput(f"a search needs at least one trial, got {n}")
     free = [name for name in space if name not in fixed]
     grids = {name: sorted(set(space[name]) | {base[name]}, key=str) for name in free}
     out, seen = [dict(base)], {_key(base)}
@@ -106,6 +107,6 @@ def survivors(scored: list[Trial], keep_fraction: float = 1 / 3) -> list[Trial]:
 def winner(trials: list[Trial]) -> Trial:
     """The best trial of the highest rung reached; ties go to the earlier trial."""
     if not trials:
-        raise ValueError("no trial was scored")
+        raise InvalidInput("no trial was scored")
     top = max(t.rung for t in trials)
     return min((t for t in trials if t.rung == top), key=lambda t: (-t.metric, t.trial))
