@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         day = (FIRST_DAY + dt.timedelta(days=d)).isoformat()
         ingest.run(spark, IngestSpec(day=day, input_uri=str(root / "landing" / f"dt={day}"), lake_uri=lake))
     print(f"{args.dataset}: {plays} plays over {DAYS} days; daily runs on a {window}-day window, top-{TOP_N}, "
-          f"churn on top-{K}, DAG default values {run.searched}")
+          f"churn on top-{K}, DAG default values {run.recipe.as_dict()}")
     print("| day | users | items | coverage | popular share | churn overlap (users) | norm p99/median user, item "
           "| suites |\n|---|---|---|---|---|---|---|---|")
     previous = None
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
             validation_days=run.validation_days, min_user_items=run.min_user_items,
             min_item_users=run.min_item_users, granularities=("track",), out_uri=matrices))
         matrix, model = f"{matrices}/granularity=track", str(root / f"model_{day}")
-        trained = train_als.run(spark, train_spec(matrix, model, run.searched, run, None))
+        trained = train_als.run(spark, train_spec(matrix, model, run.recipe.as_dict(), run, None))
         result = evaluate.run(spark, EvaluateSpec(
             model_uri=model, matrix_uri=matrix, out_uri=model, k=K, top_n=TOP_N, output_suite_dir=EXPECTATIONS,
             published_uri=previous, compare_churn=previous is not None))

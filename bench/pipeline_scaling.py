@@ -172,7 +172,7 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
                 "seconds": seconds, "peak_rss_mb": {k: round(v / MIB) for k, v in peak.items()}, "failed": failed,
                 "matrix": {"nnz": 0}, "spark_peaks_mb": executor_peaks(events), "sizing": {}, "job_phases": {}}
     stats = results["build_confidence"].stats[plan.params.granularity]
-    shape = MatrixShape(stats["users"], stats["items"], stats["nnz"], plan.params.rank)
+    shape = MatrixShape(stats["users"], stats["items"], stats["nnz"], results["train_als"].params["rank"])
     strategy = plan.params.strategy
     train_sizing = size_als(shape, cluster_resources(local=True), strategy=strategy)
     top_n = max(plan.params.k, plan.params.top_n)

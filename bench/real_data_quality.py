@@ -238,11 +238,11 @@ def main(argv=None) -> int:
 
     search = TuneSpec(trials=args.trials, minutes=run.tune_minutes, metric=run.primary_metric, k=K)
     scores, notes = {}, {}
-    recs, trained, secs = dag_model(spark, matrix, root, "dag_default", run.searched, run, search)
+    recs, trained, secs = dag_model(spark, matrix, root, "dag_default", run.recipe.as_dict(), run, search)
     scores["DAG default (tuned)"] = per_user(recs, truth)
     notes["DAG default (tuned)"] = {"chosen": trained.tuning["chosen"], "search_seconds": trained.tuning["seconds"],
                                     "trials": len(trained.tuning["trials"]), "train_seconds": round(secs, 1)}
-    recs, _, secs = dag_model(spark, matrix, root, "dag_off", run.searched, run, None)
+    recs, _, secs = dag_model(spark, matrix, root, "dag_off", run.recipe.as_dict(), run, None)
     scores["DAG default, tune=off"] = per_user(recs, truth)
     previous = {"alpha": 40.0, "confidence_function": "log", "epsilon": 1.0, "reg": 0.1, "reg_scaling": "per_rating",
                 "rank": 32}
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     scores["previous defaults (alpha 40)"] = per_user(recs, truth)
 
     t0 = time.monotonic()
-    chosen = implicit_search(tune_train, validation, shape, run.searched, run, args.trials)
+    chosen = implicit_search(tune_train, validation, shape, run.recipe.as_dict(), run, args.trials)
     search_s = time.monotonic() - t0
     scores["implicit (tuned, same search)"] = per_user(implicit_recs(train, shape, chosen, run.max_iter, users), truth)
     notes["implicit (tuned, same search)"] = {"chosen": chosen, "search_seconds": round(search_s, 1)}
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
 
     submits = []
     if args.submits:
-        submits = timed_submits(matrix, root, run.searched, run, args.submits)
+        submits = timed_submits(matrix, root, run.recipe.as_dict(), run, args.submits)
         n_trials = notes["DAG default (tuned)"]["trials"]
         one = statistics.median(submits)
         print(f"\ntuning cost: {n_trials} trials in one application {notes['DAG default (tuned)']['search_seconds']:.0f}s; "

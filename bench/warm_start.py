@@ -171,9 +171,8 @@ def day_run(day: int, frames: list[pd.DataFrame], run: RunParams, users: IdIndex
 
 # --- fits and scores -------------------------------------------------------------------------
 def fit_args(run: RunParams, seed: int = 42) -> tuple:
-    alpha = float(run.alpha)
-    return (run.rank, run.max_iter, run.reg, lambda s: 1.0 + alpha * s, run.reg_scaling == "per_rating",
-            als_local.DEFAULT_CG_STEPS, seed)
+    r = run.recipe
+    return (r.rank, run.max_iter, r.reg, lambda s: 1.0 + r.alpha * s, r.scale_reg, als_local.DEFAULT_CG_STEPS, seed)
 
 
 def per_user_map(day: DayRun, X, Y) -> np.ndarray:
@@ -259,8 +258,8 @@ def bench_dataset(dataset: str, n_days: int, plays_per_day: int, total_days: int
         seed_ratios = {seed: float(a.mean()) / cold_map if cold_map else float("nan")
                        for seed, a in seed_scores.items()}
 
-        start = (start_factors(m.by_user.ids, run.rank, 42, carried[0]),
-                 start_factors(m.by_item.ids, run.rank, 43, carried[1]))
+        start = (start_factors(m.by_user.ids, run.recipe.rank, 42, carried[0]),
+                 start_factors(m.by_item.ids, run.recipe.rank, 43, carried[1]))
         warm, states, warm_curve = traced(day, args, init=carried)
         stop = stop_iteration(warm.losses, DEFAULT_TOL, run.max_iter)
         X, Y = states[stop - 1]

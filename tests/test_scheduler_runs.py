@@ -281,8 +281,11 @@ def _failures(api, root: Path, run_id: str) -> str:
     for task_id in failed:
         for log in (root / "airflow" / "logs").rglob(f"*task_id={task_id}*/**/*"):
             if log.is_file() and (quote(run_id, safe="") in str(log) or run_id in str(log)):
-                lines += [line[:600] for line in log.read_text(errors="replace").splitlines()
-                          if '"error"' in line or "ERROR" in line][-5:]
+                for line in log.read_text(errors="replace").splitlines():
+                    if '"error_detail"' in line:  # the exception with where it was raised
+                        for err in json.loads(line)["error_detail"]:
+                            where = [f"{f['filename'].rsplit('/', 1)[-1]}:{f['lineno']}" for f in err["frames"][-4:]]
+                            lines.append(f"{err['exc_type']}: {err['exc_value']} at {' < '.join(reversed(where))}")
     return f"failed tasks {failed}: " + "\n".join(lines)
 
 

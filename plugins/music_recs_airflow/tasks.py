@@ -252,9 +252,9 @@ def build_confidence(plan: RunPlan) -> MatrixResult:
     return result
 
 
-def _shape(plan: RunPlan, matrix: MatrixResult) -> MatrixShape:
+def _shape(plan: RunPlan, matrix: MatrixResult, rank: int) -> MatrixShape:
     stats = matrix.stats[plan.params.granularity]
-    return MatrixShape(stats["users"], stats["items"], stats["nnz"], plan.params.rank)
+    return MatrixShape(stats["users"], stats["items"], stats["nnz"], rank)
 
 
 def largest_rank(recipe: Recipe, search: TuneSpec | None) -> int:
@@ -344,7 +344,7 @@ def train(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None, rul
     warm = warm_start_source(history, plan, chosen)
     log.info("warm start: %s", f"from the model of {warm['warm_start_from']}" if warm["warm_start_uri"]
              else f"none ({warm['warm_start_note']})")
-    shape = dataclasses.replace(_shape(plan, matrix), rank=largest_rank(chosen.recipe, search))
+    shape = _shape(plan, matrix, largest_rank(chosen.recipe, search))
     sizing = size_als(shape, plan.cluster, strategy=p.strategy, broadcast_budget_mb=budget)
     log.info("sizing for %s, %s on %s: %s", shape, p.strategy, plan.cluster, sizing.as_dict())
     result = run_with_resubmission(spark_hook(plan),
@@ -457,7 +457,8 @@ def evaluate(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None,
                  else history_rules.Choice(None, compared.why if compared.chosen is None else "no training result"))
     churn = f"checked {churn_ref.why}" if churn_ref.chosen else f"not checked: {churn_ref.why}"
     log.info("churn %s", churn)
-    sizing = size_evaluate(_shape(plan, matrix), plan.cluster, max(p.k, p.top_n), plan.settings.broadcast_budget_mb)
+    rank = trained.params["rank"] if trained is not None else p.recipe.rank
+    sizing = size_evaluate(_shape(plan, matrix, rank), plan.cluster, max(p.k, p.top_n), plan.settings.broadcast_budget_mb)
     result = spark_hook(plan).submit(evaluate_spec(plan, published_uri, churn_ref.chosen is not None, rules),
                                      conf=sizing.spark_conf(), driver_memory=f"{sizing.driver_memory_mb}m",
                                      **executor_args(sizing, plan.spark_master))
