@@ -426,11 +426,11 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
 
     # Every day published, with its params in the manifest; the pointer ends on the last day. The
     # scheduled day twice: by the scheduled run and by the run from the form (a rerun of that day).
-    published = {}
+    published, published_keys = {}, {}
     for day in days.backfill:
         for key in [o.key for o in store.list_objects(MODELS, f"music_recs/dt={day}/") if o.key.endswith("manifest.json")]:
             manifest = json.loads(store.get_bytes(MODELS, key)[0])
-            published[manifest["run_id"]] = manifest
+            published[manifest["run_id"]], published_keys[manifest["run_id"]] = manifest, key
             expected = (BACKFILL_CONF if day != days.scheduled else FORM_CHANGES if manifest["run_id"] == form.run_id
                         else {"window_days": 90, "max_iter": 10, "top_n": 50})
             assert {k: manifest["params"][k] for k in expected} == expected, day
@@ -454,20 +454,27 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
     # DAG ran on it: it found the manifest in the event and verified every object's checksum.
     consumer = "music_recs_model_consumer"
 
-    def consumer_done():
+    def consumer_done():  # every consumer run finished, one of them on the event of the run behind the pointer
         runs = api("GET", f"/api/v2/dags/{consumer}/dagRuns?limit=20")["dag_runs"]
-        return runs if runs and all(r["state"] in ("success", "failed") for r in runs) else None
+        if not runs or not all(r["state"] in ("success", "failed") for r in runs):
+            return None
+        events = [e for r in runs for e in api(
+            "GET", f"/api/v2/dags/{consumer}/dagRuns/{quote(r['dag_run_id'], safe='')}/upstreamAssetEvents")["asset_events"]]
+        return (runs, events) if any(e["source_run_id"] == pointer["run_id"] for e in events) else None
 
-    consumer_runs = _wait(consumer_done, 180, "the consumer DAG run")
+    consumer_runs, events = _wait(consumer_done, 180, "the consumer DAG run")
     assert {r["run_type"] for r in consumer_runs} == {"asset_triggered"}
     assert all(r["state"] == "success" for r in consumer_runs), consumer_runs
-    events = [e for r in consumer_runs for e in api(
-        "GET", f"/api/v2/dags/{consumer}/dagRuns/{quote(r['dag_run_id'], safe='')}/upstreamAssetEvents")["asset_events"]]
-    announced = [e for e in events if e["source_run_id"] == scheduled[0]["dag_run_id"]]
-    assert len(announced) == 1 and announced[0]["source_task_id"] == "announce_model", events
-    extra = announced[0]["extra"]
-    assert extra["day"] == days.scheduled.isoformat() and extra["bucket"] == MODELS
-    assert extra["manifest"] == pointer["manifest_key"], (extra, pointer)
+    # Each publication that moved the pointer (the scheduled run's, the form run's rerun of its day)
+    # was announced once; the backfill of the earlier day moved nothing and announced nothing.
+    for run_id in dict.fromkeys([scheduled[0]["dag_run_id"], pointer["run_id"]]):  # the pointer's last
+        announced = [e for e in events if e["source_run_id"] == run_id]
+        assert len(announced) == 1 and announced[0]["source_task_id"] == "announce_model", (run_id, events)
+        extra = announced[0]["extra"]
+        assert extra["day"] == days.scheduled.isoformat() and extra["bucket"] == MODELS
+        assert extra["manifest"] == published_keys[run_id], (extra, run_id)
+    assert extra["manifest"] == pointer["manifest_key"]
+    assert not [e for e in events if e["source_run_id"] == backfilled[0]["dag_run_id"]]
 
     # A person can read the result: the CLI prints recommendations from the published model.
     first_rec = next(o for o in manifest["objects"] if o["artifact"] == "recommendations")

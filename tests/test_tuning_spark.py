@@ -127,7 +127,9 @@ def test_the_validation_days_choose_the_params_never_the_holdout(spark, tmp_path
     assert rung0[0.05] > 0.8 > rung0[100.0]  # the blocks are what the validation pairs reward
     assert searched["chosen"]["reg"] == 0.05 and result.params["reg"] == 0.05
     assert searched["rungs"] == [2, 6] and searched["winner"]["rung"] == 1
-    assert all(t["seconds"] > 0 and t["users"] == 60 for t in searched["trials"])
+    # Once numba has compiled, a trial on 60 x 40 takes about a millisecond: its time may round to 0.
+    assert all(t["seconds"] >= 0 and t["users"] == 60 for t in searched["trials"])
+    assert sum(t["seconds"] for t in searched["trials"]) <= searched["seconds"]
     assert searched["trials_ran_on"] == "driver"  # 60 x 40: the trials run on the driver
 
     # Had the held-out pairs been scored instead, the other candidate would have won: the two
