@@ -47,7 +47,7 @@ from music_recs.sizing import factor_exchange
 from spark_jobs.lib import output_checks as O
 from spark_jobs.lib.als_cg import als_model
 from spark_jobs.lib.gx_suites import load_suite, preload, validate_frames
-from spark_jobs.lib.ranking import (MAX_EXCLUDED, NO_RULES, Rules, mean_metrics, model_recommendations,
+from spark_jobs.lib.ranking import (MAX_EXCLUDED, NO_RULES, Rules, load_rules, mean_metrics, model_recommendations,
                                     per_user_metrics, popularity_top_k, top_n_dot)
 from spark_jobs.lib.session import PhaseTimer, job_main
 
@@ -60,31 +60,6 @@ def paired_lift(model_users: DataFrame, baseline_users: DataFrame, resamples: in
     ).orderBy(S.USER_IDX).toArrow()
     return {m: paired_bootstrap(pairs.column(m).to_numpy(), pairs.column(f"base_{m}").to_numpy(), resamples,
                                 seed=seed) for m in METRICS}
-
-
-def load_rules(spark: SparkSession, spec: EvaluateSpec, train: DataFrame, items: DataFrame) -> tuple[Rules, dict]:
-    """The spec's rules on this matrix's ids, and what of them applies here: the artist of each
-    item as a number (``Rules.groups``), the listed items and pairs this matrix has."""
-    record: dict = {"max_per_artist": spec.max_per_artist, "do_not_recommend": None}
-    groups = blocked = user_blocked = None
-    if spec.max_per_artist:
-        S.require_columns(items.columns, (S.ITEM_IDX, S.ARTIST_ID), "the matrix's items")
-        # An item without an artist is a group of its own (a negative number): never capped.
-        number = F.dense_rank().over(Window.orderBy(S.ARTIST_ID)) - 1
-        alone = F.lit(-2) - F.col(S.ITEM_IDX)
-        groups = (items.select(S.ITEM_IDX, S.ARTIST_ID)
-                  .select(S.ITEM_IDX, F.when(F.col(S.ARTIST_ID).isNull(), alone).otherwise(number).alias("group"))
-                  .cache())
-    if spec.do_not_recommend_path:
-        listed = spark.read.parquet(spec.do_not_recommend_path)
-        S.require_columns(listed.columns, (S.USER_ID, S.ITEM_ID), f"the do-not-recommend list {spec.do_not_recommend_path}")
-        ids = items.select(S.ITEM_IDX, S.ITEM_ID)
-        blocked = listed.filter(F.col(S.USER_ID).isNull()).join(ids, S.ITEM_ID).select(S.ITEM_IDX).distinct().cache()
-        users = train.select(S.USER_IDX, S.USER_ID).distinct()
-        user_blocked = (listed.filter(F.col(S.USER_ID).isNotNull()).join(ids, S.ITEM_ID).join(users, S.USER_ID)
-                        .select(S.USER_IDX, S.ITEM_IDX).distinct().cache())
-        record["do_not_recommend"] = {"items_in_matrix": blocked.count(), "pairs_in_matrix": user_blocked.count()}
-    return Rules(spec.max_per_artist, groups, blocked, user_blocked), record
 
 
 def published_recommendations(spark: SparkSession, published_uri: str, train: DataFrame, items: DataFrame, k: int,

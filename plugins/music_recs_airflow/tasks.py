@@ -298,8 +298,10 @@ def choose_recipe(plan: RunPlan, history: ModelHistory, rules: dict | None = Non
     log.info("recipe: %s (%s); sources %s", chosen.recipe.as_dict(), chosen.why, chosen.sources)
     search = None
     if chosen.search:
+        # Trials are scored under the run's rules, as evaluation and the gate score the lists.
         search = TuneSpec(trials=p.tune_trials, minutes=p.tune_minutes, fixed=chosen.fixed, metric=p.primary_metric,
-                          k=p.k)
+                          k=p.k, max_per_artist=(rules or {}).get("max_per_artist", p.artist_cap),
+                          do_not_recommend_path=(rules or {}).get("path"))
     return chosen, search, context
 
 
