@@ -492,7 +492,7 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
     # The failing UI-triggered run: failed in plan_run, and the alert names run, task, class and log.
     assert next(r for r in runs if r["dag_run_id"] == bad["dag_run_id"])["state"] == "failed"
     alert = _wait(lambda: [a for a in stack["alerts"].received if a["run_id"] == bad["dag_run_id"]], 30, "the alert")[0]
-    assert alert["task_id"] == "plan_run" and alert["failure_class"] == "ValueError"
+    assert alert["task_id"] == "plan_run" and alert["failure_class"] == "InvalidInput"
     assert "holdout_days (3) must be smaller than window_days (3)" in alert["error"]
     assert alert["log_url"].startswith(api.base + f"/dags/{DAG_ID}/runs/")
 
