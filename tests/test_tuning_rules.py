@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from music_recs.jobs import TrainSpec, TuneSpec
+from music_recs.recipe import Recipe
 from spark_jobs.lib import als_local
 
 # Users 10, 20 and 30 (global ids), items 100..107. Rank 1: every user ranks the items the same
@@ -63,4 +64,4 @@ def test_the_tuning_spec_carries_the_rules_and_refuses_bad_ones():
         with pytest.raises(ValueError, match=next(iter(bad))):
             TuneSpec(**bad)
         with pytest.raises(ValueError, match=next(iter(bad))):  # the training spec checks its search
-            TrainSpec(matrix_uri="m", out_uri="o", tune={**TuneSpec().to_dict(), **bad})
+            TrainSpec(matrix_uri="m", out_uri="o", tune={**TuneSpec().to_dict(), **bad}, strength_as_built=True)
