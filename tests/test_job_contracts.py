@@ -9,7 +9,6 @@ import importlib
 import pytest
 
 from music_recs.jobs import RESULTS, SPECS, IngestResult, IngestSpec, MatrixResult, TrainSpec
-from music_recs.recipe import Recipe
 from music_recs.settings import DeploymentSettings
 from music_recs.sizing import MatrixShape, size_als
 from music_recs_airflow import tasks

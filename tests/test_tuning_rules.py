@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from music_recs.jobs import TrainSpec, TuneSpec
-from music_recs.recipe import Recipe
 from spark_jobs.lib import als_local
 
 # Users 10, 20 and 30 (global ids), items 100..107. Rank 1: every user ranks the items the same
