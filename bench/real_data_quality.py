@@ -107,7 +107,9 @@ def build_matrix(spark, root: Path, run: RunParams) -> str:
 
 
 def train_spec(matrix: str, out: str, values: dict, run: RunParams, tune: TuneSpec | None) -> TrainSpec:
-    return TrainSpec(matrix_uri=matrix, out_uri=out, max_iter=run.max_iter, checkpoint_dir=out + "_ckpt", tune=None if tune is None else tune.to_dict(), recipe=Recipe(rank=int(values["rank"]), reg=float(values["reg"]), alpha=float(values["alpha"]), confidence_function=values["confidence_function"], epsilon=float(values["epsilon"]), reg_scaling="per_rating" if values["reg_scaling"] == "per_rating" else "constant"))
+    return TrainSpec(matrix_uri=matrix, out_uri=out, max_iter=run.max_iter, checkpoint_dir=out + "_ckpt",
+                     tune=None if tune is None else tune.to_dict(),
+                     recipe=Recipe.from_dict(values))
 
 
 def dag_model(spark, matrix: str, root: Path, name: str, values: dict, run: RunParams, tune: TuneSpec | None):

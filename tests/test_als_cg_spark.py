@@ -28,7 +28,9 @@ def test_cg_matches_mllib_on_planted_blocks_and_its_loss_never_increases(spark, 
     scores = {}
     for strategy in ("mllib", "cg"):
         out = str(tmp_path / strategy)
-        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, checkpoint_dir=str(tmp_path / f"ckpt-{strategy}"), strategy=strategy, track_loss=True, **COMMON, strength_as_built=True))
+        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out,
+                                                checkpoint_dir=str(tmp_path / f"ckpt-{strategy}"), strategy=strategy,
+                                                track_loss=True, **COMMON, strength_as_built=True))
         assert result.strategy == strategy and result.data == {"nnz": len(train), "users": 60, "items": 40}
         recs = ranking.model_recommendations(spark, ALSModel.load(f"{out}/model"), train_df, 3, True)
         scores[strategy] = ranking.ranking_metrics(recs, holdout, 3)
@@ -61,7 +63,11 @@ def test_broadcast_and_join_exchange_give_the_same_factors(spark, tmp_path):
     for how, chosen_by in (("broadcast", {"exchange": {"user": "broadcast", "item": "broadcast"}}),
                            ("join", {"broadcast_budget_mb": 0})):
         out = str(tmp_path / how)
-        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, checkpoint_dir=str(tmp_path / f"ckpt-{how}"), strategy="cg", warm_start_uri=str(earlier), early_stop_tol=0.0, **chosen_by, **{**COMMON, "max_iter": 2, "recipe": Recipe(rank=3, reg=0.05, alpha=10.0)}, strength_as_built=True))
+        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out,
+                                                checkpoint_dir=str(tmp_path / f"ckpt-{how}"), strategy="cg",
+                                                warm_start_uri=str(earlier), early_stop_tol=0.0, **chosen_by,
+                                                **{**COMMON, "max_iter": 2, "recipe": Recipe(rank=3, reg=0.05, alpha=10.0)},
+                                                strength_as_built=True))
         assert result.factor_exchange == {"user": how, "item": how}
         assert result.warm_start["users"] == {"from_model": 45, "new": 5} and result.iterations == 2
         got[how] = factors(spark, out, "user"), factors(spark, out, "item")

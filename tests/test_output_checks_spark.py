@@ -32,7 +32,9 @@ def trained(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("output_checks")
     m, out = str(root / "matrix"), str(root / "model")
     planted(spark, m, users=USERS, items=ITEMS, groups=GROUPS)
-    train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, max_iter=6, strategy="mllib", checkpoint_dir=str(root / "ckpt"), recipe=Recipe(rank=8, reg=0.05, alpha=10.0), strength_as_built=True))
+    train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, max_iter=6, strategy="mllib",
+                                   checkpoint_dir=str(root / "ckpt"), recipe=Recipe(rank=8, reg=0.05, alpha=10.0),
+                                   strength_as_built=True))
     return root, m, out
 
 

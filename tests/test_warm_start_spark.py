@@ -23,7 +23,8 @@ COMMON = dict(checkpoint_interval=3, user_blocks=3, item_blocks=2, strategy="cg"
 def test_a_warm_start_reaches_the_cold_fit_in_fewer_iterations_and_new_rows_start_random(spark, tmp_path):
     m = str(tmp_path / "matrix")
     planted(spark, m)
-    cold = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "cold"), max_iter=8, track_loss=True, checkpoint_dir=str(tmp_path / "ckpt"), **COMMON, strength_as_built=True))
+    cold = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "cold"), max_iter=8, track_loss=True,
+                                          checkpoint_dir=str(tmp_path / "ckpt"), **COMMON, strength_as_built=True))
     assert cold.warm_start == {"used": False, "reason": "no earlier model given"}
     assert cold.iterations == 8
 
@@ -32,7 +33,9 @@ def test_a_warm_start_reaches_the_cold_fit_in_fewer_iterations_and_new_rows_star
     for side, sid, drop in (("user", "user_id", [f"u{i}" for i in range(6)]), ("item", "item_id", ["i0", "i1", "i2", "i3"])):
         (spark.read.parquet(str(tmp_path / "cold" / f"{side}_factors")).filter(~F.col(sid).isin(drop))
          .write.parquet(str(earlier / f"{side}_factors")))
-    warm = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "warm"), max_iter=8, checkpoint_dir=str(tmp_path / "ckpt"), warm_start_uri=str(earlier), warm_start_from="dt=2026-11-28", **COMMON, strength_as_built=True))
+    warm = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "warm"), max_iter=8,
+                                          checkpoint_dir=str(tmp_path / "ckpt"), warm_start_uri=str(earlier),
+                                          warm_start_from="dt=2026-11-28", **COMMON, strength_as_built=True))
     ws = warm.warm_start
     assert ws["used"] and ws["from"] == "dt=2026-11-28"
     assert ws["users"] == {"from_model": 54, "new": 6} and ws["items"] == {"from_model": 36, "new": 4}
@@ -44,7 +47,9 @@ def test_a_warm_start_reaches_the_cold_fit_in_fewer_iterations_and_new_rows_star
     assert np.isfinite(X).all() and len(ids) == 60
 
     # A rerun of the day with the same inputs (the same earlier model) recommends the same lists.
-    again = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "again"), max_iter=8, checkpoint_dir=str(tmp_path / "ckpt"), warm_start_uri=str(earlier), warm_start_from="dt=2026-11-28", **COMMON, strength_as_built=True))
+    again = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "again"), max_iter=8,
+                                           checkpoint_dir=str(tmp_path / "ckpt"), warm_start_uri=str(earlier),
+                                           warm_start_from="dt=2026-11-28", **COMMON, strength_as_built=True))
     assert again.iterations == warm.iterations and again.warm_start == warm.warm_start
     played = spark.read.parquet(f"{m}/train")
     lists = {}
@@ -61,7 +66,10 @@ def test_a_model_of_another_rank_means_a_cold_start_that_says_why(spark, tmp_pat
     for side, sid, prefix, n in (("user", "user_id", "u", 20), ("item", "item_id", "i", 12)):
         spark.createDataFrame([(i, f"{prefix}{i}", [0.1] * 4) for i in range(n)],
                               f"id int, {sid} string, features array<float>").write.parquet(str(tmp_path / "r4" / f"{side}_factors"))
-    result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "r8"), max_iter=2, checkpoint_dir=str(tmp_path / "ckpt"), warm_start_uri=str(tmp_path / "r4"), warm_start_from="dt=2026-11-28", **COMMON, strength_as_built=True))
+    result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "r8"), max_iter=2,
+                                            checkpoint_dir=str(tmp_path / "ckpt"),
+                                            warm_start_uri=str(tmp_path / "r4"), warm_start_from="dt=2026-11-28",
+                                            **COMMON, strength_as_built=True))
     assert result.warm_start == {"used": False, "from": "dt=2026-11-28",
                                  "reason": "the earlier model has rank 4, this run trains rank 8"}
     assert result.iterations == 2
