@@ -50,6 +50,7 @@ import scipy.sparse as sp  # noqa: E402
 
 from music_recs import schema as S  # noqa: E402
 from music_recs.jobs import TrainResult, TrainSpec  # noqa: E402
+from music_recs.recipe import Recipe
 from music_recs.metrics import mean_metrics  # noqa: E402
 from music_recs_airflow.spark_submit import SparkJobHook  # noqa: E402
 from music_recs_dev.sample_data import Catalogue, CatalogueSpec, generate_day  # noqa: E402
@@ -98,8 +99,8 @@ def top_k(user_factors: np.ndarray, item_factors: np.ndarray, csr, users) -> dic
 
 
 def spark_fit(matrix_dir, out_dir, rank, iters, reg, alpha, strategy="mllib") -> TrainResult:
-    spec = TrainSpec(matrix_uri=matrix_dir, out_uri=out_dir, rank=rank, max_iter=iters, reg=reg, alpha=alpha,
-                     checkpoint_interval=5, strategy=strategy)
+    spec = TrainSpec(matrix_uri=matrix_dir, out_uri=out_dir, max_iter=iters, checkpoint_interval=5,
+                     strategy=strategy, recipe=Recipe(rank=rank, reg=reg, alpha=alpha), strength_as_built=True)
     hook = SparkJobHook("spark_default", work_dir=os.path.join(out_dir, "_submit"))
     return hook.submit(spec, conf={"spark.sql.shuffle.partitions": str(2 * (os.cpu_count() or 1))},
                        driver_memory="8g")

@@ -53,6 +53,7 @@ from music_recs import schema as S  # noqa: E402
 from music_recs import tuning  # noqa: E402
 from music_recs.confidence import ConfidenceParams, confidence  # noqa: E402
 from music_recs.jobs import ConfidenceSpec, EvaluateSpec, IngestSpec, TrainSpec, TuneSpec  # noqa: E402
+from music_recs.recipe import Recipe
 from music_recs.metrics import METRICS, mean_metrics, user_metrics  # noqa: E402
 from music_recs.params import RunParams  # noqa: E402
 from music_recs.quality_gate import paired_bootstrap  # noqa: E402
@@ -106,11 +107,9 @@ def build_matrix(spark, root: Path, run: RunParams) -> str:
 
 
 def train_spec(matrix: str, out: str, values: dict, run: RunParams, tune: TuneSpec | None) -> TrainSpec:
-    return TrainSpec(matrix_uri=matrix, out_uri=out, rank=int(values["rank"]), max_iter=run.max_iter,
-                     reg=float(values["reg"]), alpha=float(values["alpha"]),
-                     confidence_function=values["confidence_function"], epsilon=float(values["epsilon"]),
-                     scale_reg=values["reg_scaling"] == "per_rating", checkpoint_dir=out + "_ckpt",
-                     tune=None if tune is None else tune.to_dict())
+    return TrainSpec(matrix_uri=matrix, out_uri=out, max_iter=run.max_iter, checkpoint_dir=out + "_ckpt",
+                     tune=None if tune is None else tune.to_dict(),
+                     recipe=Recipe.from_dict(values))
 
 
 def dag_model(spark, matrix: str, root: Path, name: str, values: dict, run: RunParams, tune: TuneSpec | None):

@@ -54,6 +54,7 @@ from music_recs import schema as S
 from music_recs import tuning
 from music_recs.confidence import ConfidenceParams, confidence, strength
 from music_recs.jobs import TrainResult, TrainSpec, TuneSpec
+from music_recs.recipe import Recipe
 from music_recs.sizing import factor_exchange
 from spark_jobs.lib import als_cg, als_local
 from spark_jobs.lib.ranking import NO_RULES, load_rules, mean_metrics, model_recommendations, per_user_metrics
@@ -99,7 +100,7 @@ class Fitted:
 
 def fit_mllib(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tuple[int, int]) -> Fitted:
     als = ALS(
-        rank=spec.rank, maxIter=spec.max_iter, regParam=spec.reg, alpha=spec.alpha, implicitPrefs=True,
+        rank=spec.recipe.rank, maxIter=spec.max_iter, regParam=spec.recipe.reg, alpha=spec.recipe.alpha, implicitPrefs=True,
         userCol=S.USER_IDX, itemCol=S.ITEM_IDX, ratingCol="strength",
         numUserBlocks=blocks[0], numItemBlocks=blocks[1],
         checkpointInterval=spec.checkpoint_interval, seed=spec.seed,
@@ -119,11 +120,12 @@ def fit_cg(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tup
     if set(exchange) != {"user", "item"}:
         n_users = ratings.select(S.USER_IDX).distinct().count()
         n_items = ratings.select(S.ITEM_IDX).distinct().count()
-        exchange = {**factor_exchange(n_users, n_items, spec.rank, spec.broadcast_budget_mb), **exchange}
+        exchange = {**factor_exchange(n_users, n_items, spec.recipe.rank, spec.broadcast_budget_mb), **exchange}
     conf_of = confidence_of(spec) if prepared is not None else None
-    fitted = als_cg.fit(spark, ratings, spec.rank, spec.max_iter, spec.reg, spec.alpha, blocks[0], blocks[1], exchange,
+    fitted = als_cg.fit(spark, ratings, spec.recipe.rank, spec.max_iter, spec.recipe.reg, spec.recipe.alpha, blocks[0],
+                        blocks[1], exchange,
                         spec.checkpoint_interval, spec.seed, spec.cg_steps, spec.track_loss, log=log.info,
-                        scale_reg=spec.scale_reg, prepared=prepared, conf_of=conf_of, init=init,
+                        scale_reg=spec.recipe.scale_reg, prepared=prepared, conf_of=conf_of, init=init,
                         tol=spec.early_stop_tol if init else 0.0)
     users = als_cg.factors_frame(spark, fitted.user_factors).persist(StorageLevel.MEMORY_AND_DISK)
     items = als_cg.factors_frame(spark, fitted.item_factors).persist(StorageLevel.MEMORY_AND_DISK)
@@ -131,7 +133,7 @@ def fit_cg(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tup
                "iteration_seconds": fitted.seconds_per_iteration, "profile": fitted.profile,
                "iterations": fitted.iterations}
     # release only once written: the factors' lineage still names the broadcasts
-    return Fitted(users, items, als_cg.als_model(spark, spec.rank, users, items), details, fitted.release)
+    return Fitted(users, items, als_cg.als_model(spark, spec.recipe.rank, users, items), details, fitted.release)
 
 
 STRATEGY_FIT = {"cg": fit_cg, "mllib": fit_mllib}
@@ -147,28 +149,28 @@ def fit(spark: SparkSession, ratings: DataFrame, spec: TrainSpec, blocks: tuple[
 
 
 def confidence_of(spec: TrainSpec) -> Callable:
-    """Play counts ``r`` (numpy) -> confidence ``1 + alpha * f(r)`` with the spec's function (linear if None)."""
-    params = ConfidenceParams(spec.confidence_function or "linear", spec.alpha, spec.epsilon)
+    """Play counts ``r`` (numpy) -> confidence ``1 + alpha * f(r)`` with the spec's recipe."""
+    r = spec.recipe
+    params = ConfidenceParams(r.confidence_function, r.alpha, r.epsilon)
     return functools.partial(confidence, params=params, log1p=np.log1p)
 
 
 def training_ratings(matrix: DataFrame, spec: TrainSpec, what: str) -> DataFrame:
-    """``(user_idx, item_idx, strength)``: the matrix's own ``strength``, or ``f(r)`` recomputed
-    from its play counts when the spec names a confidence function."""
-    if spec.confidence_function is None:
+    """``(user_idx, item_idx, strength)``: ``f(r)`` recomputed from the matrix's play counts with the
+    spec's recipe, or the matrix's own ``strength`` (``strength_as_built``)."""
+    if spec.strength_as_built:
         S.require_columns(matrix.columns, (S.USER_IDX, S.ITEM_IDX, S.STRENGTH), what)
         value = F.col(S.STRENGTH)
     else:
         S.require_columns(matrix.columns, (S.USER_IDX, S.ITEM_IDX, S.R), what)
-        value = strength(F.col(S.R), ConfidenceParams(spec.confidence_function, spec.alpha, spec.epsilon), F.log1p)
+        r = spec.recipe
+        value = strength(F.col(S.R), ConfidenceParams(r.confidence_function, r.alpha, r.epsilon), F.log1p)
     return matrix.select(S.USER_IDX, S.ITEM_IDX, value.cast("float").alias(S.STRENGTH))
 
 
 def trial_spec(spec: TrainSpec, params: dict, max_iter: int, seed: int) -> TrainSpec:
-    return dataclasses.replace(
-        spec, rank=int(params["rank"]), alpha=float(params["alpha"]), reg=float(params["reg"]),
-        confidence_function=params["confidence_function"], epsilon=float(params["epsilon"]),
-        scale_reg=params["reg_scaling"] == "per_rating", max_iter=max_iter, seed=seed, tune=None, track_loss=False)
+    return dataclasses.replace(spec, recipe=Recipe.from_dict(params), strength_as_built=False, max_iter=max_iter,
+                               seed=seed, tune=None, track_loss=False)
 
 
 def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dict:
@@ -193,8 +195,7 @@ def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dic
         rules, applied = load_rules(spark, tune, train, spark.read.parquet(f"{root}/items"))
     else:
         rules, applied = NO_RULES, {"max_per_artist": 0, "do_not_recommend": None}
-    base = {"alpha": spec.alpha, "confidence_function": spec.confidence_function or "log", "epsilon": spec.epsilon,
-            "reg": spec.reg, "reg_scaling": "per_rating" if spec.scale_reg else "constant", "rank": spec.rank}
+    base = spec.recipe.as_dict()
     fixed = set(tune.fixed) | ({"reg_scaling"} if spec.strategy == "mllib" else set())
     space = {**tuning.SEARCH_SPACE, **{k: tuple(v) for k, v in (tune.space or {}).items()}}
     pool = tuning.candidates(base, fixed, tune.trials, tune.seed, space)
@@ -214,7 +215,8 @@ def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dic
     trials: list[tuning.Trial] = []
 
     def score_on_driver(trial: TrainSpec) -> float:
-        X, Y = als_local.fit(matrix, trial.rank, trial.max_iter, trial.reg, confidence_of(trial), trial.scale_reg,
+        X, Y = als_local.fit(matrix, trial.recipe.rank, trial.max_iter, trial.recipe.reg, confidence_of(trial),
+                             trial.recipe.scale_reg,
                              trial.cg_steps, trial.seed)
         if not (np.isfinite(X).all() and np.isfinite(Y).all()):
             raise NonFiniteFactorsError("non-finite factors")
@@ -228,7 +230,7 @@ def search(spark: SparkSession, spec: TrainSpec, blocks: tuple[int, int]) -> dic
             fitted = fit(spark, training_ratings(train, trial, "the tuning matrix"), trial, blocks)
         try:
             check_finite(fitted.user_factors, fitted.item_factors)
-            broadcast_items = factor_exchange(1, n_items, trial.rank, spec.broadcast_budget_mb)["item"] == "broadcast"
+            broadcast_items = factor_exchange(1, n_items, trial.recipe.rank, spec.broadcast_budget_mb)["item"] == "broadcast"
             recs = model_recommendations(spark, fitted.model, played, tune.k, broadcast_items, rules)
             return mean_metrics(per_user_metrics(recs, validation, tune.k))[tune.metric]
         finally:
@@ -302,14 +304,14 @@ def warm_start(spark: SparkSession, spec: TrainSpec, matrix: DataFrame) -> tuple
         first = old.select(F.size(S.FEATURES).alias("rank")).first()
         if first is None:
             return cold(f"the earlier model has no {side} factors")
-        if first["rank"] != spec.rank:
-            return cold(f"the earlier model has rank {first['rank']}, this run trains rank {spec.rank}")
+        if first["rank"] != spec.recipe.rank:
+            return cold(f"the earlier model has rank {first['rank']}, this run trains rank {spec.recipe.rank}")
         ids = matrix.select(F.col(idx).alias("id"), sid).distinct()
         init[side] = old.select(sid, S.FEATURES).join(ids, sid).select("id", S.FEATURES).cache()
         record[side + "s"] = {"from_model": init[side].count()}
     if not record["users"]["from_model"] and not record["items"]["from_model"]:
         return cold("the earlier model shares no user or item with this matrix")
-    record["reason"] = (f"same rank ({spec.rank}); {record['users']['from_model']} users and "
+    record["reason"] = (f"same rank ({spec.recipe.rank}); {record['users']['from_model']} users and "
                         f"{record['items']['from_model']} items start from it")
     return init, record
 
@@ -368,9 +370,8 @@ def run(spark: SparkSession, spec: TrainSpec) -> TrainResult:
             if k.startswith("spark.") and not any(s in k.lower() for s in ("secret", "password", "token", "key"))}
     return TrainResult(
         strategy=spec.strategy,
-        params={"rank": spec.rank, "max_iter": spec.max_iter, "reg": spec.reg, "alpha": spec.alpha, "seed": spec.seed,
-                "reg_scaling": "per_rating" if spec.scale_reg else "constant",
-                "confidence_function": spec.confidence_function, "epsilon": spec.epsilon,
+        params={**spec.recipe.as_dict(), "max_iter": spec.max_iter, "seed": spec.seed,
+                "strength_as_built": spec.strength_as_built,
                 "strategy": spec.strategy, "user_blocks": blocks[0], "item_blocks": blocks[1],
                 "checkpoint_interval": spec.checkpoint_interval, "checkpoint_dir": checkpoint_dir},
         data={"nnz": nnz, "users": n_users, "items": n_items},

@@ -6,13 +6,14 @@ import pytest
 from pyspark.ml.recommendation import ALSModel
 
 from music_recs.jobs import TrainSpec
+from music_recs.recipe import Recipe
 from spark_jobs import train_als
 from spark_jobs.lib import ranking
 from tests.test_model_spark import planted
 
 pytestmark = pytest.mark.spark
 
-COMMON = dict(rank=8, max_iter=6, reg=0.05, alpha=10.0, checkpoint_interval=3, user_blocks=3, item_blocks=2)
+COMMON = dict(max_iter=6, checkpoint_interval=3, user_blocks=3, item_blocks=2, recipe=Recipe(rank=8, reg=0.05, alpha=10.0))
 
 
 def factors(spark, out, side):
@@ -27,7 +28,9 @@ def test_cg_matches_mllib_on_planted_blocks_and_its_loss_never_increases(spark, 
     scores = {}
     for strategy in ("mllib", "cg"):
         out = str(tmp_path / strategy)
-        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, checkpoint_dir=str(tmp_path / f"ckpt-{strategy}"), strategy=strategy, track_loss=True, **COMMON))
+        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out,
+                                                checkpoint_dir=str(tmp_path / f"ckpt-{strategy}"), strategy=strategy,
+                                                track_loss=True, **COMMON, strength_as_built=True))
         assert result.strategy == strategy and result.data == {"nnz": len(train), "users": 60, "items": 40}
         recs = ranking.model_recommendations(spark, ALSModel.load(f"{out}/model"), train_df, 3, True)
         scores[strategy] = ranking.ranking_metrics(recs, holdout, 3)
@@ -60,9 +63,11 @@ def test_broadcast_and_join_exchange_give_the_same_factors(spark, tmp_path):
     for how, chosen_by in (("broadcast", {"exchange": {"user": "broadcast", "item": "broadcast"}}),
                            ("join", {"broadcast_budget_mb": 0})):
         out = str(tmp_path / how)
-        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, checkpoint_dir=str(tmp_path / f"ckpt-{how}"),
-                                                strategy="cg", warm_start_uri=str(earlier), early_stop_tol=0.0,
-                                                **chosen_by, **{**COMMON, "max_iter": 2, "rank": 3}))
+        result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out,
+                                                checkpoint_dir=str(tmp_path / f"ckpt-{how}"), strategy="cg",
+                                                warm_start_uri=str(earlier), early_stop_tol=0.0, **chosen_by,
+                                                **{**COMMON, "max_iter": 2, "recipe": Recipe(rank=3, reg=0.05, alpha=10.0)},
+                                                strength_as_built=True))
         assert result.factor_exchange == {"user": how, "item": how}
         assert result.warm_start["users"] == {"from_model": 45, "new": 5} and result.iterations == 2
         got[how] = factors(spark, out, "user"), factors(spark, out, "item")

@@ -162,8 +162,9 @@ def test_every_recipe_field_is_declared_once_and_travels_under_its_own_name():
     assert (conf.confidence_function, conf.alpha, conf.epsilon) == (
         defaults.confidence_function, defaults.alpha, defaults.epsilon)
     spec = {f.name: f.default for f in dataclasses.fields(TrainSpec)}
-    for name in ("rank", "reg", "alpha", "epsilon"):
-        assert spec[name] == getattr(defaults, name), name
+    assert spec["recipe"] == defaults and not set(spec) & set(recipe.FIELDS)  # one typed field, no copies
+    sent = TrainSpec.from_json(TrainSpec(matrix_uri="m", out_uri="o", recipe=Recipe(rank=8)).to_json())
+    assert sent.recipe == Recipe(rank=8) and sent.recipe.reg_scaling is recipe.RegScaling.PER_RATING
     # No other literal default of a recipe field anywhere in the code: every `name: T = <literal>`
     # or `name=<literal>` keyword default outside music_recs.recipe must equal the recipe's.
     found = []

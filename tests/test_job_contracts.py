@@ -28,7 +28,7 @@ def plan(tmp_path):
 
 
 def built_by_the_tasks(plan) -> dict:
-    shape = MatrixShape(users=1000, items=500, nnz=20000, rank=plan.params.rank)
+    shape = MatrixShape(users=1000, items=500, nnz=20000, rank=plan.params.recipe.rank)
     ingested = IngestResult(day=plan.day, rows_read=10, rows_accepted=8, rows_quarantined=1, duplicates_removed=1,
                             duplicates_of_other_days=0, quarantine_reasons={"unparseable_ts": 1}, formats={}, seconds={})
     return {
@@ -64,19 +64,20 @@ def test_the_specs_carry_the_run_params_and_settings(plan):
     assert (confidence.window_days, confidence.holdout_days, confidence.granularities) == (30, 2, ("artist",))
     assert confidence.confidence.confidence_function == "linear" and confidence.confidence.alpha == 2.5
     train = specs["train_als"]
-    assert (train.rank, train.alpha, train.strategy, train.broadcast_budget_mb) == (16, 2.5, "mllib", 64)
+    assert (train.recipe.rank, train.recipe.alpha, train.strategy, train.broadcast_budget_mb) == (16, 2.5, "mllib", 64)
+    assert train.recipe.confidence_function == "linear" and not train.strength_as_built
     assert train.matrix_uri == plan.matrix and train.matrix_uri.endswith("/granularity=artist")
     assert (specs["evaluate"].k, specs["evaluate"].top_n) == (5, 20)
 
 
 def test_a_spec_or_result_with_an_unknown_or_missing_field_is_refused():
-    spec = TrainSpec(matrix_uri="/m", out_uri="/o")
+    spec = TrainSpec(matrix_uri="/m", out_uri="/o", strength_as_built=True)
     with pytest.raises(ValueError, match=r"TrainSpec has no field\(s\) \['rnak'\]"):
         TrainSpec.from_dict({**spec.to_dict(), "rnak": 4})
     with pytest.raises(ValueError, match=r"IngestSpec is missing field\(s\) \['lake_uri'\]"):
         IngestSpec.from_dict({"day": "2026-11-20", "input_uri": "/in"})
     with pytest.raises(ValueError, match="unknown strategy 'sgd'"):
-        TrainSpec(matrix_uri="/m", out_uri="/o", strategy="sgd")
+        TrainSpec(matrix_uri="/m", out_uri="/o", strategy="sgd", strength_as_built=True)
 
 
 @pytest.mark.parametrize("job", sorted(RESULTS))

@@ -5,6 +5,7 @@ import random
 import pytest
 
 from music_recs.jobs import EvaluateSpec, TrainSpec
+from music_recs.recipe import Recipe
 from pyspark.sql import functions as F
 
 from music_recs import schema as S
@@ -44,7 +45,10 @@ def planted(spark, path, users=60, items=40, groups=4, seed=3):
 def test_als_finds_planted_blocks_and_beats_popularity(spark, tmp_path):
     m, out = str(tmp_path / "matrix"), str(tmp_path / "model")
     train, held = planted(spark, m)
-    result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, rank=8, max_iter=8, reg=0.05, alpha=10.0, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_interval=2, strategy="mllib"))
+    result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, max_iter=8,
+                                            checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_interval=2,
+                                            strategy="mllib", recipe=Recipe(rank=8, reg=0.05, alpha=10.0),
+                                            strength_as_built=True))
     assert result.data == {"nnz": len(train), "users": 60, "items": 40}
     assert result.params["checkpoint_dir"].endswith("ckpt")
     factors = spark.read.parquet(f"{out}/item_factors")
@@ -93,7 +97,8 @@ def test_broadcast_scoring_agrees_with_mllib_blocked_top_k(spark, tmp_path):
     recommendForAllUsers when they are over the budget) give the same lists and metrics."""
     m, out = str(tmp_path / "matrix"), str(tmp_path / "model")
     planted(spark, m, seed=5)
-    train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, rank=6, max_iter=5, reg=0.05, alpha=10.0, strategy="mllib"))
+    train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, max_iter=5, strategy="mllib",
+                                   recipe=Recipe(rank=6, reg=0.05, alpha=10.0), strength_as_built=True))
     runs = {}
     for budget in (256, 0):
         ev = evaluate.run(spark, EvaluateSpec(model_uri=out, matrix_uri=m, out_uri=f"{out}/{budget}", k=3, top_n=5, similar_n=3, broadcast_budget_mb=budget))
@@ -169,4 +174,5 @@ def test_a_matrix_without_the_strength_column_is_refused_by_name(spark, tmp_path
     m = str(tmp_path / "matrix")
     spark.createDataFrame([(0, 0)], "user_idx int, item_idx int").write.parquet(f"{m}/train")
     with pytest.raises(ValueError, match="missing required column\\(s\\): strength"):
-        train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "model"), rank=2, max_iter=1, strategy="mllib"))
+        train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "model"), max_iter=1, strategy="mllib",
+                                       recipe=Recipe(rank=2), strength_as_built=True))

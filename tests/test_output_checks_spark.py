@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 
 from music_recs import schema as S
 from music_recs.jobs import EvaluateSpec, TrainSpec
+from music_recs.recipe import Recipe
 from music_recs.quality_gate import decide, failure_line
 from spark_jobs import evaluate, train_als
 from spark_jobs.lib import output_checks as O
@@ -31,8 +32,9 @@ def trained(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("output_checks")
     m, out = str(root / "matrix"), str(root / "model")
     planted(spark, m, users=USERS, items=ITEMS, groups=GROUPS)
-    train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, rank=8, max_iter=6, reg=0.05, alpha=10.0,
-                                   strategy="mllib", checkpoint_dir=str(root / "ckpt")))
+    train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, max_iter=6, strategy="mllib",
+                                   checkpoint_dir=str(root / "ckpt"), recipe=Recipe(rank=8, reg=0.05, alpha=10.0),
+                                   strength_as_built=True))
     return root, m, out
 
 

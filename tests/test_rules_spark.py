@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from music_recs import schema as S
 from music_recs.jobs import EvaluateSpec, TrainSpec
+from music_recs.recipe import Recipe
 from spark_jobs import evaluate, train_als
 from spark_jobs.lib import ranking
 from tests.test_model_spark import planted
@@ -42,8 +43,8 @@ def test_the_artist_cap_and_the_do_not_recommend_list_shape_every_list_and_the_m
     # 4 artists of 10 tracks; each user played most of one artist's tracks and will play the rest.
     m, out = str(tmp_path / "matrix"), str(tmp_path / "model")
     planted(spark, m)
-    train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, rank=8, max_iter=6, reg=0.05, alpha=10.0,
-                                   checkpoint_dir=str(tmp_path / "ckpt")))
+    train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, max_iter=6, checkpoint_dir=str(tmp_path / "ckpt"),
+                                   recipe=Recipe(rank=8, reg=0.05, alpha=10.0), strength_as_built=True))
     played, holdout = spark.read.parquet(f"{m}/train"), spark.read.parquet(f"{m}/holdout")
     recs = ranking.model_recommendations(spark, ALSModel.load(f"{out}/model"), played, 5, True)
     assert ranking.ranking_metrics(recs, holdout, 3)["precision"] > 0.9
@@ -76,8 +77,8 @@ def test_a_user_whose_candidates_run_out_gets_fewer_and_the_checks_know_why(spar
     # 2 artists of 3 tracks; with one track per artist, no list can hold more than 2.
     m, out = str(tmp_path / "matrix"), str(tmp_path / "model")
     planted(spark, m, users=8, items=6, groups=2)
-    train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, rank=4, max_iter=3, reg=0.05, alpha=10.0,
-                                   checkpoint_dir=str(tmp_path / "ckpt")))
+    train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=out, max_iter=3, checkpoint_dir=str(tmp_path / "ckpt"),
+                                   recipe=Recipe(rank=4, reg=0.05, alpha=10.0), strength_as_built=True))
     result = evaluate.run(spark, EvaluateSpec(model_uri=out, matrix_uri=m, out_uri=out, k=3, top_n=5, max_per_artist=1,
                                               output_suite_dir=EXPECTATIONS))
     got = recs_of(spark, out)

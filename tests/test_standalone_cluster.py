@@ -14,6 +14,7 @@ import pytest
 from music_recs import schema as S
 from music_recs.failures import PermanentSparkJobError
 from music_recs.jobs import TrainSpec
+from music_recs.recipe import Recipe
 from music_recs.resubmission import Failure
 from music_recs.sizing import ExecutorSizing
 from music_recs_airflow.spark_submit import SparkJobHook, run_with_resubmission
@@ -60,10 +61,10 @@ def sizing(memory_mb: int = 1024, blocks: int = 2) -> ExecutorSizing:
 def train(tmp_path, matrix: str, s: ExecutorSizing, max_iter: int = 2, rank: int = 8, attempts: int = 3,
           conf: dict | None = None, **spec):
     def build(z):
-        return TrainSpec(matrix_uri=matrix, out_uri=str(tmp_path / "model"), rank=rank, max_iter=max_iter,
+        return TrainSpec(matrix_uri=matrix, out_uri=str(tmp_path / "model"), max_iter=max_iter,
                          checkpoint_dir=str(tmp_path / "checkpoints"), user_blocks=z.user_blocks,
                          item_blocks=z.item_blocks, checkpoint_interval=z.checkpoint_interval,
-                         **{"strategy": "mllib", **spec})
+                         **{"strategy": "mllib", **spec}, recipe=Recipe(rank=rank), strength_as_built=True)
 
     return run_with_resubmission(SparkJobHook(CONN_ID, work_dir=str(tmp_path / "submit")), build, s, local=False,
                                  memory_cap_mb=2048, max_attempts=attempts, conf=conf)

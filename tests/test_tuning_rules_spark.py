@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from music_recs import schema as S
 from music_recs.jobs import TrainSpec, TuneSpec
+from music_recs.recipe import Recipe
 from spark_jobs import train_als
 from spark_jobs.lib import als_cg, als_local, ranking
 from tests.test_tuning_spark import TUNE, _planted
@@ -71,9 +72,9 @@ TASTES = TuneSpec(trials=2, k=3, fixed=("confidence_function", "epsilon", "reg",
 
 
 def _search(spark, tmp_path, matrix: str, tune: TuneSpec) -> dict:
-    spec = TrainSpec(matrix_uri=matrix, out_uri=str(tmp_path / "unused"), rank=2, max_iter=18, reg=0.05,
-                     confidence_function="linear", checkpoint_dir=str(tmp_path / "ckpt"), tune=tune.to_dict(),
-                     **ARTISTS)
+    spec = TrainSpec(matrix_uri=matrix, out_uri=str(tmp_path / "unused"), max_iter=18,
+                     checkpoint_dir=str(tmp_path / "ckpt"), tune=tune.to_dict(),
+                     recipe=Recipe(rank=2, reg=0.05, confidence_function="linear", **ARTISTS))
     return train_als.search(spark, spec, (2, 2))
 
 
@@ -159,8 +160,8 @@ def test_trials_on_the_cached_blocks_obey_the_rules_as_trials_on_the_driver(spar
         .write.mode("overwrite").parquet(f"{matrix}/items")
 
     def search(tune: TuneSpec) -> dict:
-        spec = TrainSpec(matrix_uri=matrix, out_uri=str(tmp_path / "unused"), rank=8, max_iter=2, reg=0.05,
-                         alpha=10.0, confidence_function="log", tune=tune.to_dict())
+        spec = TrainSpec(matrix_uri=matrix, out_uri=str(tmp_path / "unused"), max_iter=2, tune=tune.to_dict(),
+                         recipe=Recipe(rank=8, reg=0.05, alpha=10.0, confidence_function="log"))
         return train_als.search(spark, spec, (2, 2))
 
     capped = {**TUNE.to_dict(), "max_per_artist": 1}

@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from music_recs import schema as S
 from music_recs.confidence import ConfidenceParams, strength
 from music_recs.jobs import TrainSpec, TuneSpec
+from music_recs.recipe import Recipe
 from spark_jobs import train_als
 from spark_jobs.lib import als_local
 from spark_jobs.lib.ranking import recommend
@@ -34,8 +35,9 @@ def test_the_seed_example_recommends_every_unplayed_track_of_each_user(spark, tm
     # One play each: strength f(1) with the run's default confidence (log, epsilon 1).
     f1 = strength(1.0, ConfidenceParams())
     ratings = spark.createDataFrame([(u, i, float(f1)) for u, i in played], "user_idx int, item_idx int, strength float")
-    spec = TrainSpec(matrix_uri="unused", out_uri="unused", rank=2, max_iter=6, reg=0.01, alpha=1.0,
-                     strategy=strategy, checkpoint_dir=str(tmp_path / "ckpt"), seed=1)
+    spec = TrainSpec(matrix_uri="unused", out_uri="unused", max_iter=6, strategy=strategy,
+                     checkpoint_dir=str(tmp_path / "ckpt"), seed=1, recipe=Recipe(rank=2, reg=0.01, alpha=1.0),
+                     strength_as_built=True)
     fitted = train_als.fit(spark, ratings, spec, (1, 1))
     recs = recommend(spark, fitted.model, ratings, 3).collect()
     got = {}
@@ -110,9 +112,9 @@ TUNE = TuneSpec(trials=2, k=3, fixed=("alpha", "confidence_function", "epsilon",
 
 
 def _train(spark, tmp_path, matrix: str, name: str, tune: TuneSpec = TUNE, max_iter: int = 6):
-    spec = TrainSpec(matrix_uri=matrix, out_uri=str(tmp_path / name), rank=8, max_iter=max_iter, reg=0.05,
-                     alpha=10.0, confidence_function="log", checkpoint_dir=str(tmp_path / "ckpt"),
-                     tune=tune.to_dict())
+    spec = TrainSpec(matrix_uri=matrix, out_uri=str(tmp_path / name), max_iter=max_iter,
+                     checkpoint_dir=str(tmp_path / "ckpt"), tune=tune.to_dict(),
+                     recipe=Recipe(rank=8, reg=0.05, alpha=10.0, confidence_function="log"))
     return train_als.run(spark, spec)
 
 
@@ -148,8 +150,8 @@ def test_trials_on_the_cached_blocks_score_as_trials_on_the_driver(spark, tmp_pa
     _planted(spark, matrix)
 
     def search(tune: TuneSpec) -> dict:  # the search alone (no final training)
-        spec = TrainSpec(matrix_uri=matrix, out_uri=str(tmp_path / "unused"), rank=8, max_iter=2, reg=0.05,
-                         alpha=10.0, confidence_function="log", tune=tune.to_dict())
+        spec = TrainSpec(matrix_uri=matrix, out_uri=str(tmp_path / "unused"), max_iter=2, tune=tune.to_dict(),
+                         recipe=Recipe(rank=8, reg=0.05, alpha=10.0, confidence_function="log"))
         return train_als.search(spark, spec, (2, 2))
 
     on_driver = search(TUNE)

@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 
 from music_recs import schema as S
 from music_recs.jobs import TrainSpec
+from music_recs.recipe import Recipe
 from spark_jobs import train_als
 from spark_jobs.lib import ranking
 from tests.test_als_cg_spark import factors
@@ -16,14 +17,14 @@ from tests.test_model_spark import planted
 
 pytestmark = pytest.mark.spark
 
-COMMON = dict(rank=8, reg=0.05, alpha=10.0, checkpoint_interval=3, user_blocks=3, item_blocks=2, strategy="cg")
+COMMON = dict(checkpoint_interval=3, user_blocks=3, item_blocks=2, strategy="cg", recipe=Recipe(rank=8, reg=0.05, alpha=10.0))
 
 
 def test_a_warm_start_reaches_the_cold_fit_in_fewer_iterations_and_new_rows_start_random(spark, tmp_path):
     m = str(tmp_path / "matrix")
     planted(spark, m)
     cold = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "cold"), max_iter=8, track_loss=True,
-                                          checkpoint_dir=str(tmp_path / "ckpt"), **COMMON))
+                                          checkpoint_dir=str(tmp_path / "ckpt"), **COMMON, strength_as_built=True))
     assert cold.warm_start == {"used": False, "reason": "no earlier model given"}
     assert cold.iterations == 8
 
@@ -34,7 +35,7 @@ def test_a_warm_start_reaches_the_cold_fit_in_fewer_iterations_and_new_rows_star
          .write.parquet(str(earlier / f"{side}_factors")))
     warm = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "warm"), max_iter=8,
                                           checkpoint_dir=str(tmp_path / "ckpt"), warm_start_uri=str(earlier),
-                                          warm_start_from="dt=2026-11-28", **COMMON))
+                                          warm_start_from="dt=2026-11-28", **COMMON, strength_as_built=True))
     ws = warm.warm_start
     assert ws["used"] and ws["from"] == "dt=2026-11-28"
     assert ws["users"] == {"from_model": 54, "new": 6} and ws["items"] == {"from_model": 36, "new": 4}
@@ -48,7 +49,7 @@ def test_a_warm_start_reaches_the_cold_fit_in_fewer_iterations_and_new_rows_star
     # A rerun of the day with the same inputs (the same earlier model) recommends the same lists.
     again = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "again"), max_iter=8,
                                            checkpoint_dir=str(tmp_path / "ckpt"), warm_start_uri=str(earlier),
-                                           warm_start_from="dt=2026-11-28", **COMMON))
+                                           warm_start_from="dt=2026-11-28", **COMMON, strength_as_built=True))
     assert again.iterations == warm.iterations and again.warm_start == warm.warm_start
     played = spark.read.parquet(f"{m}/train")
     lists = {}
@@ -66,8 +67,9 @@ def test_a_model_of_another_rank_means_a_cold_start_that_says_why(spark, tmp_pat
         spark.createDataFrame([(i, f"{prefix}{i}", [0.1] * 4) for i in range(n)],
                               f"id int, {sid} string, features array<float>").write.parquet(str(tmp_path / "r4" / f"{side}_factors"))
     result = train_als.run(spark, TrainSpec(matrix_uri=m, out_uri=str(tmp_path / "r8"), max_iter=2,
-                                            checkpoint_dir=str(tmp_path / "ckpt"), warm_start_uri=str(tmp_path / "r4"),
-                                            warm_start_from="dt=2026-11-28", **COMMON))
+                                            checkpoint_dir=str(tmp_path / "ckpt"),
+                                            warm_start_uri=str(tmp_path / "r4"), warm_start_from="dt=2026-11-28",
+                                            **COMMON, strength_as_built=True))
     assert result.warm_start == {"used": False, "from": "dt=2026-11-28",
                                  "reason": "the earlier model has rank 4, this run trains rank 8"}
     assert result.iterations == 2

@@ -270,9 +270,8 @@ def train_spec(plan: RunPlan, shape: MatrixShape, sizing: ExecutorSizing, recipe
     p, budget = plan.params, plan.settings.broadcast_budget_mb
     r = recipe or p.recipe
     exchange = factor_exchange(shape.users, shape.items, largest_rank(r, tune), budget) if p.strategy == "cg" else None
-    return TrainSpec(matrix_uri=plan.matrix, out_uri=plan.model, rank=r.rank, max_iter=p.max_iter, reg=r.reg,
-                     alpha=r.alpha, confidence_function=r.confidence_function, epsilon=r.epsilon,
-                     scale_reg=r.scale_reg, strategy=p.strategy, user_blocks=sizing.user_blocks,
+    return TrainSpec(matrix_uri=plan.matrix, out_uri=plan.model, recipe=r, max_iter=p.max_iter,
+                     strategy=p.strategy, user_blocks=sizing.user_blocks,
                      item_blocks=sizing.item_blocks, checkpoint_dir=plan.checkpoints,
                      checkpoint_interval=sizing.checkpoint_interval, exchange=exchange, broadcast_budget_mb=budget,
                      tune=None if tune is None else tune.to_dict())

@@ -19,6 +19,8 @@ from music_recs.checks import parse_day
 from music_recs.confidence import ConfidenceParams
 from music_recs.convergence import DEFAULT_TOL
 from music_recs.metrics import METRICS
+from music_recs.params import DEFAULTS as PARAM_DEFAULTS
+from music_recs.recipe import Recipe
 from music_recs.tuning import SEARCH_SPACE
 from music_recs.sizing import DEFAULT_BROADCAST_BUDGET_MB
 from music_recs.failures import InvalidInput
@@ -28,11 +30,20 @@ STRATEGIES = ("cg", "mllib")
 EXCHANGES = ("broadcast", "join")
 
 
+def _plain(value):
+    """A field's JSON value: a recipe as its dict, other dataclasses as theirs."""
+    if isinstance(value, Recipe):
+        return value.as_dict()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return value
+
+
 class _Contract:
     """JSON round trip for the frozen dataclasses below."""
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, default=str)
@@ -160,7 +171,8 @@ class ConfidenceSpec(JobSpec):
 class TuneSpec(_Contract):
     """A parameter search inside the training job (``music_recs.tuning``).
 
-    trials: candidates of the first rung (24); minutes: no trial starts after this (30).
+    trials: candidates of the first rung; minutes: no trial starts after this (the run params'
+    ``tune_trials`` and ``tune_minutes`` defaults, 24 and 20).
     fixed: names of searched parameters not to vary (given in the trigger form). metric: scored
     on the validation days at k (``map``, 10). seed: of the candidate sample (0). space: values
     to try per name, replacing ``music_recs.tuning.SEARCH_SPACE``'s (None: those).
@@ -171,8 +183,8 @@ class TuneSpec(_Contract):
     needs the matrix's ``items/``).
     """
 
-    trials: int = 24
-    minutes: float = 30.0
+    trials: int = PARAM_DEFAULTS["tune_trials"]
+    minutes: float = PARAM_DEFAULTS["tune_minutes"]
     fixed: tuple[str, ...] = ()
     metric: str = "map"
     k: int = 10
@@ -202,16 +214,16 @@ class TrainSpec(JobSpec):
     """Train implicit ALS on one matrix (``spark_jobs/train_als.py``).
 
     matrix_uri: a granularity's matrix folder (holding ``train/``); out_uri: where factors go.
-    rank (32), max_iter (10), reg (0.1, scaled by each row's ratings), alpha (1.0): the model.
+    recipe: the model's values (``music_recs.recipe.Recipe``: rank, reg and reg_scaling, alpha,
+    confidence_function, epsilon), as the run's params and the search name them; default the
+    recipe's defaults. ``strength = f(r)`` is recomputed from the matrix's play counts ``r`` with
+    them; strength_as_built: True = train on the matrix's ``strength`` column as built (a matrix
+    without play counts; default False). max_iter: 10.
     strategy: ``cg`` (default; conjugate-gradient solves on cached blocks) or ``mllib`` (the reference).
     user_blocks, item_blocks: 0 = one per core. checkpoint_dir: None = a temp folder;
     checkpoint_interval: 5. seed: 42. cg_steps: CG steps per row and half-iteration (3).
     exchange: per side (``user``, ``item``) ``broadcast`` or ``join`` (cg); None = by
     ``broadcast_budget_mb`` (256). track_loss: compute the objective every iteration (cg).
-    confidence_function, epsilon: None (default) = train on the matrix's ``strength`` column
-    as built; ``log``/``linear`` = recompute ``strength = f(r)`` from its play counts ``r``
-    (tuning varies f). scale_reg: True (default) = lambda times each row's number of ratings
-    (MLlib's convention); False = a plain lambda (``implicit``'s; CG strategy only).
     tune: None (default) = train with the values above; a ``TuneSpec`` dict = first search
     the parameters on the matrix's nested split (``tuning/``), then train the winner.
     warm_start_uri: None (default: start from random factors) or a folder holding an earlier
@@ -225,10 +237,9 @@ class TrainSpec(JobSpec):
     JOB: ClassVar[str] = "train_als"
     matrix_uri: str
     out_uri: str
-    rank: int = 32
+    recipe: Recipe = Recipe()
+    strength_as_built: bool = False
     max_iter: int = 10
-    reg: float = 0.1
-    alpha: float = 1.0
     strategy: str = "cg"
     user_blocks: int = 0
     item_blocks: int = 0
@@ -239,9 +250,6 @@ class TrainSpec(JobSpec):
     exchange: dict | None = None
     broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB
     track_loss: bool = False
-    confidence_function: str | None = None
-    epsilon: float = 5.0
-    scale_reg: bool = True
     tune: dict | None = None
     warm_start_uri: str | None = None
     warm_start_from: str | None = None
@@ -251,7 +259,9 @@ class TrainSpec(JobSpec):
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise InvalidInput(f"unknown strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
-        if not self.scale_reg and self.strategy == "mllib":
+        if isinstance(self.recipe, Mapping):  # from JSON
+            object.__setattr__(self, "recipe", Recipe.from_dict(self.recipe))
+        if not self.recipe.scale_reg and self.strategy == "mllib":
             raise InvalidInput("MLlib scales reg by each row's ratings; scale_reg=False needs strategy 'cg'")
         if self.tune is not None:
             TuneSpec.from_dict(self.tune)
