@@ -310,6 +310,7 @@ def warm_start_source(history: ModelHistory, plan: RunPlan, chosen: TrainingReci
     p = plan.params
 
     def cold(why: str) -> dict:
+        log.info("warm start: none (%s)", why)
         return {"warm_start_uri": None, "warm_start_from": None, "warm_start_note": why}
 
     if p.warm_start == "off":
@@ -343,8 +344,6 @@ def train(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None, rul
     history = model_history(store, plan)
     chosen, search, context = choose_recipe(plan, history, rules)
     warm = warm_start_source(history, plan, chosen)
-    log.info("warm start: %s", f"from the model of {warm['warm_start_from']}" if warm["warm_start_uri"]
-             else f"none ({warm['warm_start_note']})")
     shape = _shape(plan, matrix, largest_rank(chosen.recipe, search))
     sizing = size_als(shape, plan.cluster, strategy=p.strategy, broadcast_budget_mb=budget)
     log.info("sizing for %s, %s on %s: %s", shape, p.strategy, plan.cluster, sizing.as_dict())
