@@ -77,9 +77,13 @@ def spark_connection(conn_id: str):
 
 
 def spark_master(conn_id: str) -> str:
-    """The master of the Spark connection ``conn_id``, spelled as the provider's hook spells it
-    (``host`` holding a URL or ``local[*]``, else ``conn_type://host:port``); see ``spark_connection``."""
-    conn = spark_connection(conn_id)
+    """The master of the Spark connection ``conn_id``; see ``spark_connection`` and ``master_of``."""
+    return master_of(spark_connection(conn_id))
+
+
+def master_of(conn) -> str:
+    """A Spark connection's master, spelled as the provider's hook spells it (``host`` holding a URL
+    or ``local[*]``, else ``conn_type://host:port``)."""
     if conn.conn_type == "spark" and conn.host and ("://" in conn.host or not conn.port):
         master = conn.host
     else:
@@ -211,7 +215,7 @@ class SparkJobHook(BaseHook):
         if binary not in ("spark-submit", "spark2-submit", "spark3-submit"):
             raise InvalidInput(f"the spark-binary extra of {self.conn_id} must be spark-submit, spark2-submit or "
                                f"spark3-submit, got {binary!r}")
-        cmd = [binary, "--master", self.master or spark_master(self.conn_id), "--deploy-mode", "client"]
+        cmd = [binary, "--master", self.master or master_of(conn), "--deploy-mode", "client"]
         if extra.get("queue"):
             cmd += ["--queue", str(extra["queue"])]
         base = base_conf(self.event_log_dir)

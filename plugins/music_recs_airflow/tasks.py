@@ -39,7 +39,6 @@ from music_recs.manifest import SearchContext, search_label
 from music_recs.params import DEFAULTS, DESCRIPTIONS, SCHEMAS, RunParams
 from music_recs.plan import RunPlan
 from music_recs.quality_gate import decide, failure_line
-from music_recs.recipe import FIELDS as RECIPE_FIELDS
 from music_recs.recipe import Recipe
 from music_recs.rules import parse_do_not_recommend
 from music_recs.settings import DeploymentSettings
@@ -424,13 +423,6 @@ def evaluate_spec(plan: RunPlan, published_uri: str | None = None, compare_churn
                         do_not_recommend_path=rules["path"])
 
 
-def trained_recipe(trained: TrainResult) -> Recipe | None:
-    try:
-        return Recipe.from_dict({n: trained.params[n] for n in RECIPE_FIELDS})
-    except (KeyError, ValueError):
-        return None
-
-
 @fail_fast
 def evaluate(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None,
              trained: TrainResult | None = None, rules: dict | None = None) -> EvaluateResult:
@@ -451,7 +443,7 @@ def evaluate(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None,
                 None, f"the factors of the published model (dt={compared.chosen.day}) are incomplete")
     comparison_line = f"compared {compared.why}" if compared.chosen else f"not compared: {compared.why}"
     log.info("published model %s", comparison_line)
-    recipe = trained_recipe(trained) if trained is not None else None
+    recipe = Recipe.within(trained.params) if trained is not None else None
     churn_ref = (history_rules.churn_reference(compared.chosen, plan.day, p, trained.strategy, recipe)
                  if trained is not None and recipe is not None and compared.chosen is not None
                  else history_rules.Choice(None, compared.why if compared.chosen is None else "no training result"))
@@ -488,8 +480,9 @@ def quality_gate(store: S3Store, plan: RunPlan, evaluated: EvaluateResult) -> di
     else:
         compared = history_rules.comparison(model_history(store, plan).published, plan.day, p)
         published, published_lift = (compared.chosen.metrics.get("model") if compared.chosen else None), None
-        comparison_line = comparison_line or (f"compared {compared.why} (its manifest's metrics)" if compared.chosen
-                                              else f"not compared: {compared.why}")
+        if compared.chosen is not None:  # not scored on these pairs: the gate uses its manifest's numbers
+            comparison_line = f"compared {compared.why} (its manifest's metrics)"
+        comparison_line = comparison_line or f"not compared: {compared.why}"
     output_failures = tuple((evaluated.output_checks or {}).get("failed") or ())
     decision = decide(p.primary_metric, evaluated.model, evaluated.baseline_popularity, published, p.gate_min_lift,
                       p.gate_max_drop, p.override_quality_gate, lift, published_lift, output_failures,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from music_recs.recipe import FIELDS as RECIPE_FIELDS
 from music_recs.recipe import Recipe
 
 TRIGGER, DEFAULT = "trigger", "default"
@@ -110,16 +109,12 @@ class Manifest:
         params = values.get("params") or {}
         training = values.get("training") or {}
         trained = training.get("params") or {}
-        try:
-            recipe = Recipe.from_dict({n: trained[n] for n in RECIPE_FIELDS})
-        except (KeyError, ValueError):
-            recipe = None
         window = values.get("data_window") or {}
         return cls(key=key, day=str(values.get("day", "")), run_id=str(values.get("run_id", "")),
                    prefix=str(values.get("prefix", "")), granularity=params.get("granularity"),
                    strategy=training.get("strategy") or params.get("strategy"),
                    k=(values.get("metrics") or {}).get("k"), last_train_day=window.get("last_train_day"),
-                   recipe=recipe, search=_search(training.get("tuning")), metrics=values.get("metrics") or {},
+                   recipe=Recipe.within(trained), search=_search(training.get("tuning")), metrics=values.get("metrics") or {},
                    objects=tuple(values.get("objects") or ()), raw=dict(values))
 
 

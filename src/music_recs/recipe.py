@@ -98,6 +98,15 @@ class Recipe:
                                f"unknown {sorted(unknown)}, missing {sorted(missing)}")
         return cls(**{name: values[name] for name in FIELDS})
 
+    @classmethod
+    def within(cls, values: Mapping) -> Recipe | None:
+        """The recipe among a mapping's other values (a training result's or a manifest's params);
+        None when a field is missing or unreadable (a manifest of an earlier version)."""
+        try:
+            return cls.from_dict({name: values[name] for name in FIELDS})
+        except (KeyError, TypeError, ValueError):
+            return None
+
     def replace(self, **values) -> Recipe:
         return dataclasses.replace(self, **values)
 
