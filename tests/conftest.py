@@ -58,16 +58,20 @@ def session_tmp() -> Path:
 
 
 @pytest.fixture(scope="session")
-def spark():
+def spark(s3_endpoint):
+    """A local Spark with the S3A connector, its s3a:// on the tests' S3 server (``s3a_lake``)."""
+    from music_recs_airflow.spark_submit import connector_jars
+    from spark_jobs.lib.s3a import s3a_conf
     from spark_jobs.lib.session import BASE_CONF
     from pyspark.sql import SparkSession
 
     builder = (SparkSession.builder.master("local[2]").appName("music_recs_tests")
+               .config("spark.jars", ",".join(connector_jars()))
                .config("spark.ui.enabled", "false")
                .config("spark.sql.shuffle.partitions", "4")
                .config("spark.default.parallelism", "2")
                .config("spark.driver.memory", "2g"))
-    for key, value in BASE_CONF.items():
+    for key, value in {**BASE_CONF, **s3a_conf(os.environ)}.items():
         builder = builder.config(key, value)
     submit_opts = os.environ["SPARK_SUBMIT_OPTS"]
     os.environ["SPARK_SUBMIT_OPTS"] = _OWN_SUBMIT_OPTS  # a long-lived JVM: keep the default JIT and GC
@@ -92,6 +96,10 @@ def s3_endpoint(session_tmp):
         '{"conn_type": "aws", "login": "testing", "password": "testing", '
         f'"extra": {{"endpoint_url": "{endpoint}", "region_name": "us-east-1"}}}}'
     )
+    # What a submitted job's driver gets from the connection (spark_submit.s3_environment), for the
+    # session-wide `spark` and boto3 in this process (moto's dummy keys, not secrets).
+    os.environ.update(AWS_ENDPOINT_URL_S3=endpoint, AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
     yield endpoint
     if proc is not None:
         proc.terminate()
@@ -111,6 +119,12 @@ def bucket(store, request):
     name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid()}"
     store.ensure_bucket(name)
     return name
+
+
+@pytest.fixture
+def s3a_lake(store, bucket) -> str:
+    """A fresh lake root on the tests' S3 server, as Spark names it: ``s3a://<bucket>/lake``."""
+    return f"s3a://{bucket}/lake"
 
 
 def airflow_env(extra: dict | None = None) -> dict:

@@ -31,6 +31,9 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libopenblas'; then
   fi
 fi
 
+# --- the S3A connector (Spark's s3a:// filesystem), pinned jars from Maven Central -----
+bash "$REPO_ROOT/infra/local/fetch_connector.sh" || exit 1
+
 # --- virtual environment -----------------------------------------------------------
 stamp="$VENV/.music_recs_installed"
 want=$(cat "$REPO_ROOT/requirements.lock" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -c1-64)

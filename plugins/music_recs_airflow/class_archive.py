@@ -61,7 +61,7 @@ LARGE_HEAP_MB = 30 * 1024
 # Environment the launcher reads for the driver's class path and JVM options.
 CLASS_PATH_ENV = ("SPARK_CONF_DIR", "SPARK_DIST_CLASSPATH", "HADOOP_CONF_DIR", "YARN_CONF_DIR", "SPARK_CLASSPATH")
 JVM_OPTIONS_ENV = ("SPARK_SUBMIT_OPTS", "JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS")
-CLASS_PATH_CONF = ("spark.driver.extraClassPath", "spark.remote", "spark.api.mode")
+CLASS_PATH_CONF = ("spark.driver.extraClassPath", "spark.jars", "spark.remote", "spark.api.mode")
 JVM_OPTIONS_CONF = ("spark.driver.extraJavaOptions", "spark.driver.defaultJavaOptions")
 
 

@@ -1,7 +1,8 @@
 """S3 access for the pipeline, over HTTP with boto3.
 
-``S3Store`` does the work (list, upload with checksums, JSON objects, conditional
-writes); where its connection comes from is decided by the constructors:
+``S3Store`` does the work (list, upload with checksums, streamed uploads and server-side
+copies through boto3's managed transfers, JSON objects, conditional writes, a quick check
+that a bucket is reachable); where its connection comes from is decided by the constructors:
 ``from_airflow`` reads an Airflow connection (``endpoint_url`` and ``region_name``
 extras, login/password as access key and secret, or the default AWS credential chain
 when they are empty), ``from_endpoint`` takes explicit values (tests, CLI).
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 from music_recs.settings import s3_endpoint
 from music_recs.failures import InvalidInput
@@ -27,6 +29,13 @@ from music_recs.failures import InvalidInput
 log = logging.getLogger(__name__)
 
 _CHUNK = 8 * 1024 * 1024
+# Managed transfers (upload of a stream, copy): parts of 8 MiB, at most 4 in flight, so a
+# transfer of any size holds about 4 x 8 MiB plus what is queued for them in memory.
+TRANSFER = TransferConfig(multipart_threshold=_CHUNK, multipart_chunksize=_CHUNK, max_concurrency=4,
+                          max_io_queue=4)
+# The bucket check (``S3Store.check_bucket``) must answer in seconds: a short connect timeout and
+# one retry instead of the working client's five attempts with a minute's timeout each.
+PROBE_CONFIG = {"connect_timeout": 3, "read_timeout": 10, "retries": {"total_max_attempts": 2, "mode": "standard"}}
 
 
 def is_loopback(endpoint_url: str) -> bool:
@@ -66,9 +75,60 @@ class PreconditionFailed(RuntimeError):
     """A conditional write lost a race (the object changed since it was read)."""
 
 
+class S3Unreachable(ConnectionError):
+    """The S3 endpoint did not answer (refused, timed out): a retry may get through. One line."""
+
+
+MISSING = ("NoSuchBucket", "404")
+DENIED = ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled")
+GONE = ("NoSuchKey", "404")
+
+
+def _client(endpoint_url, access_key, secret_key, region, **config) -> object:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url or None,
+        aws_access_key_id=access_key or None,
+        aws_secret_access_key=secret_key or None,
+        region_name=region or "us-east-1",
+        config=Config(
+            s3={"addressing_style": "path"},
+            # boto3 >= 1.36 adds CRC checksums to every request; keep them only where required
+            # so S3-compatible servers that do not implement them still work.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            **{"retries": {"max_attempts": 5, "mode": "standard"}, **config},
+        ),
+    )
+
+
+class HashingReader:
+    """A binary stream that counts and hashes (SHA-256) what is read through it."""
+
+    def __init__(self, stream):
+        self.stream, self.size, self.digest = stream, 0, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        self.size += len(data)
+        self.digest.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
 class S3Store:
-    def __init__(self, client):
+    """S3 operations over one boto3 client.
+
+    client: the client every operation uses; connection: the values it was made from
+    (``endpoint_url``, ``access_key``, ``secret_key``, ``region``), so ``check_bucket`` can make a
+    client with short timeouts (None: it uses ``client``)."""
+
+    def __init__(self, client, connection: dict | None = None):
         self.client = client
+        self.connection = connection
+        self._probe = None
 
     @classmethod
     def from_endpoint(
@@ -79,22 +139,49 @@ class S3Store:
         region: str | None = None,
     ) -> S3Store:
         check_endpoint(endpoint_url)
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url or None,
-            aws_access_key_id=access_key or None,
-            aws_secret_access_key=secret_key or None,
-            region_name=region or "us-east-1",
-            config=Config(
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 5, "mode": "standard"},
-                # boto3 >= 1.36 adds CRC checksums to every request; keep them only where required
-                # so S3-compatible servers that do not implement them still work.
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            ),
-        )
-        return cls(client)
+        connection = {"endpoint_url": endpoint_url, "access_key": access_key, "secret_key": secret_key,
+                      "region": region}
+        return cls(_client(**connection), connection)
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint requests go to, for messages (never a credential)."""
+        return self.client.meta.endpoint_url
+
+    # --- is it there ----------------------------------------------------------------------
+    def check_bucket(self, bucket: str, what: str) -> None:
+        """Fail in seconds, in one line naming ``bucket`` (``what`` says what it is for, e.g.
+        ``"lake_uri s3a://lake/data"``) and the cause, when the bucket cannot be used: missing,
+        access denied or no credentials raise ``InvalidInput`` (no retry can help); an endpoint that
+        refuses or does not answer raises ``S3Unreachable`` (a retry may get through)."""
+        where = f"S3 bucket {bucket!r} ({what}) at {self.endpoint}"
+        try:
+            self._probe_client().head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in MISSING:
+                raise InvalidInput(f"{where} does not exist; create it or fix the setting") from None
+            if code in DENIED:
+                raise InvalidInput(f"{where}: access denied ({code}); the credentials of the S3 connection may not "
+                                   "use it") from None
+            if code in ("301", "PermanentRedirect", "400"):
+                raise InvalidInput(f"{where}: refused with HTTP {status or code} (a bucket in another region, or "
+                                   "not a bucket name this endpoint serves)") from None
+            raise S3Unreachable(f"{where}: HTTP {status or code} ({code})") from None
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise InvalidInput(f"{where}: no S3 credentials ({exc}); set the login and password of the S3 "
+                               "connection, or give the worker an instance role") from None
+        except BotoCoreError as exc:  # refused, timed out, DNS: the endpoint did not answer
+            raise S3Unreachable(f"{where} is unreachable: {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+    def _probe_client(self):
+        if self.connection is None:
+            return self.client
+        if self._probe is None:
+            self._probe = _client(**self.connection, **PROBE_CONFIG)
+        return self._probe
 
     @classmethod
     def from_airflow(cls, conn_id: str = "aws_default") -> S3Store:
@@ -126,6 +213,27 @@ class S3Store:
                 return None
             raise
         return resp["Body"].read(), resp["ETag"].strip('"')
+
+    def open(self, bucket: str, key: str):
+        """The object's body as a binary stream (read it in chunks; close it). ``FileNotFoundError``
+        when it is not there."""
+        try:
+            return self.client.get_object(Bucket=bucket, Key=key)["Body"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in GONE:
+                raise FileNotFoundError(f"s3://{bucket}/{key} does not exist") from None
+            raise
+
+    def sha256_object(self, bucket: str, key: str) -> tuple[int, str, str]:
+        """Size, SHA-256 and ETag of an object, read as a stream (bounded memory)."""
+        resp = self.client.get_object(Bucket=bucket, Key=key)
+        reader = HashingReader(resp["Body"])
+        try:
+            while reader.read(_CHUNK):
+                pass
+        finally:
+            resp["Body"].close()
+        return reader.size, reader.hexdigest(), resp["ETag"].strip('"')
 
     def get_parquet(self, bucket: str, key: str, **read_options):
         """A Parquet object as a ``pyarrow.Table`` (``read_options`` go to ``pyarrow.parquet.read_table``).
@@ -175,6 +283,44 @@ class S3Store:
         digest = sha256_file(path)
         self.client.upload_file(path, bucket, key, ExtraArgs={"Metadata": {"sha256": digest}})
         return {"key": key, "size": os.path.getsize(path), "sha256": digest}
+
+    def upload_stream(self, stream, bucket: str, key: str, metadata: dict[str, str] | None = None) -> None:
+        """Upload what ``stream`` (anything with ``read(n)``) yields, with boto3's managed multipart
+        upload: parts of ``TRANSFER``'s size, never the whole body in memory."""
+        extra = {"Metadata": metadata} if metadata else None
+        self.client.upload_fileobj(stream, bucket, key, ExtraArgs=extra, Config=TRANSFER)
+
+    def copy(self, src_bucket: str, src_key: str, bucket: str, key: str, if_match: str | None = None,
+             metadata: dict[str, str] | None = None) -> bool:
+        """Server-side copy (managed: multipart for large objects); ``if_match``: only the source
+        with that ETag; ``metadata`` replaces the source's. False when the source is gone."""
+        extra = {}
+        if if_match:
+            extra["CopySourceIfMatch"] = f'"{if_match}"'
+        if metadata is not None:
+            extra.update(Metadata=metadata, MetadataDirective="REPLACE")
+        try:
+            self.client.copy({"Bucket": src_bucket, "Key": src_key}, bucket, key, ExtraArgs=extra or None,
+                             Config=TRANSFER)
+        except ClientError as exc:
+            code = exc.response["Error"]["Code"]
+            if code in GONE:
+                return False
+            if code in ("PreconditionFailed", "412"):
+                raise PreconditionFailed(f"s3://{src_bucket}/{src_key} changed while it was copied") from exc
+            raise
+        return True
+
+    def put_bytes(self, bucket: str, key: str, body: bytes) -> None:
+        self.client.put_object(Bucket=bucket, Key=key, Body=body)
+
+    def delete_prefix(self, bucket: str, prefix: str) -> int:
+        """Delete every object under ``prefix``; returns how many."""
+        keys = [o.key for o in self.list_objects(bucket, prefix)]
+        for start in range(0, len(keys), 1000):
+            self.client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
+                                                              "Quiet": True})
+        return len(keys)
 
     def put_json(
         self,

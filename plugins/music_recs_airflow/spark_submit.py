@@ -43,7 +43,7 @@ from music_recs.failures import InvalidInput, PermanentSparkJobError, SparkJobEr
 from music_recs.jobs import RESULTS, JobSpec
 from music_recs.resubmission import (PERMANENT, PYTHON_CRASH_UNDER_LIMIT, Failure, classify_failure, first_exception,
                                      free_space, mask_secrets, next_settings, python_memory_mb)
-from music_recs.settings import spark_class_archive_dir, spark_submit_env
+from music_recs.settings import connector_jars_dir, s3_endpoint, spark_class_archive_dir, spark_submit_env
 from music_recs.sizing import ExecutorSizing
 from music_recs_airflow.class_archive import DriverClassArchive, archive_key, class_path_has_files
 
@@ -54,6 +54,7 @@ JOBS_DIR = REPO_ROOT / "spark_jobs"
 CORE_DIR = REPO_ROOT / "src" / "music_recs"
 SPARK_DEFAULTS = REPO_ROOT / "infra" / "spark" / "spark-defaults.conf"
 LOG4J2 = REPO_ROOT / "infra" / "spark" / "log4j2.properties"
+CONNECTOR_LOCK = REPO_ROOT / "infra" / "spark" / "s3a-connector.lock"
 JAVA_OPTIONS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
 
 
@@ -89,6 +90,43 @@ def master_of(conn) -> str:
     else:
         master = f"{conn.conn_type}://{conn.host or ''}"
     return f"{master}:{conn.port}" if conn.port else master
+
+
+def connector_jars(jars_dir: str | None = None) -> list[str]:
+    """The S3A connector's jars (``infra/spark/s3a-connector.lock``) in the jar cache
+    (``music_recs.settings.connector_jars_dir``); fails in one line naming what is missing."""
+    folder = jars_dir or connector_jars_dir()
+    rows = [line.split("\t") for line in CONNECTOR_LOCK.read_text().splitlines() if line and not line.startswith("#")]
+    jars = [os.path.join(folder, f"{artifact}-{version}.jar") for _, artifact, version, _ in rows]
+    missing = [f"{group}:{artifact}:{version}" for (group, artifact, version, _), jar in zip(rows, jars)
+               if not os.path.isfile(jar)]
+    if missing:
+        raise InvalidInput(f"the S3A connector is not installed: {len(missing)} of {len(jars)} jars missing from "
+                           f"{folder} (first {missing[0]}); run infra/local/fetch_connector.sh (setup.sh does), "
+                           "or set MUSIC_RECS_JARS_DIR to where they are")
+    return jars
+
+
+def s3_environment(conn_id: str) -> dict[str, str]:
+    """The environment a job's S3A filesystem and boto3 read (``spark_jobs.lib.s3a``): endpoint,
+    region and credentials of the Airflow AWS connection ``conn_id``. A connection without keys
+    adds none: the job uses the instance's or pod's role (or the worker's own environment)."""
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        raise InvalidInput(f"the AWS connection {conn_id!r} is not defined; create it (README, Configuration)") from None
+    extra = conn.extra_dejson or {}
+    env = {}
+    endpoint = extra.get("endpoint_url") or s3_endpoint()
+    if endpoint:
+        env["AWS_ENDPOINT_URL_S3"] = str(endpoint)
+    if extra.get("region_name"):
+        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = str(extra["region_name"])
+    if conn.login and conn.password:
+        env.update(AWS_ACCESS_KEY_ID=conn.login, AWS_SECRET_ACCESS_KEY=conn.password)
+        if extra.get("aws_session_token"):
+            env["AWS_SESSION_TOKEN"] = str(extra["aws_session_token"])
+    return env
 
 
 def package_zip(dest_dir: str) -> str:
@@ -182,6 +220,9 @@ class SparkJobHook(BaseHook):
     :param class_archive_dir: where the driver JVM's class archive is kept (``class_archive``);
         default ``music_recs.settings.spark_class_archive_dir()``; empty: none.
     :param master: the master as a run's plan resolved it (default None: read from the connection).
+    :param s3_conn_id: the Airflow AWS connection whose endpoint and credentials the job's ``s3a://``
+        filesystem uses, handed over in its environment (``s3_environment``), with the S3A connector's
+        jars (``connector_jars``); default None: the job reads and writes no ``s3a://``.
     """
 
     conn_name_attr = "conn_id"
@@ -191,9 +232,11 @@ class SparkJobHook(BaseHook):
 
     def __init__(self, conn_id: str = default_conn_name, work_dir: str = "/tmp/music_recs_submit",
                  pyfiles_dir: str | None = None, label: str = "", event_log_dir: str = "",
-                 jobs_dir: Path = JOBS_DIR, class_archive_dir: str | None = None, master: str | None = None):
+                 jobs_dir: Path = JOBS_DIR, class_archive_dir: str | None = None, master: str | None = None,
+                 s3_conn_id: str | None = None):
         super().__init__()
         self.master = master
+        self.s3_conn_id = s3_conn_id
         self.class_archive_dir = spark_class_archive_dir() if class_archive_dir is None else class_archive_dir
         self.conn_id = conn_id
         self.work_dir = work_dir
@@ -256,8 +299,13 @@ class SparkJobHook(BaseHook):
                    "executor_cores": executor_cores, "num_executors": num_executors,
                    "total_executor_cores": total_executor_cores}
         env = spark_submit_env()
-        archive = self.class_archive(env, conf or {}, driver_memory)
-        cmd = self.command(spec_path, result_path, job, conf or {}, options, archive.java_options() if archive else "")
+        conf = conf or {}
+        submitted = dict(conf)  # what the command line gets: the caller's conf and the connector's jars
+        if self.s3_conn_id:
+            env.update(s3_environment(self.s3_conn_id))
+            submitted["spark.jars"] = ",".join([*connector_jars(), *filter(None, conf.get("spark.jars", "").split(","))])
+        archive = self.class_archive(env, submitted, driver_memory)
+        cmd = self.command(spec_path, result_path, job, submitted, options, archive.java_options() if archive else "")
         writing_archive = bool(archive and archive.writing)
         master = cmd[cmd.index("--master") + 1]
         log.info("spark-submit %s on %s (log: %s)", job, master, log_path)
@@ -290,7 +338,7 @@ class SparkJobHook(BaseHook):
             returncode = 0
         if returncode != 0:
             failure, lines, cause = cause_line("\n".join(recent), returncode, conf,
-                                               self.local_folders(spec, conf or {}, env))
+                                               self.local_folders(spec, conf, env))
             where = f" {self.label}" if self.label else ""
             error = PermanentSparkJobError if failure in PERMANENT else SparkJobError
             raise error(f"Spark job {job}{where} failed ({failure.value}): {cause} (full log: {log_path})",
@@ -299,7 +347,7 @@ class SparkJobHook(BaseHook):
             raise SparkJobError(f"Spark job {job} finished but wrote no result at {result_path} (full log: {log_path})")
         with open(result_path) as fh:
             result = RESULTS[job].from_json(fh.read())
-        return dataclasses.replace(result, submission={"settings": {"master": master, **options, "conf": conf or {}},
+        return dataclasses.replace(result, submission={"settings": {"master": master, **options, "conf": conf},
                                                        "attempts": [{"attempt": 1, "outcome": "success",
                                                                      "seconds": round(time.time() - started, 1)}]})
 

@@ -7,17 +7,28 @@ cannot drift from what the first one decided. Paths are derived from it, never s
 
 ``LakeLayout`` is the one place that spells the lake's folders; the Airflow side and the
 Spark jobs both use it.
+
+What stays on the Airflow worker's own disk: Spark jobs run in client mode, so the driver runs
+where the task runs, and the job's spec, result and log, and the ``--py-files`` zip, are read
+and written there only (``RunPlan.work_dir``, ``RunPlan.submit_dir``). With a local lake they
+stay where they always were, in the lake; with an ``s3a://`` lake, under the setting
+``work_dir``. Spark checkpoints go where every process that writes them can: the worker's disk
+when Spark runs in local mode, the lake on a cluster (``RunPlan.checkpoints``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from urllib.parse import urlparse
 
 from music_recs.checks import parse_day
 from music_recs.params import RunParams
 from music_recs.settings import DeploymentSettings
 from music_recs.sizing import ClusterResources
+
+
+COMMITTED_POINTER = "_COMMITTED.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +37,10 @@ class LakeLayout:
 
     ::
 
-        plays/dt=D/                     accepted plays of day D (ingest)
-        quarantine/dt=D/                rejected rows of day D with their reason (ingest)
+        plays/dt=D/                     accepted plays of day D (ingest): the copy ``v=V/`` that
+                                        ``_COMMITTED.json`` names (a day of the old layout: the files
+                                        and ``_SUCCESS`` directly inside)
+        quarantine/dt=D/                rejected rows of day D with their reason (ingest), ``v=V/`` likewise
         ids/{entity}/chunk=N/           the append-only id index (user, track, artist)
         _landing/dt=D/                  the day's landing files, staged for Spark
         matrix/dt=D/                    matrices built outside a DAG run (confidence's default)
@@ -43,6 +56,18 @@ class LakeLayout:
 
     def plays(self, day: str | None = None) -> str:
         return f"{self.root}/plays" if day is None else f"{self.root}/plays/dt={day}"
+
+    def committed_pointer(self, day: str) -> str:
+        """The readers' pointer of day D (``plays/dt=D/_COMMITTED.json``): which copy is committed."""
+        return f"{self.plays(day)}/{COMMITTED_POINTER}"
+
+    def plays_copy(self, day: str, version: str) -> str:
+        """The accepted plays of one copy ``v=V`` of day D."""
+        return f"{self.plays(day)}/v={version}"
+
+    def quarantine_copy(self, day: str, version: str) -> str:
+        """The quarantined rows of one copy ``v=V`` of day D (the same V as its plays)."""
+        return f"{self.quarantine(day)}/v={version}"
 
     def quarantine(self, day: str) -> str:
         return f"{self.root}/quarantine/dt={day}"
@@ -65,6 +90,14 @@ class LakeLayout:
     @property
     def submit_dir(self) -> str:
         return f"{self.root}/_submit"
+
+
+def local_path(uri: str) -> str | None:
+    """The local path of ``uri`` (an absolute path or ``file://``), None for a remote one (``s3a://``, ``hdfs://``)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return parsed.path if parsed.scheme else uri
+    return None
 
 
 def matrix_of(matrices_uri: str, granularity: str) -> str:
@@ -119,12 +152,43 @@ class RunPlan:
         return f"{self.run_dir}/results"
 
     @property
+    def lake_is_local(self) -> bool:
+        return local_path(self.settings.lake_uri) is not None
+
+    @property
+    def local_run_dir(self) -> str:
+        """The run's folder on the Airflow worker's disk: the run folder of a local lake, else
+        ``{work_dir}/runs/dt=D/run=R`` (the setting ``work_dir``)."""
+        if self.lake_is_local:
+            return local_path(self.run_dir)
+        return f"{self.settings.work_dir.rstrip('/')}/runs/dt={self.day}/run={self.run_key}"
+
+    @property
+    def work_dir(self) -> str:
+        """Where the jobs' specs, results and logs go (a local folder: the driver runs here)."""
+        return f"{self.local_run_dir}/results"
+
+    @property
+    def submit_dir(self) -> str:
+        """Where the ``--py-files`` zip is kept (a local folder): the lake's ``_submit`` of a local
+        lake, else ``{work_dir}/_submit``."""
+        if self.lake_is_local:
+            return local_path(self.lake.submit_dir)
+        return f"{self.settings.work_dir.rstrip('/')}/_submit"
+
+    @property
     def data_docs(self) -> str:
         return f"{self.run_dir}/data_docs"
 
     @property
     def checkpoints(self) -> str:
-        return self.lake.checkpoints(self.day, self.run_key)
+        """Spark checkpoints of the run's training: the lake's ``_checkpoints/dt=D/run=R`` (a local
+        lake, or a cluster, whose executors all write them), except a local-mode run on an
+        ``s3a://`` lake: one JVM writes and reads them, so they stay on the worker's disk
+        (``{local_run_dir}/_checkpoints``) instead of going through S3."""
+        if self.lake_is_local or not self.local:
+            return self.lake.checkpoints(self.day, self.run_key)
+        return f"{self.local_run_dir}/_checkpoints"
 
     @property
     def landing_staging(self) -> str:

@@ -46,7 +46,14 @@ class DeploymentSettings:
     landing_prefix: landing logs go under ``{landing_prefix}/dt=D/`` (default ``stream_logs``).
     quarantine_prefix: quarantined rows of day D go to ``{quarantine_prefix}/dt=D/``.
     models_bucket, models_prefix: where models are published (``music-models``, ``music_recs``).
-    lake_uri: the Parquet lake, an absolute local folder in this version (default: a temp folder).
+    lake_uri: the Parquet lake: ``s3a://bucket/prefix`` (object storage, read and written by every
+    stage with no shared disk), or an absolute local folder / ``file://`` (one machine, or a shared
+    filesystem mounted at the same path everywhere); default: a temp folder.
+    work_dir: the Airflow worker's own folder for what only it and the Spark driver (client mode)
+    read: job specs, results and logs, the ``--py-files`` zip, Spark checkpoints of local-mode
+    runs; used when the lake is not local (default ``{tempdir}/music_recs/work``).
+    lake_retention_hours: an older copy of a rewritten day stays this long after the new copy is
+    committed, so a reader that started on it can finish (24).
     source_format: ``auto`` (detected per file) or one landing format for a source that sends one.
     max_quarantine_fraction: share of a day's rows that may be quarantined before ingest fails (0.05).
     aws_conn_id, spark_conn_id: the Airflow connections for S3 and the Spark master.
@@ -63,6 +70,8 @@ class DeploymentSettings:
     models_bucket: str = "music-models"
     models_prefix: str = "music_recs"
     lake_uri: str = os.path.join(tempfile.gettempdir(), "music_recs", "lake")
+    work_dir: str = os.path.join(tempfile.gettempdir(), "music_recs", "work")
+    lake_retention_hours: float = 24.0
     source_format: str = "auto"
     max_quarantine_fraction: float = 0.05
     aws_conn_id: str = "aws_default"
@@ -90,6 +99,10 @@ class DeploymentSettings:
             raise InvalidInput(f"source_format must be one of {SOURCE_FORMATS}, got {self.source_format!r}")
         if not 0 <= self.max_quarantine_fraction <= 1:
             raise InvalidInput(f"max_quarantine_fraction must be within [0, 1], got {self.max_quarantine_fraction}")
+        if not os.path.isabs(self.work_dir):
+            raise InvalidInput(f"work_dir must be an absolute local folder, got {self.work_dir!r}")
+        if not 0 <= self.lake_retention_hours <= 24 * 365:
+            raise InvalidInput(f"lake_retention_hours must be within [0, 8760], got {self.lake_retention_hours}")
         if self.broadcast_budget_mb < 0 or self.train_attempts < 1:
             raise InvalidInput("broadcast_budget_mb must be >= 0 and train_attempts >= 1")
 
@@ -213,6 +226,14 @@ def spark_class_archive_dir(environ: Mapping[str, str] | None = None) -> str:
         return value
     cache = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "music_recs", "spark-class-archives")
+
+
+def connector_jars_dir(environ: Mapping[str, str] | None = None) -> str:
+    """Where the S3A connector's jars are cached (``infra/local/fetch_connector.sh`` puts them
+    there): ``MUSIC_RECS_JARS_DIR``, else ``music_recs/jars`` in the user's cache folder."""
+    environ = os.environ if environ is None else environ
+    cache = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return environ.get(f"{ENV_PREFIX}JARS_DIR") or os.path.join(cache, "music_recs", "jars")
 
 
 def s3_endpoint(environ: Mapping[str, str] | None = None) -> str | None:
