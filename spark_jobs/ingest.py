@@ -2,15 +2,18 @@
 
 Every non-blank input line ends up in exactly one of three places:
 
-* ``{lake}/plays/dt=D/``: accepted, typed, deduplicated plays;
-* ``{lake}/quarantine/dt=D/``: the raw line, the first rule it broke and its file;
+* ``{lake}/plays/dt=D/v=V/``: accepted, typed, deduplicated plays;
+* ``{lake}/quarantine/dt=D/v=V/``: the raw line, the first rule it broke and its file;
 * counted as a duplicate replay of an accepted event (same ``event_id``), within the day or
   already accepted into one of the ``NEIGHBOUR_DAYS`` days before or after it (a late event can
   be delivered again the next day, and both days' windows accept it; a backfill may ingest the
   later day first).
 
 The invariant ``read = accepted + quarantined + duplicates`` is checked here and
-recorded in the result. Reruns overwrite the day's partitions: idempotent.
+recorded in the result. Each run writes a new copy ``v=V`` of the day aside while it holds the
+day's lease, and makes it the day in one step (``plays/dt=D/_COMMITTED.json``, see
+``music_recs.lake_commit``): a run killed midway leaves the committed copy as it was, a second
+writer of the day stops with ``LakeBusy``, and a rerun of the same input commits the same rows.
 
 Run: ``spark-submit spark_jobs/ingest.py --spec SPEC.json --result FILE`` (``music_recs.jobs.IngestSpec``)
 """
@@ -31,7 +34,7 @@ from pyspark.sql import types as T
 from music_recs import schema as S
 from music_recs.jobs import IngestResult, IngestSpec
 from music_recs.plan import LakeLayout
-from spark_jobs.lib.lake import present_days, read_plays
+from spark_jobs.lib.lake import present_days, read_plays, writing_day
 from spark_jobs.lib.landing import BLANK, QUARANTINE_CHARS, detect, inspect, iter_records
 from spark_jobs.lib.session import PhaseTimer, job_main
 
@@ -381,52 +384,59 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
     timer = PhaseTimer()
     day_s, day = spec.day, dt.date.fromisoformat(spec.day)
     lake = LakeLayout(spec.lake_uri)
-    with timer.phase("inspect"):
-        verdicts = inspect_files(spark, spec.input_uri, spec.source_format, spec.reader)
-    formats = {v.format for v in verdicts}
-    # Events a neighbouring day already accepted are duplicates too, whichever day was ingested
-    # first (a backfill can ingest the day before after this one). The other days are not
-    # rewritten, so a rerun of this day finds the same ones and each event stays in one day.
-    # Days whose ingests overlap could both keep an event: the DAG's single-slot Spark pool
-    # runs one ingest at a time.
-    neighbours = [day + dt.timedelta(days=i) for i in range(-NEIGHBOUR_DAYS, NEIGHBOUR_DAYS + 1) if i]
-    others = present_days(spark, lake, neighbours)
-    seen = read_plays(spark, lake, others) if others else None
-    n_files = spec.output_files or max(1, math.ceil(sum(v.bytes for v in verdicts) / LANDING_BYTES_PER_OUTPUT_FILE))
-    with timer.phase("write_plays"), landing_records(spark, spec, verdicts) as records:
-        rows, read_counts = _counted(classified(records, formats, day))
-        plays, play_counts = accepted_plays(rows.filter(F.col(S.REASON).isNull()), seen, n_files)
-        plays.write.mode("overwrite").parquet(lake.plays(day_s))
-        accepted = spark.read.parquet(lake.plays(day_s)).count()
-        counts = {**read_counts(accepted > 0), **play_counts(accepted > 0)}
-    with timer.phase("write_quarantine"):
-        bad = files_named(verdicts, counts["bad_files"]) if counts["quarantined"] else []
-        with landing_records(spark, spec, bad) as records:
-            quarantined = classified(records, formats, day).filter(F.col(S.REASON).isNotNull()).select(
-                # The quarantine copy is cut; parsing saw the whole line.
-                S.REASON, F.substring(S.RAW_LINE, 1, QUARANTINE_CHARS).alias(S.RAW_LINE), S.SOURCE_FILE, FORMAT)
-            quarantined.repartition(1).sortWithinPartitions(S.SOURCE_FILE, S.RAW_LINE).write.mode("overwrite").json(
-                lake.quarantine(day_s))
-        by_reason = {r[S.REASON]: r["count"] for r in spark.read.schema(QUARANTINE_SCHEMA)
-                     .json(lake.quarantine(day_s)).groupBy(S.REASON).count().collect()}
-    read = counts["read"]
-    duplicates = counts["duplicates"] + counts["of_other_days"]
-    n_quarantined = sum(by_reason.values())
-    result = IngestResult(
-        day=day_s, rows_read=read, rows_accepted=accepted, rows_quarantined=n_quarantined,
-        duplicates_removed=duplicates, duplicates_of_other_days=counts["of_other_days"],
-        quarantine_reasons=dict(sorted(by_reason.items())),
-        formats={f: counts[f"format_{f}"] for f in S.LANDING_FORMATS if counts[f"format_{f}"]},
-        files_by_reader={"spark": sum(v.jvm_readable for v in verdicts),
-                         "python": sum(not v.jvm_readable for v in verdicts)},
-        seconds=timer.seconds,
-    )
-    # Nothing may vanish between reading and writing, nor between the two passes.
-    if read != accepted + n_quarantined + duplicates or n_quarantined != counts["quarantined"]:
-        raise RuntimeError(
-            f"row accounting broken for {day_s}: read {read} != accepted {accepted} + quarantined "
-            f"{n_quarantined} (counted {counts['quarantined']} while reading) + duplicates {duplicates}"
+    # The day's lease first: a second writer of the day stops here, in one line naming the first.
+    with writing_day(spark, lake, day_s, spec.writer, spec.lease_seconds, spec.retention_hours) as copy:
+        with timer.phase("inspect"):
+            verdicts = inspect_files(spark, spec.input_uri, spec.source_format, spec.reader)
+        formats = {v.format for v in verdicts}
+        # Events a neighbouring day already accepted are duplicates too, whichever day was ingested
+        # first (a backfill can ingest the day before after this one). The other days are not
+        # rewritten, so a rerun of this day finds the same ones and each event stays in one day.
+        # Days whose ingests overlap could both keep an event: the DAG's single-slot Spark pool
+        # runs one ingest at a time.
+        neighbours = [day + dt.timedelta(days=i) for i in range(-NEIGHBOUR_DAYS, NEIGHBOUR_DAYS + 1) if i]
+        others = present_days(spark, lake, neighbours)
+        seen = read_plays(spark, lake, others) if others else None
+        n_files = spec.output_files or max(1, math.ceil(sum(v.bytes for v in verdicts) / LANDING_BYTES_PER_OUTPUT_FILE))
+        # The new copy goes into its own folders, beside the committed one: readers keep the old
+        # day until the commit below.
+        with timer.phase("write_plays"), landing_records(spark, spec, verdicts) as records:
+            rows, read_counts = _counted(classified(records, formats, day))
+            plays, play_counts = accepted_plays(rows.filter(F.col(S.REASON).isNull()), seen, n_files)
+            plays.write.mode("errorifexists").parquet(copy.plays)
+            accepted = spark.read.parquet(copy.plays).count()
+            counts = {**read_counts(accepted > 0), **play_counts(accepted > 0)}
+        with timer.phase("write_quarantine"):
+            bad = files_named(verdicts, counts["bad_files"]) if counts["quarantined"] else []
+            with landing_records(spark, spec, bad) as records:
+                quarantined = classified(records, formats, day).filter(F.col(S.REASON).isNotNull()).select(
+                    # The quarantine copy is cut; parsing saw the whole line.
+                    S.REASON, F.substring(S.RAW_LINE, 1, QUARANTINE_CHARS).alias(S.RAW_LINE), S.SOURCE_FILE, FORMAT)
+                quarantined.repartition(1).sortWithinPartitions(S.SOURCE_FILE, S.RAW_LINE).write \
+                    .mode("errorifexists").json(copy.quarantine)
+            by_reason = {r[S.REASON]: r["count"] for r in spark.read.schema(QUARANTINE_SCHEMA)
+                         .json(copy.quarantine).groupBy(S.REASON).count().collect()}
+        read = counts["read"]
+        duplicates = counts["duplicates"] + counts["of_other_days"]
+        n_quarantined = sum(by_reason.values())
+        result = IngestResult(
+            day=day_s, rows_read=read, rows_accepted=accepted, rows_quarantined=n_quarantined,
+            duplicates_removed=duplicates, duplicates_of_other_days=counts["of_other_days"],
+            quarantine_reasons=dict(sorted(by_reason.items())),
+            formats={f: counts[f"format_{f}"] for f in S.LANDING_FORMATS if counts[f"format_{f}"]},
+            files_by_reader={"spark": sum(v.jvm_readable for v in verdicts),
+                             "python": sum(not v.jvm_readable for v in verdicts)},
+            seconds=timer.seconds,
         )
+        # Nothing may vanish between reading and writing, nor between the two passes; a copy that
+        # lost rows is never committed.
+        if read != accepted + n_quarantined + duplicates or n_quarantined != counts["quarantined"]:
+            raise RuntimeError(
+                f"row accounting broken for {day_s}: read {read} != accepted {accepted} + quarantined "
+                f"{n_quarantined} (counted {counts['quarantined']} while reading) + duplicates {duplicates}"
+            )
+        with timer.phase("commit"):
+            copy.commit(accepted, n_quarantined)
     return result
 
 

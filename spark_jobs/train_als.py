@@ -18,7 +18,10 @@ the Spark configuration it really ran with).
 Design choices:
 
 * A checkpoint directory is always set: without one Spark silently ignores
-  ``checkpointInterval`` and the lineage of 10+ iterations ends in StackOverflowError.
+  ``checkpointInterval`` and the lineage of 10+ iterations ends in StackOverflowError. It is the
+  spec's (``RunPlan.checkpoints``: a local folder in local mode, the lake on a cluster); a spec
+  without one gets a temp folder in local mode only: on a cluster every executor writes
+  checkpoints, so a folder on one machine's disk would silently not be shared.
 * The ratings are cached once (MEMORY_AND_DISK) and unpersisted when the fit is done;
   MLlib caches its own in/out blocks between iterations.
 * User and item block counts come from the caller (the sizing model); by default one
@@ -316,11 +319,22 @@ def warm_start(spark: SparkSession, spec: TrainSpec, matrix: DataFrame) -> tuple
     return init, record
 
 
+def checkpoint_dir_for(spec: TrainSpec, master: str) -> str:
+    """Where the job checkpoints: the spec's folder; without one, a temp folder in local mode (one
+    JVM), and a one-line error on a cluster (its executors need a folder they all reach)."""
+    if spec.checkpoint_dir:
+        return spec.checkpoint_dir
+    if master.startswith("local"):
+        return os.path.join(tempfile.gettempdir(), "music_recs_checkpoints")
+    raise ValueError(f"the training spec has no checkpoint_dir and the master {master} is a cluster: give a folder "
+                     "every executor reaches (the lake's _checkpoints, e.g. s3a://bucket/lake/_checkpoints/...)")
+
+
 def run(spark: SparkSession, spec: TrainSpec) -> TrainResult:
     """Train on ``spec.matrix_uri`` and write factors and model to ``spec.out_uri``."""
     timer = PhaseTimer()
     sc = spark.sparkContext
-    checkpoint_dir = spec.checkpoint_dir or os.path.join(tempfile.gettempdir(), "music_recs_checkpoints")
+    checkpoint_dir = checkpoint_dir_for(spec, sc.master)
     sc.setCheckpointDir(checkpoint_dir)
     blocks = (spec.user_blocks or sc.defaultParallelism, spec.item_blocks or sc.defaultParallelism)
     matrix_uri = spec.matrix_uri.rstrip("/")

@@ -28,7 +28,7 @@ from music_recs.jobs import ValidateResult, ValidateSpec
 from music_recs.plan import LakeLayout
 from spark_jobs.ingest import MAX_MS_PLAYED, day_window
 from spark_jobs.lib.gx_suites import EXPECTATIONS, load_suite, preload, validate_frames
-from spark_jobs.lib.lake import present_days
+from spark_jobs.lib.lake import day_rows, present_days, read_day
 from spark_jobs.lib.session import PhaseTimer, job_main
 
 DEFAULT_SUITE = os.path.join(EXPECTATIONS, "stream_logs_daily.json")
@@ -103,8 +103,8 @@ def day_summary(spark: SparkSession, lake: LakeLayout, day: dt.date, rows_read: 
     """Duplicate and quarantine rates, and accepted rows against the trailing average."""
     history = [day - dt.timedelta(days=i) for i in range(TRAILING_DAYS, 0, -1)]
     present = present_days(spark, lake, history)
-    # Parquet row counts come from the files' footers: no scan.
-    counts = [spark.read.parquet(lake.plays(d.isoformat())).count() for d in present]
+    # From each day's pointer (a day of the old layout: its Parquet footers): no scan.
+    counts = [day_rows(spark, lake, d) for d in present]
     trailing = sum(counts) / len(counts) if counts else None
     return {
         "rows_read": rows_read,
@@ -122,7 +122,7 @@ def run(spark: SparkSession, spec: ValidateSpec) -> ValidateResult:
     timer = PhaseTimer()
     day, lake = dt.date.fromisoformat(spec.day), LakeLayout(spec.lake_uri)
     with timer.phase("profile"):
-        plays = spark.read.parquet(lake.plays(spec.day))
+        plays = read_day(spark, lake, spec.day)
         profile = day_profile(plays, day)
         counts = spec.ingest_counts or {"rows_read": profile["rows"], "duplicates_removed": 0, "rows_quarantined": 0}
         summary = day_summary(spark, lake, day, counts["rows_read"], counts["duplicates_removed"],

@@ -22,6 +22,7 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ["MUSIC_RECS_LAKE_URI"] = str(_SESSION_TMP / "lake")
+os.environ["MUSIC_RECS_WORK_DIR"] = str(_SESSION_TMP / "work")
 os.environ["MUSIC_RECS_TASK_RETRIES"] = "0"
 # Every spark-submit a test causes (the DAG's tasks, the cluster tests) starts a driver JVM that
 # lives for seconds on a few thousand rows: the C1 JIT alone and the serial GC leave the 2 cores

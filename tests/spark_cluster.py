@@ -30,12 +30,18 @@ class StandaloneCluster:
         return f"spark://127.0.0.1:{self.port}"
 
     def _start(self, name: str, args: list[str]) -> None:
-        env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(self.root / "logs"),
-                   SPARK_WORKER_DIR=str(self.root / f"{name}-work"))
+        # Each daemon (and the executors a worker starts) gets its own home, temp and working folder
+        # and none of the test process's AWS variables: what a job needs from the driver's side
+        # (S3 endpoint and keys, the connector's jars, the job's code) must come with the job.
+        home = self.root / f"{name}-home"
+        (home / "tmp").mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW_CONN_"))}
+        env.update(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR=str(self.root / "logs"),
+                   SPARK_WORKER_DIR=str(self.root / f"{name}-work"), HOME=str(home), TMPDIR=str(home / "tmp"))
         log = open(self.root / f"{name}.log", "w")
         # Own session: killing the group also kills the executors a worker launched.
         self.procs[name] = subprocess.Popen([self.spark_class, *args], stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True)
+                                            env=env, cwd=home, start_new_session=True)
 
     def start(self, timeout: float = 90) -> StandaloneCluster:
         self.root.mkdir(parents=True, exist_ok=True)

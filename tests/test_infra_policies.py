@@ -19,16 +19,21 @@ def allowed(stmts, action):
             for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
 
 
-def test_pipeline_reads_landing_writes_quarantine_and_models_only():
+LAKE = "arn:aws:s3:::music-lake/lake/*"  # the example lake_uri s3a://music-lake/lake (infra/DEPLOYMENT.md)
+
+
+def test_pipeline_reads_landing_writes_quarantine_and_models_and_owns_only_the_lake():
     stmts = statements("pipeline-iam-policy.json")
     assert sorted(allowed(stmts, "s3:GetObject")) == sorted([
         f"arn:aws:s3:::{CFG.raw_bucket}/{CFG.landing_prefix}/*",
-        f"arn:aws:s3:::{CFG.models_bucket}/{CFG.models_prefix}/*"])
+        f"arn:aws:s3:::{CFG.models_bucket}/{CFG.models_prefix}/*", LAKE])
     assert sorted(allowed(stmts, "s3:PutObject")) == sorted([
         f"arn:aws:s3:::{CFG.raw_bucket}/{CFG.quarantine_prefix}/*",
-        f"arn:aws:s3:::{CFG.models_bucket}/{CFG.models_prefix}/*"])
+        f"arn:aws:s3:::{CFG.models_bucket}/{CFG.models_prefix}/*", LAKE])
     assert not any("*" == s["Action"] or s["Action"] == "s3:*" for s in stmts if s["Effect"] == "Allow")
-    assert not allowed(stmts, "s3:DeleteObject")
+    # The lake's commit protocol deletes old copies of a day and Spark's commit deletes what it
+    # copied: deletes are allowed there and nowhere else.
+    assert allowed(stmts, "s3:DeleteObject") == [LAKE]
 
 
 def test_deletes_are_denied_explicitly():

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from music_recs.jobs import IngestSpec
+from music_recs.plan import LakeLayout
 from spark_jobs import ingest
+from spark_jobs.lib.lake import read_day
 
 pytestmark = pytest.mark.spark
 
@@ -71,7 +73,7 @@ def test_every_format_maps_to_the_same_schema(spark, landing, tmp_path):
     assert result.duplicates_removed == 2  # the Spotify replay and the Last.fm double scrobble
     assert result.quarantine_reasons == {"missing_track_id": 1, "podcast_not_music": 1, "unparseable_ts": 1,
                                             "wrong_field_count": 1}
-    plays = {(r.user_id, r.track_name): r for r in spark.read.parquet(f"{lake}/plays/dt={DAY}").collect()}
+    plays = {(r.user_id, r.track_name): r for r in read_day(spark, LakeLayout(lake), str(DAY)).collect()}
 
     queen = plays["alice", "Dancing Queen"]  # user from the export's folder, id from the URI
     assert queen.track_id == "spotify:track:0GjEhVFGZW8afUYGChu3Rr" and queen.ms_played == 215000
@@ -100,7 +102,7 @@ def test_derived_ids_ignore_case_and_spacing(spark, tmp_path):
                                   "u2\t2026-11-20T11:00:00Z\t\tthe cure \t\tLULLABY\n")
     lake = str(tmp_path / "lake")
     ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(folder), lake_uri=str(lake)))
-    rows = spark.read.parquet(f"{lake}/plays/dt={DAY}").collect()
+    rows = read_day(spark, LakeLayout(lake), str(DAY)).collect()
     assert len({r.track_id for r in rows}) == 1 and len({r.artist_id for r in rows}) == 1
 
 

@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from music_recs.jobs import IngestSpec
+from music_recs.plan import LakeLayout
 from spark_jobs import ingest
+from spark_jobs.lib.lake import committed, read_day
 
 pytestmark = pytest.mark.spark
 
@@ -43,7 +45,7 @@ def jsonl(records, gz: bool = True) -> bytes:
 
 def quarantine(spark, lake) -> dict:
     return {json.loads(r.raw_line).get("event_id"): r.reason
-            for r in spark.read.json(str(lake / "quarantine" / f"dt={DAY}")).collect()}
+            for r in spark.read.json(committed(spark, LakeLayout(str(lake)), str(DAY)).quarantine).collect()}
 
 
 def test_an_overflowing_number_is_quarantined_and_the_day_goes_on(spark, tmp_path):
@@ -63,7 +65,7 @@ def test_a_20000_character_record_is_accepted_on_either_reading_path(spark, tmp_
     result, lake = run(spark, tmp_path, files)
     assert result.files_by_reader == {"spark": 1, "python": 1}
     assert result.rows_accepted == 2 and result.quarantine_reasons == {"not_utf8": 1}
-    names = {r.event_id: r.track_name for r in spark.read.parquet(str(lake / "plays" / f"dt={DAY}")).collect()}
+    names = {r.event_id: r.track_name for r in read_day(spark, LakeLayout(str(lake)), str(DAY)).collect()}
     assert names == {"e1": "n" * 20_000, "e2": "m" * 20_000}
 
 
@@ -84,7 +86,7 @@ def test_both_reading_paths_accept_the_same_rows(spark, tmp_path):
     assert python.quarantine_reasons == {"ms_played_out_of_range": 1, "not_json_object": 1, "not_utf8": 1}
 
     def accepted(lake):
-        return sorted(map(tuple, spark.read.parquet(str(lake / "plays" / f"dt={DAY}")).collect()))
+        return sorted(map(tuple, read_day(spark, LakeLayout(str(lake)), str(DAY)).collect()))
 
     assert accepted(jvm_lake) == accepted(python_lake) == accepted(forced_lake)
 

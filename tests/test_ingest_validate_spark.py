@@ -3,16 +3,28 @@
 import datetime as dt
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
 from music_recs.jobs import IngestSpec, ValidateSpec
+from music_recs.plan import LakeLayout
 from music_recs.quality_gate import failure_line
 from spark_jobs import ingest, validate
+from spark_jobs.lib.lake import committed, present_days, read_day, read_plays
 
 pytestmark = pytest.mark.spark
 
 DAY = dt.date(2026, 11, 20)
+
+
+def day_plays(spark, lake):
+    """The day's committed accepted plays, as readers see them."""
+    return read_day(spark, LakeLayout(str(lake)), str(DAY))
+
+
+def day_quarantine(spark, lake):
+    return spark.read.json(committed(spark, LakeLayout(str(lake)), str(DAY)).quarantine)
 
 
 def good(i, **overrides):
@@ -63,10 +75,10 @@ def test_every_row_is_accepted_quarantined_or_a_counted_duplicate(spark, landing
     assert result.rows_quarantined == len(BROKEN)
     assert result.rows_read == result.rows_accepted + result.rows_quarantined + result.duplicates_removed
 
-    quarantined = {r["raw_line"]: r["reason"] for r in spark.read.json(f"{lake}/quarantine/dt={DAY}").collect()}
+    quarantined = {r["raw_line"]: r["reason"] for r in day_quarantine(spark, lake).collect()}
     assert quarantined == BROKEN
 
-    plays = spark.read.parquet(f"{lake}/plays/dt={DAY}")
+    plays = day_plays(spark, lake)
     assert dict(plays.dtypes)["ms_played"] == "bigint" and dict(plays.dtypes)["ts"] == "timestamp"
     assert plays.select("event_id").distinct().count() == 21
 
@@ -74,12 +86,12 @@ def test_every_row_is_accepted_quarantined_or_a_counted_duplicate(spark, landing
 def test_rerun_gives_the_same_partition_and_quarantine(spark, landing, tmp_path):
     lake = str(tmp_path / "lake")
     first = ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(landing), lake_uri=str(lake)))
-    rows1 = sorted(map(tuple, spark.read.parquet(f"{lake}/plays/dt={DAY}").collect()))
-    q1 = sorted(map(tuple, spark.read.json(f"{lake}/quarantine/dt={DAY}").collect()))
+    rows1 = sorted(map(tuple, day_plays(spark, lake).collect()))
+    q1 = sorted(map(tuple, day_quarantine(spark, lake).collect()))
     second = ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(landing), lake_uri=str(lake)))
     assert {**first.to_dict(), "seconds": None} == {**second.to_dict(), "seconds": None}
-    assert sorted(map(tuple, spark.read.parquet(f"{lake}/plays/dt={DAY}").collect())) == rows1
-    assert sorted(map(tuple, spark.read.json(f"{lake}/quarantine/dt={DAY}").collect())) == q1
+    assert sorted(map(tuple, day_plays(spark, lake).collect())) == rows1
+    assert sorted(map(tuple, day_quarantine(spark, lake).collect())) == q1
 
 
 def test_gx_suite_passes_on_ingested_day_and_fails_on_bad_data(spark, landing, tmp_path):
@@ -95,7 +107,7 @@ def test_gx_suite_passes_on_ingested_day_and_fails_on_bad_data(spark, landing, t
     assert list(docs.glob("gx/uncommitted/data_docs/local_site/validations/**/*.html"))
 
     # A partition written around ingest (duplicate ids, negative ms_played) must fail the suite.
-    bad = spark.read.parquet(f"{lake}/plays/dt={DAY}")
+    bad = day_plays(spark, lake)
     from pyspark.sql import functions as F
     broken = bad.unionByName(bad.limit(2)).withColumn("ms_played", F.lit(-5).cast("long"))
     broken.write.mode("overwrite").parquet(str(tmp_path / "bad" / "plays" / f"dt={DAY}"))
@@ -169,7 +181,8 @@ def test_an_event_accepted_on_a_neighbouring_day_is_kept_once(spark, tmp_path, o
             assert result.duplicates_of_other_days == other_day_copies
             assert result.rows_read == result.rows_accepted + result.duplicates_removed
             assert result.duplicates_removed == other_day_copies
-    rows = spark.read.parquet(f"{lake}/plays").collect()
+    layout = LakeLayout(lake)
+    rows = read_plays(spark, layout, present_days(spark, layout, [before, DAY])).collect()
     assert sorted(r.event_id for r in rows) == ["e1", "e2", "e900", "e901"]
     assert [str(r.dt) for r in rows if r.event_id == "e900"] == [str(first)]
 
@@ -198,8 +211,8 @@ def test_a_day_with_nothing_to_accept_still_counts_every_row(spark, tmp_path, co
     result = ingest.run(spark, IngestSpec(day=str(DAY), input_uri=str(folder), lake_uri=str(lake)))
     n = len(lines)
     assert (result.rows_read, result.rows_accepted, result.rows_quarantined, result.duplicates_removed) == (n, 0, n, 0)
-    assert spark.read.parquet(f"{lake}/plays/dt={DAY}").count() == 0
-    assert spark.read.json(f"{lake}/quarantine/dt={DAY}").count() == n
+    assert day_plays(spark, lake).count() == 0
+    assert day_quarantine(spark, lake).count() == n
 
 
 def test_the_day_is_written_in_the_files_asked_for_whatever_join_spark_picks(spark, tmp_path):
@@ -218,4 +231,5 @@ def test_the_day_is_written_in_the_files_asked_for_whatever_join_spark_picks(spa
     finally:
         spark.conf.unset("spark.sql.autoBroadcastJoinThreshold")
     assert result.rows_accepted == 60
-    assert len(list((tmp_path / "lake" / "plays" / f"dt={DAY}").glob("part-*.parquet"))) == 3
+    copy = committed(spark, LakeLayout(lake), str(DAY)).plays
+    assert len(list(Path(copy).glob("part-*.parquet"))) == 3

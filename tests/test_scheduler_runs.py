@@ -20,7 +20,9 @@ server over HTTP.
   a cross-field rule fails in plan_run and the failure alert reaches the alerts webhook;
 - a backfill of a day before the published one: evaluated and published without moving the
   pointer, never compared with the later model (trained on its held-out day), and its manifest
-  says why; no secret reaches any log.
+  says why; no secret reaches any log;
+- the lake on object storage (``lake_uri=s3a://...`` on the same S3 server): every stage reads and
+  writes it through the S3A connector, and no stage leaves a lake file on a local disk.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import json
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -59,7 +62,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.timeout(2400)]
 
 DAG_ID = "music_recs_daily"
 PLAYS = 2000
-RAW, MODELS = "sched-raw", "sched-models"
+RAW, MODELS, LAKE_BUCKET = "sched-raw", "sched-models", "sched-lake"
+LAKE = f"s3a://{LAKE_BUCKET}/lake"
+# What only a lake leaves: Parquet, Spark's and the lake's commit markers, GX Data Docs pages.
+LAKE_FILES = ("*.parquet", "_SUCCESS", "_COMMITTED.json", "index.html")
 # From the stack's start to the last assertion takes 8-10 min here (12-14 beside the rest of the suite,
 # as test.sh runs it); a UTC midnight inside that span
 # changes the interval the scheduler runs (and adds a second scheduled run), so the test starts after it.
@@ -191,17 +197,16 @@ def stack(tmp_path_factory, s3_endpoint, spark, metadata_db):
     days = Days.clear_of_midnight()
     root = tmp_path_factory.mktemp("sched")
     store = S3Store.from_endpoint(s3_endpoint, "testing", "testing")
-    for b in (RAW, MODELS):
+    for b in (RAW, MODELS, LAKE_BUCKET):
         store.ensure_bucket(b)
     catalogue = Catalogue(CatalogueSpec.for_plays_per_day(PLAYS))
     upload_days(store, RAW, "stream_logs", [*days.history, *days.backfill], PLAYS, catalogue)
     # History: the days before the scheduled one are in the lake, as earlier daily runs leave them
     # (the scheduled run searches on the day before it); the backfill ingests its day again.
-    lake = str(root / "lake")
     in_lake = [*days.history, days.backfill[0]]
     write_days_local(str(root / "landing"), in_lake, PLAYS, catalogue)
     for d in in_lake:
-        ingest.run(spark, IngestSpec(day=str(d), input_uri=str(root / "landing" / f"dt={d}"), lake_uri=str(lake)))
+        ingest.run(spark, IngestSpec(day=str(d), input_uri=str(root / "landing" / f"dt={d}"), lake_uri=LAKE))
 
     alerts = http.server.HTTPServer(("127.0.0.1", 0), _AlertReceiver)
     alerts.received = []
@@ -217,7 +222,8 @@ def stack(tmp_path_factory, s3_endpoint, spark, metadata_db):
         "MUSIC_RECS_S3_PORT": s3_endpoint.rsplit(":", 1)[1],  # airflow.sh finds the running server
         "MUSIC_RECS_RAW_BUCKET": RAW,
         "MUSIC_RECS_MODELS_BUCKET": MODELS,
-        "MUSIC_RECS_LAKE_URI": lake,
+        "MUSIC_RECS_LAKE_URI": LAKE,
+        "MUSIC_RECS_WORK_DIR": str(root / "work"),
         "MUSIC_RECS_TASK_RETRIES": "0",
         "MUSIC_RECS_SENSOR_POKE_S": "5",
         "MUSIC_RECS_SENSOR_TIMEOUT_S": "120",
@@ -293,7 +299,7 @@ def _day(run: dict) -> str:
     return run["data_interval_start"][:10]
 
 
-def _check_published(store, manifest: dict, day: dt.date, strategy: str, lake):
+def _check_published(store, manifest: dict, day: dt.date, strategy: str):
     """A published run, end to end: objects as the manifest says, rows accounted for, the window,
     the strategy, a model that beats popularity and passed the gate, one successful submission,
     only the matrix it trains on built, evaluation sized to the matrix."""
@@ -338,7 +344,7 @@ def _check_published(store, manifest: dict, day: dt.date, strategy: str, lake):
     assert {(c["suite"], c["column"]) for c in checks["checks"]} >= {
         ("model_output_users", "missing"), ("model_output_factors", "norm_over_median"),
         ("model_output_summary", "catalogue_coverage")}
-    assert checks["data_docs"].startswith("file://") and checks["data_docs"].endswith("index.html")
+    assert checks["data_docs"].startswith(f"{LAKE}/runs/dt={day}/") and checks["data_docs"].endswith("index.html")
     # How training started is recorded: MLlib cannot start from factors; the CG run may or may not
     # find the backfilled day's model (it publishes about when the scheduled day trains), and says which.
     warm = training["warm_start"]
@@ -353,8 +359,9 @@ def _check_published(store, manifest: dict, day: dt.date, strategy: str, lake):
     assert submission["attempts"][0]["outcome"] == "success"
     assert submission["sizing"]["user_blocks"] == training["params"]["user_blocks"]
     run_key = manifest["prefix"].split("/run=")[1].split("/")[0]
-    matrices = lake / f"runs/dt={day}/run={run_key}/matrix"
-    assert [p.name for p in matrices.iterdir()] == [f"granularity={manifest['params']['granularity']}"]
+    matrices = f"lake/runs/dt={day}/run={run_key}/matrix/"
+    assert {o.key[len(matrices):].split("/")[0] for o in store.list_objects(LAKE_BUCKET, matrices)} == {
+        f"granularity={manifest['params']['granularity']}"}
     settings = manifest["evaluation"]["submission"]["settings"]
     assert settings["driver_memory"] == f"{submission['sizing']['driver_memory_mb']}m"
     assert settings["conf"]["spark.sql.shuffle.partitions"] == str(submission["sizing"]["shuffle_partitions"])
@@ -435,7 +442,7 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
                         else {"window_days": 90, "max_iter": 10, "top_n": 50})
             assert {k: manifest["params"][k] for k in expected} == expected, day
             assert store.get_bytes(MODELS, manifest["report"]["key"]) is not None
-            _check_published(store, manifest, day, "cg" if day == days.scheduled else "mllib", stack["root"] / "lake")
+            _check_published(store, manifest, day, "cg" if day == days.scheduled else "mllib")
     assert sorted(published) == sorted([scheduled[0]["dag_run_id"], form.run_id, backfilled[0]["dag_run_id"]])
     # The run from the form searched, like the scheduled one, every recipe value labelled by its day.
     searched = published[form.run_id]["training"]["tuning"]
@@ -481,7 +488,7 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
     user = store.get_parquet(MODELS, first_rec["key"]).column("user_id")[0].as_py()
     monkeypatch.setenv("MUSIC_RECS_RAW_BUCKET", RAW)
     monkeypatch.setenv("MUSIC_RECS_MODELS_BUCKET", MODELS)
-    monkeypatch.setenv("MUSIC_RECS_LAKE_URI", str(stack["root"] / "lake"))
+    monkeypatch.setenv("MUSIC_RECS_LAKE_URI", LAKE)
     capsys.readouterr()
     assert cli.main(["recommend", "--user", user, "-n", "3"]) == 0
     printed = capsys.readouterr().out
@@ -504,6 +511,16 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
             "reprocess_behavior": behavior})
         assert sorted(b["logical_date"][:10] for b in dry["backfills"]) == [d.isoformat() for d in expected_days], \
             (behavior, dry)
+
+    # The lake lives on S3 only: its days, id index and runs are there, and no stage left a lake
+    # file on a local disk (the stack's folders, its work folder, the system temp folder), only the
+    # landing files the test itself wrote for the history.
+    lake_keys = [o.key for o in store.list_objects(LAKE_BUCKET, "lake/")]
+    for part in ("lake/plays/", "lake/quarantine/", "lake/ids/", f"lake/runs/dt={days.scheduled}/"):
+        assert any(k.startswith(part) for k in lake_keys), part
+    local = [p for folder in (stack["root"], Path(tempfile.gettempdir()) / "music_recs") for pattern in LAKE_FILES
+             for p in folder.rglob(pattern) if stack["root"] / "landing" not in p.parents]
+    assert not local, local[:10]
 
     # No secret in any log of the stack: task logs, scheduler/API output.
     token = stack["alert_token"]

@@ -30,7 +30,11 @@ if [ -z "${AIRFLOW_CONN_SPARK_DEFAULT:-}" ]; then
   export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[*]"}'
 fi
 
-export MUSIC_RECS_LAKE_URI="${MUSIC_RECS_LAKE_URI:-$LOCAL_STATE/lake}"
+# The lake on the local S3 server, as on a cluster without a shared disk (infra/DEPLOYMENT.md,
+# "Lake"); MUSIC_RECS_LAKE_URI=$LOCAL_STATE/lake keeps it in a local folder instead.
+export MUSIC_RECS_LAKE_URI="${MUSIC_RECS_LAKE_URI:-s3a://music-lake/lake}"
+# Job specs, results and logs of local runs (the driver runs here: client mode).
+export MUSIC_RECS_WORK_DIR="${MUSIC_RECS_WORK_DIR:-$LOCAL_STATE/work}"
 # Driver JVM class archives (music_recs_airflow.class_archive) of local runs and tests.
 export MUSIC_RECS_SPARK_CLASS_ARCHIVE_DIR="${MUSIC_RECS_SPARK_CLASS_ARCHIVE_DIR:-$LOCAL_STATE/spark-class-archives}"
 export PYSPARK_PYTHON="$VENV/bin/python"

@@ -80,7 +80,7 @@ def cmd_ingest(args) -> int:
     while day <= last:
         start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
         plan = tasks.plan_run({}, start, f"cli_ingest__{day.isoformat()}", cfg)
-        result = tasks.ingest(store, plan)
+        result = tasks.ingest(store, plan, writer="")  # the lease names this process (user@host pid)
         tasks.validate(plan, result)
         print(f"dt={day}: read {result.rows_read}, accepted {result.rows_accepted}, "
               f"quarantined {result.rows_quarantined}, duplicates {result.duplicates_removed}; valid")

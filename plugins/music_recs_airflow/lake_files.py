@@ -12,8 +12,6 @@ in ``/``) are not files.
 
 from __future__ import annotations
 
-import io
-import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -24,7 +22,6 @@ from music_recs.failures import InvalidInput
 from music_recs.plan import local_path
 from music_recs_airflow.s3 import S3Store
 
-log = logging.getLogger(__name__)
 
 _CHUNK = 8 * 1024 * 1024
 SCHEMES = ("", "file", "s3a")
@@ -62,7 +59,7 @@ def check_scheme(uri: str, what: str = "lake_uri") -> None:
                            f"only, not {scheme}://")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class LakeFile:
     uri: str
     size: int
@@ -72,38 +69,46 @@ class LakeFile:
         return self.uri.rstrip("/").rsplit("/", 1)[-1]
 
 
-class ChainedReader(io.RawIOBase):
-    """One binary stream of several, opened one at a time when the previous one is used up (so at
-    most one is open, and nothing is joined in memory). ``openers``: callables that open each."""
+class ChainedReader:
+    """One binary stream made of several, opened one at a time when the previous one is used up (at
+    most one is open; nothing is joined in memory beyond one ``read``). ``read(n)`` returns ``n``
+    bytes until the last stream ends, across stream boundaries, as a multipart upload needs (every
+    part but the last of the same size). ``openers``: callables that open each stream."""
 
     def __init__(self, openers: Iterable[Callable[[], object]]):
-        super().__init__()
         self._openers = iter(openers)
         self._current = None
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
-        view = memoryview(buffer).cast("B")
-        while True:
+    def read(self, n: int = -1) -> bytes:
+        chunks, wanted = [], n
+        while n < 0 or wanted > 0:
             if self._current is None:
                 opener = next(self._openers, None)
                 if opener is None:
-                    return 0
+                    break
                 self._current = opener()
-            data = self._current.read(len(view))
-            if data:
-                view[:len(data)] = data
-                return len(data)
-            self._current.close()
-            self._current = None
+            data = self._current.read(wanted if n >= 0 else _CHUNK)
+            if not data:
+                self._current.close()
+                self._current = None
+                continue
+            chunks.append(data)
+            wanted -= len(data)
+        return b"".join(chunks)
 
     def close(self) -> None:
         if self._current is not None:
             self._current.close()
             self._current = None
-        super().close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class LakeFiles:
@@ -122,16 +127,21 @@ class LakeFiles:
         return self._store
 
     # --- reading --------------------------------------------------------------------------
-    def files(self, uri: str) -> list[LakeFile]:
-        """Every file under the folder ``uri`` (sub-folders included), by name; none when it is absent."""
+    def files(self, uri: str, recursive: bool = True) -> list[LakeFile]:
+        """Every file under the folder ``uri`` (``recursive``: sub-folders' too), by name; none when
+        it is absent."""
         path = local_path(uri)
         if path is not None:
-            found = [os.path.join(d, f) for d, _, names in os.walk(path) for f in names]
+            if recursive:
+                found = [os.path.join(d, f) for d, _, names in os.walk(path) for f in names]
+            else:
+                found = [e.path for e in os.scandir(path) if e.is_file()] if os.path.isdir(path) else []
             return sorted(LakeFile(p, os.path.getsize(p)) for p in found)
         loc = s3_location(uri)
         root = uri.rstrip("/")
-        return sorted(LakeFile(f"{root}/{o.key[len(loc.folder):]}", o.size)
-                      for o in self.store.list_objects(loc.bucket, loc.folder) if not o.key.endswith("/"))
+        found = [(o.key[len(loc.folder):], o.size) for o in self.store.list_objects(loc.bucket, loc.folder)
+                 if not o.key.endswith("/")]
+        return sorted(LakeFile(f"{root}/{rel}", size) for rel, size in found if recursive or "/" not in rel)
 
     def total_bytes(self, uri: str) -> int:
         return sum(f.size for f in self.files(uri))
@@ -215,3 +225,4 @@ class LakeFiles:
         check_scheme(uri, what)
         if not is_local(uri):
             self.store.check_bucket(s3_location(uri).bucket, f"{what} {uri}")
+

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 from music_recs.manifest import Manifest
+from music_recs_airflow.lake_files import LakeFiles
 from music_recs_airflow.publish import MANIFEST, PUBLICATION, PublishError, read_latest
 from music_recs_airflow.s3 import S3Store
 
@@ -77,17 +76,15 @@ class ModelHistory:
             return None
         return Manifest.from_dict(got[0], key)
 
-    def stage_factors(self, model: Manifest, dest: str) -> bool:
-        """Copy a publication's ``user_factors`` and ``item_factors`` to ``dest`` (for Spark, which has no
-        S3 connector in local mode); False when one of them is gone."""
-        shutil.rmtree(dest, ignore_errors=True)
+    def stage_factors(self, model: Manifest, dest: str, files: LakeFiles | None = None) -> bool:
+        """Copy a publication's ``user_factors`` and ``item_factors`` into the lake folder ``dest``
+        (local, or ``s3a://``: server-side copies), where the run's Spark job reads them; False when
+        one of them is gone. ``files``: the lake's (default: through this history's store)."""
+        files = files or LakeFiles(self.store)
+        files.remove(dest)  # a rerun must not see a previous copy
         objects = [o for o in model.objects if o.get("artifact") in ("user_factors", "item_factors")]
         for obj in objects:
-            got = self.store.get_bytes(self.bucket, obj["key"])
-            if got is None:
+            if not files.copy_in(self.bucket, obj["key"], f"{dest}/{obj['artifact']}/{obj['key'].rsplit('/', 1)[-1]}"):
                 log.warning("published object s3://%s/%s is gone", self.bucket, obj["key"])
                 return False
-            path = Path(dest) / obj["artifact"] / obj["key"].rsplit("/", 1)[-1]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(got[0])
         return {o["artifact"] for o in objects} == {"user_factors", "item_factors"}

@@ -22,17 +22,22 @@ The pointer only moves forward in logical day (a rerun of the same day replaces 
 unless the run explicitly allows a rewind (backfills). It is replaced with a
 compare-and-swap on its ETag (S3 conditional writes, ``If-Match``/``If-None-Match``), so
 two runs racing cannot leave it pointing at a model that is not complete.
+
+The model's files are read from the lake, a local folder or ``s3a://`` (``lake_files``): a local
+file is uploaded (boto3's managed upload); an object of an ``s3a://`` lake is read as a stream for
+its SHA-256 and then copied server-side, only if it is still the object that was read (``If-Match``
+on its ETag). Every object is read back as a stream to check size and SHA-256: memory stays
+bounded whatever the size of the model.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import glob
 import hashlib
 import json
 import logging
-import os
 
+from music_recs_airflow.lake_files import LakeFiles, is_local, local_path, s3_location
 from music_recs_airflow.s3 import PreconditionFailed, S3Store
 
 log = logging.getLogger(__name__)
@@ -53,35 +58,52 @@ def publication_prefix(run_prefix: str) -> str:
     return f"{run_prefix}{PUBLICATION}{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S.%fZ}/"
 
 
-def artifact_files(local_dir: str) -> list[str]:
-    """Parquet part files of one Spark output folder, in a stable order."""
-    files = sorted(glob.glob(os.path.join(local_dir, "*.parquet")))
-    if not files:
-        raise PublishError(f"no Parquet files in {local_dir}: nothing to publish")
-    return files
+def artifact_files(files: LakeFiles, folder: str) -> list[str]:
+    """Parquet part files of one Spark output folder of the lake (its own files, not hidden ones),
+    in a stable order."""
+    found = [f.uri for f in files.files(folder, recursive=False)
+             if f.name.endswith(".parquet") and not f.name.startswith((".", "_"))]
+    if not found:
+        raise PublishError(f"no Parquet files in {folder}: nothing to publish")
+    return found
 
 
-def upload_artifacts(store: S3Store, bucket: str, prefix: str, artifacts: dict[str, str]) -> list[dict]:
+def upload_artifact(store: S3Store, files: LakeFiles, uri: str, bucket: str, key: str) -> dict:
+    """One lake file to ``s3://bucket/key`` with its SHA-256 as object metadata; returns key, size and
+    SHA-256. A local file is uploaded; an ``s3a://`` object is hashed as a stream, then copied
+    server-side only if it is still the object that was hashed."""
+    if is_local(uri):
+        return store.upload_file(local_path(uri), bucket, key)
+    src = s3_location(uri)
+    size, digest, etag = store.sha256_object(src.bucket, src.key)
+    if not store.copy(src.bucket, src.key, bucket, key, if_match=etag, metadata={"sha256": digest}):
+        raise PublishError(f"{uri} disappeared while it was published; the pointer was not moved")
+    return {"key": key, "size": size, "sha256": digest}
+
+
+def upload_artifacts(store: S3Store, bucket: str, prefix: str, artifacts: dict[str, str],
+                     files: LakeFiles | None = None) -> list[dict]:
+    files = files or LakeFiles(store)
     uploaded = []
-    for name, local_dir in artifacts.items():
-        for i, path in enumerate(artifact_files(local_dir)):
-            info = store.upload_file(path, bucket, f"{prefix}{name}/part-{i:05d}.parquet")
+    for name, folder in artifacts.items():
+        for i, uri in enumerate(artifact_files(files, folder)):
+            info = upload_artifact(store, files, uri, bucket, f"{prefix}{name}/part-{i:05d}.parquet")
             uploaded.append({**info, "artifact": name})
             log.info("uploaded s3://%s/%s (%d bytes)", bucket, info["key"], info["size"])
     return uploaded
 
 
 def verify_objects(store: S3Store, bucket: str, objects: list[dict]) -> None:
-    """Read every object back and compare size and SHA-256 with what was uploaded."""
+    """Read every object back, as a stream, and compare size and SHA-256 with what was uploaded."""
     for obj in objects:
-        got = store.get_bytes(bucket, obj["key"])
-        if got is None:
-            raise PublishError(f"s3://{bucket}/{obj['key']} is missing after upload")
-        data = got[0]
-        if len(data) != obj["size"] or hashlib.sha256(data).hexdigest() != obj["sha256"]:
+        try:
+            size, digest, _ = store.sha256_object(bucket, obj["key"])
+        except FileNotFoundError:
+            raise PublishError(f"s3://{bucket}/{obj['key']} is missing after upload") from None
+        if size != obj["size"] or digest != obj["sha256"]:
             raise PublishError(
                 f"s3://{bucket}/{obj['key']} does not match what was uploaded "
-                f"(size {len(data)} vs {obj['size']}); the pointer was not moved"
+                f"(size {size} vs {obj['size']}); the pointer was not moved"
             )
 
 
@@ -105,9 +127,11 @@ def move_pointer(store: S3Store, bucket: str, key: str, pointer: dict, allow_rew
 
 
 def publish(store: S3Store, bucket: str, prefix: str, pointer_key: str, day: str, run_id: str,
-            artifacts: dict[str, str], manifest: dict, allow_rewind: bool = False) -> dict:
-    """Upload, verify, write the manifest, then move the pointer. Returns the pointer decision."""
-    objects = upload_artifacts(store, bucket, prefix, artifacts)
+            artifacts: dict[str, str], manifest: dict, allow_rewind: bool = False, files: LakeFiles | None = None) -> dict:
+    """Upload, verify, write the manifest, then move the pointer. Returns the pointer decision.
+
+    artifacts: name -> the lake folder of its Parquet files; files: the lake's (default: through ``store``)."""
+    objects = upload_artifacts(store, bucket, prefix, artifacts, files)
     verify_objects(store, bucket, objects)
     full_manifest = {
         **manifest,

@@ -29,10 +29,10 @@ from music_recs.failures import InvalidInput
 log = logging.getLogger(__name__)
 
 _CHUNK = 8 * 1024 * 1024
-# Managed transfers (upload of a stream, copy): parts of 8 MiB, at most 4 in flight, so a
-# transfer of any size holds about 4 x 8 MiB plus what is queued for them in memory.
-TRANSFER = TransferConfig(multipart_threshold=_CHUNK, multipart_chunksize=_CHUNK, max_concurrency=4,
-                          max_io_queue=4)
+# Managed transfers (upload of a stream, copy): parts of 8 MiB, at most 4 in flight and 4 read
+# ahead, so an upload of a stream of any length holds at most 4 x 8 MiB of it in memory.
+TRANSFER = TransferConfig(multipart_threshold=_CHUNK, multipart_chunksize=_CHUNK, max_concurrency=4)
+TRANSFER.max_in_memory_upload_chunks = 4  # s3transfer's bound for a stream (default 10); boto3's __init__ does not take it
 # The bucket check (``S3Store.check_bucket``) must answer in seconds: a short connect timeout and
 # one retry instead of the working client's five attempts with a minute's timeout each.
 PROBE_CONFIG = {"connect_timeout": 3, "read_timeout": 10, "retries": {"total_max_attempts": 2, "mode": "standard"}}
@@ -214,19 +214,23 @@ class S3Store:
             raise
         return resp["Body"].read(), resp["ETag"].strip('"')
 
-    def open(self, bucket: str, key: str):
-        """The object's body as a binary stream (read it in chunks; close it). ``FileNotFoundError``
-        when it is not there."""
+    def _get(self, bucket: str, key: str) -> dict:
         try:
-            return self.client.get_object(Bucket=bucket, Key=key)["Body"]
+            return self.client.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             if exc.response["Error"]["Code"] in GONE:
                 raise FileNotFoundError(f"s3://{bucket}/{key} does not exist") from None
             raise
 
+    def open(self, bucket: str, key: str):
+        """The object's body as a binary stream (read it in chunks; close it). ``FileNotFoundError``
+        when it is not there."""
+        return self._get(bucket, key)["Body"]
+
     def sha256_object(self, bucket: str, key: str) -> tuple[int, str, str]:
-        """Size, SHA-256 and ETag of an object, read as a stream (bounded memory)."""
-        resp = self.client.get_object(Bucket=bucket, Key=key)
+        """Size, SHA-256 and ETag of an object, read as a stream (bounded memory). ``FileNotFoundError``
+        when it is not there."""
+        resp = self._get(bucket, key)
         reader = HashingReader(resp["Body"])
         try:
             while reader.read(_CHUNK):

@@ -4,6 +4,12 @@ Every function takes plain values (the run plan, a store) so it can be called an
 without a scheduler. ``plan_run`` makes the run's ``RunPlan`` (``music_recs.plan``) once;
 it crosses task boundaries as a dict, and so do the jobs' typed results (``music_recs.jobs``).
 
+The lake is a local folder or ``s3a://bucket/prefix`` (``music_recs_airflow.lake_files``): every
+stage works on both, and on an ``s3a://`` lake nothing of the lake is on the worker's disk (the
+jobs' specs, results and logs are, in ``RunPlan.work_dir``: the driver runs here). A stage that
+uses S3 first checks, in seconds, that its buckets can be used (``check_storage``), so a wrong
+bucket, missing credentials or an endpoint that does not answer fail it in one line.
+
 Failures that can never succeed on a retry (``music_recs.failures.is_permanent``: bad data,
 a failed validation, a matrix too large for the cluster, a Spark job that failed for a
 non-retryable reason, training whose resubmissions are used up) end their task at once with
@@ -15,13 +21,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-import glob
+import io
 import logging
-import os
 import shutil
 import subprocess
-from pathlib import Path
-from urllib.parse import urlparse
 
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -35,15 +38,17 @@ from music_recs.failures import EmptyMatrix, InvalidInput, MalformedRulesList, N
 from music_recs.jobs import (ConfidenceSpec, EvaluateResult, EvaluateSpec, IngestResult, IngestSpec, MatrixResult,
                              TrainResult, TrainSpec, TuneSpec, ValidateResult, ValidateSpec)
 from music_recs.history import TrainingRecipe
+from music_recs.lake_commit import CommittedCopy, committed_copy
 from music_recs.manifest import SearchContext, search_label
 from music_recs.params import DEFAULTS, DESCRIPTIONS, SCHEMAS, RunParams
-from music_recs.plan import RunPlan
+from music_recs.plan import RunPlan, local_path
 from music_recs.quality_gate import decide, failure_line
 from music_recs.recipe import Recipe
 from music_recs.rules import parse_do_not_recommend
 from music_recs.settings import DeploymentSettings
 from music_recs.sizing import (ExecutorSizing, MatrixShape, factor_exchange, per_executor_limit_mb, shuffle_partitions, size_als,
                                size_evaluate, stage_memory_mb)
+from music_recs_airflow.lake_files import LakeFiles, check_scheme
 from music_recs_airflow.model_history import ModelHistory
 from music_recs_airflow.publish import ARTIFACTS, publication_prefix, publish
 from music_recs_airflow.report import publish_report
@@ -114,9 +119,7 @@ def plan_run(params: dict, data_interval_start, run_id: str, cfg: DeploymentSett
     field left empty is the search's to choose, a filled one is fixed (``RunParams.fixed_recipe``)."""
     check_run_conf_names_no_location(params, set(settings.FIELDS))
     run = RunParams.from_params(dict(params))
-    if urlparse(cfg.lake_uri).scheme not in ("", "file"):
-        raise InvalidInput(f"lake_uri {cfg.lake_uri!r}: this version stages landing files and publishes from a local "
-                         "lake; set MUSIC_RECS_LAKE_URI to a local folder")
+    check_scheme(cfg.lake_uri)
     master = spark_master(cfg.spark_conn_id)
     plan = RunPlan(day=logical_day(data_interval_start).isoformat(), run_id=run_id, run_key=safe_key_part(run_id),
                    params=run, settings=cfg, cluster=settings.cluster_resources(master.startswith("local")),
@@ -126,22 +129,49 @@ def plan_run(params: dict, data_interval_start, run_id: str, cfg: DeploymentSett
 
 
 def spark_hook(plan: RunPlan) -> SparkJobHook:
-    return SparkJobHook(plan.settings.spark_conn_id, work_dir=plan.results, pyfiles_dir=plan.lake.submit_dir,
-                        label=f"dt={plan.day}", event_log_dir=plan.settings.spark_event_log_dir,
-                        master=plan.spark_master)
+    """The run's jobs' hook: specs, results and logs in ``plan.work_dir`` (the driver runs here); the S3
+    connection handed to the jobs when they use ``s3a://`` (the lake, or the Spark event logs)."""
+    cfg = plan.settings
+    uses_s3a = not plan.lake_is_local or cfg.spark_event_log_dir.startswith("s3a://")
+    return SparkJobHook(cfg.spark_conn_id, work_dir=plan.work_dir, pyfiles_dir=plan.submit_dir,
+                        label=f"dt={plan.day}", event_log_dir=cfg.spark_event_log_dir,
+                        master=plan.spark_master, s3_conn_id=cfg.aws_conn_id if uses_s3a else None)
 
 
-def file_sizes(path: str) -> list[int]:
-    """The size of every file under ``path``."""
-    return [os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files]
+def lake_files(plan: RunPlan, store: S3Store | None = None) -> LakeFiles:
+    """The run's lake files; ``store``: the task's S3 store (None: made from the run's S3
+    connection the first time an ``s3a://`` location needs it)."""
+    return LakeFiles(store, plan.settings.aws_conn_id)
 
 
-def folder_bytes(path: str) -> int:
-    return sum(file_sizes(path))
+def check_storage(plan: RunPlan, files: LakeFiles, *buckets: tuple[str, str], lake: bool = True) -> None:
+    """Before a stage does anything: the lake's bucket (an ``s3a://`` lake; ``lake``: the stage uses
+    the lake) and ``buckets`` ((bucket, the setting it comes from)) can be used, else one line naming
+    the bucket and the cause (``S3Store.check_bucket``: missing, denied or no credentials end the
+    task; an endpoint that does not answer keeps its retries)."""
+    if lake:
+        files.check(plan.settings.lake_uri)
+    for bucket, setting in buckets:
+        files.store.check_bucket(bucket, setting)
 
 
-def largest_file_bytes(path: str) -> int:
-    return max(file_sizes(path), default=0)
+def folder_bytes(uri: str, files: LakeFiles | None = None) -> int:
+    """Bytes of every file under the lake folder ``uri`` (local or ``s3a://``)."""
+    return (files or LakeFiles()).total_bytes(uri)
+
+
+def largest_file_bytes(uri: str, files: LakeFiles | None = None) -> int:
+    return (files or LakeFiles()).largest_bytes(uri)
+
+
+def committed(plan: RunPlan, files: LakeFiles) -> CommittedCopy | None:
+    """The run day's copy readers see (``music_recs.lake_commit.committed_copy``), None when not committed."""
+    return committed_copy(plan.lake.root, plan.day, files.read_bytes)
+
+
+def docs_link(docs: str | None) -> str | None:
+    """Data Docs as a link: ``file://`` for a local path, the URI itself otherwise."""
+    return f"file://{docs}" if docs and "://" not in docs else docs
 
 
 def submit_stage(plan: RunPlan, spec, input_bytes: int, whole_file_bytes: int = 0):
@@ -158,8 +188,8 @@ def landing_files(store: S3Store, cfg: DeploymentSettings, day: str) -> list:
 
 
 def stage_landing(store: S3Store, plan: RunPlan) -> list[str]:
-    """Copy the day's landing files next to the lake for Spark (no S3 connector in local mode)."""
-    dest = plan.landing_staging
+    """Copy the day's landing files next to a local lake for Spark (it then needs no S3 connector)."""
+    dest = local_path(plan.landing_staging)
     shutil.rmtree(dest, ignore_errors=True)  # a rerun must not see a previous copy
     files = store.download_prefix(plan.settings.raw_bucket, plan.settings.landing_key_prefix(plan.day), dest)
     if not files:
@@ -168,20 +198,45 @@ def stage_landing(store: S3Store, plan: RunPlan) -> list[str]:
     return files
 
 
-def ingest_spec(plan: RunPlan) -> IngestSpec:
-    return IngestSpec(day=plan.day, input_uri=plan.landing_staging, lake_uri=plan.lake.root,
-                      source_format=plan.settings.source_format)
+def landing_input(plan: RunPlan) -> str:
+    """Where ingest reads the day's landing files: straight from the raw bucket with an ``s3a://``
+    lake (the jobs have the S3 connector); the staged copy next to a local lake."""
+    if plan.lake_is_local:
+        return plan.landing_staging
+    return f"s3a://{plan.settings.raw_bucket}/{plan.settings.landing_key_prefix(plan.day)}"
+
+
+def dag_writer(plan: RunPlan) -> str:
+    """Who the day's lease names while the DAG run's ingest writes it: the same for every try of the
+    task, so a retry takes over the lease a killed try left (``music_recs.lake_commit``)."""
+    return f"DAG run {plan.run_id}, task ingest"
+
+
+def ingest_spec(plan: RunPlan, writer: str | None = None) -> IngestSpec:
+    """writer: who the day's lease names (None: the DAG run's task, ``dag_writer``; "": the job's
+    ``user@host pid``, for a writer outside a DAG run such as the CLI)."""
+    return IngestSpec(day=plan.day, input_uri=landing_input(plan), lake_uri=plan.lake.root,
+                      source_format=plan.settings.source_format,
+                      writer=dag_writer(plan) if writer is None else writer,
+                      retention_hours=plan.settings.lake_retention_hours)
 
 
 @fail_fast
-def ingest(store: S3Store, plan: RunPlan) -> IngestResult:
-    stage_landing(store, plan)
-    result = submit_stage(plan, ingest_spec(plan), GZIP_JSON_EXPANSION * folder_bytes(plan.landing_staging),
-                          largest_file_bytes(plan.landing_staging))
+def ingest(store: S3Store, plan: RunPlan, writer: str | None = None) -> IngestResult:
+    """Ingest the run's day into the lake (``ingest_spec``; ``writer``: see there), upload its
+    quarantine, and check the quarantined share."""
+    files = lake_files(plan, store)
+    check_storage(plan, files, (plan.settings.raw_bucket, "raw_bucket"))
+    sizes = [o.size for o in landing_files(store, plan.settings, plan.day)]
+    if not sizes:
+        raise NoLandingData(f"no stream logs under {plan.landing_uri}; nothing to ingest")
+    if plan.lake_is_local:
+        stage_landing(store, plan)
+    result = submit_stage(plan, ingest_spec(plan, writer), GZIP_JSON_EXPANSION * sum(sizes), max(sizes))
     log.info("ingest dt=%s: read %d, accepted %d, quarantined %d, duplicates %d (formats %s)", plan.day,
              result.rows_read, result.rows_accepted, result.rows_quarantined, result.duplicates_removed, result.formats)
     # Quarantined rows are stored before any verdict, so they are kept even when the run stops.
-    result = dataclasses.replace(result, quarantine_uri=upload_quarantine(store, plan))
+    result = dataclasses.replace(result, quarantine_uri=upload_quarantine(store, plan, files))
     check_quarantine_share(result, plan.settings.max_quarantine_fraction, plan.day)
     return result
 
@@ -199,13 +254,20 @@ def check_quarantine_share(result: IngestResult, limit: float, day: str) -> None
         )
 
 
-def upload_quarantine(store: S3Store, plan: RunPlan) -> str:
-    """Quarantined rows go to S3 under a fixed name per day, so a rerun replaces them."""
+def upload_quarantine(store: S3Store, plan: RunPlan, files: LakeFiles | None = None) -> str:
+    """The committed copy's quarantined rows go to the raw bucket under a fixed name per day, so a
+    rerun replaces them: its part files one after the other, streamed (``LakeFiles.upload``)."""
     cfg = plan.settings
-    parts = sorted(glob.glob(os.path.join(plan.lake.quarantine(plan.day), "part-*")))
-    body = b"".join(Path(p).read_bytes() for p in parts)
+    files = files or lake_files(plan, store)
+    copy = committed(plan, files)
+    if copy is None:
+        raise RuntimeError(f"dt={plan.day} has no committed copy in {plan.lake.root} after ingest: "
+                           "no quarantine to upload")
+    parts = [f.uri for f in files.files(copy.quarantine, recursive=False) if f.name.startswith("part-")]
     key = f"{cfg.quarantine_key_prefix(plan.day)}quarantine.jsonl"
-    store.client.put_object(Bucket=cfg.raw_bucket, Key=key, Body=body)
+    files.upload(parts, cfg.raw_bucket, key)
+    log.info("quarantine of dt=%s (%d part file(s) of %s) uploaded to s3://%s/%s", plan.day, len(parts),
+             copy.quarantine, cfg.raw_bucket, key)
     return f"s3://{cfg.raw_bucket}/{key}"
 
 
@@ -217,15 +279,19 @@ def validate_spec(plan: RunPlan, ingested: IngestResult | None) -> ValidateSpec:
 
 @fail_fast
 def validate(plan: RunPlan, ingested: IngestResult | None = None) -> ValidateResult:
-    result = submit_stage(plan, validate_spec(plan, ingested), PARQUET_EXPANSION * folder_bytes(plan.lake.plays(plan.day)))
-    log.info("GX Data Docs for dt=%s: file://%s", plan.day, result.data_docs)
+    files = lake_files(plan)
+    check_storage(plan, files)
+    copy = committed(plan, files)
+    plays = copy.plays if copy else plan.lake.plays(plan.day)
+    result = submit_stage(plan, validate_spec(plan, ingested), PARQUET_EXPANSION * folder_bytes(plays, files))
+    log.info("GX Data Docs for dt=%s: %s", plan.day, docs_link(result.data_docs))
     if not result.success:
         failed = "; ".join(failure_line(c) for c in result.failed)
         for check in result.failed:
             if check.get("examples"):
                 log.error("%s; e.g. %s", failure_line(check), "; ".join(check["examples"]))
         raise ValidationFailed(f"dt={plan.day} failed {len(result.failed)} expectation(s): {failed}; "
-                               f"Data Docs: file://{result.data_docs}")
+                               f"Data Docs: {docs_link(result.data_docs)}")
     log.info("validation dt=%s: %d expectations passed", plan.day, len(result.checks))
     return result
 
@@ -241,7 +307,10 @@ def confidence_spec(plan: RunPlan) -> ConfidenceSpec:
 @fail_fast
 def build_confidence(plan: RunPlan) -> MatrixResult:
     granularity = plan.params.granularity
-    result = submit_stage(plan, confidence_spec(plan), PARQUET_EXPANSION * folder_bytes(plan.lake.plays()))
+    files = lake_files(plan)
+    check_storage(plan, files)
+    # Every copy of every day: a rewritten day's older copy (kept for the retention) counts too.
+    result = submit_stage(plan, confidence_spec(plan), PARQUET_EXPANSION * folder_bytes(plan.lake.plays(), files))
     stats = result.stats[granularity]
     if stats["nnz"] == 0:
         raise EmptyMatrix(f"the {granularity} matrix for dt={plan.day} is empty after filtering; "
@@ -274,6 +343,11 @@ def train_spec(plan: RunPlan, shape: MatrixShape, sizing: ExecutorSizing, recipe
                      item_blocks=sizing.item_blocks, checkpoint_dir=plan.checkpoints,
                      checkpoint_interval=sizing.checkpoint_interval, exchange=exchange, broadcast_budget_mb=budget,
                      tune=None if tune is None else tune.to_dict())
+
+
+def model_buckets(plan: RunPlan, store: S3Store | None) -> tuple[tuple[str, str], ...]:
+    """The models bucket, for ``check_storage``, when the task reads published models (has a store)."""
+    return () if store is None else ((plan.settings.models_bucket, "models_bucket"),)
 
 
 def model_history(store: S3Store | None, plan: RunPlan) -> ModelHistory:
@@ -325,7 +399,7 @@ def warm_start_source(history: ModelHistory, plan: RunPlan, chosen: TrainingReci
         return cold(found.why)
     log.info("warm start: %s", found.why)
     dest = f"{plan.run_dir}/warm_start"
-    if not history.stage_factors(found.chosen, dest):
+    if not history.stage_factors(found.chosen, dest, lake_files(plan, history.store)):
         return cold(f"the factors of the model of dt={found.chosen.day} are gone from S3")
     return {"warm_start_uri": dest, "warm_start_from": f"dt={found.chosen.day} ({found.chosen.prefix})",
             "warm_start_note": None}
@@ -340,6 +414,7 @@ def train(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None, rul
     model when it can (``warm_start_source``); ``store``: where published models are read (None: no
     search to reuse, no warm start); ``rules``: ``recommendation_rules``'s (the search scores under them)."""
     p, budget = plan.params, plan.settings.broadcast_budget_mb
+    check_storage(plan, lake_files(plan, store), *model_buckets(plan, store))
     history = model_history(store, plan)
     chosen, search, context = choose_recipe(plan, history, rules)
     warm = warm_start_source(history, plan, chosen)
@@ -385,28 +460,32 @@ def recommendation_rules(store: S3Store | None, plan: RunPlan) -> dict:
         uri = f"s3://{cfg.models_bucket}/{cfg.do_not_recommend_key}"
         if store is None:
             raise InvalidInput(f"do_not_recommend_key is set ({uri}) but no S3 store was given to read it")
+        files = lake_files(plan, store)
+        check_storage(plan, files, *model_buckets(plan, store))
         got = store.get_bytes(cfg.models_bucket, cfg.do_not_recommend_key)
         if got is None:
             raise MalformedRulesList(f"do-not-recommend list {uri}: no such object (set do_not_recommend_key to an "
                                      "existing CSV, or empty for no list)")
         listed = parse_do_not_recommend(got[0], uri)
         path = f"{plan.run_dir}/rules/{DO_NOT_RECOMMEND_FILE}"
-        write_do_not_recommend(listed, path)
+        write_do_not_recommend(listed, path, files)
         rules.update(do_not_recommend=listed.as_record(uri), path=path)
     log.info("rules: at most %s tracks per artist; do-not-recommend list: %s", rules["max_per_artist"] or "any",
              rules["do_not_recommend"] or "none")
     return rules
 
 
-def write_do_not_recommend(listed, path: str) -> None:
-    """The list as Parquet (``user_id`` null = everyone, ``item_id``), for the evaluation job."""
+def write_do_not_recommend(listed, uri: str, files: LakeFiles) -> None:
+    """The list as Parquet (``user_id`` null = everyone, ``item_id``) at the lake file ``uri``, for
+    the evaluation job. The list is already in memory (``parse_do_not_recommend``), and so is its Parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     users = [None] * len(listed.items) + [u for u, _ in listed.pairs]
     items = list(listed.items) + [i for _, i in listed.pairs]
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    pq.write_table(pa.table({"user_id": pa.array(users, pa.string()), "item_id": pa.array(items, pa.string())}), path)
+    body = io.BytesIO()
+    pq.write_table(pa.table({"user_id": pa.array(users, pa.string()), "item_id": pa.array(items, pa.string())}), body)
+    files.put_bytes(uri, body.getvalue())
 
 
 def evaluate_spec(plan: RunPlan, published_uri: str | None = None, compare_churn: bool = False,
@@ -433,12 +512,14 @@ def evaluate(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None,
     (``music_recs.history.churn_reference``). ``rules`` (``recommendation_rules``): every top-N, and so
     every metric, obeys them. The result's ``comparison`` says in one line what was compared, or why not."""
     p = plan.params
+    files = lake_files(plan, store)
+    check_storage(plan, files, *model_buckets(plan, store))
     history = model_history(store, plan)
     compared = history_rules.comparison(history.published, plan.day, p)
     published_uri = None
     if compared.chosen is not None:
         published_uri = f"{plan.run_dir}/published"
-        if not history.stage_factors(compared.chosen, published_uri):
+        if not history.stage_factors(compared.chosen, published_uri, files):
             published_uri, compared = None, history_rules.Choice(
                 None, f"the factors of the published model (dt={compared.chosen.day}) are incomplete")
     comparison_line = f"compared {compared.why}" if compared.chosen else f"not compared: {compared.why}"
@@ -473,6 +554,7 @@ def quality_gate(store: S3Store, plan: RunPlan, evaluated: EvaluateResult) -> di
     counts only when the evaluation compared with it (scored on this run's held-out pairs); otherwise
     the manifest's metrics of a model that may be compared (``music_recs.history.comparison``)."""
     p = plan.params
+    check_storage(plan, lake_files(plan, store), *model_buckets(plan, store), lake=False)
     lift = (evaluated.lift or {}).get(p.primary_metric)
     comparison_line = evaluated.comparison
     if evaluated.published is not None:  # scored on this run's held-out pairs
@@ -512,7 +594,7 @@ def output_checks_record(checks: dict | None) -> dict | None:
             "checks": [{n: c.get(n) for n in ("suite", "expectation", "column", "kwargs", "success", "observed_value",
                                               "unexpected_count", "element_count")} for c in checks["checks"]],
             "churn": checks.get("churn"),
-            "data_docs": f"file://{docs}" if docs and "://" not in docs else docs}
+            "data_docs": docs_link(docs)}
 
 
 TRAINING_FIELDS = ("strategy", "params", "data", "iterations", "seconds", "seconds_per_iteration", "spark_conf",
@@ -523,6 +605,8 @@ TRAINING_FIELDS = ("strategy", "params", "data", "iterations", "seconds", "secon
 def publish_run(store: S3Store, plan: RunPlan, ingested: IngestResult, validated: ValidateResult,
                 matrix: MatrixResult, trained: TrainResult, evaluated: EvaluateResult, gate: dict) -> dict:
     cfg, p = plan.settings, plan.params
+    files = lake_files(plan, store)
+    check_storage(plan, files, (cfg.models_bucket, "models_bucket"))
     training = trained.to_dict()
     manifest = manifests.build(
         code_version=code_version(), params=p.as_dict(), data_window=matrix.window, rows=ingested.counts,
@@ -546,7 +630,7 @@ def publish_run(store: S3Store, plan: RunPlan, ingested: IngestResult, validated
     decision = publish(
         store, cfg.models_bucket, prefix, cfg.pointer_key,
         plan.day, plan.run_id, {name: f"{plan.model}/{name}" for name in ARTIFACTS},
-        manifest, allow_rewind=p.allow_pointer_rewind,
+        manifest, allow_rewind=p.allow_pointer_rewind, files=files,
     )
     m = evaluated.model
     log.info("published %s (pointer %s); MAP@%d %.4f, precision@%d %.4f", uri,

@@ -4,6 +4,11 @@ Shared by the input validation (``spark_jobs/validate.py``) and the output check
 evaluation (``spark_jobs/evaluate.py``): each (suite, DataFrame) pair is one GX batch; the
 outcome of every expectation is kept as a plain dict (``checks``) so the Airflow side decides
 what a failure means (``music_recs.quality_gate.failure_line`` says each failed one in a line).
+
+Data Docs go to ``docs_dir``: a local folder holds the file-backed GX project itself; for one on
+another filesystem (``s3a://``), GX works in a local temp folder on the driver (GX writes local
+files only), seeded with what is already in ``docs_dir`` (validate and evaluate add to one site),
+and the project is then copied there with Hadoop's filesystem API.
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
+import tempfile
 import threading
+from contextlib import contextmanager
+from urllib.parse import urlparse
 
 EXPECTATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                             "expectations")
@@ -89,14 +98,75 @@ def _checks(outcome, parameters: dict, row: dict | None = None) -> list[dict]:
     return checks
 
 
+GX_PROJECT = "gx"  # the folder a file-backed GX context keeps under its project root
+DOCS_INDEX = f"{GX_PROJECT}/uncommitted/data_docs/local_site/index.html"
+
+
+def _local_path(uri: str) -> str | None:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return parsed.path if parsed.scheme else uri
+    return None
+
+
+def _hadoop(spark, uri: str):
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+
+
+@contextmanager
+def docs_project(docs_dir: str):
+    """A local folder for the GX project of ``docs_dir``: the folder itself when it is local; else
+    a temp folder holding a copy of what ``docs_dir`` has, copied back to it when the block ends."""
+    local = _local_path(docs_dir)
+    if local is not None:
+        yield local
+        return
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.active()
+    remote = docs_dir.rstrip("/")
+    work = tempfile.mkdtemp(prefix="music_recs_gx_")
+    try:
+        fs, project = _hadoop(spark, f"{remote}/{GX_PROJECT}")
+        if fs.exists(project):
+            fs.copyToLocalFile(False, project, spark.sparkContext._jvm.org.apache.hadoop.fs.Path(
+                f"file://{work}/{GX_PROJECT}"), True)
+        yield work
+        for folder, _, names in os.walk(work):
+            for name in names:
+                path = os.path.join(folder, name)
+                fs, dest = _hadoop(spark, f"{remote}/{os.path.relpath(path, work)}")
+                # One stream per file (Data Docs' files are small). Not copyFromLocalFile: its upload
+                # of a file body is refused by some S3-compatible servers (HTTP 100 as a status).
+                out = fs.create(dest, True)
+                try:
+                    with open(path, "rb") as fh:
+                        out.write(bytearray(fh.read()))
+                finally:
+                    out.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def validate_frames(batches: list[tuple[dict, object]], parameters: dict, docs_dir: str | None = None) -> dict:
-    """Run each (suite, DataFrame) pair; a DataFrame is Spark's or pandas'. With ``docs_dir``, a
-    file-backed GX project there keeps the results and builds Data Docs (HTML) from them."""
+    """Run each (suite, DataFrame) pair; a DataFrame is Spark's or pandas'. With ``docs_dir`` (a
+    local folder or a Hadoop filesystem URI), a file-backed GX project there keeps the results and
+    builds Data Docs (HTML) from them (``docs_project``)."""
+    if not docs_dir:
+        return _validate(batches, parameters, None)
+    with docs_project(docs_dir) as project:
+        verdict = _validate(batches, parameters, project)
+    return {**verdict, "data_docs": f"{docs_dir.rstrip('/')}/{DOCS_INDEX}"}
+
+
+def _validate(batches: list[tuple[dict, object]], parameters: dict, project: str | None) -> dict:
     import great_expectations as gx
     import pandas as pd
 
-    if docs_dir:
-        context = gx.get_context(mode="file", project_root_dir=docs_dir)
+    if project:
+        context = gx.get_context(mode="file", project_root_dir=project)
     else:
         context = gx.get_context(mode="ephemeral")
     sources = {}
@@ -127,10 +197,7 @@ def validate_frames(batches: list[tuple[dict, object]], parameters: dict, docs_d
         checks += _checks(outcome, parameters, row)
         statistics[name] = dict(outcome.statistics)
         success = success and bool(outcome.success)
-    if docs_dir:
+    if project:
         context.build_data_docs()
-    docs = None
-    if docs_dir:
-        docs = os.path.join(docs_dir, "gx", "uncommitted", "data_docs", "local_site", "index.html")
-    return {"success": success, "checks": checks, "statistics": statistics, "data_docs": docs}
+    return {"success": success, "checks": checks, "statistics": statistics, "data_docs": None}
 

@@ -7,7 +7,10 @@ chunk for ids no chunk holds yet, numbered after the largest int in use, in sort
 order (so the same input assigns the same ints). A rerun of the same input finds nothing
 new and writes nothing.
 
-Chunks are written by one run at a time (the DAG runs with ``max_active_runs=1``).
+Chunks are written by one writer at a time, whatever runs it (a DAG run, the CLI beside it):
+``extend_index`` holds the index's lease (``_leases/ids.json``, ``spark_jobs.lib.lake.ids_lease``)
+from reading the chunks to writing the next one, so two writers never number ids from the same
+top nor write the same chunk.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from music_recs.plan import LakeLayout
+from spark_jobs.lib.lake import ids_lease
 from spark_jobs.lib.session import SUCCESS
 
 INT32_MAX = 2**31 - 1
@@ -59,8 +63,17 @@ def _next_chunk(spark: SparkSession, root: str) -> str:
     return f"chunk={max(numbers, default=-1) + 1:06d}"
 
 
-def extend_index(spark: SparkSession, lake: LakeLayout, entity: str, ids: DataFrame) -> tuple[DataFrame, int]:
-    """Give every id in ``ids`` (column ``id``) an int; return the full index and how many were new."""
+def extend_index(spark: SparkSession, lake: LakeLayout, entity: str, ids: DataFrame,
+                 holder: str = "") -> tuple[DataFrame, int]:
+    """Give every id in ``ids`` (column ``id``) an int; return the full index and how many were new.
+
+    holder: who the index's lease names meanwhile ("": this process, ``user@host pid N``);
+    ``LakeBusy`` when another writer holds it."""
+    with ids_lease(spark, lake, holder):
+        return _extend_index(spark, lake, entity, ids)
+
+
+def _extend_index(spark: SparkSession, lake: LakeLayout, entity: str, ids: DataFrame) -> tuple[DataFrame, int]:
     root = lake.ids(entity)
     existing = load_index(spark, lake, entity).cache()
     top = existing.agg(F.max(IDX)).first()[0]

@@ -48,6 +48,22 @@ class MalformedRulesList(PermanentFailure, ValueError):
     """A rules list (the do-not-recommend list) that cannot be read; retrying cannot help."""
 
 
+class LakeBusy(RuntimeError):
+    """Another writer holds the lease of what this one would write (a day, the id index): a retry
+    after its lease ends can succeed, so this is not a ``PermanentFailure``.
+
+    what: ``dt=D`` or ``the id index``; holder: who holds it; since, until: its lease's times.
+    """
+
+    def __init__(self, what: str, holder: str, since: str, until: str):
+        super().__init__(f"{what} is being written by {holder} since {since} (lease until {until}); "
+                         "try again after it ends")
+        self.what, self.holder, self.since, self.until = what, holder, since, until
+
+    def __reduce__(self):  # raised in one process, pickled into another (a thread, a test's child)
+        return type(self), (self.what, self.holder, self.since, self.until)
+
+
 class SparkJobError(RuntimeError):
     """A Spark job failed.
 

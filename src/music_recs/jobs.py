@@ -24,6 +24,7 @@ from music_recs.recipe import Recipe
 from music_recs.tuning import SEARCH_SPACE
 from music_recs.sizing import DEFAULT_BROADCAST_BUDGET_MB
 from music_recs.failures import InvalidInput
+from music_recs.lake_commit import DEFAULT_LEASE_SECONDS, DEFAULT_RETENTION_HOURS
 
 GRANULARITIES = ("track", "artist")
 STRATEGIES = ("cg", "mllib")
@@ -92,6 +93,12 @@ class IngestSpec(JobSpec):
     reader: ``auto`` (default: Spark's text reader for the files it reads exactly, the Python
     reader for the rest) or ``python`` (the Python reader for every file: the reference the
     benchmark compares with, and a switch should a source ever read differently).
+    writer: who the day's lease names while the job writes it (``music_recs.lake_commit``): one
+    line a person can act on, the same for every try of one task (a DAG run's task: a retry
+    then takes over the lease its killed try left); "" (default): ``user@host pid N`` of the job.
+    retention_hours: an older copy of the day is deleted this long after it stopped being the
+    day (24; ``lake_retention_hours``). lease_seconds: the lease lasts this long unless renewed
+    (120; renewed every quarter of it while the job runs).
     """
 
     JOB: ClassVar[str] = "ingest"
@@ -101,11 +108,22 @@ class IngestSpec(JobSpec):
     source_format: str = "auto"
     output_files: int = 0
     reader: str = "auto"
+    writer: str = ""
+    retention_hours: float = DEFAULT_RETENTION_HOURS
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
     def __post_init__(self):
         parse_day(self.day, "day")
         if self.reader not in ("auto", "python"):
             raise InvalidInput(f"reader must be 'auto' or 'python', got {self.reader!r}")
+        if not isinstance(self.writer, str) or len(self.writer.splitlines()) > 1:
+            raise InvalidInput(f"writer must be one line of text, got {self.writer!r}")
+        if isinstance(self.retention_hours, bool) or not isinstance(self.retention_hours, (int, float)) \
+                or not 0 <= self.retention_hours <= 24 * 365:
+            raise InvalidInput(f"retention_hours must be within [0, 8760], got {self.retention_hours!r}")
+        if isinstance(self.lease_seconds, bool) or not isinstance(self.lease_seconds, (int, float)) \
+                or not 1 <= self.lease_seconds <= 24 * 3600:
+            raise InvalidInput(f"lease_seconds must be within [1, 86400], got {self.lease_seconds!r}")
 
 
 @dataclasses.dataclass(frozen=True)
