@@ -144,3 +144,14 @@ def test_a_python_worker_that_crashed_is_out_of_memory_only_under_a_python_memor
     assert [python_memory_mb(c) for c in ({}, {"spark.executor.pyspark.memory": "640m"},
                                           {"spark.executor.pyspark.memory": "2g"}, {"spark.executor.pyspark.memory": "x"})] \
         == [0, 640, 2048, 0]
+
+
+def test_a_busy_lake_is_the_cause_named_and_is_not_permanent():
+    from music_recs.resubmission import PERMANENT, classify_failure, first_exception
+
+    output = ("Traceback (most recent call last):\n  File \"spark_jobs/ingest.py\", line 9\n"
+              "music_recs.failures.LakeBusy: dt=2026-11-20 is being written by dag run r1 task ingest since "
+              "2026-11-20T01:00:00Z (lease until 2026-11-20T01:02:00Z); try again after it ends")
+    assert first_exception(output).startswith("LakeBusy: dt=2026-11-20 is being written by dag run r1")
+    failure, _ = classify_failure(output, 1, None)
+    assert failure not in PERMANENT

@@ -27,7 +27,7 @@ CONN_ID = "spark_standalone_test"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = StandaloneCluster(tmp_path_factory.mktemp("standalone"), workers=2, cores=1, memory="2g").start()
+    c = StandaloneCluster(tmp_path_factory.mktemp("standalone"), workers=2, cores=1, memory="3g").start()
     mp = pytest.MonkeyPatch()
     mp.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps({"conn_type": "spark", "host": "spark://127.0.0.1",
                                                               "port": c.port}))
@@ -137,3 +137,47 @@ def test_a_worker_killed_during_training_does_not_lose_the_run(cluster, tmp_path
     # Either Spark's task retries carried it (one attempt) or a resubmission did.
     outcomes = [a["outcome"] for a in result.submission["attempts"]]
     assert outcomes[-1] == "success" and set(outcomes[:-1]) <= {Failure.EXECUTORS_LOST.value}
+
+
+def test_the_run_day_trains_and_evaluates_on_the_cluster_with_the_lake_on_s3_and_no_shared_disk(
+        cluster, spark, store, bucket, tmp_path, monkeypatch):
+    """build_confidence, train_als and evaluate as the DAG runs them, on the cluster, with the lake on
+    the S3 server: the workers have their own home, temp and working folders and none of this
+    process's AWS variables (``StandaloneCluster``), so the connector's jars, the S3 endpoint and
+    keys, the code and every input and output reach them through the job, not through a disk."""
+    from music_recs.settings import DeploymentSettings
+    from music_recs_airflow import tasks
+    from music_recs_dev.sample_data import Catalogue, CatalogueSpec, write_days_local
+    from spark_jobs import ingest
+    from music_recs.jobs import IngestSpec
+    import datetime as dt
+
+    lake = f"s3a://{bucket}/lake"
+    day = dt.date(2026, 11, 20)
+    days = [day - dt.timedelta(days=i) for i in (2, 1, 0)]
+    write_days_local(str(tmp_path / "landing"), days, 2000, Catalogue(CatalogueSpec.for_plays_per_day(2000)))
+    for d in days:  # the history, as earlier daily runs left it in the lake
+        ingest.run(spark, IngestSpec(day=str(d), input_uri=str(tmp_path / "landing" / f"dt={d}"), lake_uri=lake))
+    for name, value in (("NODES", "2"), ("CORES_PER_NODE", "1"), ("MEMORY_PER_NODE_MB", "3072")):
+        monkeypatch.setenv(f"MUSIC_RECS_CLUSTER_{name}", value)
+    cfg = DeploymentSettings(raw_bucket=bucket, models_bucket=bucket, lake_uri=lake, spark_conn_id=CONN_ID,
+                             work_dir=str(tmp_path / "work"))
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    plan = tasks.plan_run({"window_days": 3, "holdout_days": 1, "tune": "off", "warm_start": "off", "max_iter": 5},
+                          start, "manual__cluster_s3", cfg)
+    assert plan.spark_master == cluster.master_url and plan.checkpoints.startswith(f"{lake}/_checkpoints/")
+
+    matrix = tasks.build_confidence(plan)
+    trained = tasks.train(plan, matrix, store)
+    evaluated = tasks.evaluate(plan, matrix, store, trained)
+    assert trained.data["users"] > 0 and evaluated.model["users_evaluated"] > 0
+    assert evaluated.model["map"] > evaluated.baseline_popularity["map"]  # the planted taste is learnt
+    keys = [o.key for o in store.list_objects(bucket, "lake/")]
+    for part in (f"lake/runs/dt={day}/run=manual__cluster_s3/model/", f"lake/runs/dt={day}/run=manual__cluster_s3/matrix/",
+                 f"lake/_checkpoints/dt={day}/run=manual__cluster_s3/"):
+        assert any(k.startswith(part) for k in keys), part
+    # Nothing of the lake on any local disk: the driver's side keeps specs, results, logs and the
+    # code's zip; the workers' folders hold their logs, jars and the job's code, no lake file.
+    local = [p for p in tmp_path.rglob("*") if p.is_file() and "landing" not in p.parts]
+    assert local and all("work" in p.parts and ("results" in p.parts or "_submit" in p.parts) for p in local), local
+    assert not [p for p in cluster.root.rglob("*") if p.suffix == ".parquet" or p.name.startswith("rdd-")]

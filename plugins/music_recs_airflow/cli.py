@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+from urllib.parse import urlparse
 
 from music_recs.checks import parse_day
 from music_recs.convergence import warm_start_line
@@ -56,7 +57,8 @@ def cmd_seed(args) -> int:
 
     cfg = resolve()
     store = _store()
-    for bucket in (cfg.raw_bucket, cfg.models_bucket):
+    lake = urlparse(cfg.lake_uri)
+    for bucket in (cfg.raw_bucket, cfg.models_bucket, *([lake.netloc] if lake.scheme == "s3a" else [])):
         store.ensure_bucket(bucket)
     end = parse_day(args.end_day, "--end-day")
     days = [end - dt.timedelta(days=i) for i in range(args.days - 1, -1, -1)]

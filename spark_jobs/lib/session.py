@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 from pyspark.sql import SparkSession
 
 from music_recs.jobs import JobSpec
+from music_recs.settings import s3_client_environment
 from spark_jobs.lib.s3a import s3a_conf
 
 log = logging.getLogger("music_recs.job")
@@ -43,7 +44,7 @@ def setup_logging() -> None:
 def get_spark(app_name: str, extra_conf: dict | None = None) -> SparkSession:
     """The active session if one exists (tests), else a new one configured by spark-submit."""
     builder = SparkSession.builder.appName(app_name)
-    for key, value in {**BASE_CONF, **s3a_conf(os.environ), **(extra_conf or {})}.items():
+    for key, value in {**BASE_CONF, **s3a_conf(s3_client_environment()), **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

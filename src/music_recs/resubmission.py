@@ -93,7 +93,8 @@ def mask_secrets(line: str) -> str:
 
 # A stack trace's header line: ``[package.]SomeException: message`` (Java, Python or Py4J).
 _EXCEPTION = re.compile(r"^(?:Caused by: |Exception in thread \"[^\"]*\" )?(?:[\w$]+\.)*"
-                        rf"(?P<name>[\w$]*(?:Exception|Error)|{'|'.join(_PROJECT_PERMANENT)})(?::\s*(?P<message>.*))?$")
+                        rf"(?P<name>[\w$]*(?:Exception|Error)|{'|'.join([*_PROJECT_PERMANENT, 'LakeBusy'])})"
+                        r"(?::\s*(?P<message>.*))?$")
 # Wrappers that only say that something below failed.
 _WRAPPERS = re.compile(r"^(Py4JJavaError|SparkException|RuntimeError)$")
 

@@ -236,6 +236,17 @@ def connector_jars_dir(environ: Mapping[str, str] | None = None) -> str:
     return environ.get(f"{ENV_PREFIX}JARS_DIR") or os.path.join(cache, "music_recs", "jars")
 
 
+S3_CLIENT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+                       "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def s3_client_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The S3 endpoint, region and credentials a Spark job's launcher put in its environment
+    (``music_recs_airflow.spark_submit.s3_environment``), for ``spark_jobs.lib.s3a``."""
+    environ = os.environ if environ is None else environ
+    return {name: environ[name] for name in S3_CLIENT_VARIABLES if environ.get(name)}
+
+
 def s3_endpoint(environ: Mapping[str, str] | None = None) -> str | None:
     """``AWS_ENDPOINT_URL_S3``: the S3 endpoint when the Airflow connection names none."""
     environ = os.environ if environ is None else environ
