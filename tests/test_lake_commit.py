@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from music_recs import lake_commit as C
 from music_recs.failures import InvalidInput, LakeBusy, is_permanent
 from music_recs.jobs import IngestSpec
+from music_recs.plan import LakeLayout
 
 DAY = "2026-11-20"
 ROOT = "s3a://lake-bucket/lake"
@@ -65,12 +66,12 @@ def test_naive_times_and_bad_suffixes_are_refused():
 def test_the_day_layout_is_a_function_of_the_lake_root(root):
     r = root.rstrip("/")
     v = version(0)
-    assert C.pointer_path(root, DAY) == f"{r}/plays/dt={DAY}/_COMMITTED.json"
-    assert C.plays_copy_path(root, DAY, v) == f"{r}/plays/dt={DAY}/v={v}"
-    assert C.quarantine_copy_path(root, DAY, v) == f"{r}/quarantine/dt={DAY}/v={v}"
-    assert C.legacy_marker_path(root, DAY) == f"{r}/plays/dt={DAY}/_SUCCESS"
-    assert C.day_lease_path(root, DAY) == f"{r}/_leases/dt={DAY}.json"
-    assert C.ids_lease_path(root) == f"{r}/_leases/ids.json"
+    assert LakeLayout(root).committed_pointer(DAY) == f"{r}/plays/dt={DAY}/_COMMITTED.json"
+    assert LakeLayout(root).plays_copy(DAY, v) == f"{r}/plays/dt={DAY}/v={v}"
+    assert LakeLayout(root).quarantine_copy(DAY, v) == f"{r}/quarantine/dt={DAY}/v={v}"
+    assert LakeLayout(root).legacy_marker(DAY) == f"{r}/plays/dt={DAY}/_SUCCESS"
+    assert LakeLayout(root).day_lease(DAY) == f"{r}/_leases/dt={DAY}.json"
+    assert LakeLayout(root).ids_lease == f"{r}/_leases/ids.json"
     assert C.version_of_folder(C.version_folder(v)) == v
     assert C.version_of_folder("part-00000.parquet") is None and C.version_of_folder("_COMMITTED.json") is None
 
@@ -226,24 +227,23 @@ def reader(files: dict[str, str]):
 
 def test_a_day_resolves_to_the_copy_its_pointer_names():
     v = version(0)
-    files = {C.pointer_path(ROOT, DAY): pointer(v, at(0)).to_json(), C.legacy_marker_path(ROOT, DAY): ""}
+    files = {LakeLayout(ROOT).committed_pointer(DAY): pointer(v, at(0)).to_json(), LakeLayout(ROOT).legacy_marker(DAY): ""}
     copy = C.committed_copy(ROOT, DAY, reader(files))
-    assert (copy.plays, copy.quarantine, copy.version) == (C.plays_copy_path(ROOT, DAY, v),
-                                                           C.quarantine_copy_path(ROOT, DAY, v), v)
+    assert (copy.plays, copy.quarantine, copy.version) == (LakeLayout(ROOT).plays_copy(DAY, v),
+                                                           LakeLayout(ROOT).quarantine_copy(DAY, v), v)
     assert copy.pointer.accepted == 10  # the pointer wins over the old layout's marker still beside it
-    assert C.committed_quarantine(ROOT, DAY, reader(files)) == f"{ROOT}/quarantine/dt={DAY}/v={v}"
+    assert C.committed_copy(ROOT, DAY, reader(files)).quarantine == f"{ROOT}/quarantine/dt={DAY}/v={v}"
 
 
 def test_a_day_of_the_old_layout_is_read_as_before_and_a_day_with_neither_is_absent():
-    old = C.committed_copy(ROOT, DAY, reader({C.legacy_marker_path(ROOT, DAY): ""}))
+    old = C.committed_copy(ROOT, DAY, reader({LakeLayout(ROOT).legacy_marker(DAY): ""}))
     assert (old.plays, old.quarantine, old.version) == (f"{ROOT}/plays/dt={DAY}", f"{ROOT}/quarantine/dt={DAY}", None)
     assert C.committed_copy(ROOT, DAY, reader({})) is None
-    assert C.committed_quarantine(ROOT, DAY, reader({})) is None
 
 
 def test_a_damaged_pointer_is_not_an_absent_day():
-    with pytest.raises(InvalidInput, match=f"^{C.pointer_path(ROOT, DAY)} is not a day's pointer"):
-        C.committed_copy(ROOT, DAY, reader({C.pointer_path(ROOT, DAY): "", C.legacy_marker_path(ROOT, DAY): ""}))
+    with pytest.raises(InvalidInput, match=f"^{LakeLayout(ROOT).committed_pointer(DAY)} is not a day's pointer"):
+        C.committed_copy(ROOT, DAY, reader({LakeLayout(ROOT).committed_pointer(DAY): "", LakeLayout(ROOT).legacy_marker(DAY): ""}))
 
 
 # --- retention --------------------------------------------------------------------------

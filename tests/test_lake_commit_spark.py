@@ -147,20 +147,20 @@ def test_the_same_task_retried_after_a_kill_takes_its_own_lease_at_once(spark, r
     lake = LakeLayout(root)
     now = L.utc_now()
     # What a try killed a second ago left: its lease, valid for two more minutes.
-    write_text(spark, C.day_lease_path(root, DAY), C.Lease.new(holder, now, 120).to_json())
+    write_text(spark, LakeLayout(root).day_lease(DAY), C.Lease.new(holder, now, 120).to_json())
     with pytest.raises(LakeBusy, match=rf"by {re.escape(holder)} since {C.format_time(now)} \(lease until "):
         ingest.run(spark, spec(landing, root, writer="cli other@host pid 2"))
     assert L.committed(spark, lake, DAY) is None
     result = ingest.run(spark, spec(landing, root, writer=holder))
     assert result.rows_accepted == GOOD and len(rows(spark, root)) == GOOD
     # Released once committed: the next writer needs no wait.
-    assert L.atomic_files(spark, lake).read(C.day_lease_path(root, DAY)) is None
+    assert L.atomic_files(spark, lake).read(LakeLayout(root).day_lease(DAY)) is None
     ingest.run(spark, spec(landing, root, writer="cli other@host pid 2"))
 
 
 def test_an_expired_lease_of_a_dead_holder_is_taken_over(spark, root, landing):
     long_ago = L.utc_now() - dt.timedelta(hours=1)
-    write_text(spark, C.day_lease_path(root, DAY), C.Lease.new("cli ghost@gone pid 9", long_ago, 120).to_json())
+    write_text(spark, LakeLayout(root).day_lease(DAY), C.Lease.new("cli ghost@gone pid 9", long_ago, 120).to_json())
     result = ingest.run(spark, spec(landing, root, writer="cli me@host pid 1"))
     assert result.rows_accepted == GOOD and copy_of(spark, root).pointer.writer == "cli me@host pid 1"
 
@@ -225,13 +225,13 @@ def test_a_writer_whose_lease_was_taken_does_not_commit(spark, root, landing):
     with L.writing_day(spark, lake, DAY, "slow writer", lease_seconds=30) as day:
         # Someone takes the lease over meanwhile (as if this writer had stalled past its expiry).
         files = L.atomic_files(spark, lake)
-        found = files.read(C.day_lease_path(root, DAY))
+        found = files.read(LakeLayout(root).day_lease(DAY))
         taken = C.Lease.new("cli fast@host pid 3", L.utc_now(), 120).to_json()
         if isinstance(files, L.S3Files):
-            assert files.replace_if(C.day_lease_path(root, DAY), taken, found.tag)
+            assert files.replace_if(LakeLayout(root).day_lease(DAY), taken, found.tag)
         else:
-            assert files.take(C.day_lease_path(root, DAY), found.tag)
-            assert files.create(C.day_lease_path(root, DAY), taken)
+            assert files.take(LakeLayout(root).day_lease(DAY), found.tag)
+            assert files.create(LakeLayout(root).day_lease(DAY), taken)
         with pytest.raises(LakeBusy, match="being written by cli fast@host pid 3"):
             day.commit(1, 0)
     assert copy_of(spark, root) == before
@@ -282,13 +282,13 @@ def test_a_day_of_the_old_layout_stays_readable_and_its_files_go_once_rewritten(
 
     ingest.run(spark, spec(landing, root, retention_hours=0))
     assert copy_of(spark, root).version is not None and len(rows(spark, root)) == GOOD
-    assert {e.name for e in L.list_folder(spark, lake.plays(DAY))} == {C.pointer_path(root, DAY).rsplit("/", 1)[1],
+    assert {e.name for e in L.list_folder(spark, lake.plays(DAY))} == {LakeLayout(root).committed_pointer(DAY).rsplit("/", 1)[1],
                                                                           f"v={copy_of(spark, root).version}"}
     assert {e.name for e in L.list_folder(spark, lake.quarantine(DAY))} == {f"v={copy_of(spark, root).version}"}
 
 
 def test_a_damaged_pointer_stops_readers_in_one_line_naming_it(spark, root):
     lake = LakeLayout(root)
-    write_text(spark, C.pointer_path(root, DAY), "{not json")
-    with pytest.raises(Exception, match=rf"^{re.escape(C.pointer_path(root, DAY))} is not a day's pointer"):
+    write_text(spark, LakeLayout(root).committed_pointer(DAY), "{not json")
+    with pytest.raises(Exception, match=rf"^{re.escape(LakeLayout(root).committed_pointer(DAY))} is not a day's pointer"):
         L.present_days(spark, lake, [dt.date(2026, 11, 20)])

@@ -20,7 +20,8 @@ import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
-from urllib.parse import urlparse
+
+from music_recs.plan import local_path
 
 EXPECTATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                             "expectations")
@@ -102,13 +103,6 @@ GX_PROJECT = "gx"  # the folder a file-backed GX context keeps under its project
 DOCS_INDEX = f"{GX_PROJECT}/uncommitted/data_docs/local_site/index.html"
 
 
-def _local_path(uri: str) -> str | None:
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return parsed.path if parsed.scheme else uri
-    return None
-
-
 def _hadoop(spark, uri: str):
     jvm = spark.sparkContext._jvm
     path = jvm.org.apache.hadoop.fs.Path(uri)
@@ -119,7 +113,7 @@ def _hadoop(spark, uri: str):
 def docs_project(docs_dir: str):
     """A local folder for the GX project of ``docs_dir``: the folder itself when it is local; else
     a temp folder holding a copy of what ``docs_dir`` has, copied back to it when the block ends."""
-    local = _local_path(docs_dir)
+    local = local_path(docs_dir)
     if local is not None:
         yield local
         return

@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 from music_recs import lake_commit as C
 from music_recs import schema as S
 from music_recs.failures import InvalidInput, LakeBusy
-from music_recs.plan import COMMITTED_POINTER, LakeLayout
+from music_recs.plan import COMMITTED_POINTER, LakeLayout, local_path
 
 log = logging.getLogger("music_recs.lake")
 
@@ -47,14 +47,6 @@ def process_holder() -> str:
     except (OSError, KeyError):
         user = f"uid {os.getuid()}"
     return f"{user}@{socket.gethostname()} pid {os.getpid()}"
-
-
-def _is_local(uri: str) -> bool:
-    return urlparse(uri).scheme in ("", "file")
-
-
-def _local_path(uri: str) -> str:
-    return urlparse(uri).path if uri.startswith("file:") else uri
 
 
 # --- the Hadoop filesystem (both schemes) ---------------------------------------------------
@@ -169,7 +161,7 @@ class LocalFiles:
     """
 
     def read(self, uri: str) -> Found | None:
-        path = _local_path(uri)
+        path = local_path(uri)
         try:
             with open(path, "rb") as fh:
                 raw = fh.read()
@@ -191,7 +183,7 @@ class LocalFiles:
 
     def create(self, uri: str, text: str) -> str | bytes | None:
         """Create ``uri`` holding ``text`` unless it exists; its tag, or None when it existed."""
-        path = _local_path(uri)
+        path = local_path(uri)
         tmp = self._aside(path, text)
         try:
             os.link(tmp, path)
@@ -213,7 +205,7 @@ class LocalFiles:
 
         The file is renamed to a unique name first, which exactly one contender can do; the one
         that moved it checks it moved what it read, and puts anything else back."""
-        path = _local_path(uri)
+        path = local_path(uri)
         moved = f"{os.path.dirname(path)}/.{os.path.basename(path)}.taken.{os.getpid()}.{os.urandom(4).hex()}"
         try:
             os.rename(path, moved)
@@ -236,7 +228,7 @@ class LocalFiles:
 
         The check and the replace are two steps here: callers only replace what nobody else may
         touch meanwhile (a lease they hold with time to spare)."""
-        path = _local_path(uri)
+        path = local_path(uri)
         found = self.read(uri)
         if found is None or found.tag != tag:
             return None
@@ -245,7 +237,7 @@ class LocalFiles:
 
     def replace(self, uri: str, text: str, tag: bytes | None) -> None:
         """Write ``uri`` in one step (``os.replace``); ``tag`` is not checked (the lease protects it)."""
-        path = _local_path(uri)
+        path = local_path(uri)
         os.replace(self._aside(path, text), path)
 
 
@@ -471,14 +463,14 @@ class HeldLease:
 def day_lease(spark: SparkSession, lake: LakeLayout, day: str, holder: str = "",
               seconds: float = C.DEFAULT_LEASE_SECONDS) -> HeldLease:
     """Day D's writer lease (not yet acquired)."""
-    return HeldLease(atomic_files(spark, lake), C.day_lease_path(lake.root, day), f"dt={day}",
+    return HeldLease(atomic_files(spark, lake), lake.day_lease(day), f"dt={day}",
                      holder or process_holder(), seconds)
 
 
 def ids_lease(spark: SparkSession, lake: LakeLayout, holder: str = "",
               seconds: float = C.DEFAULT_LEASE_SECONDS) -> HeldLease:
     """The id index's writer lease (not yet acquired)."""
-    return HeldLease(atomic_files(spark, lake), C.ids_lease_path(lake.root), "the id index",
+    return HeldLease(atomic_files(spark, lake), lake.ids_lease, "the id index",
                      holder or process_holder(), seconds)
 
 
@@ -495,9 +487,9 @@ class DayWrite:
         self.spark, self.lake, self.day, self.lease = spark, lake, day, lease
         self.retention_hours = retention_hours
         self.version = C.new_version(utc_now())
-        self.plays = C.plays_copy_path(lake.root, day, self.version)
-        self.quarantine = C.quarantine_copy_path(lake.root, day, self.version)
-        self._pointer_uri = C.pointer_path(lake.root, day)
+        self.plays = lake.plays_copy(day, self.version)
+        self.quarantine = lake.quarantine_copy(day, self.version)
+        self._pointer_uri = lake.committed_pointer(day)
         found = lease.files.read(self._pointer_uri)
         self._pointer_tag = None if found is None else found.tag
         self.committed: C.CommittedPointer | None = None

@@ -10,11 +10,11 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
 
 from music_recs.jobs import JobSpec
+from music_recs.plan import local_path
 from music_recs.settings import s3_client_environment
 from spark_jobs.lib.s3a import s3a_conf
 
@@ -51,18 +51,10 @@ def get_spark(app_name: str, extra_conf: dict | None = None) -> SparkSession:
     return spark
 
 
-def _is_local(uri: str) -> bool:
-    return urlparse(uri).scheme in ("", "file")
-
-
-def _local_path(uri: str) -> str:
-    return urlparse(uri).path if uri.startswith("file:") else uri
-
-
 def write_text(spark: SparkSession, uri: str, text: str) -> None:
     """Write a small text file to a local path or any Hadoop filesystem URI (s3a://, hdfs://)."""
-    if _is_local(uri):
-        path = _local_path(uri)
+    path = local_path(uri)
+    if path is not None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = path + ".tmp"
         with open(tmp, "w") as fh:

@@ -21,48 +21,15 @@ from collections.abc import Callable, Iterable, Mapping
 
 from music_recs.checks import parse_day
 from music_recs.failures import InvalidInput
-from music_recs.plan import LakeLayout
+from music_recs.plan import VERSION_FOLDER, LakeLayout
 
-LEASES = "_leases"
-LEGACY_MARKER = "_SUCCESS"  # what Spark's committer left in a day folder of the old layout
-VERSION_FOLDER = "v="
 DEFAULT_LEASE_SECONDS = 120.0
 DEFAULT_RETENTION_HOURS = 24.0
 _VERSION = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{8})$")
 _VERSION_TIME = "%Y%m%dT%H%M%SZ"
 
 
-# --- where things are -------------------------------------------------------------------
-def pointer_path(root: str, day: str) -> str:
-    """The readers' pointer of day D: ``plays/dt=D/_COMMITTED.json``."""
-    return LakeLayout(root).committed_pointer(day)
-
-
-def plays_copy_path(root: str, day: str, version: str) -> str:
-    """The accepted plays of copy V of day D: ``plays/dt=D/v=V``."""
-    return LakeLayout(root).plays_copy(day, version)
-
-
-def quarantine_copy_path(root: str, day: str, version: str) -> str:
-    """The quarantined rows of copy V of day D: ``quarantine/dt=D/v=V``."""
-    return LakeLayout(root).quarantine_copy(day, version)
-
-
-def legacy_marker_path(root: str, day: str) -> str:
-    """``plays/dt=D/_SUCCESS``: a committed day of the old layout (files directly in the day folder)."""
-    return f"{LakeLayout(root).plays(day)}/{LEGACY_MARKER}"
-
-
-def day_lease_path(root: str, day: str) -> str:
-    """The lease of day D's writer: ``_leases/dt=D.json``."""
-    return f"{LakeLayout(root).root}/{LEASES}/dt={day}.json"
-
-
-def ids_lease_path(root: str) -> str:
-    """The lease of the id index's writer, ``_leases/ids.json`` (``ids/`` is one index for every day)."""
-    return f"{LakeLayout(root).root}/{LEASES}/ids.json"
-
-
+# --- copies' folder names (their paths: ``LakeLayout``) --------------------------------------
 def version_folder(version: str) -> str:
     return f"{VERSION_FOLDER}{version}"
 
@@ -283,21 +250,15 @@ def committed_copy(root: str, day: str, read: Callable[[str], str | bytes | None
     not parse fails with ``InvalidInput`` naming it (a damaged pointer is not an absent day).
     """
     lake = LakeLayout(root)
-    where = pointer_path(root, day)
+    where = lake.committed_pointer(day)
     text = read(where)
     if text is not None:
         pointer = CommittedPointer.from_json(text, where, day)
-        return CommittedCopy(day, plays_copy_path(root, day, pointer.version),
-                             quarantine_copy_path(root, day, pointer.version), pointer)
-    if read(legacy_marker_path(root, day)) is not None:
+        return CommittedCopy(day, lake.plays_copy(day, pointer.version), lake.quarantine_copy(day, pointer.version),
+                             pointer)
+    if read(lake.legacy_marker(day)) is not None:
         return CommittedCopy(day, lake.plays(day), lake.quarantine(day), None)
     return None
-
-
-def committed_quarantine(root: str, day: str, read: Callable[[str], str | bytes | None]) -> str | None:
-    """The folder of day D's committed quarantined rows (``part-*`` files), None when D is not committed."""
-    copy = committed_copy(root, day, read)
-    return None if copy is None else copy.quarantine
 
 
 # --- retention --------------------------------------------------------------------------

@@ -29,6 +29,9 @@ from music_recs.sizing import ClusterResources
 
 
 COMMITTED_POINTER = "_COMMITTED.json"
+VERSION_FOLDER = "v="  # a copy of a day: plays/dt=D/v=V/, quarantine/dt=D/v=V/
+LEGACY_MARKER = "_SUCCESS"  # what Spark's committer left in a day folder of the old layout
+LEASES = "_leases"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +66,24 @@ class LakeLayout:
 
     def plays_copy(self, day: str, version: str) -> str:
         """The accepted plays of one copy ``v=V`` of day D."""
-        return f"{self.plays(day)}/v={version}"
+        return f"{self.plays(day)}/{VERSION_FOLDER}{version}"
 
     def quarantine_copy(self, day: str, version: str) -> str:
         """The quarantined rows of one copy ``v=V`` of day D (the same V as its plays)."""
-        return f"{self.quarantine(day)}/v={version}"
+        return f"{self.quarantine(day)}/{VERSION_FOLDER}{version}"
+
+    def legacy_marker(self, day: str) -> str:
+        """``plays/dt=D/_SUCCESS``: a committed day of the old layout (files directly in the day folder)."""
+        return f"{self.plays(day)}/{LEGACY_MARKER}"
+
+    def day_lease(self, day: str) -> str:
+        """The lease of day D's writer: ``_leases/dt=D.json``."""
+        return f"{self.root}/{LEASES}/dt={day}.json"
+
+    @property
+    def ids_lease(self) -> str:
+        """The lease of the id index's writer, ``_leases/ids.json`` (``ids/`` is one index for every day)."""
+        return f"{self.root}/{LEASES}/ids.json"
 
     def quarantine(self, day: str) -> str:
         return f"{self.root}/quarantine/dt={day}"
