@@ -163,6 +163,19 @@ def base_conf(event_log_dir: str = "") -> dict[str, str]:
     return {**conf, **event_log_conf(event_log_dir)}
 
 
+def ui_settings(mode: str, master: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Spark properties and environment variables for the driver's web UI in ``mode``
+    (``music_recs.settings.DeploymentSettings.spark_ui``) on ``master``. Spark binds the UI to
+    ``SPARK_LOCAL_IP``, else every interface, and the driver's RPC to the same address: on a
+    cluster, executors must reach the driver, so ``loopback`` turns the UI off there instead."""
+    conf = {"spark.ui.killEnabled": "false"}
+    if mode == "open":
+        return conf, {}
+    if mode == "loopback" and master.startswith("local"):
+        return conf, {"SPARK_LOCAL_IP": "127.0.0.1"}
+    return {**conf, "spark.ui.enabled": "false"}, {}
+
+
 def event_log_conf(directory: str) -> dict[str, str]:
     """Spark event logs for the History Server (off unless ``directory`` is set), with each
     stage's peak executor memory: JVM heap, storage and execution memory, and the resident
@@ -223,6 +236,7 @@ class SparkJobHook(BaseHook):
     :param s3_conn_id: the Airflow AWS connection whose endpoint and credentials the job's ``s3a://``
         filesystem uses, handed over in its environment (``s3_environment``), with the S3A connector's
         jars (``connector_jars``); default None: the job reads and writes no ``s3a://``.
+    :param spark_ui: the driver's web UI, ``loopback`` (default), ``off`` or ``open`` (``ui_settings``).
     """
 
     conn_name_attr = "conn_id"
@@ -233,9 +247,10 @@ class SparkJobHook(BaseHook):
     def __init__(self, conn_id: str = default_conn_name, work_dir: str = "/tmp/music_recs_submit",
                  pyfiles_dir: str | None = None, label: str = "", event_log_dir: str = "",
                  jobs_dir: Path = JOBS_DIR, class_archive_dir: str | None = None, master: str | None = None,
-                 s3_conn_id: str | None = None):
+                 s3_conn_id: str | None = None, spark_ui: str = "loopback"):
         super().__init__()
         self.master = master
+        self.spark_ui = spark_ui
         self.s3_conn_id = s3_conn_id
         self.class_archive_dir = spark_class_archive_dir() if class_archive_dir is None else class_archive_dir
         self.conn_id = conn_id
@@ -300,7 +315,10 @@ class SparkJobHook(BaseHook):
                    "total_executor_cores": total_executor_cores}
         env = spark_submit_env()
         conf = conf or {}
-        submitted = dict(conf)  # what the command line gets: the caller's conf and the connector's jars
+        # What the command line gets: the caller's conf, the UI's and the connector's jars.
+        ui_conf, ui_env = ui_settings(self.spark_ui, self.master or master_of(spark_connection(self.conn_id)))
+        submitted = {**ui_conf, **conf}
+        env.update(ui_env)
         if self.s3_conn_id:
             env.update(s3_environment(self.s3_conn_id))
             submitted["spark.jars"] = ",".join([*connector_jars(), *filter(None, conf.get("spark.jars", "").split(","))])
@@ -318,6 +336,7 @@ class SparkJobHook(BaseHook):
                 self._process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                                  errors="replace", env=env)
                 for line in self._process.stdout:
+                    line = mask_secrets(line)  # nothing the job prints leaves it unmasked, its log included
                     log_file.write(line)
                     recent.append(line.rstrip("\n"))
                     if len(head) < 20:

@@ -32,7 +32,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from music_recs import __version__, settings, tuning
 from music_recs import history as history_rules
 from music_recs import manifest as manifests
-from music_recs.checks import check_run_conf_names_no_location, safe_key_part
+from music_recs.checks import check_landing_size, check_run_conf_names_no_location, safe_key_part
 from music_recs.failures import EmptyMatrix, InvalidInput, MalformedRulesList, NoLandingData, QualityGateFailed, TooManyBadRows, \
     ValidationFailed, is_permanent
 from music_recs.jobs import (ConfidenceSpec, EvaluateResult, EvaluateSpec, IngestResult, IngestSpec, MatrixResult,
@@ -135,7 +135,8 @@ def spark_hook(plan: RunPlan) -> SparkJobHook:
     uses_s3a = not plan.lake_is_local or cfg.spark_event_log_dir.startswith("s3a://")
     return SparkJobHook(cfg.spark_conn_id, work_dir=plan.work_dir, pyfiles_dir=plan.submit_dir,
                         label=f"dt={plan.day}", event_log_dir=cfg.spark_event_log_dir,
-                        master=plan.spark_master, s3_conn_id=cfg.aws_conn_id if uses_s3a else None)
+                        master=plan.spark_master, s3_conn_id=cfg.aws_conn_id if uses_s3a else None,
+                        spark_ui=cfg.spark_ui)
 
 
 def lake_files(plan: RunPlan, store: S3Store | None = None) -> LakeFiles:
@@ -218,7 +219,9 @@ def ingest_spec(plan: RunPlan, writer: str | None = None) -> IngestSpec:
     return IngestSpec(day=plan.day, input_uri=landing_input(plan), lake_uri=plan.lake.root,
                       source_format=plan.settings.source_format,
                       writer=dag_writer(plan) if writer is None else writer,
-                      retention_hours=plan.settings.lake_retention_hours)
+                      retention_hours=plan.settings.lake_retention_hours,
+                      max_expansion=plan.settings.max_landing_expansion,
+                      quarantine_rows_per_reason=plan.settings.quarantine_rows_per_reason)
 
 
 @fail_fast
@@ -227,12 +230,13 @@ def ingest(store: S3Store, plan: RunPlan, writer: str | None = None) -> IngestRe
     quarantine, and check the quarantined share."""
     files = lake_files(plan, store)
     check_storage(plan, files, (plan.settings.raw_bucket, "raw_bucket"))
-    sizes = [o.size for o in landing_files(store, plan.settings, plan.day)]
+    sizes = {o.key: o.size for o in landing_files(store, plan.settings, plan.day)}
     if not sizes:
         raise NoLandingData(f"no stream logs under {plan.landing_uri}; nothing to ingest")
+    check_landing_size(plan.day, plan.landing_uri, sizes, plan.settings.max_landing_files, plan.settings.max_landing_gib)
     if plan.lake_is_local:
         stage_landing(store, plan)
-    result = submit_stage(plan, ingest_spec(plan, writer), GZIP_JSON_EXPANSION * sum(sizes), max(sizes))
+    result = submit_stage(plan, ingest_spec(plan, writer), GZIP_JSON_EXPANSION * sum(sizes.values()), max(sizes.values()))
     log.info("ingest dt=%s: read %d, accepted %d, quarantined %d, duplicates %d (formats %s)", plan.day,
              result.rows_read, result.rows_accepted, result.rows_quarantined, result.duplicates_removed, result.formats)
     # Quarantined rows are stored before any verdict, so they are kept even when the run stops.

@@ -47,8 +47,9 @@ _BOM = "\ufeff"
 # A stream record is a few hundred characters; a megabyte holds any real one with long optional
 # fields, and keeps a broken line (a gzip bomb) from becoming one row of gigabytes.
 MAX_RECORD_CHARS = 1_000_000
-# A quarantined line keeps this many characters (the quarantine copy only; parsing sees it whole).
-QUARANTINE_CHARS = 10_000
+# A quarantined line keeps this many characters (the quarantine copy only; parsing sees it whole):
+# enough to see what a line was, while a day of long garbage lines stays small.
+QUARANTINE_CHARS = 4_096
 # Characters a blank line consists of (the same set in the JVM path: ``ingest.BLANK_LINE``).
 BLANK = " \t\r\n\x0b\x0c"
 # A Spotify export is parsed whole; larger than this, the file is one ``not_json_array`` record.
@@ -167,41 +168,74 @@ def detect(path: str, data: bytes, forced_format: str = "auto") -> str:
 
 
 def inspect(path: str, data: bytes, forced_format: str = "auto") -> tuple[str, bool]:
-    """``(format, jvm_readable)`` of one landing file (see the module docstring).
+    """``(format, jvm_readable)`` of one landing file (see the module docstring)."""
+    fmt, readable, _ = survey(path, data, forced_format)
+    return fmt, readable
 
-    Reads the whole file once, in C (zlib, the UTF-8 decoder, ``bytes.find``), never line by line
-    in Python.
+
+def survey(path: str, data: bytes, forced_format: str = "auto",
+           max_expanded: int | None = None) -> tuple[str, bool, int]:
+    """``(format, jvm_readable, expanded)`` of one landing file: ``inspect``'s verdict and the bytes
+    it decompresses to. With ``max_expanded``, the whole file is decompressed to count them, and
+    counting stops past that many (``expanded`` is then above it, a bomb never counted to its end);
+    without, decompression stops once the verdict is known.
+
+    Reads the file once, in C (zlib, the UTF-8 decoder, ``bytes.find``), never line by line in Python.
     """
     fmt = detect(path, data, forced_format)
     gzipped, name = data[:2] == b"\x1f\x8b", path.lower()
-    if fmt not in _LINE_FORMATS or gzipped != name.endswith(".gz") or (not gzipped and name.endswith(_CODEC_SUFFIXES)):
-        return fmt, False
+    readable = not (fmt not in _LINE_FORMATS or gzipped != name.endswith(".gz")
+                    or (not gzipped and name.endswith(_CODEC_SUFFIXES)))
+    if not readable and max_expanded is None:
+        return fmt, False, 0
     decoder = codecs.getincrementaldecoder("utf-8")()
-    since_newline, carry = 0, b""
-    try:
-        for piece in _inflate(data):
-            if isinstance(piece, str):
-                return fmt, False  # broken stream
-            decoder.decode(piece)
-            window = carry + piece
-            carry = b"\r" if window.endswith(b"\r") else b""
-            if window.count(b"\r") - window.count(b"\r\n") > len(carry):
-                return fmt, False  # a lone carriage return: Hadoop's reader would end a line there
-            # A line inside one piece is shorter than a piece (_STEP < MAX_RECORD_CHARS): only the
-            # line that runs across pieces needs counting. In bytes, so wide characters err on the safe side.
-            first = piece.find(b"\n")
-            if first < 0:
-                since_newline += len(piece)
+    since_newline, carry, expanded = 0, b"", 0
+    for piece in _inflate(data):
+        if isinstance(piece, str):
+            return fmt, False, expanded  # broken stream
+        expanded += len(piece)
+        if max_expanded is not None and expanded > max_expanded:
+            return fmt, False, expanded
+        if readable:
+            state = _readable_piece(decoder, piece, carry, since_newline)
+            if state is None:
+                if max_expanded is None:
+                    return fmt, False, expanded
+                readable = False
             else:
-                if since_newline + first > MAX_RECORD_CHARS:
-                    return fmt, False
-                since_newline = len(piece) - piece.rfind(b"\n") - 1
-            if since_newline > MAX_RECORD_CHARS:
-                return fmt, False
-        decoder.decode(b"", final=True)
+                carry, since_newline = state
+    if readable:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            readable = False
+    return fmt, readable, expanded
+
+
+def _readable_piece(decoder, piece: bytes, carry: bytes, since_newline: int) -> tuple[bytes, int] | None:
+    """The next ``(carry, since_newline)`` when ``piece`` keeps the file readable by Spark's text
+    reader as this module splits it (valid UTF-8, no lone carriage return, no line over
+    ``MAX_RECORD_CHARS``); None when it does not."""
+    try:
+        decoder.decode(piece)
     except UnicodeDecodeError:
-        return fmt, False
-    return fmt, True
+        return None
+    window = carry + piece
+    carry = b"\r" if window.endswith(b"\r") else b""
+    if window.count(b"\r") - window.count(b"\r\n") > len(carry):
+        return None  # a lone carriage return: Hadoop's reader would end a line there
+    # A line inside one piece is shorter than a piece (_STEP < MAX_RECORD_CHARS): only the line
+    # that runs across pieces needs counting. In bytes, so wide characters err on the safe side.
+    first = piece.find(b"\n")
+    if first < 0:
+        since_newline += len(piece)
+    else:
+        if since_newline + first > MAX_RECORD_CHARS:
+            return None
+        since_newline = len(piece) - piece.rfind(b"\n") - 1
+    if since_newline > MAX_RECORD_CHARS:
+        return None
+    return carry, since_newline
 
 
 def iter_records(path: str, data: bytes, forced_format: str = "auto") -> Iterator[tuple[str, str, str | None]]:

@@ -10,7 +10,7 @@ import datetime as _dt
 import re
 from urllib.parse import urlparse
 
-from music_recs.failures import InvalidInput
+from music_recs.failures import InvalidInput, LandingTooLarge
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._=/-]+$")
@@ -77,3 +77,18 @@ def check_run_conf_names_no_location(params: dict, settings: set[str]) -> None:
         raise InvalidInput(
             f"run conf may not set {', '.join(named)}: buckets, prefixes and paths come from the configuration "
             "(MUSIC_RECS_* environment variables or the Airflow Variable music_recs_config), not from a run")
+
+
+def check_landing_size(day: str, where: str, sizes: dict[str, int], max_files: int, max_gib: float) -> None:
+    """A day's landing input (``sizes``: key -> bytes as stored, under ``where``) within
+    ``max_files`` objects and ``max_gib`` GiB, else ``LandingTooLarge`` in one line naming the day,
+    the total and its largest file: refused before a worker lists, stages or parses any of it."""
+    total, limit = sum(sizes.values()), int(max_gib * 1024 ** 3)
+    if len(sizes) > max_files:
+        raise LandingTooLarge(f"dt={day}: {len(sizes)} landing files under {where}, more than max_landing_files="
+                              f"{max_files}; merge them into fewer files or raise the setting")
+    if total > limit:
+        largest = max(sizes, key=sizes.get)
+        raise LandingTooLarge(f"dt={day}: {total / 1024 ** 3:.1f} GiB of landing files under {where}, more than "
+                              f"max_landing_gib={max_gib:g} (largest: {largest}, {sizes[largest] / 1024 ** 2:.0f} MiB); "
+                              "check the upload or raise the setting")

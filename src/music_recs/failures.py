@@ -24,6 +24,11 @@ class NoLandingData(PermanentFailure):
     """The day's landing prefix holds no file to ingest."""
 
 
+class LandingTooLarge(PermanentFailure):
+    """A day's landing input is past a bound (``max_landing_files``, ``max_landing_gib``,
+    ``max_landing_expansion``): it is refused before it can exhaust a worker."""
+
+
 class TooManyBadRows(PermanentFailure):
     """More of the day's rows failed row-level checks than the configured share."""
 

@@ -99,6 +99,10 @@ class IngestSpec(JobSpec):
     retention_hours: an older copy of the day is deleted this long after it stopped being the
     day (24; ``lake_retention_hours``). lease_seconds: the lease lasts this long unless renewed
     (120; renewed every quarter of it while the job runs).
+    max_expansion: a landing file may decompress to at most this many times its size, or 64 MiB
+    (100; ``max_landing_expansion``); more fails the job with ``LandingTooLarge`` naming the file.
+    quarantine_rows_per_reason: quarantined rows kept per reason (10000; the first in file and line
+    order); the result's counts are of every quarantined row.
     """
 
     JOB: ClassVar[str] = "ingest"
@@ -111,6 +115,8 @@ class IngestSpec(JobSpec):
     writer: str = ""
     retention_hours: float = DEFAULT_RETENTION_HOURS
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    max_expansion: float = 100.0
+    quarantine_rows_per_reason: int = 10_000
 
     def __post_init__(self):
         parse_day(self.day, "day")
@@ -124,6 +130,13 @@ class IngestSpec(JobSpec):
         if isinstance(self.lease_seconds, bool) or not isinstance(self.lease_seconds, (int, float)) \
                 or not 1 <= self.lease_seconds <= 24 * 3600:
             raise InvalidInput(f"lease_seconds must be within [1, 86400], got {self.lease_seconds!r}")
+        if isinstance(self.max_expansion, bool) or not isinstance(self.max_expansion, (int, float)) \
+                or not self.max_expansion >= 1:
+            raise InvalidInput(f"max_expansion must be a number >= 1, got {self.max_expansion!r}")
+        if isinstance(self.quarantine_rows_per_reason, bool) or not isinstance(self.quarantine_rows_per_reason, int) \
+                or self.quarantine_rows_per_reason < 1:
+            raise InvalidInput(f"quarantine_rows_per_reason must be a whole number >= 1, "
+                               f"got {self.quarantine_rows_per_reason!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -83,12 +83,26 @@ _PATTERNS: list[tuple[Failure, re.Pattern]] = [
 # a container or cgroup limit), so it names the failure rather than the kill.
 _KILL_CAUSES = frozenset({Failure.NO_SPACE, Failure.CONTAINER_MEMORY, Failure.DRIVER_OOM, Failure.EXECUTOR_OOM})
 
-_SECRET = re.compile(r"(?i)((?:secret|password|token|access[_.-]?key)[\w.-]*\s*[=:]\s*)(\S+)")
+# What a secret looks like in a line of output, each with what stays visible (group 1 and, for a
+# URL, the "@" after the password):
+_SECRETS = (
+    # a secret-like name, quoted or not, then = or :, then a quoted or bare value
+    (re.compile(r"""(?i)((?:secret|passw(?:or)?d|pwd|token|credential|api[_.-]?key|private[_.-]?key|access[_.-]?key)"""
+                r"""[\w.-]*["']?\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s,;}]+)"""), r"\1***"),
+    (re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^@\s/]+(@)"), r"\1***\2"),  # scheme://user:password@
+    (re.compile(r"(?i)(\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1***"),  # an Authorization header's value
+    (re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"), "***"),  # an AWS access key id
+)
 
 
 def mask_secrets(line: str) -> str:
-    """``line`` with the value after any secret-, password-, token- or key-like name replaced by ``***``."""
-    return _SECRET.sub(r"\1***", line)
+    """``line`` with every secret it shows replaced by ``***``: the value after a secret-, password-,
+    token- or key-like name (``password=x``, ``"password": "x"``), the password of a URL
+    (``postgresql://user:x@host``), a Bearer or Basic credential, a bare AWS access key id. The one
+    masking function for whatever leaves a job: task log, manifest, report, alerts."""
+    for pattern, replacement in _SECRETS:
+        line = pattern.sub(replacement, line)
+    return line
 
 
 # A stack trace's header line: ``[package.]SomeException: message`` (Java, Python or Py4J).

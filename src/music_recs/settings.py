@@ -36,6 +36,7 @@ ENV_PREFIX = "MUSIC_RECS_"
 # "auto" detects the landing format per file.
 SOURCE_FORMATS = ("auto", *LANDING_FORMATS)
 MIB = 1024 * 1024
+SPARK_UI_MODES = ("loopback", "off", "open")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,18 @@ class DeploymentSettings:
     spark_event_log_dir: Spark event logs for the History Server; empty = off.
     do_not_recommend_key: key, in the models bucket, of the do-not-recommend list (CSV with
     ``item_id`` and optionally ``user_id``, see ``music_recs.rules``); empty (default) = no list.
+    max_landing_files, max_landing_gib: a day's landing input may hold at most this many objects
+    (10000) and bytes as stored (64 GiB); more stops ingest before Spark starts, in one line.
+    max_landing_expansion: a compressed landing file may decompress to at most this many times its
+    size (100; files that stay under 64 MiB decompressed always pass); more stops the ingest job in
+    one line naming the file.
+    quarantine_rows_per_reason: quarantined rows kept per reason and day (10000; the counts stay
+    exact, only the rows kept are capped).
+    spark_ui: the Spark driver's web UI: ``loopback`` (default: on 127.0.0.1 in local mode, off on
+    a cluster, where the driver's address must stay reachable), ``off``, or ``open`` (every
+    interface, Spark's default). Its kill links are always off.
+    consumer_aws_conn_id: the read-only S3 connection of the consumer DAG and of the CLI's
+    ``latest`` and ``recommend`` (``aws_models_reader``).
     """
 
     raw_bucket: str = "music-raw"
@@ -80,6 +93,12 @@ class DeploymentSettings:
     train_attempts: int = 3
     spark_event_log_dir: str = ""
     do_not_recommend_key: str = ""
+    max_landing_files: int = 10_000
+    max_landing_gib: float = 64.0
+    max_landing_expansion: float = 100.0
+    quarantine_rows_per_reason: int = 10_000
+    spark_ui: str = "loopback"
+    consumer_aws_conn_id: str = "aws_models_reader"
 
     def __post_init__(self):
         for f in dataclasses.fields(self):  # values from the environment arrive as text
@@ -105,6 +124,12 @@ class DeploymentSettings:
             raise InvalidInput(f"lake_retention_hours must be within [0, 8760], got {self.lake_retention_hours}")
         if self.broadcast_budget_mb < 0 or self.train_attempts < 1:
             raise InvalidInput("broadcast_budget_mb must be >= 0 and train_attempts >= 1")
+        if min(self.max_landing_files, self.max_landing_gib, self.quarantine_rows_per_reason) <= 0 \
+                or not self.max_landing_expansion >= 1:
+            raise InvalidInput("max_landing_files, max_landing_gib and quarantine_rows_per_reason must be > 0, "
+                               "max_landing_expansion >= 1")
+        if self.spark_ui not in SPARK_UI_MODES:
+            raise InvalidInput(f"spark_ui must be one of {SPARK_UI_MODES}, got {self.spark_ui!r}")
 
     # --- locations in S3 -----------------------------------------------------------------
     def landing_key_prefix(self, day: str) -> str:
@@ -203,13 +228,30 @@ def dag_settings(environ: Mapping[str, str] | None = None) -> DagSettings:
     return DagSettings(**values)
 
 
+# What a spark-submit inherits from the worker: what finds and runs Java, Spark, Hadoop's
+# configuration and this interpreter, locale and temp folders. Nothing else: the worker's
+# environment holds the metadata database URL, the Fernet key and connections (AIRFLOW_*), and
+# the job's S3 credentials are added from its connection alone (``spark_submit.s3_environment``).
+SPARK_SUBMIT_VARIABLES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH",
+    "JAVA_HOME", "SPARK_HOME", "SPARK_CONF_DIR", "SPARK_LOCAL_DIRS", "SPARK_LOCAL_IP", "SPARK_LOCAL_HOSTNAME",
+    "SPARK_PUBLIC_DNS", "SPARK_SUBMIT_OPTS", "SPARK_DIST_CLASSPATH", "HADOOP_HOME", "HADOOP_CONF_DIR",
+    "YARN_CONF_DIR", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "PYTHONPATH", "PYTHONHASHSEED", "VIRTUAL_ENV",
+    "XDG_CACHE_HOME", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+    # An instance or pod role, found by the job itself when the S3 connection holds no keys.
+    "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_SESSION_NAME", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+})
+
+
 def spark_submit_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment of a spark-submit: this process's, where executors run this interpreter
-    (``PYSPARK_PYTHON``, else the running one), GX sends no analytics, and spark-submit
-    (installed next to the interpreter by pyspark) is found even where the environment is not
-    activated."""
+    """Environment of a spark-submit: the worker's variables Spark needs (``SPARK_SUBMIT_VARIABLES``,
+    and the locale's ``LC_*``), executors running this interpreter (``PYSPARK_PYTHON``, else the
+    running one), GX sending no analytics, and spark-submit (installed next to the interpreter by
+    pyspark) found even where the environment is not activated."""
     environ = os.environ if environ is None else environ
-    return {**environ, "PYSPARK_PYTHON": environ.get("PYSPARK_PYTHON", sys.executable),
+    kept = {k: v for k, v in environ.items() if k in SPARK_SUBMIT_VARIABLES or k.startswith("LC_")}
+    return {**kept, "PYSPARK_PYTHON": environ.get("PYSPARK_PYTHON", sys.executable),
             "GX_ANALYTICS_ENABLED": "false",
             "PATH": os.pathsep.join([os.path.dirname(sys.executable), environ.get("PATH", "")])}
 
