@@ -3,9 +3,11 @@
 
 An example consumer of the published model: it runs whenever `music_recs_daily` moves
 `latest.json` (an event on the Asset `music_recs_published_model`), instead of polling the
-pointer. It reads the manifest named in the event and checks that every published object is
-there with the size and SHA-256 the manifest records, the check a serving loader makes before
-swapping models. Copy it and replace the check with your loader.
+pointer. It reads the manifest named in the event through the read-only connection
+`aws_models_reader` (setting `consumer_aws_conn_id`), and checks it as a serving loader should
+before swapping models: the event names the configured models bucket and a key under its prefix,
+the manifest has the SHA-256 announced with it, and every published object is there with the
+size and SHA-256 the manifest records. Copy it and replace the check with your loader.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from airflow.sdk import dag, get_current_context, task
 
 from music_recs_airflow import tasks
 from music_recs_airflow.assets import PUBLISHED_MODEL
-from music_recs_airflow.publish import verify_publication
-from music_recs_airflow.s3 import S3Store
 
 
 @dag(
@@ -34,8 +34,7 @@ def music_recs_model_consumer():
     @task
     def check_published_model() -> list[dict]:
         events = get_current_context()["triggering_asset_events"][PUBLISHED_MODEL]
-        store = S3Store.from_airflow(tasks.load_settings().aws_conn_id)
-        return [verify_publication(store, e.extra["bucket"], e.extra["manifest"]) for e in events]
+        return [tasks.check_published_model(dict(e.extra)) for e in events]
 
     check_published_model()
 

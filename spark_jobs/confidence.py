@@ -17,10 +17,11 @@ distinct items per user, ``min_item_users`` distinct users per item), then strin
 get stable int32 ids from the persisted index (``spark_jobs.lib.id_index``).
 
 Output, per granularity G: ``{out}/granularity=G/{train,holdout,items}/`` Parquet (``items``
-holds display names) and ``stats.json``; ``out`` defaults to ``{lake}/matrix/dt=D``. The DAG
-gives each run its own ``out`` (``runs/dt=D/run=R/matrix``): the matrix depends on the run's
-parameters (window, holdout, confidence function, support), and a task of one run cleared and
-rerun later must not read the matrix of another run of the same day. Output is deterministic:
+holds display names, see ``most_frequent``) and ``stats.json``; ``out`` defaults to
+``{lake}/matrix/dt=D``. The DAG gives each run its own ``out`` (``runs/dt=D/run=R/matrix``): the
+matrix depends on the run's parameters (window, holdout, confidence function, support), and a
+task of one run cleared and rerun later must not read the matrix of another run of the same day.
+Output is deterministic:
 same input, same rows in the same files.
 """
 
@@ -127,6 +128,28 @@ def build_tuning_split(spark, plays_train, cutoff: str, item_col: str, day, para
             "validation_users": validation.select(S.USER_IDX).distinct().count(), "validation_pairs": validation.count()}
 
 
+# Display names: the columns a granularity's names come from, and the plays of each spelling.
+NAME_COLUMNS = {"track": (S.TRACK_ID, S.TRACK_NAME, S.ARTIST_ID, S.ARTIST_NAME),
+                "artist": (S.ARTIST_ID, S.ARTIST_NAME)}
+PLAYS_OF = "_plays_of"
+
+
+def most_frequent(spellings: DataFrame, key: str, value: str) -> DataFrame:
+    """(key, value): per ``key``, the ``value`` of most plays (ties: the smallest); null only when
+    every play of the key has a null ``value``. ``spellings`` holds plays counted per spelling
+    (column ``PLAYS_OF``).
+
+    Display names for people (the CLI, reports) are chosen this way: a track's name is what most
+    of its plays call it, so a few lines (a typo, an escape sequence, a 256-character name) cannot
+    rename a popular track for everyone, and reruns agree. A sum per (key, value) (a hash
+    aggregation), then one row per key by the smallest (has no value, -plays, value): no sort of
+    plays and nothing collected to the driver.
+    """
+    counted = spellings.groupBy(key, value).agg(F.sum(PLAYS_OF).alias("_n"))
+    order = F.struct(F.col(value).isNull(), -F.col("_n"), F.col(value))
+    return counted.groupBy(key).agg(F.min_by(F.col(value), order).alias(value))
+
+
 def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake: LakeLayout, params,
                       min_user_items, min_item_users, out_root, tuning_cutoff: str | None = None):
     item_col = ITEM_COLUMN[granularity]
@@ -138,19 +161,19 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake:
     u = users_index.select(F.col(ID).alias(S.USER_ID), F.col(IDX).alias(S.USER_IDX))
     i = items_index.select(F.col(ID).alias(S.ITEM_ID), F.col(IDX).alias(S.ITEM_IDX))
 
-    # Display names for people (the CLI, reports): the smallest name seen in the window, so
-    # reruns agree; ids without a name keep a null.
-    # Distinct first: a hash aggregation folds the plays to one row per spelling, so the min() over
-    # strings (a sort-based aggregation) sorts a row per name, not per play.
+    # Plays per spelling once (one scan of the window; the three uses below share its exchange).
     all_plays = plays_train.unionByName(plays_holdout)
+    spellings = all_plays.groupBy(*NAME_COLUMNS[granularity]).agg(F.count(F.lit(1)).alias(PLAYS_OF))
+    artist_names = most_frequent(spellings, S.ARTIST_ID, S.ARTIST_NAME)
     if granularity == "track":
-        names = (all_plays.select(F.col(S.TRACK_ID).alias(S.ITEM_ID), S.TRACK_NAME, S.ARTIST_ID, S.ARTIST_NAME).distinct()
-                 .groupBy(S.ITEM_ID).agg(F.min(S.TRACK_NAME).alias(S.ITEM_NAME), F.min(S.ARTIST_ID).alias(S.ARTIST_ID),
-                                         F.min(S.ARTIST_NAME).alias(S.ARTIST_NAME)))
+        names = (most_frequent(spellings, S.TRACK_ID, S.TRACK_NAME)
+                 .join(most_frequent(spellings, S.TRACK_ID, S.ARTIST_ID), S.TRACK_ID)
+                 .join(artist_names, S.ARTIST_ID, "left")
+                 .select(F.col(S.TRACK_ID).alias(S.ITEM_ID), F.col(S.TRACK_NAME).alias(S.ITEM_NAME),
+                         S.ARTIST_ID, S.ARTIST_NAME))
     else:
-        names = (all_plays.select(F.col(S.ARTIST_ID).alias(S.ITEM_ID), S.ARTIST_NAME).distinct()
-                 .groupBy(S.ITEM_ID).agg(F.min(S.ARTIST_NAME).alias(S.ARTIST_NAME))
-                 .withColumn(S.ITEM_NAME, F.col(S.ARTIST_NAME)).withColumn(S.ARTIST_ID, F.col(S.ITEM_ID)))
+        names = artist_names.select(F.col(S.ARTIST_ID).alias(S.ITEM_ID), F.col(S.ARTIST_NAME).alias(S.ITEM_NAME),
+                                    S.ARTIST_ID, S.ARTIST_NAME)
 
     # Files sized to the matrix (~2M pairs each), not to the session's shuffle partitions: those
     # depend on the lake's size and the machine, and a rerun must write the same files.

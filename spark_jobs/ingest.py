@@ -31,11 +31,13 @@ from pyspark.sql import DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from music_recs import names as N
 from music_recs import schema as S
+from music_recs.failures import LandingTooLarge
 from music_recs.jobs import IngestResult, IngestSpec
 from music_recs.plan import LakeLayout
 from spark_jobs.lib.lake import present_days, read_plays, writing_day
-from spark_jobs.lib.landing import BLANK, QUARANTINE_CHARS, detect, inspect, iter_records
+from spark_jobs.lib.landing import BLANK, QUARANTINE_CHARS, iter_records, survey
 from spark_jobs.lib.session import PhaseTimer, job_main
 
 # Events may arrive late (offline listening syncs later): a play up to this many hours
@@ -46,6 +48,8 @@ CLOCK_SKEW_MINUTES = 15
 # An event is accepted on any day D with D - 48 h <= ts < D + 1 d + 15 min, so the same event
 # can also sit in the partitions of the 3 days before or after D: a replay is looked for there.
 NEIGHBOUR_DAYS = math.ceil((LATE_TOLERANCE_HOURS * 60 + CLOCK_SKEW_MINUTES) / (24 * 60))
+# Landing files decompressing to less than this pass whatever their ratio (``expansion_limit``).
+EXPANSION_FLOOR = 64 * 1024 * 1024
 # A play longer than a day is a broken client counter, not a listen.
 MAX_MS_PLAYED = 24 * 3600 * 1000
 ID_PATTERN = S.ID_PATTERN
@@ -94,6 +98,7 @@ class Verdict(typing.NamedTuple):
     format: str
     jvm_readable: bool
     bytes: int
+    expanded: int = 0  # bytes it decompresses to, counted up to its limit (``expansion_limit``)
 
 
 # A listen's top level as text (``track_metadata`` as its JSON), then ``track_metadata`` parsed on
@@ -111,22 +116,38 @@ TRACK_METADATA_SCHEMA = T.StructType([
 
 
 def inspect_files(spark: SparkSession, input_uri: str, source_format: str = "auto",
-                  reader: str = "auto") -> list[Verdict]:
+                  reader: str = "auto", max_expansion: float = 100.0) -> list[Verdict]:
     """A verdict per landing file under ``input_uri``: its format, whether Spark's text reader takes
-    it exactly, its size.
+    it exactly, its size and what it decompresses to.
 
-    Each file is inspected once on the executors (``landing.inspect``: format, intact gzip, valid
-    UTF-8, sane line lengths; only the verdict comes back). ``reader="python"``: every file goes to
-    the Python reader, its format from a look at its head.
+    Each file is inspected once on the executors (``landing.survey``: format, intact gzip, valid
+    UTF-8, sane line lengths, decompressed size; only the verdict comes back). ``reader="python"``:
+    every file goes to the Python reader. A file that decompresses past ``expansion_limit`` stops
+    the job here, in one line naming it, before any of it is parsed.
     """
     files = _binary_files(spark, input_uri).select("path", "length", "content")
-    if reader == "python":
-        verdicts = files.rdd.map(lambda row: (row.path, detect(row.path, bytes(row.content), source_format), False,
-                                              row.length)).collect()
-    else:
-        verdicts = files.rdd.map(lambda row: (row.path, *inspect(row.path, bytes(row.content), source_format),
-                                              row.length)).collect()
-    return sorted(Verdict(*v) for v in verdicts)
+    python_only = reader == "python"
+
+    def verdict(row):
+        fmt, readable, expanded = survey(row.path, bytes(row.content), source_format,
+                                         expansion_limit(row.length, max_expansion))
+        return row.path, fmt, readable and not python_only, row.length, expanded
+
+    verdicts = sorted(Verdict(*v) for v in files.rdd.map(verdict).collect())
+    for v in verdicts:
+        if v.expanded > expansion_limit(v.bytes, max_expansion):
+            raise LandingTooLarge(
+                f"landing file {unquote(v.path)} ({v.bytes} bytes) decompresses to more than "
+                f"{expansion_limit(v.bytes, max_expansion)} bytes, past max_landing_expansion={max_expansion:g} "
+                "times its size; remove it or split it into smaller files")
+    return verdicts
+
+
+def expansion_limit(size: int, max_expansion: float) -> int:
+    """Bytes a landing file of ``size`` bytes may decompress to: ``max_expansion`` times its size,
+    and never less than ``EXPANSION_FLOOR`` (a small file of repetitive lines compresses far better
+    than a day's file, and is harmless)."""
+    return max(EXPANSION_FLOOR, int(max_expansion * size))
 
 
 def _binary_files(spark: SparkSession, input_uri: str) -> DataFrame:
@@ -174,6 +195,18 @@ def _norm(col):
     return F.lower(F.trim(F.regexp_replace(col, r"\s+", " ")))
 
 
+def clean_name(col):
+    """``music_recs.names.clean_name`` in the JVM: white space folded, control and format characters
+    removed, cut to ``NAME_MAX_CHARS``; null when nothing is left.
+
+    Not a quarantine reason: the play's facts are valid, a name is display metadata (ids derived
+    from names hash the name as it came, so they do not change with this rule)."""
+    name = F.regexp_replace(col, N.JAVA_WHITE_SPACE, " ")
+    name = F.trim(F.regexp_replace(F.regexp_replace(name, N.JAVA_CONTROL, ""), " {2,}", " "))
+    name = F.rtrim(F.substring(name, 1, N.NAME_MAX_CHARS))
+    return F.when(name != "", name)
+
+
 def derived_id(*cols):
     """``name:`` + the first 20 hex digits of SHA-1 over the normalized names, joined by U+001F.
 
@@ -208,6 +241,8 @@ NORMALIZED = (S.RAW_LINE, S.SOURCE_FILE, FORMAT, PRE_REASON, S.EVENT_ID, S.USER_
 
 def normalize(records: DataFrame, formats=S.LANDING_FORMATS) -> DataFrame:
     """Map every format to the same string columns; ``pre_reason`` holds format-level problems.
+
+    Track and artist names come out cleaned (``clean_name``).
 
     formats: the formats present (default all): each is a pass over ``records``.
     """
@@ -270,7 +305,8 @@ def normalize(records: DataFrame, formats=S.LANDING_FORMATS) -> DataFrame:
     out = None
     for fmt, part in (("native", native), ("spotify", spotify), ("lastfm", lastfm), ("listenbrainz", listenbrainz)):
         if fmt in formats:
-            part = part.select(*NORMALIZED)
+            part = part.select(*NORMALIZED).withColumns(
+                {c: clean_name(F.col(c)) for c in (S.TRACK_NAME, S.ARTIST_NAME)})
             out = part if out is None else out.unionByName(part)
     return out if out is not None else native.select(*NORMALIZED)
 
@@ -371,9 +407,6 @@ def files_named(verdicts: list[Verdict], source_files: list[str]) -> list[Verdic
     return [v for v in verdicts if v.path in chosen]
 
 
-QUARANTINE_SCHEMA = f"{S.REASON} string, {S.RAW_LINE} string, {S.SOURCE_FILE} string, {FORMAT} string"
-
-
 def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
     """Ingest ``spec.day`` from ``spec.input_uri`` into the lake; see the module docstring.
 
@@ -387,7 +420,7 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
     # The day's lease first: a second writer of the day stops here, in one line naming the first.
     with writing_day(spark, lake, day_s, spec.writer, spec.lease_seconds, spec.retention_hours) as copy:
         with timer.phase("inspect"):
-            verdicts = inspect_files(spark, spec.input_uri, spec.source_format, spec.reader)
+            verdicts = inspect_files(spark, spec.input_uri, spec.source_format, spec.reader, spec.max_expansion)
         formats = {v.format for v in verdicts}
         # Events a neighbouring day already accepted are duplicates too, whichever day was ingested
         # first (a backfill can ingest the day before after this one). The other days are not
@@ -412,10 +445,11 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
                 quarantined = classified(records, formats, day).filter(F.col(S.REASON).isNotNull()).select(
                     # The quarantine copy is cut; parsing saw the whole line.
                     S.REASON, F.substring(S.RAW_LINE, 1, QUARANTINE_CHARS).alias(S.RAW_LINE), S.SOURCE_FILE, FORMAT)
-                quarantined.repartition(1).sortWithinPartitions(S.SOURCE_FILE, S.RAW_LINE).write \
+                kept, by_reason = capped(quarantined, spec.quarantine_rows_per_reason)
+                kept.repartition(1).sortWithinPartitions(S.SOURCE_FILE, S.RAW_LINE).write \
                     .mode("errorifexists").json(copy.quarantine)
-            by_reason = {r[S.REASON]: r["count"] for r in spark.read.schema(QUARANTINE_SCHEMA)
-                         .json(copy.quarantine).groupBy(S.REASON).count().collect()}
+                # No quarantined row: nothing ran that observed them (and get would wait forever).
+                by_reason = by_reason() if counts["quarantined"] else {}
         read = counts["read"]
         duplicates = counts["duplicates"] + counts["of_other_days"]
         n_quarantined = sum(by_reason.values())
@@ -438,6 +472,21 @@ def run(spark: SparkSession, spec: IngestSpec) -> IngestResult:
         with timer.phase("commit"):
             copy.commit(accepted, n_quarantined)
     return result
+
+
+def capped(quarantined: DataFrame, per_reason: int) -> tuple[DataFrame, Callable[[], dict[str, int]]]:
+    """The quarantined rows kept (the first ``per_reason`` of each reason, in file and line order,
+    so a rerun keeps the same ones), and a function giving every reason's count of all its rows
+    once the kept rows were written. The cap bounds what a day of garbage costs downstream (the
+    copy, its upload, a person reading it); the counts stay exact."""
+    ordered = Window.partitionBy(S.REASON).orderBy(S.SOURCE_FILE, S.RAW_LINE)
+    ranked = quarantined.withColumn("_n", F.row_number().over(ordered)) \
+        .withColumn("_of", F.count(F.lit(1)).over(Window.partitionBy(S.REASON)))
+    observation = Observation("quarantine_reasons")
+    # One (reason, count) per reason: as many entries as reasons, whatever the rows.
+    totals = F.collect_list(F.when(F.col("_n") == 1, F.struct(S.REASON, "_of"))).alias("totals")
+    kept = ranked.observe(observation, totals).filter(F.col("_n") <= per_reason).drop("_n", "_of")
+    return kept, lambda: {t[S.REASON]: t["_of"] for t in observation.get["totals"]}
 
 
 def _counted(rows: DataFrame) -> tuple[DataFrame, Callable[[bool], dict]]:

@@ -93,7 +93,7 @@ def s3_endpoint(session_tmp):
     port = free_port()
     proc = local_s3.start(port, str(session_tmp / "s3.log"))
     endpoint = local_s3.endpoint(port)
-    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = (
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = os.environ["AIRFLOW_CONN_AWS_MODELS_READER"] = (
         '{"conn_type": "aws", "login": "testing", "password": "testing", '
         f'"extra": {{"endpoint_url": "{endpoint}", "region_name": "us-east-1"}}}}'
     )

@@ -35,7 +35,7 @@ def one_line_failure(call) -> str:
     with pytest.raises(AirflowFailException) as err:
         call()
     message = str(err.value)
-    assert "\n" not in message and "Traceback" not in message
+    assert isinstance(err.value.__cause__, LandingTooLarge) and "\n" not in message and "Traceback" not in message
     return message
 
 

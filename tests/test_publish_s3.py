@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from music_recs_airflow import publish as P
-from music_recs_airflow.s3 import S3Store, check_endpoint
+from music_recs_airflow.s3 import AlreadyExists, S3Store, check_endpoint
 
 POINTER = "music_recs/latest.json"
 
@@ -37,7 +37,7 @@ def test_layout_manifest_checksums_and_pointer(store, bucket, artifacts):
     keys = sorted(o.key for o in store.list_objects(bucket, "music_recs/"))
     assert keys == sorted(
         [f"music_recs/dt=2026-11-20/run=r1/{n}/part-{i:05d}.parquet" for n in P.ARTIFACTS for i in range(2)]
-        + ["music_recs/dt=2026-11-20/run=r1/manifest.json", POINTER]
+        + ["music_recs/dt=2026-11-20/run=r1/manifest.json", "music_recs/dt=2026-11-20/run=r1/went_live.json", POINTER]
     )
     pointer, manifest = P.read_latest(store, bucket, POINTER)
     assert pointer["day"] == "2026-11-20" and manifest["metrics"] == {"map": 0.1}
@@ -53,8 +53,10 @@ def test_pointer_only_moves_forward_unless_rewind_is_allowed(store, bucket, arti
     assert P.read_latest(store, bucket, POINTER)[0]["day"] == "2026-11-21"
     # the older model is still complete under its own prefix
     assert store.get_json(bucket, prefix("2026-11-20", "b") + "manifest.json") is not None
-    rewound = P.publish(store, bucket, prefix("2026-11-20", "b"), POINTER, "2026-11-20", "b", artifacts, {},
-                        allow_rewind=True)
+    with pytest.raises(AlreadyExists, match="a publication is never written over"):  # write-once
+        P.publish(store, bucket, prefix("2026-11-20", "b"), POINTER, "2026-11-20", "b", artifacts, {}, allow_rewind=True)
+    rewound = P.publish(store, bucket, P.publication_prefix(prefix("2026-11-20", "b")), POINTER, "2026-11-20", "b",
+                        artifacts, {}, allow_rewind=True)
     assert rewound["moved"] and P.read_latest(store, bucket, POINTER)[0]["day"] == "2026-11-20"
 
 
@@ -94,15 +96,15 @@ def test_a_rerun_of_the_run_behind_the_pointer_that_dies_leaves_its_model_whole(
     live run: readers keep the complete earlier publication (objects are never written over)."""
     live = publish_again(store, bucket, artifacts, "2026-11-20", "r1")["pointer"]["prefix"]
     rewrite(artifacts, rows=3)
-    real_upload, calls = store.upload_file, []
+    real_upload, calls = store.create_from_file, []
 
-    def dies_on_third_upload(path, b, key):
+    def dies_on_third_upload(path, b, key, metadata=None):
         calls.append(key)
         if len(calls) == 3:
             raise ConnectionError("process killed during the uploads")
-        return real_upload(path, b, key)
+        return real_upload(path, b, key, metadata)
 
-    monkeypatch.setattr(store, "upload_file", dies_on_third_upload)
+    monkeypatch.setattr(store, "create_from_file", dies_on_third_upload)
     with pytest.raises(ConnectionError):
         publish_again(store, bucket, artifacts, "2026-11-20", "r1")
     monkeypatch.undo()
@@ -132,14 +134,13 @@ def test_crash_before_the_pointer_leaves_readers_on_the_previous_model(store, bu
 
 
 def test_corrupted_upload_is_detected_before_the_pointer_moves(store, bucket, artifacts, monkeypatch):
-    real_upload = store.upload_file
+    real_upload = store.create_from_file
 
-    def flip_a_byte(path, b, key):
-        info = real_upload(path, b, key)
+    def flip_a_byte(path, b, key, metadata=None):
+        real_upload(path, b, key, metadata)
         store.client.put_object(Bucket=b, Key=key, Body=b"garbage")
-        return info
 
-    monkeypatch.setattr(store, "upload_file", flip_a_byte)
+    monkeypatch.setattr(store, "create_from_file", flip_a_byte)
     with pytest.raises(P.PublishError, match="does not match"):
         P.publish(store, bucket, prefix("2026-11-20", "r1"), POINTER, "2026-11-20", "r1", artifacts, {})
     assert store.get_json(bucket, POINTER) is None
@@ -211,18 +212,18 @@ def test_quality_gate_task_compares_with_the_published_model(store, bucket, arti
 
 def test_objects_then_manifest_then_pointer(store, bucket, artifacts):
     writes = []
-    real_upload, real_put_json = store.upload_file, store.put_json
+    real_upload, real_put_json = store.create_from_file, store.put_json
 
-    def upload(path, b, key):
+    def upload(path, b, key, metadata=None):
         writes.append(key)
-        return real_upload(path, b, key)
+        return real_upload(path, b, key, metadata)
 
     def put_json(b, key, value, **kwargs):
         writes.append(key)
         return real_put_json(b, key, value, **kwargs)
 
-    store.upload_file, store.put_json = upload, put_json
+    store.create_from_file, store.put_json = upload, put_json
     P.publish(store, bucket, prefix("2026-11-20", "r1"), POINTER, "2026-11-20", "r1", artifacts, {})
-    assert writes[-1] == POINTER
-    assert writes[-2].endswith("/manifest.json")
-    assert len(writes) == 2 * len(P.ARTIFACTS) + 2
+    assert writes[-1].endswith("/went_live.json") and writes[-2] == POINTER
+    assert writes[-3].endswith("/manifest.json")
+    assert len(writes) == 2 * len(P.ARTIFACTS) + 3

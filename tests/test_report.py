@@ -189,7 +189,7 @@ def test_cli_commands_run_as_processes_exit_0_and_show_the_model(store, bucket, 
     env = airflow_env({"MUSIC_RECS_MODELS_BUCKET": bucket})
     command = [str(Path(sys.executable).parent / "music-recs")]
     # Reading Parquet from S3 used to abort the interpreter at exit, most of the time (exit 134,
-    # Arrow threads freeing Python buffers; see S3Store.get_parquet): each process checks it.
+    # Arrow threads freeing Python buffers; see music_recs_airflow.s3.parquet_table): each process checks it.
     latest = subprocess.run([*command, "latest"], env=env, capture_output=True, text=True, timeout=120)
     assert (latest.returncode, latest.stderr) == (0, "")
     out = latest.stdout

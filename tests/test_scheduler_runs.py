@@ -50,7 +50,7 @@ from music_recs.jobs import IngestSpec
 from music_recs.recipe import FIELDS as RECIPE_FIELDS
 from music_recs_airflow import cli
 from music_recs_airflow.cli import load_recommendations
-from music_recs_airflow.publish import read_latest
+from music_recs_airflow.publish import read_latest, read_parquet
 from music_recs_dev.airflow_ui import trigger_dag
 from music_recs_dev.sample_data import Catalogue, CatalogueSpec, upload_days, write_days_local
 from spark_jobs import ingest
@@ -234,7 +234,8 @@ def stack(tmp_path_factory, s3_endpoint, spark, metadata_db):
             "conn_type": "http", "host": f"http://127.0.0.1:{alerts.server_address[1]}", "password": alert_token,
             "extra": {"endpoint": "/alerts"}}),
     })
-    env.pop("AIRFLOW_CONN_AWS_DEFAULT", None)  # the stack uses infra/airflow/connections.json
+    for conn in ("AIRFLOW_CONN_AWS_DEFAULT", "AIRFLOW_CONN_AWS_MODELS_READER"):
+        env.pop(conn, None)  # the stack uses infra/airflow/connections.json
     env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", None)  # SQLite's (env.sh), not psycopg2's
     # CLI calls from the test talk to the same database and S3 as the stack.
     cli_env = {**env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -485,7 +486,7 @@ def test_scheduled_run_cli_backfill_and_ui_trigger_on_a_real_scheduler(stack, mo
 
     # A person can read the result: the CLI prints recommendations from the published model.
     first_rec = next(o for o in manifest["objects"] if o["artifact"] == "recommendations")
-    user = store.get_parquet(MODELS, first_rec["key"]).column("user_id")[0].as_py()
+    user = read_parquet(store, MODELS, first_rec).column("user_id")[0].as_py()
     monkeypatch.setenv("MUSIC_RECS_RAW_BUCKET", RAW)
     monkeypatch.setenv("MUSIC_RECS_MODELS_BUCKET", MODELS)
     monkeypatch.setenv("MUSIC_RECS_LAKE_URI", LAKE)

@@ -22,7 +22,7 @@ running() { [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
 # The stack takes its connections from the metadata DB, imported from infra/airflow/connections.json;
 # env.sh's AIRFLOW_CONN_* variables would override them, so they are dropped here. The files hold no
 # key: boto3's credential chain gets moto's dummy key and the local endpoint from these variables.
-unset AIRFLOW_CONN_AWS_DEFAULT AIRFLOW_CONN_SPARK_DEFAULT
+unset AIRFLOW_CONN_AWS_DEFAULT AIRFLOW_CONN_AWS_MODELS_READER AIRFLOW_CONN_SPARK_DEFAULT
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
 export AWS_ENDPOINT_URL_S3="http://127.0.0.1:$MUSIC_RECS_S3_PORT"
 # Loopback only; the base URL also places the execution API the task processes call, and the log

@@ -1,6 +1,6 @@
 # Environment for running the pipeline on one machine. Sourced by demo.sh and test.sh.
 # Everything here is a local default; on a real deployment these come from Airflow
-# connections/variables (see README "Configuration").
+# connections/variables (see docs/configuration.md).
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export REPO_ROOT
 export VENV="${MUSIC_RECS_VENV:-$REPO_ROOT/.venv}"
@@ -25,6 +25,11 @@ export MUSIC_RECS_S3_PORT="${MUSIC_RECS_S3_PORT:-5055}"
 # `source` of this file then appended a "}" to the value already set, breaking the JSON.)
 if [ -z "${AIRFLOW_CONN_AWS_DEFAULT:-}" ]; then
   export AIRFLOW_CONN_AWS_DEFAULT="{\"conn_type\": \"aws\", \"login\": \"testing\", \"password\": \"testing\", \"extra\": {\"endpoint_url\": \"http://127.0.0.1:${MUSIC_RECS_S3_PORT}\", \"region_name\": \"us-east-1\"}}"
+fi
+# The read-only connection of the CLI's latest/recommend and the consumer DAG (consumer_aws_conn_id):
+# the same local server; on AWS, keys whose policy only reads (infra/aws/consumer-iam-policy.json).
+if [ -z "${AIRFLOW_CONN_AWS_MODELS_READER:-}" ]; then
+  export AIRFLOW_CONN_AWS_MODELS_READER="$AIRFLOW_CONN_AWS_DEFAULT"
 fi
 if [ -z "${AIRFLOW_CONN_SPARK_DEFAULT:-}" ]; then
   export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[*]"}'

@@ -7,7 +7,9 @@
     music-recs recommend --user USER_ID      top recommendations of the latest model for a user
 
 S3 is reached through the Airflow connection ``aws_default`` (environment variable
-``AIRFLOW_CONN_AWS_DEFAULT`` outside Airflow), like the DAG does.
+``AIRFLOW_CONN_AWS_DEFAULT`` outside Airflow), like the DAG does; ``latest`` and ``recommend``
+only read, through the read-only connection ``consumer_aws_conn_id`` (``aws_models_reader``), and
+read every object through the verified path (``publish.read_latest``, ``publish.read_parquet``).
 """
 
 from __future__ import annotations
@@ -21,17 +23,23 @@ from urllib.parse import urlparse
 from music_recs.checks import parse_day
 from music_recs.convergence import warm_start_line
 from music_recs.failures import PermanentFailure
+from music_recs.names import clean_name
 from music_recs.params import RunParams
 from music_recs.quality_gate import lift_summary
 from music_recs.rules import rules_line
 from music_recs.settings import local_settings, resolve
-from music_recs_airflow.publish import PublishError, read_latest
-from music_recs_airflow.s3 import S3Store
+from music_recs_airflow.publish import PublishError, read_latest, read_parquet
+from music_recs_airflow.s3 import S3Store, S3Unreachable
 from airflow.sdk.exceptions import AirflowFailException
 
 
 def _store() -> S3Store:
     return S3Store.from_airflow(resolve().aws_conn_id)
+
+
+def _reader() -> S3Store:
+    """The models bucket, read-only (``consumer_aws_conn_id``)."""
+    return S3Store.from_airflow(resolve().consumer_aws_conn_id)
 
 
 def cmd_s3(args) -> int:
@@ -92,8 +100,8 @@ def cmd_ingest(args) -> int:
 
 def cmd_latest(args) -> int:
     cfg = resolve()
-    store = _store()
-    pointer, manifest = read_latest(store, cfg.models_bucket, cfg.pointer_key)
+    store = _reader()
+    pointer, manifest = read_latest(store, cfg.models_bucket, cfg.pointer_key, args.allow_pointer_rewind)
     m, b = manifest["metrics"]["model"], manifest["metrics"]["baseline_popularity"]
     k = manifest["metrics"]["k"]
     print(f"latest model: day {pointer['day']}, run {pointer['run_id']}")
@@ -143,7 +151,7 @@ def cmd_latest(args) -> int:
 def first_user(store: S3Store, bucket: str, manifest: dict) -> str | None:
     for obj in manifest["objects"]:
         if obj["artifact"] == "recommendations":
-            table = store.get_parquet(bucket, obj["key"], columns=["user_id"])
+            table = read_parquet(store, bucket, obj, columns=["user_id"])
             if table.num_rows:
                 return table.column("user_id")[0].as_py()
     return None
@@ -157,7 +165,7 @@ def load_recommendations(store: S3Store, bucket: str, manifest: dict, user_id: s
     for obj in manifest["objects"]:
         if obj["artifact"] != "recommendations":
             continue
-        table = store.get_parquet(bucket, obj["key"], filters=[("user_id", "=", user_id)])
+        table = read_parquet(store, bucket, obj, filters=[("user_id", "=", user_id)])
         if table.num_rows:
             tables.append(table)
     if not tables:
@@ -166,10 +174,17 @@ def load_recommendations(store: S3Store, bucket: str, manifest: dict, user_id: s
     return table.take(pc.sort_indices(table, sort_keys=[("rank", "ascending")]))
 
 
+def printable_name(name) -> str | None:
+    """A track or artist name as printed: the ingest rule (``music_recs.names.clean_name``) applied
+    again, so publications written before names were cleaned cannot send escape sequences or bidi
+    overrides to the terminal."""
+    return clean_name(name) if isinstance(name, str) else None
+
+
 def cmd_recommend(args) -> int:
     cfg = resolve()
-    store = _store()
-    pointer, manifest = read_latest(store, cfg.models_bucket, cfg.pointer_key)
+    store = _reader()
+    pointer, manifest = read_latest(store, cfg.models_bucket, cfg.pointer_key, args.allow_pointer_rewind)
     recs = load_recommendations(store, cfg.models_bucket, manifest, args.user)
     if recs is None:
         print(f"no recommendations for user {args.user!r} in the model of {pointer['day']}", file=sys.stderr)
@@ -178,8 +193,9 @@ def cmd_recommend(args) -> int:
     print(f"top {min(args.n, recs.num_rows)} {granularity}s for {args.user} (model of {pointer['day']}):")
     print(f"  {rules_line(manifest.get('rules'), manifest['params'].get('top_n'))}")
     for row in recs.slice(0, args.n).to_pylist():
-        name = row.get("item_name") or row["item_id"]
-        by = f" by {row['artist_name']}" if granularity == "track" and row.get("artist_name") else ""
+        name = printable_name(row.get("item_name")) or row["item_id"]
+        artist = printable_name(row.get("artist_name"))
+        by = f" by {artist}" if granularity == "track" and artist else ""
         print(f"  {row['rank']:>3}. {name}{by}  ({row['item_id']}, score {row['score']:.3f})")
     return 0
 
@@ -201,15 +217,17 @@ def main(argv=None) -> int:
     ing.add_argument("--to-day", required=True)
     ing.set_defaults(func=cmd_ingest)
     latest = sub.add_parser("latest", help="show the latest published model")
-    latest.set_defaults(func=cmd_latest)
     rec = sub.add_parser("recommend", help="recommendations of the latest model for a user")
     rec.add_argument("--user", required=True)
     rec.add_argument("-n", type=int, default=10)
-    rec.set_defaults(func=cmd_recommend)
+    for reader, func in ((latest, cmd_latest), (rec, cmd_recommend)):
+        reader.add_argument("--allow-pointer-rewind", action="store_true",
+                            help="accept a latest.json moved back behind a model that was live (a rollback)")
+        reader.set_defaults(func=func)
     args = p.parse_args(argv)
     try:
         return args.func(args)
-    except (PublishError, PermanentFailure, ValueError, RuntimeError, AirflowFailException) as exc:
+    except (PublishError, PermanentFailure, ValueError, RuntimeError, AirflowFailException, S3Unreachable) as exc:
         print(f"music-recs: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 1
 

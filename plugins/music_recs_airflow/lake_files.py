@@ -12,6 +12,7 @@ in ``/``) are not files.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -166,6 +167,15 @@ class LakeFiles:
             return None
 
     # --- writing --------------------------------------------------------------------------
+    def sha256(self, uri: str) -> tuple[int, str]:
+        """Size and SHA-256 of the lake file ``uri``, read as a stream."""
+        digest, size = hashlib.sha256(), 0
+        with self.open(uri) as fh:
+            for piece in iter(lambda: fh.read(_CHUNK), b""):
+                digest.update(piece)
+                size += len(piece)
+        return size, digest.hexdigest()
+
     def put_bytes(self, uri: str, body: bytes) -> None:
         """Write a small file whole (local: through a temporary file and a rename)."""
         path = local_path(uri)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from music_recs.manifest import Manifest
 from music_recs_airflow.lake_files import LakeFiles
-from music_recs_airflow.publish import MANIFEST, PUBLICATION, PublishError, read_latest
+from music_recs_airflow.publish import MANIFEST, PUBLICATION, PublishError, checked_manifest, read_latest
 from music_recs_airflow.s3 import S3Store
 
 log = logging.getLogger(__name__)
@@ -24,10 +24,13 @@ class ModelHistory:
     """The publications of ``bucket`` under ``models_prefix``, seen from a run of ``day``.
 
     store: the S3 store (None: nothing published, e.g. a run without a model store);
-    pointer_key: the ``latest`` pointer's key."""
+    pointer_key: the ``latest`` pointer's key; allow_rewind: accept a pointer moved back
+    (``publish.read_latest``; the run's ``allow_pointer_rewind``)."""
 
-    def __init__(self, store: S3Store | None, bucket: str, models_prefix: str, pointer_key: str, day: str):
+    def __init__(self, store: S3Store | None, bucket: str, models_prefix: str, pointer_key: str, day: str,
+                 allow_rewind: bool = False):
         self.store, self.bucket, self.prefix, self.pointer_key, self.day = store, bucket, models_prefix, pointer_key, day
+        self.allow_rewind = allow_rewind
         self._read: dict[str, Manifest | None] = {}
 
     @functools.cached_property
@@ -36,9 +39,9 @@ class ModelHistory:
         if self.store is None:
             return None
         try:
-            pointer, manifest = read_latest(self.store, self.bucket, self.pointer_key)
+            pointer, manifest = read_latest(self.store, self.bucket, self.pointer_key, self.allow_rewind)
         except PublishError as exc:
-            log.info("no published model: %s", exc)
+            log.warning("no published model to use: %s", exc)
             return None
         return Manifest.from_dict(manifest, pointer["manifest_key"])
 
@@ -66,25 +69,33 @@ class ModelHistory:
                 yield self._read[key]
 
     def _manifest(self, key: str) -> Manifest | None:
+        """An earlier publication's manifest, checked for form (``publish.checked_manifest``: no
+        pointer names it, so its own SHA-256 cannot be checked; its objects are, when staged)."""
+        got = self.store.get_bytes(self.bucket, key)
         try:
-            got = self.store.get_json(self.bucket, key)
-        except ValueError as exc:  # not JSON
-            log.warning("skipping s3://%s/%s: not a readable manifest (%s)", self.bucket, key, exc)
+            if got is None:
+                raise PublishError(f"s3://{self.bucket}/{key} is gone")
+            return Manifest.from_dict(checked_manifest(got[0], self.bucket, key, self.prefix), key)
+        except PublishError as exc:
+            log.warning("skipping an earlier publication: %s", exc)
             return None
-        if not got or not isinstance(got[0], dict):
-            log.warning("skipping s3://%s/%s: not a readable manifest", self.bucket, key)
-            return None
-        return Manifest.from_dict(got[0], key)
 
-    def stage_factors(self, model: Manifest, dest: str, files: LakeFiles | None = None) -> bool:
+    def stage_factors(self, model: Manifest, dest: str, files: LakeFiles | None = None) -> str | None:
         """Copy a publication's ``user_factors`` and ``item_factors`` into the lake folder ``dest``
-        (local, or ``s3a://``: server-side copies), where the run's Spark job reads them; False when
-        one of them is gone. ``files``: the lake's (default: through this history's store)."""
+        (local, or ``s3a://``: server-side copies), where the run's Spark job reads them, and check
+        each copy's size and SHA-256 against the manifest. None when staged; else why not, in one
+        line (an object gone, or not what the manifest says). ``files``: the lake's (default:
+        through this history's store)."""
         files = files or LakeFiles(self.store)
         files.remove(dest)  # a rerun must not see a previous copy
         objects = [o for o in model.objects if o.get("artifact") in ("user_factors", "item_factors")]
+        if {o["artifact"] for o in objects} != {"user_factors", "item_factors"}:
+            return f"the model of dt={model.day} lists no user and item factors"
         for obj in objects:
-            if not files.copy_in(self.bucket, obj["key"], f"{dest}/{obj['artifact']}/{obj['key'].rsplit('/', 1)[-1]}"):
-                log.warning("published object s3://%s/%s is gone", self.bucket, obj["key"])
-                return False
-        return {o["artifact"] for o in objects} == {"user_factors", "item_factors"}
+            uri = f"{dest}/{obj['artifact']}/{obj['key'].rsplit('/', 1)[-1]}"
+            if not files.copy_in(self.bucket, obj["key"], uri):
+                return f"s3://{self.bucket}/{obj['key']} of the model of dt={model.day} is gone"
+            if files.sha256(uri) != (obj["size"], obj["sha256"]):
+                files.remove(dest)
+                return f"s3://{self.bucket}/{obj['key']} does not match its manifest (size or SHA-256); refused"
+        return None

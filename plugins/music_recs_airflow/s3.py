@@ -56,6 +56,22 @@ def check_endpoint(endpoint_url: str | None) -> None:
         )
 
 
+def parquet_table(data: bytes, **read_options):
+    """Parquet bytes as a ``pyarrow.Table`` (``read_options`` go to ``pyarrow.parquet.read_table``).
+
+    The bytes are copied into Arrow-owned memory first. Read from a Python object, Arrow's I/O
+    threads free Python buffers after ``read_table`` returns; at interpreter exit such a thread
+    cannot take the GIL and the process aborts ("terminate called without an active exception",
+    exit 134; apache/arrow#33975).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    owned = pa.BufferOutputStream()
+    owned.write(data)
+    return pq.read_table(pa.BufferReader(owned.getvalue()), **read_options)
+
+
 def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -73,6 +89,10 @@ class StoredObject:
 
 class PreconditionFailed(RuntimeError):
     """A conditional write lost a race (the object changed since it was read)."""
+
+
+class AlreadyExists(RuntimeError):
+    """A write-once key is taken: what is there is never written over."""
 
 
 class S3Unreachable(ConnectionError):
@@ -205,6 +225,12 @@ class S3Store:
                 out.append(StoredObject(item["Key"], item["Size"], item["ETag"].strip('"')))
         return out
 
+    def list_folders(self, bucket: str, prefix: str) -> list[str]:
+        """The "folders" right under ``prefix``: common prefixes up to the next ``/``."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        return [p["Prefix"] for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+                for p in page.get("CommonPrefixes", [])]
+
     def get_bytes(self, bucket: str, key: str) -> tuple[bytes, str] | None:
         try:
             resp = self.client.get_object(Bucket=bucket, Key=key)
@@ -239,24 +265,6 @@ class S3Store:
             resp["Body"].close()
         return reader.size, reader.hexdigest(), resp["ETag"].strip('"')
 
-    def get_parquet(self, bucket: str, key: str, **read_options):
-        """A Parquet object as a ``pyarrow.Table`` (``read_options`` go to ``pyarrow.parquet.read_table``).
-
-        The bytes are copied into Arrow-owned memory first. Read from a Python object, Arrow's
-        I/O threads free Python buffers after ``read_table`` returns; at interpreter exit such a
-        thread cannot take the GIL and the process aborts ("terminate called without an active
-        exception", exit 134; apache/arrow#33975).
-        """
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        got = self.get_bytes(bucket, key)
-        if got is None:
-            raise FileNotFoundError(f"s3://{bucket}/{key} does not exist")
-        owned = pa.BufferOutputStream()
-        owned.write(got[0])
-        return pq.read_table(pa.BufferReader(owned.getvalue()), **read_options)
-
     def get_json(self, bucket: str, key: str) -> tuple[dict, str] | None:
         got = self.get_bytes(bucket, key)
         if got is None:
@@ -282,11 +290,86 @@ class S3Store:
         return sorted(paths)
 
     # --- writing ------------------------------------------------------------------------
-    def upload_file(self, path: str, bucket: str, key: str) -> dict:
-        """Upload a file and return its size and SHA-256 (also stored as object metadata)."""
-        digest = sha256_file(path)
-        self.client.upload_file(path, bucket, key, ExtraArgs={"Metadata": {"sha256": digest}})
-        return {"key": key, "size": os.path.getsize(path), "sha256": digest}
+    # --- write-once: a new key or nothing ----------------------------------------------------
+    # A publication's objects are never written over (``infra/aws/pipeline-iam-policy.json`` lets the
+    # pipeline create them only with ``If-None-Match: *``). Managed transfers cannot send that
+    # header and a plain CopyObject may not carry it, so these are multipart uploads whose
+    # completion is conditional: parts from the file, or copied server-side (UploadPartCopy).
+    def create_from_file(self, path: str, bucket: str, key: str, metadata: dict[str, str] | None = None) -> None:
+        """Upload a local file to a key that must not exist yet (``AlreadyExists`` otherwise):
+        one conditional PUT up to 8 MiB, else a multipart upload of 8 MiB parts read one at a time."""
+        meta = {"Metadata": metadata} if metadata else {}
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            if size <= _CHUNK:
+                self._conditional(lambda: self.client.put_object(Bucket=bucket, Key=key, Body=fh.read(),
+                                                                 IfNoneMatch="*", **meta), bucket, key)
+                return
+
+            def parts(upload_id: str):
+                for number, piece in enumerate(iter(lambda: fh.read(_CHUNK), b""), start=1):
+                    yield number, self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
+                                                          PartNumber=number, Body=piece)["ETag"]
+
+            self._multipart(bucket, key, meta, parts)
+
+    def create_by_copy(self, src_bucket: str, src_key: str, if_match: str, bucket: str, key: str,
+                       metadata: dict[str, str] | None = None) -> bool:
+        """Copy an object server-side to a key that must not exist yet (``AlreadyExists``
+        otherwise), only while the source's ETag is ``if_match``; False when the source is gone."""
+        head = self._head(src_bucket, src_key)
+        if head is None:
+            return False
+        size = head["ContentLength"]
+        meta = {"Metadata": metadata} if metadata else {}
+
+        def parts(upload_id: str):
+            # UploadPartCopy: up to 5 GiB a part; a single part may be of any size.
+            step = 5 * 1024 ** 3
+            for number, start in enumerate(range(0, max(size, 1), step), start=1):
+                ranged = {"CopySourceRange": f"bytes={start}-{min(start + step, size) - 1}"} if size else {}
+                result = self.client.upload_part_copy(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                    CopySource={"Bucket": src_bucket, "Key": src_key}, CopySourceIfMatch=f'"{if_match}"', **ranged)
+                yield number, result["CopyPartResult"]["ETag"]
+
+        try:
+            self._multipart(bucket, key, meta, parts)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in GONE:
+                return False
+            if exc.response["Error"]["Code"] in ("PreconditionFailed", "412"):
+                raise PreconditionFailed(f"s3://{src_bucket}/{src_key} changed while it was copied") from exc
+            raise
+        return True
+
+    def _multipart(self, bucket: str, key: str, meta: dict, parts) -> None:
+        upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key, **meta)["UploadId"]
+        try:
+            done = [{"PartNumber": n, "ETag": etag} for n, etag in parts(upload_id)]
+            self._conditional(lambda: self.client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}, IfNoneMatch="*"),
+                bucket, key)
+        except BaseException:
+            self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+
+    def _conditional(self, write, bucket: str, key: str):
+        try:
+            return write()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("PreconditionFailed", "412"):
+                raise AlreadyExists(f"s3://{bucket}/{key} already exists; a publication is never written over") \
+                    from None
+            raise
+
+    def _head(self, bucket: str, key: str) -> dict | None:
+        try:
+            return self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in (*GONE, "404"):
+                return None
+            raise
 
     def upload_stream(self, stream, bucket: str, key: str, metadata: dict[str, str] | None = None) -> None:
         """Upload what ``stream`` (anything with ``read(n)``) yields, with boto3's managed multipart

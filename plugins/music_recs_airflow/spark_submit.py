@@ -43,7 +43,8 @@ from music_recs.failures import InvalidInput, PermanentSparkJobError, SparkJobEr
 from music_recs.jobs import RESULTS, JobSpec
 from music_recs.resubmission import (PERMANENT, PYTHON_CRASH_UNDER_LIMIT, Failure, classify_failure, first_exception,
                                      free_space, mask_secrets, next_settings, python_memory_mb)
-from music_recs.settings import connector_jars_dir, s3_endpoint, spark_class_archive_dir, spark_submit_env
+from music_recs.settings import (connector_jars_dir, s3_client_environment, s3_endpoint, spark_class_archive_dir,
+                                 spark_submit_env)
 from music_recs.sizing import ExecutorSizing
 from music_recs_airflow.class_archive import DriverClassArchive, archive_key, class_path_has_files
 
@@ -56,6 +57,7 @@ SPARK_DEFAULTS = REPO_ROOT / "infra" / "spark" / "spark-defaults.conf"
 LOG4J2 = REPO_ROOT / "infra" / "spark" / "log4j2.properties"
 CONNECTOR_LOCK = REPO_ROOT / "infra" / "spark" / "s3a-connector.lock"
 JAVA_OPTIONS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
+WORKER_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def spark_connection(conn_id: str):
@@ -110,11 +112,13 @@ def connector_jars(jars_dir: str | None = None) -> list[str]:
 def s3_environment(conn_id: str) -> dict[str, str]:
     """The environment a job's S3A filesystem and boto3 read (``spark_jobs.lib.s3a``): endpoint,
     region and credentials of the Airflow AWS connection ``conn_id``. A connection without keys
-    adds none: the job uses the instance's or pod's role (or the worker's own environment)."""
+    passes on the keys of the worker's own environment, if it has any (boto3's chain on the worker
+    would use them too), and otherwise none: the job then uses the instance's or pod's role. Only
+    a job that reads or writes ``s3a://`` gets any of them (``SparkJobHook.s3_conn_id``)."""
     try:
         conn = BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
-        raise InvalidInput(f"the AWS connection {conn_id!r} is not defined; create it (README, Configuration)") from None
+        raise InvalidInput(f"the AWS connection {conn_id!r} is not defined; create it (docs/configuration.md)") from None
     extra = conn.extra_dejson or {}
     env = {}
     endpoint = extra.get("endpoint_url") or s3_endpoint()
@@ -126,6 +130,8 @@ def s3_environment(conn_id: str) -> dict[str, str]:
         env.update(AWS_ACCESS_KEY_ID=conn.login, AWS_SECRET_ACCESS_KEY=conn.password)
         if extra.get("aws_session_token"):
             env["AWS_SESSION_TOKEN"] = str(extra["aws_session_token"])
+    else:
+        env.update({k: v for k, v in s3_client_environment().items() if k in WORKER_KEYS})
     return env
 
 

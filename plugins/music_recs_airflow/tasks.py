@@ -50,7 +50,7 @@ from music_recs.sizing import (ExecutorSizing, MatrixShape, factor_exchange, per
                                size_evaluate, stage_memory_mb)
 from music_recs_airflow.lake_files import LakeFiles, check_scheme
 from music_recs_airflow.model_history import ModelHistory
-from music_recs_airflow.publish import ARTIFACTS, publication_prefix, publish
+from music_recs_airflow.publish import ARTIFACTS, PublishError, publication_prefix, publish, verify_publication
 from music_recs_airflow.report import publish_report
 from music_recs_airflow.s3 import S3Store
 from music_recs_airflow.spark_submit import REPO_ROOT, SparkJobHook, executor_args, run_with_resubmission, spark_master
@@ -356,7 +356,8 @@ def model_buckets(plan: RunPlan, store: S3Store | None) -> tuple[tuple[str, str]
 
 def model_history(store: S3Store | None, plan: RunPlan) -> ModelHistory:
     cfg = plan.settings
-    return ModelHistory(store, cfg.models_bucket, cfg.models_prefix, cfg.pointer_key, plan.day)
+    return ModelHistory(store, cfg.models_bucket, cfg.models_prefix, cfg.pointer_key, plan.day,
+                        allow_rewind=plan.params.allow_pointer_rewind)
 
 
 def rules_checksum(rules: dict | None) -> str | None:
@@ -403,8 +404,9 @@ def warm_start_source(history: ModelHistory, plan: RunPlan, chosen: TrainingReci
         return cold(found.why)
     log.info("warm start: %s", found.why)
     dest = f"{plan.run_dir}/warm_start"
-    if not history.stage_factors(found.chosen, dest, lake_files(plan, history.store)):
-        return cold(f"the factors of the model of dt={found.chosen.day} are gone from S3")
+    refused = history.stage_factors(found.chosen, dest, lake_files(plan, history.store))
+    if refused:
+        return cold(refused)
     return {"warm_start_uri": dest, "warm_start_from": f"dt={found.chosen.day} ({found.chosen.prefix})",
             "warm_start_note": None}
 
@@ -523,9 +525,9 @@ def evaluate(plan: RunPlan, matrix: MatrixResult, store: S3Store | None = None,
     published_uri = None
     if compared.chosen is not None:
         published_uri = f"{plan.run_dir}/published"
-        if not history.stage_factors(compared.chosen, published_uri, files):
-            published_uri, compared = None, history_rules.Choice(
-                None, f"the factors of the published model (dt={compared.chosen.day}) are incomplete")
+        refused = history.stage_factors(compared.chosen, published_uri, files)
+        if refused:
+            published_uri, compared = None, history_rules.Choice(None, refused)
     comparison_line = f"compared {compared.why}" if compared.chosen else f"not compared: {compared.why}"
     log.info("published model %s", comparison_line)
     recipe = Recipe.within(trained.params) if trained is not None else None
@@ -642,7 +644,28 @@ def publish_run(store: S3Store, plan: RunPlan, ingested: IngestResult, validated
              evaluated.k, m["precision"])
     return {"prefix": uri, "manifest": f"s3://{cfg.models_bucket}/{decision['manifest_key']}",
             "report": f"s3://{cfg.models_bucket}/{manifest['report']['key']}",
+            "manifest_sha256": decision["pointer"]["manifest_sha256"],
             "pointer_moved": decision["moved"], "pointer_reason": decision["reason"], "metrics": m}
+
+
+@fail_fast
+def check_published_model(extra: dict, cfg: DeploymentSettings | None = None) -> dict:
+    """What the example consumer checks of a published-model event (``model_event``) before it
+    would load the model: the event names this deployment's models bucket and a manifest under its
+    prefix, announced with its SHA-256 (``publish.verify_publication``), read through the read-only
+    connection ``consumer_aws_conn_id``. A refused event fails at once, in one line."""
+    cfg = cfg or load_settings()
+    if extra.get("bucket") != cfg.models_bucket:
+        raise InvalidInput(f"the event names bucket {extra.get('bucket')!r}, not the models bucket "
+                           f"{cfg.models_bucket!r}; refused")
+    if not isinstance(extra.get("manifest_sha256"), str):
+        raise InvalidInput("the event carries no manifest_sha256; refused")
+    store = S3Store.from_airflow(cfg.consumer_aws_conn_id)
+    try:
+        return verify_publication(store, cfg.models_bucket, extra.get("manifest"), cfg.models_prefix,
+                                  extra["manifest_sha256"])
+    except PublishError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def model_event(plan: RunPlan, published: dict) -> dict:
@@ -651,5 +674,6 @@ def model_event(plan: RunPlan, published: dict) -> dict:
         raise AirflowSkipException(f"latest.json was not moved ({published['pointer_reason']}): no asset event")
     cfg = plan.settings
     return {"day": plan.day, "run_id": plan.run_id, "bucket": cfg.models_bucket, "pointer": cfg.pointer_key,
-            "manifest": published["manifest"].removeprefix(f"s3://{cfg.models_bucket}/")}
+            "manifest": published["manifest"].removeprefix(f"s3://{cfg.models_bucket}/"),
+            "manifest_sha256": published["manifest_sha256"]}
 

@@ -119,11 +119,19 @@ class Manifest:
 
 
 def _search(record) -> SearchRecord | None:
-    """The search a manifest's values came from: the one run for its day, or the one it reused."""
+    """The search a manifest's values came from: the one run for its day, or the one it reused.
+    None when its chosen values are outside the recipe's schema (``Recipe``): a manifest can
+    name rank 100000 or reg NaN, and a reused search's values go straight into training."""
     if not isinstance(record, Mapping) or not record.get("day") or not isinstance(record.get("chosen"), Mapping):
         return None
     source = record.get("source") or {}
+    if not isinstance(source, Mapping):
+        return None
     searched = tuple(sorted(n for n, s in source.items() if s == search_label(record["day"])))
+    try:
+        Recipe(**{n: record["chosen"][n] for n in searched})
+    except (KeyError, TypeError, ValueError):  # InvalidInput is a ValueError
+        return None
     try:
         context = SearchContext.from_dict(record["context"]) if "context" in record else None
     except (KeyError, TypeError, ValueError):

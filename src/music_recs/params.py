@@ -176,3 +176,33 @@ FIELDS = tuple(f.name for f in dataclasses.fields(RunParams))
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunParams)}
 SCHEMAS = {f.name: f.metadata["schema"] for f in dataclasses.fields(RunParams)}
 DESCRIPTIONS = {f.name: f.metadata["description"] for f in dataclasses.fields(RunParams)}
+
+
+def params_markdown() -> str:
+    """The run params as a Markdown table: name, default, type and bounds, description, from the
+    declaration above. ``docs/configuration.md`` holds it verbatim (``tests/test_docs.py`` checks);
+    ``python -m music_recs.params`` prints it."""
+    def cell(text: str) -> str:
+        return " ".join(str(text).split()).replace("|", "\\|")
+
+    def value(v) -> str:
+        return "true" if v is True else "false" if v is False else str(v)
+
+    def kind(schema: dict) -> str:
+        types = [t for t in (schema["type"] if isinstance(schema["type"], list) else [schema["type"]]) if t != "null"]
+        if "enum" in schema:
+            return "one of " + ", ".join(f"`{v}`" for v in schema["enum"] if v is not None)
+        bounds = [f"{op} {value(schema[key])}" for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"),
+                                                                ("maximum", "<="), ("exclusiveMaximum", "<"))
+                  if key in schema]
+        return " ".join(types) + (f", {' and '.join(bounds)}" if bounds else "")
+
+    rows = ["| param | default | type | meaning |", "|---|---|---|---|"]
+    for name in FIELDS:
+        default = "empty" if DEFAULTS[name] is None else f"`{value(DEFAULTS[name])}`"
+        rows.append(f"| `{name}` | {default} | {cell(kind(SCHEMAS[name]))} | {cell(DESCRIPTIONS[name])} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(params_markdown(), end="")

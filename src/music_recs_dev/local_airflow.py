@@ -6,7 +6,7 @@ server, the DAG processor and a CLI backfill all write to one file; on a busy 2-
 ``airflow backfill create`` waited longer and failed with "database is locked". The timeout does
 not cover a write that would deadlock (a transaction that read, then writes while another holds the
 write lock): SQLite refuses it at once, Airflow removes the partial backfill and the command must be
-run again (README, "Backfills from the CLI"). A deployment uses PostgreSQL (``infra/DEPLOYMENT.md``)
+run again (docs/operations.md, "Backfills"). A deployment uses PostgreSQL (``infra/DEPLOYMENT.md``)
 and does not set this; nor does the scheduler test (``music_recs_dev.local_postgres``).
 """
 
