@@ -1,3 +1,4 @@
+import dataclasses
 import datetime as dt
 import gzip
 import json
@@ -45,3 +46,14 @@ def test_landing_files_are_gzip_json_lines():
     lines = [json.loads(line) for data in files.values() for line in gzip.decompress(data).splitlines()]
     assert len(lines) == 300
     assert np.all([isinstance(r[S.MS_PLAYED], int) for r in lines])
+
+
+def test_a_day_offset_draws_another_dates_plays_on_this_date():
+    """What a test whose days follow the calendar relies on: day D with offset k draws the plays of
+    day D + k, with D's timestamps."""
+    base = CatalogueSpec.for_plays_per_day(500)
+    shifted = generate_day(DAY, 500, Catalogue(dataclasses.replace(base, day_offset=3)))
+    later = generate_day(DAY + dt.timedelta(days=3), 500, Catalogue(base))
+    same = [c for c in later.columns if c != "ts"]
+    assert shifted[same].equals(later[same])
+    assert shifted["ts"].str.startswith(DAY.isoformat()).all()

@@ -62,6 +62,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.timeout(2400)]
 
 DAG_ID = "music_recs_daily"
 PLAYS = 2000
+DRAWN_AS = dt.date(2026, 11, 29)  # the first history day's draws (see the `stack` fixture)
 RAW, MODELS, LAKE_BUCKET = "sched-raw", "sched-models", "sched-lake"
 LAKE = f"s3a://{LAKE_BUCKET}/lake"
 # What only a lake leaves: Parquet, Spark's and the lake's commit markers, GX Data Docs pages.
@@ -199,7 +200,11 @@ def stack(tmp_path_factory, s3_endpoint, spark, metadata_db):
     store = S3Store.from_endpoint(s3_endpoint, "testing", "testing")
     for b in (RAW, MODELS, LAKE_BUCKET):
         store.ensure_bucket(b)
-    catalogue = Catalogue(CatalogueSpec.for_plays_per_day(PLAYS))
+    # The days follow the calendar; their plays do not: each day draws what it drew when the first
+    # history day was DRAWN_AS (the model's lift over popularity, which the quality gate judges,
+    # would otherwise change from one calendar day to the next).
+    catalogue = Catalogue(dataclasses.replace(CatalogueSpec.for_plays_per_day(PLAYS),
+                                              day_offset=(DRAWN_AS - days.history[0]).days))
     upload_days(store, RAW, "stream_logs", [*days.history, *days.backfill], PLAYS, catalogue)
     # History: the days before the scheduled one are in the lake, as earlier daily runs leave them
     # (the scheduled run searches on the day before it); the backfill ingests its day again.
