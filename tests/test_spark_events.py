@@ -7,7 +7,7 @@ import json
 
 import zstandard
 
-from music_recs_dev.spark_events import executor_peaks
+from music_recs_dev.spark_events import executor_peaks, spill
 from music_recs_airflow.spark_submit import event_log_conf
 
 
@@ -17,7 +17,8 @@ def _lines(app, heap, python_rss):
         {"Event": "SparkListenerStageExecutorMetrics", "Executor ID": "driver",
          "Executor Metrics": {"JVMHeapMemory": heap, "OnHeapStorageMemory": 10, "ProcessTreePythonRSSMemory": 5}},
         {"Event": "SparkListenerTaskEnd", "Task Executor Metrics": {"JVMHeapMemory": heap // 2,
-                                                                   "ProcessTreePythonRSSMemory": python_rss}},
+                                                                   "ProcessTreePythonRSSMemory": python_rss},
+         "Task Metrics": {"Memory Bytes Spilled": heap * 3, "Disk Bytes Spilled": heap}},
     ]
 
 
@@ -40,6 +41,8 @@ def test_peaks_per_application_from_rolling_compressed_and_plain_logs(tmp_path):
     assert peaks["train_als"]["ProcessTreePythonRSSMemory"] == 40  # from a task, not a stage
     assert peaks["train_als"]["OnHeapExecutionMemory"] == 0  # never reported
     assert peaks["ingest"]["JVMHeapMemory"] == 70
+    # What the tasks spilled adds up over the applications of one name.
+    assert spill(str(tmp_path)) == {"train_als": {"memory": 2400, "disk": 800}, "ingest": {"memory": 210, "disk": 70}}
 
 
 def test_event_logs_are_off_unless_a_folder_is_given(tmp_path):

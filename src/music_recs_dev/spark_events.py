@@ -49,3 +49,25 @@ def executor_peaks(event_log_dir: str, prefix: str = "music_recs.") -> dict[str,
         if app:
             out[app] = {k: max(v, out.get(app, {}).get(k, 0)) for k, v in peaks.items()}
     return out
+
+
+def spill(event_log_dir: str, prefix: str = "music_recs.") -> dict[str, dict[str, int]]:
+    """``{application name without prefix: {"memory": bytes, "disk": bytes}}``: what the tasks of
+    each application spilled (``Memory Bytes Spilled``, ``Disk Bytes Spilled`` of every finished
+    task, summed; several applications of one name add up)."""
+    out: dict[str, dict[str, int]] = {}
+    for path in glob.glob(os.path.join(event_log_dir, "*")):
+        app, memory, disk = None, 0, 0
+        for line in event_lines(path):
+            event = json.loads(line)
+            if event.get("Event") == "SparkListenerApplicationStart":
+                app = event["App Name"].removeprefix(prefix)
+            elif event.get("Event") == "SparkListenerTaskEnd":
+                metrics = event.get("Task Metrics") or {}
+                memory += int(metrics.get("Memory Bytes Spilled") or 0)
+                disk += int(metrics.get("Disk Bytes Spilled") or 0)
+        if app:
+            seen = out.setdefault(app, {"memory": 0, "disk": 0})
+            seen["memory"] += memory
+            seen["disk"] += disk
+    return out
