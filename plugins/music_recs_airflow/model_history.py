@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 from music_recs.manifest import Manifest
 from music_recs_airflow.lake_files import LakeFiles
-from music_recs_airflow.publish import MANIFEST, PUBLICATION, PublishError, checked_manifest, read_latest
+from music_recs_airflow.publish import (MANIFEST, PUBLICATION, NothingPublished, PublishError, checked_manifest,
+                                        read_latest)
 from music_recs_airflow.s3 import S3Store
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,11 @@ class ModelHistory:
             return None
         try:
             pointer, manifest = read_latest(self.store, self.bucket, self.pointer_key, self.allow_rewind)
-        except PublishError as exc:
-            log.warning("no published model to use: %s", exc)
+        except NothingPublished as exc:
+            log.info("%s", exc)
+            return None
+        except PublishError as exc:  # refused by a check: say so, and go on without it
+            log.warning("the published model is not used: %s", exc)
             return None
         return Manifest.from_dict(manifest, pointer["manifest_key"])
 

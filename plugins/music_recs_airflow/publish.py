@@ -55,6 +55,10 @@ class PublishError(RuntimeError):
     pass
 
 
+class NothingPublished(PublishError):
+    """The pointer does not exist yet: no model was ever published there."""
+
+
 def publication_prefix(run_prefix: str) -> str:
     """Where one publication of a run goes: ``{run_prefix}publish=YYYYMMDDTHHMMSS.ffffffZ/``.
 
@@ -243,7 +247,7 @@ def read_latest(store: S3Store, bucket: str, pointer_key: str, allow_rewind: boo
     models_prefix = pointer_key.rsplit("/", 1)[0]
     got = store.get_bytes(bucket, pointer_key)
     if got is None:
-        raise PublishError(f"no model published yet: s3://{bucket}/{pointer_key} does not exist")
+        raise NothingPublished(f"no model published yet: s3://{bucket}/{pointer_key} does not exist")
     pointer = strict_json(got[0], f"s3://{bucket}/{pointer_key}")
     key = check_inside(pointer.get("manifest_key"), f"{models_prefix}/dt=", f"s3://{bucket}/{pointer_key} names a manifest")
     raw = store.get_bytes(bucket, key)
