@@ -93,6 +93,8 @@ def run_size(fraction: float, base, work: str, params: dict, reference: bool) ->
     os.environ["MUSIC_RECS_LAKE_URI"] = lake
     os.environ["MUSIC_RECS_WORK_DIR"] = os.path.join(root, "work")
     os.environ["MUSIC_RECS_SPARK_EVENT_LOG_DIR"] = events
+    # Each size publishes apart: a size's run must not find another size's model to compare with.
+    os.environ["MUSIC_RECS_MODELS_PREFIX"] = f"music_recs_f{fraction:g}"
     cfg = resolve()
     store = S3Store.from_airflow(cfg.aws_conn_id)
     for bucket in (cfg.raw_bucket, cfg.models_bucket):
@@ -149,8 +151,7 @@ def run_size(fraction: float, base, work: str, params: dict, reference: bool) ->
                         "searched": bool((trained.tuning or {}).get("trials"))}
         if reference:
             try:
-                row["implicit"] = implicit_reference(os.path.join(plan.matrix, f"granularity={plan.params.granularity}"),
-                                                     trained.params["rank"], trained.iterations,
+                row["implicit"] = implicit_reference(plan.matrix, trained.params["rank"], trained.iterations,
                                                      trained.params["reg"], trained.params["alpha"])
             except Exception as exc:  # the reference failing is recorded, not fatal
                 row["implicit"] = {"failed": f"{type(exc).__name__}: {str(exc)[:200]}"}
