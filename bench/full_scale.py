@@ -38,9 +38,8 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import numpy as np  # noqa: E402
 
-from pipeline_scaling import MIB, PeakMemory, _free_port  # noqa: E402
+from pipeline_scaling import MIB, STAGES, PeakMemory, _free_port, chart  # noqa: E402
 
-STAGES = ("ingest", "validate", "build_confidence", "train_als", "evaluate", "publish")
 SPARK_APP = {"ingest": "ingest", "validate": "validate", "build_confidence": "confidence", "train_als": "train_als",
              "evaluate": "evaluate"}
 GIB = 1024 * MIB
@@ -168,27 +167,6 @@ def exponent(xs, ys) -> float:
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
 
 
-def chart(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
-    xs = [r["window_plays"] for r in rows]
-    for name in STAGES:
-        ax.plot(xs, [r["seconds"].get(name, float("nan")) for r in rows], marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("plays in the window")
-    ax.set_ylabel("seconds (wall, incl. spark-submit start-up)")
-    ax.set_title(f"music_recs_daily on a window at scale ({os.cpu_count()} cores, local[*])")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3, 1.0])
@@ -261,7 +239,8 @@ def main(argv=None) -> int:
             json.dump({"rows": rows, "exponents": exponents, "minutes": round(minutes, 1),
                        "command": " ".join(sys.argv)}, fh, indent=1)
     if a.chart:
-        chart(rows, a.chart)
+        chart(rows, a.chart, x="window_plays", xlabel="plays in the window",
+              title="music_recs_daily on a window at scale")
     return 0
 
 

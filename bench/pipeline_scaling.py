@@ -211,21 +211,23 @@ def run_size(plays: int, work: str, params: dict, files_per_day: int) -> dict:
     }
 
 
-def chart(rows: list[dict], path: str) -> None:
+def chart(rows: list[dict], path: str, x: str = "rows_read", xlabel: str = "plays in the day's landing files",
+          title: str = "music_recs_daily: time per stage vs data size") -> None:
+    """Seconds per stage (``rows[i]["seconds"]``) against ``rows[i][x]``, log-log, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
-    xs = [r["rows_read"] for r in rows]
+    xs = [r[x] for r in rows]
     for name in STAGES:
         ax.plot(xs, [r["seconds"].get(name, float("nan")) for r in rows], marker="o", label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("plays in the day's landing files")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("seconds (wall, incl. spark-submit start-up)")
-    ax.set_title(f"music_recs_daily: time per stage vs data size ({os.cpu_count()} cores, local[*])")
+    ax.set_title(f"{title} ({os.cpu_count()} cores, local[*])")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
