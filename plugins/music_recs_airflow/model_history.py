@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 from music_recs.manifest import Manifest
 from music_recs_airflow.lake_files import LakeFiles
-from music_recs_airflow.publish import (MANIFEST, PUBLICATION, NothingPublished, PublishError, checked_manifest,
-                                        read_latest)
+from music_recs_airflow.publish import (MANIFEST, PUBLICATION, NothingPublished, PublishError, read_latest,
+                                        read_manifest)
 from music_recs_airflow.s3 import S3Store
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,9 @@ class ModelHistory:
                 yield self._read[key]
 
     def _manifest(self, key: str) -> Manifest | None:
-        """An earlier publication's manifest, checked for form (``publish.checked_manifest``: no
-        pointer names it, so its own SHA-256 cannot be checked; its objects are, when staged)."""
-        got = self.store.get_bytes(self.bucket, key)
+        """An earlier publication's manifest (``publish.read_manifest``), None when refused."""
         try:
-            if got is None:
-                raise PublishError(f"s3://{self.bucket}/{key} is gone")
-            return Manifest.from_dict(checked_manifest(got[0], self.bucket, key, self.prefix), key)
+            return Manifest.from_dict(read_manifest(self.store, self.bucket, key, self.prefix), key)
         except PublishError as exc:
             log.warning("skipping an earlier publication: %s", exc)
             return None

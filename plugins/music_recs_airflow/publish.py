@@ -229,6 +229,16 @@ def checked_manifest(raw: bytes, bucket: str, key: str, models_prefix: str) -> d
     return manifest
 
 
+def read_manifest(store: S3Store, bucket: str, key: str, models_prefix: str) -> dict:
+    """A manifest found by listing (warm start, search reuse, the report's history), checked for
+    form (``checked_manifest``: no pointer names it, so its own SHA-256 cannot be checked; its
+    objects are, when read); ``PublishError`` when it is gone or refused."""
+    got = store.get_bytes(bucket, key)
+    if got is None:
+        raise PublishError(f"s3://{bucket}/{key} is gone")
+    return checked_manifest(got[0], bucket, key, models_prefix)
+
+
 def went_live_later(store: S3Store, bucket: str, models_prefix: str, day: str) -> str | None:
     """The newest day after ``day`` with a publication the pointer once named (``WENT_LIVE``), or None."""
     root = f"{models_prefix}/dt="

@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from music_recs.convergence import warm_start_line  # noqa: E402
 from music_recs.quality_gate import expectation_bounds, lift_summary, percent_change, relative_interval  # noqa: E402
 from music_recs.rules import rules_line  # noqa: E402
-from music_recs_airflow.publish import MANIFEST, PUBLICATION, PublishError, checked_manifest  # noqa: E402
+from music_recs_airflow.publish import MANIFEST, PUBLICATION, PublishError, read_manifest  # noqa: E402
 from music_recs_airflow.s3 import S3Store  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,8 @@ def previous_manifests(store: S3Store, bucket: str, models_prefix: str, day: str
             keys.append(obj.key)
     manifests = []
     for key in keys:
-        got = store.get_bytes(bucket, key)
         try:
-            if got is None:
-                raise PublishError(f"s3://{bucket}/{key} is gone")
-            manifest = checked_manifest(got[0], bucket, key, models_prefix)
+            manifest = read_manifest(store, bucket, key, models_prefix)
         except PublishError as exc:
             log.warning("skipping a publication in the report: %s", exc)
             continue
@@ -364,7 +361,7 @@ def publish_report(store: S3Store, bucket: str, models_prefix: str, prefix: str,
     history = previous_manifests(store, bucket, models_prefix, manifest["day"], run_key)
     body = build_report(manifest, history).encode()
     key = prefix + REPORT
-    store.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/html; charset=utf-8", IfNoneMatch="*")
+    store.create_bytes(bucket, key, body, "text/html; charset=utf-8")
     got = store.get_bytes(bucket, key)
     digest = hashlib.sha256(body).hexdigest()
     if got is None or hashlib.sha256(got[0]).hexdigest() != digest:

@@ -313,6 +313,11 @@ class S3Store:
 
             self._multipart(bucket, key, meta, parts)
 
+    def create_bytes(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
+        """Write a small object to a key that must not exist yet (``AlreadyExists`` otherwise)."""
+        self._conditional(lambda: self.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type,
+                                                         IfNoneMatch="*"), bucket, key)
+
     def create_by_copy(self, src_bucket: str, src_key: str, if_match: str, bucket: str, key: str,
                        metadata: dict[str, str] | None = None) -> bool:
         """Copy an object server-side to a key that must not exist yet (``AlreadyExists``
