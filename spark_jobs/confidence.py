@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -51,22 +52,47 @@ def window_days(day: dt.date, n_days: int) -> list[dt.date]:
     return [day - dt.timedelta(days=i) for i in range(n_days - 1, -1, -1)]
 
 
-def aggregate(plays: DataFrame, item_col: str, day: dt.date, params: ConfidenceParams) -> DataFrame:
-    """(user_id, item_id, plays, skips, r, strength, confidence) over the given plays."""
+# Per-pair sums of the window aggregate besides the training ones (S.PLAYS, S.SKIPS, S.R): plays
+# in the held-out days, and for tuning's nested split, plays and r up to its cutoff and plays after.
+HELD_PLAYS, EARLY_PLAYS, EARLY_R, LATE_PLAYS = "_held_plays", "_early_plays", "_early_r", "_late_plays"
+
+
+def aggregate_window(plays: DataFrame, item_col: str, day: dt.date, params: ConfidenceParams, cutoff: str,
+                     tuning_cutoff: str | None) -> DataFrame:
+    """(user_id, item_id, plays, skips, r, strength, confidence, ...) over the window's plays, in
+    one aggregation: the training sums (days up to ``cutoff``), the held-out plays (after it) and,
+    with ``tuning_cutoff``, the nested split's sums (``EARLY_*`` up to it, ``LATE_PLAYS`` after it
+    and up to ``cutoff``).
+
+    One pass by design: the window's shuffle is the job's largest cost (a 90-day window is ~90x a
+    day), and deriving the matrix, the held-out pairs and the tuning split each from the plays
+    shuffled the window five times (column pruning makes every branch its own exchange)."""
     is_play = F.col(S.MS_PLAYED) >= F.lit(params.skip_ms)
-    age_days = F.datediff(F.lit(day.isoformat()).cast("date"), F.col(S.DT).cast("date"))
+    day_col = F.col(S.DT)
+    age_days = F.datediff(F.lit(day.isoformat()).cast("date"), day_col.cast("date"))
     weight = decay_weight(age_days, params.half_life_days)  # 1.0, or a column
-    agg = (
-        plays.groupBy(F.col(S.USER_ID), F.col(item_col).alias(S.ITEM_ID))
-        .agg(
-            F.sum(is_play.cast("long")).alias(S.PLAYS),
-            F.sum((~is_play).cast("long")).alias(S.SKIPS),
-            F.sum(F.when(is_play, weight).otherwise(0.0)).cast("double").alias(S.R),
-        )
-    )
-    # The formulas of music_recs.confidence, on columns.
-    return (agg.withColumn(S.STRENGTH, strength(F.col(S.R), params, F.log1p))
-            .withColumn(S.CONFIDENCE, confidence(F.col(S.R), params, F.log1p)))
+    train = day_col <= F.lit(cutoff)
+
+    def count(cond):
+        return F.sum(cond.cast("long"))
+
+    sums = [count(train & is_play).alias(S.PLAYS), count(train & ~is_play).alias(S.SKIPS),
+            F.sum(F.when(train & is_play, weight).otherwise(0.0)).cast("double").alias(S.R),
+            count(~train & is_play).alias(HELD_PLAYS)]
+    if tuning_cutoff is not None:
+        early = day_col <= F.lit(tuning_cutoff)
+        sums += [count(early & is_play).alias(EARLY_PLAYS),
+                 F.sum(F.when(early & is_play, weight).otherwise(0.0)).cast("double").alias(EARLY_R),
+                 count(~early & train & is_play).alias(LATE_PLAYS)]
+    agg = plays.groupBy(F.col(S.USER_ID), F.col(item_col).alias(S.ITEM_ID)).agg(*sums)
+    return with_confidence(agg, S.R, params)
+
+
+def with_confidence(pairs: DataFrame, r_col: str, params: ConfidenceParams) -> DataFrame:
+    """``pairs`` with ``strength`` and ``confidence`` from its column ``r_col`` (the formulas of
+    ``music_recs.confidence``, on columns)."""
+    return (pairs.withColumn(S.STRENGTH, strength(F.col(r_col), params, F.log1p))
+            .withColumn(S.CONFIDENCE, confidence(F.col(r_col), params, F.log1p)))
 
 
 def filter_support(pairs: DataFrame, min_user_items: int, min_item_users: int) -> DataFrame:
@@ -89,38 +115,40 @@ def percentiles(df: DataFrame, cols: list[str]) -> dict[str, dict]:
                 "max": float(row[f"max_{c}"] or 0)} for c in cols}
 
 
-def next_pairs(plays: DataFrame, item_col: str, skip_ms: int, train: DataFrame) -> DataFrame:
-    """What users of ``train`` played next among its items and had not played in it:
-    (user_idx, item_idx, user_id, item_id). Users and items come from the matrix, not from the
-    id index: the index also holds ids of other days and granularities."""
+def next_pairs(window: DataFrame, played_next: str, played_before: str, train: DataFrame) -> DataFrame:
+    """What users of ``train`` played next among its items and had not played before:
+    (user_idx, item_idx, user_id, item_id), from the window aggregate's pairs with plays in column
+    ``played_next`` and none in ``played_before``. Users and items come from the matrix, not from
+    the id index: the index also holds ids of other days and granularities. (A pair of a kept user
+    and a kept item with earlier plays is in ``train``: the support filter drops whole users and
+    items, so "no plays before" is "not in ``train``".)"""
     return (
-        plays.filter(F.col(S.MS_PLAYED) >= skip_ms)
-        .select(S.USER_ID, F.col(item_col).alias(S.ITEM_ID)).distinct()
+        window.filter((F.col(played_next) > 0) & (F.col(played_before) == 0))
+        .select(S.USER_ID, S.ITEM_ID)
         .join(train.select(S.USER_ID, S.USER_IDX).distinct(), S.USER_ID)
         .join(train.select(S.ITEM_ID, S.ITEM_IDX).distinct(), S.ITEM_ID)
-        .join(train.select(S.USER_IDX, S.ITEM_IDX), [S.USER_IDX, S.ITEM_IDX], "left_anti")
         .select(S.USER_IDX, S.ITEM_IDX, S.USER_ID, S.ITEM_ID)
     )
 
 
-def build_tuning_split(spark, plays_train, cutoff: str, item_col: str, day, params, min_user_items, min_item_users,
+def build_tuning_split(spark, window: DataFrame, cutoff: str, params, min_user_items, min_item_users,
                        users: DataFrame, items: DataFrame, out_root: str) -> dict:
     """The nested split tuning uses: ``tuning/train`` from the training days up to ``cutoff``,
     ``tuning/validation`` what those users played after it (still inside the training days).
     Ids are the matrix's own (``users``, ``items``): a pair whose user or item the full matrix
     dropped is left out."""
-    early = plays_train.filter(F.col(S.DT) <= cutoff)
-    pairs = aggregate(early, item_col, day, params)
-    positive = filter_support(pairs.filter(F.col(S.PLAYS) > 0), min_user_items, min_item_users)
+    early = window.filter(F.col(EARLY_PLAYS) > 0).select(
+        S.USER_ID, S.ITEM_ID, F.col(EARLY_PLAYS).alias(S.PLAYS), F.col(EARLY_R).alias(S.R))
+    positive = filter_support(with_confidence(early, S.R, params), min_user_items, min_item_users)
     tune_train = (
         positive.join(users, S.USER_ID).join(items, S.ITEM_ID)
         .select(S.USER_IDX, S.ITEM_IDX, S.USER_ID, S.ITEM_ID, S.PLAYS, S.R, S.STRENGTH)
     )
-    n_parts = max(1, pairs.count() // PAIRS_PER_FILE + 1)
+    n_parts = max(1, early.count() // PAIRS_PER_FILE + 1)
     tune_train = tune_train.repartition(n_parts, S.USER_IDX).sortWithinPartitions(S.USER_IDX, S.ITEM_IDX)
     tune_train.write.mode("overwrite").parquet(f"{out_root}/{S.TUNING_TRAIN}")
     tune_train = spark.read.parquet(f"{out_root}/{S.TUNING_TRAIN}")
-    validation = next_pairs(plays_train.filter(F.col(S.DT) > cutoff), item_col, params.skip_ms, tune_train)
+    validation = next_pairs(window, LATE_PLAYS, EARLY_PLAYS, tune_train)
     (validation.repartition(1, S.USER_IDX).sortWithinPartitions(S.USER_IDX, S.ITEM_IDX)
      .write.mode("overwrite").parquet(f"{out_root}/{S.TUNING_VALIDATION}"))
     validation = spark.read.parquet(f"{out_root}/{S.TUNING_VALIDATION}")
@@ -150,20 +178,24 @@ def most_frequent(spellings: DataFrame, key: str, value: str) -> DataFrame:
     return counted.groupBy(key).agg(F.min_by(F.col(value), order).alias(value))
 
 
-def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake: LakeLayout, params,
+def build_granularity(spark, plays, granularity, day, cutoff: str, lake: LakeLayout, params,
                       min_user_items, min_item_users, out_root, tuning_cutoff: str | None = None):
     item_col = ITEM_COLUMN[granularity]
-    pairs = aggregate(plays_train, item_col, day, params)
-    positive = filter_support(pairs.filter(F.col(S.PLAYS) > 0), min_user_items, min_item_users).cache()
+    # Kept on local disk, not in memory: every output below reads it, and at a 90-day window it is
+    # tens of millions of pairs (the executors' memory goes to the joins and sorts that follow).
+    window = aggregate_window(plays, item_col, day, params, cutoff, tuning_cutoff).persist(StorageLevel.DISK_ONLY)
+    window.count()  # computed once here, not by the concurrent jobs below each
+    positive = filter_support(window.filter(F.col(S.PLAYS) > 0), min_user_items, min_item_users).cache()
 
     users_index, new_users = extend_index(spark, lake, "user", positive.select(F.col(S.USER_ID).alias(ID)))
     items_index, new_items = extend_index(spark, lake, granularity, positive.select(F.col(S.ITEM_ID).alias(ID)))
     u = users_index.select(F.col(ID).alias(S.USER_ID), F.col(IDX).alias(S.USER_IDX))
     i = items_index.select(F.col(ID).alias(S.ITEM_ID), F.col(IDX).alias(S.ITEM_IDX))
 
-    # Plays per spelling once (one scan of the window; the three uses below share its exchange).
-    all_plays = plays_train.unionByName(plays_holdout)
-    spellings = all_plays.groupBy(*NAME_COLUMNS[granularity]).agg(F.count(F.lit(1)).alias(PLAYS_OF))
+    # Plays per spelling, counted in one scan of the window and kept (a row per spelling: small);
+    # the three uses below would each scan the window again (column pruning tells them apart).
+    spellings = plays.groupBy(*NAME_COLUMNS[granularity]).agg(F.count(F.lit(1)).alias(PLAYS_OF)).cache()
+    spellings.count()
     artist_names = most_frequent(spellings, S.ARTIST_ID, S.ARTIST_NAME)
     if granularity == "track":
         names = (most_frequent(spellings, S.TRACK_ID, S.TRACK_NAME)
@@ -190,7 +222,7 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake:
     # the model has factors for) and had not played in training. Users and items are taken
     # from the matrix, not from the id index: the index also holds ids of other days and
     # granularities, and grows on a first run, so a rerun would evaluate on other pairs.
-    held = (next_pairs(plays_holdout, item_col, params.skip_ms, train)
+    held = (next_pairs(window, HELD_PLAYS, S.PLAYS, train)
             .repartition(max(1, n_parts // 4), S.USER_IDX).sortWithinPartitions(S.USER_IDX, S.ITEM_IDX))
     held.write.mode("overwrite").parquet(f"{out_root}/holdout")
     (i.join(names, S.ITEM_ID).join(train.select(S.ITEM_IDX).distinct(), S.ITEM_IDX, "left_semi")
@@ -200,8 +232,7 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake:
     held = spark.read.parquet(f"{out_root}/holdout")
 
     # The statistics in a few small jobs over the written matrix (a job costs ~0.3 s in a fresh JVM);
-    # skips are the training window's short plays, counted from one column instead of aggregating
-    # the window's pairs again.
+    # skips are the training window's short plays, from the window aggregate.
     whole = train.agg(F.count(F.lit(1)).alias("nnz"), F.count_distinct(S.USER_IDX).alias("users"),
                       F.count_distinct(S.ITEM_IDX).alias("items"), F.sum(S.PLAYS).alias(S.PLAYS),
                       F.max(S.USER_IDX).alias("max_user"), F.max(S.ITEM_IDX).alias("max_item")).first()
@@ -217,7 +248,7 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake:
         "nnz": nnz,
         "density": (nnz / (n_users * n_items)) if n_users and n_items else 0.0,
         "plays": int(whole[S.PLAYS] or 0),
-        "skips": plays_train.filter(F.col(S.MS_PLAYED) < params.skip_ms).count(),
+        "skips": int(window.agg(F.sum(S.SKIPS)).first()[0] or 0),
         "plays_per_user": spread[S.PLAYS],
         "items_per_user": spread["items"],
         "max_user_idx": int(whole["max_user"] or 0),
@@ -227,10 +258,12 @@ def build_granularity(spark, plays_train, plays_holdout, granularity, day, lake:
     }
     if tuning_cutoff is not None:
         stats["tuning"] = build_tuning_split(
-            spark, plays_train, tuning_cutoff, item_col, day, params, min_user_items, min_item_users,
+            spark, window, tuning_cutoff, params, min_user_items, min_item_users,
             u.join(train.select(S.USER_IDX).distinct(), S.USER_IDX, "left_semi"),
             i.join(train.select(S.ITEM_IDX).distinct(), S.ITEM_IDX, "left_semi"), out_root)
     positive.unpersist()
+    window.unpersist()
+    spellings.unpersist()
     # Only properties of the matrix: a rerun writes the same file.
     write_text(spark, f"{out_root}/stats.json", json.dumps(stats, indent=2, sort_keys=True))
     return stats, {"new_users": new_users, "new_items": new_items}
@@ -253,14 +286,12 @@ def run(spark: SparkSession, spec: ConfidenceSpec) -> MatrixResult:
         )
     plays = read_plays(spark, lake, present)
     cutoff = train_days[-1].isoformat()
-    plays_train = plays.filter(F.col(S.DT) <= cutoff)
-    plays_holdout = plays.filter(F.col(S.DT) > cutoff)
     out_uri = spec.out_uri or lake.default_matrix(spec.day)
     out, indexed = {}, {}
     for g in spec.granularities:
         with timer.phase(f"matrix_{g}"):
             out[g], indexed[g] = build_granularity(
-                spark, plays_train, plays_holdout, g, day, lake, spec.confidence, spec.min_user_items,
+                spark, plays, g, day, cutoff, lake, spec.confidence, spec.min_user_items,
                 spec.min_item_users, matrix_of(out_uri, g), tuning_cutoff,
             )
     return MatrixResult(

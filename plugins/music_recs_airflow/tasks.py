@@ -46,7 +46,7 @@ from music_recs.quality_gate import decide, failure_line
 from music_recs.recipe import Recipe
 from music_recs.rules import parse_do_not_recommend
 from music_recs.settings import DeploymentSettings
-from music_recs.sizing import (ExecutorSizing, MatrixShape, factor_exchange, per_executor_limit_mb, shuffle_partitions, size_als,
+from music_recs.sizing import (ExecutorSizing, MatrixShape, factor_exchange, per_executor_limit_mb, row_stage_conf, size_als,
                                size_evaluate, stage_memory_mb)
 from music_recs_airflow.lake_files import LakeFiles, check_scheme
 from music_recs_airflow.model_history import ModelHistory
@@ -178,7 +178,7 @@ def docs_link(docs: str | None) -> str | None:
 def submit_stage(plan: RunPlan, spec, input_bytes: int, whole_file_bytes: int = 0):
     """Submit a stage other than ALS: shuffle partitions and (local mode) memory sized to its input's
     partitions; ``whole_file_bytes``: the largest file a task reads whole (ingest's landing files)."""
-    conf = {"spark.sql.shuffle.partitions": str(shuffle_partitions(input_bytes, plan.cluster))}
+    conf = row_stage_conf(input_bytes, plan.cluster)
     memory = (f"{stage_memory_mb(input_bytes, per_executor_limit_mb(plan.cluster), plan.cluster.total_cores, whole_file_bytes)}m"
               if plan.local else None)
     return spark_hook(plan).submit(spec, conf=conf, driver_memory=memory)

@@ -290,6 +290,22 @@ def shuffle_partitions(input_bytes: int, cluster: ClusterResources) -> int:
     return int(min(max(by_size, 2 * cluster.total_cores), 20_000))
 
 
+# What Spark's adaptive execution may merge shuffle partitions up to, in shuffle bytes (serialized
+# and compressed: rows take 3-5x that in a task's aggregation or sort buffers). Its default
+# (parallelism first) merges a large aggregation into as few tasks as there are cores, whatever
+# ``shuffle_partitions`` chose: on a 90-day window that left 3 reducers of 4M pairs each, spilling
+# gigabytes. Merging is kept for small stages, bounded by this size.
+SHUFFLE_PARTITION_BYTES = 32 * MIB
+
+
+def row_stage_conf(input_bytes: int, cluster: ClusterResources) -> dict[str, str]:
+    """Spark settings of a row stage (not ALS) whose rows take ``input_bytes`` in memory: its shuffle
+    partitions, and adaptive merging that keeps them about ``SHUFFLE_PARTITION_BYTES`` each."""
+    return {"spark.sql.shuffle.partitions": str(shuffle_partitions(input_bytes, cluster)),
+            "spark.sql.adaptive.coalescePartitions.parallelismFirst": "false",
+            "spark.sql.adaptive.advisoryPartitionSizeInBytes": str(SHUFFLE_PARTITION_BYTES)}
+
+
 def stage_memory_mb(input_bytes: int, limit_mb: int, cores: int, whole_file_bytes: int = 0) -> int:
     """Heap for a stage whose rows take ``input_bytes`` in memory, run ``cores`` tasks at a time
     (see the module docstring): what its running partitions need, never the whole day.
