@@ -131,14 +131,37 @@ def next_pairs(window: DataFrame, played_next: str, played_before: str, train: D
     )
 
 
+SAMPLE_BUCKETS = 1 << 20
+
+
+def sample_users(pairs: DataFrame, max_users: int) -> tuple[DataFrame, dict]:
+    """``pairs`` of at most about ``max_users`` users (0: all), and what was kept.
+
+    The sample is fixed by a hash of the user id, not drawn: a rerun, and the next day's run,
+    search on the same users (the ones still active), and a user is in or out whatever else the
+    window holds. Sampling users, not pairs, keeps each sampled user's whole history, which is
+    what a candidate is scored on."""
+    n_users = pairs.select(S.USER_ID).distinct().count()
+    if not max_users or n_users <= max_users:
+        return pairs, {"users_before_sample": n_users, "sample_fraction": 1.0}
+    fraction = max_users / n_users
+    bucket = F.pmod(F.xxhash64(S.USER_ID), F.lit(SAMPLE_BUCKETS))
+    return (pairs.filter(bucket < F.lit(int(fraction * SAMPLE_BUCKETS))),
+            {"users_before_sample": n_users, "sample_fraction": round(fraction, 6)})
+
+
 def build_tuning_split(spark, window: DataFrame, cutoff: str, params, min_user_items, min_item_users,
-                       users: DataFrame, items: DataFrame, out_root: str) -> dict:
+                       users: DataFrame, items: DataFrame, out_root: str, max_users: int = 0) -> dict:
     """The nested split tuning uses: ``tuning/train`` from the training days up to ``cutoff``,
     ``tuning/validation`` what those users played after it (still inside the training days).
     Ids are the matrix's own (``users``, ``items``): a pair whose user or item the full matrix
-    dropped is left out."""
-    early = window.filter(F.col(EARLY_PLAYS) > 0).select(
-        S.USER_ID, S.ITEM_ID, F.col(EARLY_PLAYS).alias(S.PLAYS), F.col(EARLY_R).alias(S.R))
+    dropped is left out. ``max_users`` > 0: a sample of about that many users (``sample_users``).
+
+    Why a sample: the search fits dozens of candidates, so on the whole matrix it would cost
+    dozens of trainings; on a bounded sample its cost stops growing with the window, and the
+    model itself still trains on every user."""
+    early, sampled = sample_users(window.filter(F.col(EARLY_PLAYS) > 0).select(
+        S.USER_ID, S.ITEM_ID, F.col(EARLY_PLAYS).alias(S.PLAYS), F.col(EARLY_R).alias(S.R)), max_users)
     positive = filter_support(with_confidence(early, S.R, params), min_user_items, min_item_users)
     tune_train = (
         positive.join(users, S.USER_ID).join(items, S.ITEM_ID)
@@ -152,7 +175,7 @@ def build_tuning_split(spark, window: DataFrame, cutoff: str, params, min_user_i
     (validation.repartition(1, S.USER_IDX).sortWithinPartitions(S.USER_IDX, S.ITEM_IDX)
      .write.mode("overwrite").parquet(f"{out_root}/{S.TUNING_VALIDATION}"))
     validation = spark.read.parquet(f"{out_root}/{S.TUNING_VALIDATION}")
-    return {"last_train_day": cutoff, "nnz": tune_train.count(),
+    return {"last_train_day": cutoff, "nnz": tune_train.count(), **sampled,
             "validation_users": validation.select(S.USER_IDX).distinct().count(), "validation_pairs": validation.count()}
 
 
@@ -179,7 +202,8 @@ def most_frequent(spellings: DataFrame, key: str, value: str) -> DataFrame:
 
 
 def build_granularity(spark, plays, granularity, day, cutoff: str, lake: LakeLayout, params,
-                      min_user_items, min_item_users, out_root, tuning_cutoff: str | None = None):
+                      min_user_items, min_item_users, out_root, tuning_cutoff: str | None = None,
+                      tuning_users: int = 0):
     item_col = ITEM_COLUMN[granularity]
     # Kept on local disk, not in memory: every output below reads it, and at a 90-day window it is
     # tens of millions of pairs (the executors' memory goes to the joins and sorts that follow).
@@ -260,7 +284,7 @@ def build_granularity(spark, plays, granularity, day, cutoff: str, lake: LakeLay
         stats["tuning"] = build_tuning_split(
             spark, window, tuning_cutoff, params, min_user_items, min_item_users,
             u.join(train.select(S.USER_IDX).distinct(), S.USER_IDX, "left_semi"),
-            i.join(train.select(S.ITEM_IDX).distinct(), S.ITEM_IDX, "left_semi"), out_root)
+            i.join(train.select(S.ITEM_IDX).distinct(), S.ITEM_IDX, "left_semi"), out_root, tuning_users)
     positive.unpersist()
     window.unpersist()
     spellings.unpersist()
@@ -292,7 +316,7 @@ def run(spark: SparkSession, spec: ConfidenceSpec) -> MatrixResult:
         with timer.phase(f"matrix_{g}"):
             out[g], indexed[g] = build_granularity(
                 spark, plays, g, day, cutoff, lake, spec.confidence, spec.min_user_items,
-                spec.min_item_users, matrix_of(out_uri, g), tuning_cutoff,
+                spec.min_item_users, matrix_of(out_uri, g), tuning_cutoff, spec.tuning_users,
             )
     return MatrixResult(
         day=spec.day,

@@ -128,3 +128,54 @@ def test_a_chunk_whose_write_failed_is_ignored_and_not_reused(spark, tmp_path):
     index, new = extend_index(spark, LakeLayout(str(lake)), "user", spark.createDataFrame([("c",), ("a",)], "id string"))
     assert new == 1 and {r.id: r.idx for r in index.collect()} == {"a": 0, "b": 1, "c": 2}
     assert sorted(p.name for p in root.iterdir()) == ["chunk=000000", "chunk=000001", "chunk=000002", "chunk=000003"]
+
+
+def test_the_tuning_split_is_the_training_days_split_once_more(spark, tmp_path):
+    """Window D-4..D: training D-4..D-1, held out D; the search's split inside the training days:
+    candidates train on D-4..D-2 and are scored on what their users played next on D-1."""
+    lake = str(tmp_path / "lake")
+    d = lambda n: D - dt.timedelta(days=n)  # noqa: E731
+    write_plays(spark, lake, [
+        (d(3), "u1", "t1", "a1", 200_000), (d(1), "u1", "t1", "a1", 200_000),  # played again: not "next"
+        (d(1), "u1", "t2", "a1", 200_000),  # next for u1
+        (d(4), "u2", "t2", "a1", 200_000), (d(1), "u2", "t1", "a1", 200_000),  # next for u2
+        (d(1), "u2", "t3", "a1", 29_000),  # a skip is never "next"
+        (d(1), "u3", "t3", "a1", 200_000),  # u3 has nothing before D-1: in the matrix, not in the search
+        (D, "u1", "t3", "a1", 200_000), (D, "u2", "t2", "a1", 200_000),  # held out: only u1's t3 is new
+    ])
+    spec = ConfidenceSpec(day=str(D), lake_uri=lake, window_days=5, holdout_days=1, min_user_items=1,
+                          min_item_users=1, validation_days=1, granularities=("track",))
+    stats = confidence.run(spark, spec).stats["track"]
+    pairs = lambda part: {(r.user_id, r.item_id) for r in matrix(spark, lake, part=part).values()}  # noqa: E731
+    assert pairs("train") == {("u1", "t1"), ("u1", "t2"), ("u2", "t2"), ("u2", "t1"), ("u3", "t3")}
+    assert pairs("holdout") == {("u1", "t3")}
+    assert pairs("tuning/train") == {("u1", "t1"), ("u2", "t2")}
+    assert pairs("tuning/validation") == {("u1", "t2"), ("u2", "t1")}
+    tuned = matrix(spark, lake, part="tuning/train")
+    assert (tuned["u1", "t1"].plays, tuned["u1", "t1"].r) == (1, 1.0)  # only the play before the cutoff
+    assert stats["skips"] == 1 and stats["tuning"]["sample_fraction"] == 1.0
+    assert (stats["tuning"]["last_train_day"], stats["tuning"]["nnz"]) == (str(d(2)), 2)
+
+
+def test_the_search_samples_users_by_a_hash_of_their_id_and_the_matrix_keeps_everyone(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    lake = str(tmp_path / "lake")
+    d = lambda n: D - dt.timedelta(days=n)  # noqa: E731
+    users = [f"user-{n}" for n in range(400)]
+    # Even users played t1 and t2, then t3 next; odd users t1 and t3, then t2.
+    write_plays(spark, lake, [row for n, u in enumerate(users) for row in (
+        (d(3), u, "t1", "a1", 200_000), (d(2), u, f"t{2 + n % 2}", "a1", 200_000),
+        (d(1), u, f"t{3 - n % 2}", "a1", 200_000))])
+    spec = ConfidenceSpec(day=str(D), lake_uri=lake, window_days=4, holdout_days=1, min_user_items=1,
+                          min_item_users=1, validation_days=1, granularities=("track",), tuning_users=100)
+    tuning = confidence.run(spark, spec).stats["track"]["tuning"]
+    assert (tuning["users_before_sample"], tuning["sample_fraction"]) == (400, 0.25)
+    bucket = F.pmod(F.xxhash64("user_id"), F.lit(confidence.SAMPLE_BUCKETS))
+    expected = {r.user_id for r in spark.createDataFrame([(u,) for u in users], "user_id string")
+                .filter(bucket < int(0.25 * confidence.SAMPLE_BUCKETS)).collect()}
+    assert 60 <= len(expected) <= 140
+    sampled = {u for u, _ in (k for k in matrix(spark, lake, part="tuning/train"))}
+    assert sampled == expected and tuning["nnz"] == 2 * len(expected)
+    assert {u for u, _ in matrix(spark, lake, part="tuning/validation")} == expected  # every one played a track next
+    assert len({u for u, _ in matrix(spark, lake)}) == 400  # the model trains on every user

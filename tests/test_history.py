@@ -105,7 +105,7 @@ def test_a_search_is_reused_only_with_the_same_context_and_age():
     for changed in ({"k": 5}, {"validation_days": 2}, {"window_days": 30}, {"holdout_days": 2},
                     {"min_user_items": 3}, {"min_item_users": 3}, {"max_iter": 5}, {"max_per_artist": 0},
                     {"primary_metric": "ndcg"}, {"granularity": "artist"}, {"strategy": "mllib"},
-                    {"half_life_days": 7.0}, {"rank": 16}):
+                    {"half_life_days": 7.0}, {"rank": 16}, {"tune_users": 1000}):
         other = run(**changed)
         assert history.reusable_search([young], DAY, other, history.search_context(other, None)).chosen is None, changed
     listed = history.search_context(p, "abc")  # another do-not-recommend list

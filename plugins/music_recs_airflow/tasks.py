@@ -305,7 +305,7 @@ def confidence_spec(plan: RunPlan) -> ConfidenceSpec:
     return ConfidenceSpec(day=plan.day, lake_uri=plan.lake.root, confidence=p.confidence, window_days=p.window_days,
                           holdout_days=p.holdout_days, min_user_items=p.min_user_items,
                           min_item_users=p.min_item_users, granularities=(p.granularity,), out_uri=plan.matrices,
-                          validation_days=p.validation_days if p.tune != "off" else 0)
+                          validation_days=p.validation_days if p.tune != "off" else 0, tuning_users=p.tune_users)
 
 
 @fail_fast

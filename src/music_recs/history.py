@@ -144,7 +144,7 @@ def search_context(params: RunParams, do_not_recommend_sha256: str | None) -> Se
         min_user_items=params.min_user_items, min_item_users=params.min_item_users, max_iter=params.max_iter,
         half_life_days=float(params.half_life_days), skip_seconds=params.skip_seconds,
         max_per_artist=params.artist_cap, do_not_recommend_sha256=do_not_recommend_sha256,
-        fixed=tuple(sorted(params.fixed_recipe.items())))
+        fixed=tuple(sorted(params.fixed_recipe.items())), tune_users=params.tune_users)
 
 
 @dataclasses.dataclass(frozen=True)

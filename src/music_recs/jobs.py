@@ -174,6 +174,8 @@ class ConfidenceSpec(JobSpec):
     ``{lake}/matrix/dt=D``). validation_days: 0 (default) = no tuning split; N = also write the
     nested split tuning trains and scores on (``tuning/train``: the training days but the last
     N; ``tuning/validation``: what users played in those N days), see ``music_recs.tuning``.
+    tuning_users: the tuning split holds at most this many users (0, default: every user), a
+    sample fixed by a hash of the user id.
     """
 
     JOB: ClassVar[str] = "confidence"
@@ -187,9 +189,12 @@ class ConfidenceSpec(JobSpec):
     granularities: tuple[str, ...] = GRANULARITIES
     out_uri: str | None = None
     validation_days: int = 0
+    tuning_users: int = 0
 
     def __post_init__(self):
         parse_day(self.day, "day")
+        if self.tuning_users < 0:
+            raise InvalidInput(f"tuning_users must be >= 0 (0: every user), got {self.tuning_users}")
         if self.holdout_days + self.validation_days >= self.window_days:
             raise InvalidInput(f"holdout_days ({self.holdout_days}) + validation_days ({self.validation_days}) must be "
                              f"smaller than the window ({self.window_days} days)")

@@ -52,6 +52,7 @@ class SearchContext:
     max_per_artist: int
     do_not_recommend_sha256: str | None
     fixed: tuple[tuple[str, object], ...]
+    tune_users: int = 0  # the search's user sample (0: every user, as in manifests before it existed)
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "fixed": {name: value for name, value in self.fixed}}
@@ -59,6 +60,7 @@ class SearchContext:
     @classmethod
     def from_dict(cls, values: Mapping) -> SearchContext:
         names = {f.name for f in dataclasses.fields(cls)}
+        values = {"tune_users": 0, **values}
         if set(values) != names:
             raise ValueError(f"a search context has the fields {sorted(names)}, got {sorted(values)}")
         fixed = values["fixed"]
