@@ -156,6 +156,9 @@ def run_size(fraction: float, base, work: str, params: dict, reference: bool) ->
                 row["implicit"] = {"failed": f"{type(exc).__name__}: {str(exc)[:200]}"}
     if "evaluate" in results:
         row["metrics"] = {k: results["evaluate"].model[k] for k in ("map", "precision")}
+    lake_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(os.path.join(lake, "plays"))
+                     for f in files)
+    row["lake_bytes_per_play"] = round(lake_bytes / row["window_plays"], 1)  # for bench/seed_scale.py
     shutil.rmtree(root, ignore_errors=True)  # gigabytes at full size
     return row
 

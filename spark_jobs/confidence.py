@@ -203,12 +203,16 @@ def most_frequent(spellings: DataFrame, key: str, value: str) -> DataFrame:
 
 def build_granularity(spark, plays, granularity, day, cutoff: str, lake: LakeLayout, params,
                       min_user_items, min_item_users, out_root, tuning_cutoff: str | None = None,
-                      tuning_users: int = 0):
+                      tuning_users: int = 0, timer: PhaseTimer | None = None):
+    """One granularity's matrix, held-out pairs, names, statistics and tuning split (see the
+    module docstring); ``timer``: its steps' seconds, as phases ``{granularity}_{step}``."""
+    timer = timer or PhaseTimer()
     item_col = ITEM_COLUMN[granularity]
     # Kept on local disk, not in memory: every output below reads it, and at a 90-day window it is
     # tens of millions of pairs (the executors' memory goes to the joins and sorts that follow).
     window = aggregate_window(plays, item_col, day, params, cutoff, tuning_cutoff).persist(StorageLevel.DISK_ONLY)
     window.count()  # computed once here, not by the concurrent jobs below each
+    timer.lap(f"{granularity}_window")
     positive = filter_support(window.filter(F.col(S.PLAYS) > 0), min_user_items, min_item_users).cache()
 
     users_index, new_users = extend_index(spark, lake, "user", positive.select(F.col(S.USER_ID).alias(ID)))
@@ -220,6 +224,7 @@ def build_granularity(spark, plays, granularity, day, cutoff: str, lake: LakeLay
     # the three uses below would each scan the window again (column pruning tells them apart).
     spellings = plays.groupBy(*NAME_COLUMNS[granularity]).agg(F.count(F.lit(1)).alias(PLAYS_OF)).cache()
     spellings.count()
+    timer.lap(f"{granularity}_index_and_spellings")
     artist_names = most_frequent(spellings, S.ARTIST_ID, S.ARTIST_NAME)
     if granularity == "track":
         names = (most_frequent(spellings, S.TRACK_ID, S.TRACK_NAME)
@@ -241,6 +246,7 @@ def build_granularity(spark, plays, granularity, day, cutoff: str, lake: LakeLay
     )
     train.write.mode("overwrite").parquet(f"{out_root}/train")
     train = spark.read.parquet(f"{out_root}/train")
+    timer.lap(f"{granularity}_train")
 
     # Held out: what users of the training matrix played next among its items (the only ones
     # the model has factors for) and had not played in training. Users and items are taken
@@ -254,6 +260,7 @@ def build_granularity(spark, plays, granularity, day, cutoff: str, lake: LakeLay
      .repartition(1).sortWithinPartitions(S.ITEM_IDX)
      .write.mode("overwrite").parquet(f"{out_root}/items"))
     held = spark.read.parquet(f"{out_root}/holdout")
+    timer.lap(f"{granularity}_holdout_and_names")
 
     # The statistics in a few small jobs over the written matrix (a job costs ~0.3 s in a fresh JVM);
     # skips are the training window's short plays, from the window aggregate.
@@ -280,11 +287,13 @@ def build_granularity(spark, plays, granularity, day, cutoff: str, lake: LakeLay
         "holdout_users": held_counts["users"],
         "holdout_pairs": held_counts["pairs"],
     }
+    timer.lap(f"{granularity}_stats")
     if tuning_cutoff is not None:
         stats["tuning"] = build_tuning_split(
             spark, window, tuning_cutoff, params, min_user_items, min_item_users,
             u.join(train.select(S.USER_IDX).distinct(), S.USER_IDX, "left_semi"),
             i.join(train.select(S.ITEM_IDX).distinct(), S.ITEM_IDX, "left_semi"), out_root, tuning_users)
+        timer.lap(f"{granularity}_tuning_split")
     positive.unpersist()
     window.unpersist()
     spellings.unpersist()
@@ -313,11 +322,10 @@ def run(spark: SparkSession, spec: ConfidenceSpec) -> MatrixResult:
     out_uri = spec.out_uri or lake.default_matrix(spec.day)
     out, indexed = {}, {}
     for g in spec.granularities:
-        with timer.phase(f"matrix_{g}"):
-            out[g], indexed[g] = build_granularity(
-                spark, plays, g, day, cutoff, lake, spec.confidence, spec.min_user_items,
-                spec.min_item_users, matrix_of(out_uri, g), tuning_cutoff, spec.tuning_users,
-            )
+        out[g], indexed[g] = build_granularity(
+            spark, plays, g, day, cutoff, lake, spec.confidence, spec.min_user_items,
+            spec.min_item_users, matrix_of(out_uri, g), tuning_cutoff, spec.tuning_users, timer,
+        )
     return MatrixResult(
         day=spec.day,
         window={"first_day": days[0].isoformat(), "last_train_day": cutoff,

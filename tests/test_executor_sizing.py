@@ -73,12 +73,18 @@ def test_the_cg_strategy_gets_a_python_memory_limit_on_a_cluster_only():
 def test_evaluate_adds_the_recommendations_to_trainings_jvm_sizing_and_python_room_for_the_item_factors():
     shape = MatrixShape(users=4_000_000, items=500_000, nnz=400_000_000, rank=40)
     local = ClusterResources(nodes=1, cores_per_node=8, memory_per_node_mb=262144, local=True)
-    # one JVM: 4M users x 50 recommendations x 32 bytes, twice, over the 0.6 memory fraction, x1.5
-    extra_mb = 2 * 4_000_000 * 50 * 32 / 0.6 * 1.5 / 2**20
+    # one JVM: 4M users x 50 recommendations x 32 bytes, twice (12.8 GB), bounded to the 2 GiB held
+    # in memory (the rest of the cache spills), over the 0.6 memory fraction, x1.5
+    extra_mb = 2048 / 0.6 * 1.5
     sized = size_evaluate(shape, local)
     assert sized.executor_memory_mb == -(-(size_als(shape, local).estimate["heap_bytes"] / 2**20 + extra_mb) // 256) * 256
     assert sized.driver_memory_mb == sized.executor_memory_mb + sized.executor_memory_overhead_mb
     assert sized.python_memory_mb == 0  # local mode does not limit Python workers
+    # below the bound the recommendations count in full, and grow the heap with the users
+    few = MatrixShape(users=100_000, items=50_000, nnz=5_000_000, rank=16)
+    assert (size_evaluate(few, local).executor_memory_mb
+            == -(-(size_als(few, local).estimate["heap_bytes"] / 2**20 + 2 * 100_000 * 50 * 32 / 0.6 * 1.5 / 2**20)
+                 // 256) * 256)
     # on a smaller machine the JVM gets what local mode allows (3/4 of it) and the sorts spill
     capped = size_evaluate(shape, ClusterResources(nodes=1, cores_per_node=8, memory_per_node_mb=65536))
     assert 0.7 * 49152 < capped.driver_memory_mb <= 49152

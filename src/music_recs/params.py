@@ -99,7 +99,7 @@ class RunParams:
                                  type="number", exclusiveMinimum=0, maximum=1440)
     tune_max_age_days: int = _param(7, "With tune=if_stale: reuse a search at most this many days old.",
                                     type="integer", minimum=0, maximum=365)
-    tune_users: int = _param(200_000, "The search trains and scores its candidates on at most this many users (a "
+    tune_users: int = _param(100_000, "The search trains and scores its candidates on at most this many users (a "
                              "sample fixed by a hash of the user id; 0 = every user). The model itself always "
                              "trains on every user.", type="integer", minimum=0, maximum=1_000_000_000)
     validation_days: int = _param(1, "Last training days the search scores candidates on (never the holdout).",

@@ -74,6 +74,8 @@ MAX_CORES_PER_EXECUTOR = 5  # beyond ~5 concurrent tasks per JVM, GC and I/O con
 DEFAULT_BROADCAST_BUDGET_MB = 256
 PYTHON_BASE = 768 * MIB  # a Python worker's address space with numpy, numba, pyarrow loaded (~570 MiB)
 CSR_BYTES_PER_RATING = 16  # int32 index + int32 local index + float32 confidence + float32 of slack
+# What of the cached recommendations an evaluation executor's heap is sized to hold; the rest spills.
+RECOMMENDATIONS_IN_MEMORY = 2048 * MIB
 RECOMMENDATION_BYTES = 32  # one (user, item, score, rank) row in Spark's columnar cache, ~26 measured
 # Scores one scoring worker holds at a time (``spark_jobs.lib.top_n``): chunk rows x targets float32.
 CHUNK_BYTES = 64 * MIB
@@ -261,9 +263,13 @@ def size_evaluate(shape: MatrixShape, cluster: ClusterResources, top_n: int = 50
     rows and 0.6M ratings). Python workers (on a cluster, limited per executor): each holds the
     broadcast item factors twice (received and unpickled) and one chunk of scores
     (``CHUNK_BYTES``).
+
+    The recommendations' share is bounded (``RECOMMENDATIONS_IN_MEMORY``): their cache is
+    memory-and-disk, so past it they spill to local disk instead of growing the heap with the
+    users (measured: a 1M-user window asked for a 13.8 GiB heap without the bound).
     """
     sizing = size_als(shape, cluster, strategy="mllib")
-    recs = 2 * shape.users * top_n * RECOMMENDATION_BYTES / sizing.num_executors
+    recs = min(2 * shape.users * top_n * RECOMMENDATION_BYTES / sizing.num_executors, RECOMMENDATIONS_IN_MEMORY)
     limit = per_executor_limit_mb(cluster) * MIB
     heap = min(max(_round_up(sizing.estimate["heap_bytes"] + recs / MEMORY_FRACTION * SAFETY), 1024 * MIB),
                limit - max(MIN_OVERHEAD, _round_up(limit * OVERHEAD_FRACTION, 64 * MIB)))  # beyond: spills

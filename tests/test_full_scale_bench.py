@@ -1,0 +1,49 @@
+"""bench/full_scale.py on a few seconds of data, so the benchmark cannot rot. The measurements
+themselves are made by hand (bench/RESULTS.md); here every stage must run and be measured."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+import full_scale  # noqa: E402
+from pipeline_scaling import STAGES  # noqa: E402
+
+
+def test_the_exponent_is_the_log_log_slope():
+    assert full_scale.exponent([1e6, 1e7], [10.0, 100.0]) == pytest.approx(1.0)
+    assert full_scale.exponent([1e6, 1e7, 1e8], [5.0, 50 * 10 ** 0.5, 500.0]) == pytest.approx(1.0, abs=0.1)
+    assert full_scale.exponent([1e6, 4e6], [10.0, 160.0]) == pytest.approx(2.0)
+    assert math.isnan(full_scale.exponent([1e6], [10.0]))
+
+
+@pytest.mark.spark
+@pytest.mark.e2e
+def test_the_benchmark_runs_every_stage_of_a_tiny_window_and_measures_it(tmp_path):
+    out, chart = tmp_path / "full_scale.json", tmp_path / "full_scale.png"
+    # The benchmark sets its lake, S3 server and connections itself; nothing of the tests' may leak in.
+    keep = {"MUSIC_RECS_SPARK_CLASS_ARCHIVE_DIR", "MUSIC_RECS_VENV", "MUSIC_RECS_LOCAL_STATE"}
+    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("MUSIC_RECS_", "AIRFLOW_CONN_"))}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "full_scale.py"), "--days", "6", "--plays", "30000",
+         "--users", "500", "--tracks", "300", "--fractions", "1", "--json", str(out), "--chart", str(chart)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["failed"] == {} and set(row["seconds"]) == set(STAGES)
+    assert all(row["peak_rss_mb"][s] > 0 for s in STAGES)
+    assert row["window_plays"] == 30000 and row["generated"]["history_plays"] + row["generated"]["day_plays"] == 30000
+    assert 0 < row["matrix"]["nnz"] <= 30000 and row["matrix"]["users"] <= 500
+    assert row["train"]["searched"] and row["train"]["seconds_per_iteration"] > 0
+    assert row["implicit"]["seconds_per_iteration"] > 0 and row["implicit"]["nnz"] == row["matrix"]["nnz"]
+    assert 0 < row["metrics"]["map"] <= 1
+    assert set(row["job_seconds"]) == {"ingest", "validate", "build_confidence", "train_als", "evaluate"}
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = proc.stdout.split("window plays", 1)[1]
+    assert "30,000" in table and "FAILED" not in table
