@@ -13,6 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import full_scale  # noqa: E402
+import seed_scale  # noqa: E402
 from pipeline_scaling import STAGES  # noqa: E402
 
 
@@ -47,3 +48,17 @@ def test_the_benchmark_runs_every_stage_of_a_tiny_window_and_measures_it(tmp_pat
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = proc.stdout.split("window plays", 1)[1]
     assert "30,000" in table and "FAILED" not in table
+    assert seed_scale.main([str(out)]) == 0  # the extrapolation reads what the benchmark wrote
+
+
+def test_the_seed_extrapolation_scales_each_stage_by_its_work_and_the_cores():
+    row = {"window_plays": 1_000_000, "seconds": dict.fromkeys(STAGES, 100.0), "job_seconds": {"train_als": 100.0},
+           "matrix": {"users": 1000, "items": 100, "nnz": 50_000},
+           "train": {"rank": 10, "iterations": 10, "seconds_per_iteration": 2.0}}
+    same = {"users": 1000, "items": 100, "plays": 1_000_000, "rank": 10, "nnz": 50_000}
+    est = seed_scale.extrapolate(row, same, 2, 2)["seconds"]
+    assert est["ingest"] == est["build_confidence"] == 100.0 and est["train_als"] == pytest.approx(100.0)
+    bigger = seed_scale.extrapolate(row, {**same, "plays": 4_000_000}, 2, 8)["seconds"]
+    assert bigger["build_confidence"] == pytest.approx(100.0)  # 4x the plays on 4x the cores
+    wider = seed_scale.extrapolate(row, {**same, "users": 2000, "items": 200}, 2, 2)["seconds"]
+    assert wider["evaluate"] == pytest.approx(400.0)  # exact scoring: users x items

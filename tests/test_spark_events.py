@@ -1,7 +1,7 @@
 """Reading peak executor memory back from Spark event logs (``music_recs_dev.spark_events``).
 
 The event lines follow Spark 4's format (a rolling log folder of zstd-compressed parts, or one
-plain file). No test reads the logs of a real job yet: bench/pipeline_scaling.py does."""
+plain file). tests/test_full_scale_bench.py reads the logs of real jobs (through bench/full_scale.py)."""
 
 import json
 

@@ -37,8 +37,8 @@ fi
 # that start their own services (the DAG runs on a real scheduler, ~9 minutes alone, most of it
 # waiting on Airflow and on Spark applications starting on tiny data; a standalone Spark
 # cluster, ~4 minutes) beside the rest. The second one's output follows the first's.
-SERVICES=(tests/test_scheduler_runs.py tests/test_standalone_cluster.py)
-echo "==> running tests (unit, Spark, S3; beside them DAG runs on a real scheduler and a standalone Spark cluster: about 14 minutes on 2 cores)"
+SERVICES=(tests/test_scheduler_runs.py tests/test_standalone_cluster.py tests/test_full_scale_bench.py)
+echo "==> running tests (unit, Spark, S3; beside them DAG runs on a real scheduler and a standalone Spark cluster, and the full-scale benchmark on a tiny window: about 19 minutes on 2 cores)"
 services_log=$(mktemp "${TMPDIR:-/tmp}/music_recs_services.XXXXXX")
 "${PYTEST[@]}" "${SERVICES[@]}" >"$services_log" 2>&1 &
 services_pid=$!
