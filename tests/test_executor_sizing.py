@@ -113,3 +113,14 @@ def test_other_stages_get_heap_for_their_running_partitions_not_the_day():
     assert stage_memory_mb(100 * 2**30, 2048, cores=16) == 2048  # never over one executor's limit
     # ingest holds a landing file whole per task: a 1 GiB .gz adds 2 cores x 2 GiB / 0.6 x 1.5 = 10 GiB
     assert stage_memory_mb(100 * 2**30, 18_000, cores=2, whole_file_bytes=2**30) == 2304 + 10_240
+
+
+def test_a_stage_too_large_for_the_machine_is_refused_before_it_starts_naming_the_stage():
+    huge = MatrixShape(users=10**9, items=10**8, nnz=10**11, rank=64)
+    machine = ClusterResources(nodes=1, cores_per_node=2, memory_per_node_mb=24576, local=True)
+    for size, stage in ((size_als, "train_als"), (size_evaluate, "evaluate")):
+        with pytest.raises(DataTooLargeError) as refused:
+            size(huge, machine)
+        line = str(refused.value)
+        assert line.startswith(f"{stage}: ") and "\n" not in line
+        assert "MiB per executor" in line and "over the 18432 MiB an executor may use" in line

@@ -60,7 +60,8 @@ def test_no_landing_files(store, plan):
 
 def test_a_matrix_too_large_for_the_cluster(plan):
     message = fails_at_once(lambda: tasks.train(plan, matrix(10**9, 10**8, 10**11)), DataTooLargeError)
-    assert "need about" in message and "add nodes or memory, or lower the rank" in message
+    assert message.startswith("train_als: 1000000000 users x 100000000 items, 100000000000 ratings at rank ")
+    assert "need about" in message and "over the" in message and "add nodes or memory, or lower the rank" in message
 
 
 def permanent_classes(cls=failures.PermanentFailure):

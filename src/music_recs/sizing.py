@@ -201,8 +201,12 @@ def python_memory_mb(shape: MatrixShape, blocks: int, cores: int, exchange: dict
 
 
 def size_als(shape: MatrixShape, cluster: ClusterResources, checkpoint_interval: int = 5,
-             strategy: str = "mllib", broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB) -> ExecutorSizing:
-    """Choose executors, memory and block counts for training ``shape`` on ``cluster``."""
+             strategy: str = "mllib", broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB,
+             stage: str = "train_als") -> ExecutorSizing:
+    """Choose executors, memory and block counts for training ``shape`` on ``cluster``.
+
+    ``DataTooLargeError`` (before anything is submitted) when even the most blocks leave an
+    executor more to hold than it may use; its one line names ``stage``, the estimate and the limit."""
     if min(shape.users, shape.items, shape.nnz, shape.rank) <= 0:
         raise InvalidInput(f"matrix shape must be positive, got {shape}")
     # Local mode: one JVM, 3/4 of the machine (the rest: OS, Python workers). A cluster: at most
@@ -224,7 +228,7 @@ def size_als(shape: MatrixShape, cluster: ClusterResources, checkpoint_interval:
             break
         if blocks >= MAX_BLOCKS or blocks >= min(shape.users, shape.items):
             raise DataTooLargeError(
-                f"{shape.users} users x {shape.items} items, {shape.nnz} ratings at rank {shape.rank} need about "
+                f"{stage}: {shape.users} users x {shape.items} items, {shape.nnz} ratings at rank {shape.rank} need about "
                 f"{(heap + overhead) / MIB:.0f} MiB per executor even with {blocks} blocks "
                 f"(cached share {est['storage_per_executor_bytes'] / MIB:.0f} MiB, per task "
                 f"{est['task_bytes'] / MIB:.0f} MiB x {cores} cores), over the {per_executor_limit / MIB:.0f} MiB "
@@ -268,7 +272,7 @@ def size_evaluate(shape: MatrixShape, cluster: ClusterResources, top_n: int = 50
     memory-and-disk, so past it they spill to local disk instead of growing the heap with the
     users (measured: a 1M-user window asked for a 13.8 GiB heap without the bound).
     """
-    sizing = size_als(shape, cluster, strategy="mllib")
+    sizing = size_als(shape, cluster, strategy="mllib", stage="evaluate")
     recs = min(2 * shape.users * top_n * RECOMMENDATION_BYTES / sizing.num_executors, RECOMMENDATIONS_IN_MEMORY)
     limit = per_executor_limit_mb(cluster) * MIB
     heap = min(max(_round_up(sizing.estimate["heap_bytes"] + recs / MEMORY_FRACTION * SAFETY), 1024 * MIB),
