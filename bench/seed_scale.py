@@ -13,7 +13,8 @@ How each stage's work is scaled from the measured size to the seed's:
 * ingest, validate: one day's plays (the window's plays / its days);
 * build_confidence: the window's plays;
 * train_als: per iteration, CG's cost, ``nnz * rank + (users + items) * rank^2 * cg_steps``;
-  the search on its bounded user sample (``tune_users``) costs what it cost, at the seed's rank;
+  the search, on its bounded user sample (``tune_users``) and on the driver, is not spread over
+  the cluster: its measured cost scaled by the items and the square of the rank;
 * evaluate: exact scoring, ``users * items * rank``, plus a term in the plays;
 * publish: copies of the outputs, ``users``.
 
@@ -30,8 +31,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "plugins"))
 
-from music_recs.sizing import (ClusterResources, MatrixShape, per_executor_limit_mb, shuffle_partitions,  # noqa: E402
-                               size_als, size_evaluate, stage_memory_mb)
+from music_recs.sizing import ClusterResources, MatrixShape, shuffle_partitions, size_als, size_evaluate  # noqa: E402
 
 CG_STEPS = 3  # the CG strategy's default inner steps per solve
 MIB = 1024 * 1024
@@ -51,15 +51,15 @@ def extrapolate(row: dict, seed: dict, cores_measured: int, cores_cluster: int) 
                                                                                               m["items"], rank_m)
     final_fit = per_iteration * row["train"]["iterations"]
     search = max(jobs.get("train_als", row["seconds"]["train_als"]) - row["train"]["seconds_per_iteration"]
-                 * row["train"]["iterations"], 0.0) * (seed["rank"] / rank_m) ** 2
+                 * row["train"]["iterations"], 0.0) * (seed["items"] / m["items"]) * (seed["rank"] / rank_m) ** 2
     scoring = seed["users"] * seed["items"] * seed["rank"] / (m["users"] * m["items"] * rank_m)
     speedup = cores_cluster / cores_measured  # the measured rate per core, spread over the cluster's
     out = {
         "ingest": row["seconds"]["ingest"] * plays_ratio / speedup,
         "validate": row["seconds"]["validate"] * plays_ratio / speedup,
         "build_confidence": row["seconds"]["build_confidence"] * plays_ratio / speedup,
-        # the search runs on a bounded sample: its cost does not grow with the cluster's data
-        "train_als": (final_fit + search) / speedup,
+        # the search runs on the driver, on a bounded sample: the cluster does not speed it up
+        "train_als": final_fit / speedup + search,
         "evaluate": row["seconds"]["evaluate"] * max(scoring, plays_ratio) / speedup,
         "publish": row["seconds"]["publish"] * seed["users"] / m["users"],
     }
@@ -108,9 +108,9 @@ def main(argv=None) -> int:
               f"{s.shuffle_partitions} shuffle partitions, Python {s.python_memory_mb or 'unlimited'} MiB")
     day_rows = window_rows / a.days
     for name, rows_bytes in (("ingest/validate", day_rows), ("build_confidence", window_rows)):
-        print(f"  {name:<15} {shuffle_partitions(int(rows_bytes), cluster)} shuffle partitions, "
-              f"{stage_memory_mb(int(rows_bytes), per_executor_limit_mb(cluster), cluster.cores_per_node)} MiB "
-              f"per executor ({rows_bytes / 2**30:.0f} GiB of rows)")
+        # Row stages set only their shuffle partitions on a cluster (memory: the executors' defaults).
+        print(f"  {name:<15} {shuffle_partitions(int(rows_bytes), cluster)} shuffle partitions "
+              f"({rows_bytes / 2**30:.1f} GiB of rows)")
     return 0
 
 

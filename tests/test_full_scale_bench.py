@@ -60,5 +60,7 @@ def test_the_seed_extrapolation_scales_each_stage_by_its_work_and_the_cores():
     assert est["ingest"] == est["build_confidence"] == 100.0 and est["train_als"] == pytest.approx(100.0)
     bigger = seed_scale.extrapolate(row, {**same, "plays": 4_000_000}, 2, 8)["seconds"]
     assert bigger["build_confidence"] == pytest.approx(100.0)  # 4x the plays on 4x the cores
+    # training: the final fit (20 s) spreads over the cores, the search on the driver (80 s) does not
+    assert bigger["train_als"] == pytest.approx(20.0 / 4 + 80.0)
     wider = seed_scale.extrapolate(row, {**same, "users": 2000, "items": 200}, 2, 2)["seconds"]
     assert wider["evaluate"] == pytest.approx(400.0)  # exact scoring: users x items
