@@ -7,7 +7,9 @@ did next. Candidates exclude items the user already played in training.
 Scoring is exact (every user against every item) and made on the executors: when the item
 factors fit the broadcast budget (the rule training's CG strategy uses), they are broadcast and
 each Python worker scores a batch of users with one matrix product per chunk and keeps the top
-n (``spark_jobs.lib.top_n``), so the job makes n rows per user. Over the budget, MLlib's blocked
+n (``spark_jobs.lib.top_n``), so the job makes n rows per user. It first scores the items of
+largest factor norm and stops for a user whose n-th score no item left out can reach (the
+Cauchy-Schwarz bound): the lists are those of scoring every item, at a fraction of the work. Over the budget, MLlib's blocked
 ``recommendForAllUsers`` makes candidates, with room for the played items to drop out (up to
 ``MAX_EXCLUDED`` more per user: users x (n + max played) rows, which grows with the square of
 traffic).
@@ -62,15 +64,16 @@ def paired_lift(model_users: DataFrame, baseline_users: DataFrame, resamples: in
                                 seed=seed) for m in METRICS}
 
 
-def published_recommendations(spark: SparkSession, published_uri: str, train: DataFrame, items: DataFrame, k: int,
-                              budget_mb: int, rules: Rules = NO_RULES) -> DataFrame:
+def published_recommendations(spark: SparkSession, published_uri: str, train: DataFrame, users: DataFrame,
+                              items: DataFrame, k: int, budget_mb: int, rules: Rules = NO_RULES) -> DataFrame:
     """The published model's top-k unplayed items for this matrix's users, on this matrix's ids.
 
+    ``train``: the matrix's (user_idx, item_idx) pairs; ``users``: its (user_idx, user_id).
     Its factors carry their string ids: users and items are matched by those (a user or item
     it does not know gets no recommendation from it, and scores 0)."""
     root = published_uri.rstrip("/")
     users = (spark.read.parquet(f"{root}/user_factors").select(S.USER_ID, S.FEATURES)
-             .join(train.select(S.USER_IDX, S.USER_ID).distinct(), S.USER_ID)
+             .join(users, S.USER_ID)
              .select(F.col(S.USER_IDX).alias("id"), S.FEATURES))
     item_factors = (spark.read.parquet(f"{root}/item_factors").select(S.ITEM_ID, S.FEATURES)
                     .join(items.select(S.ITEM_IDX, S.ITEM_ID), S.ITEM_ID)
@@ -151,10 +154,14 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
     timer = PhaseTimer()
     k, top_n, similar_n = spec.k, spec.top_n, spec.similar_n
     matrix, out_uri = spec.matrix_uri.rstrip("/"), spec.out_uri.rstrip("/")
-    train = spark.read.parquet(f"{matrix}/train").cache()
+    matrix_train = spark.read.parquet(f"{matrix}/train")
+    # Only the pairs are cached: the matrix's other columns (string ids, counts, confidence) take
+    # several times their memory, and only the write needs the user ids (``users``).
+    train = matrix_train.select(S.USER_IDX, S.ITEM_IDX).cache()
+    users = matrix_train.select(S.USER_IDX, S.USER_ID).distinct().cache()
     holdout = spark.read.parquet(f"{matrix}/holdout")
     n_items = train.select(S.ITEM_IDX).distinct().count()
-    n_users = train.select(S.USER_IDX).distinct().count()
+    n_users = users.count()
     max_played = train.groupBy(S.USER_IDX).count().agg(F.max("count")).first()[0] or 0
     want = max(k, top_n)
     extra = min(max_played, MAX_EXCLUDED)
@@ -164,7 +171,7 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
     items = spark.read.parquet(f"{matrix}/items")
 
     with timer.phase("recommend"):
-        rules, applied = load_rules(spark, spec, train, items)
+        rules, applied = load_rules(spark, spec, users, items)
         recs = model_recommendations(spark, model, train, want, broadcast_items, rules).cache()
         n_recs = recs.count()
         # Without rules a user can get min(top_n, unplayed): the users suite works that out itself.
@@ -183,7 +190,7 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
         lift = paired_lift(model_users, popular_users, spec.bootstrap_resamples, spec.seed)
         published = over_published = published_recs = None
         if spec.published_uri:
-            published_recs = published_recommendations(spark, spec.published_uri, train, items, k,
+            published_recs = published_recommendations(spark, spec.published_uri, train, users, items, k,
                                                        spec.broadcast_budget_mb, rules).cache()
             published_users = per_user_metrics(published_recs, holdout, k)
             published = mean_metrics(published_users)
@@ -196,7 +203,6 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
     if published_recs is not None:
         published_recs.unpersist()
     with timer.phase("write"):
-        users = train.select(S.USER_IDX, S.USER_ID).distinct()
         out = (
             recs.filter(F.col(S.RANK) <= top_n).join(users, S.USER_IDX).join(items, S.ITEM_IDX)
             .select(S.USER_ID, S.RANK, S.ITEM_ID, S.SCORE, S.ITEM_NAME, S.ARTIST_NAME, S.USER_IDX, S.ITEM_IDX)
@@ -219,6 +225,7 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
     if possible is not None:
         possible.unpersist()
     train.unpersist()
+    users.unpersist()
     return EvaluateResult(
         k=k, top_n=top_n,
         model={**model_metrics, "coverage": coverage,

@@ -70,35 +70,42 @@ def test_the_cg_strategy_gets_a_python_memory_limit_on_a_cluster_only():
     assert "spark.executor.pyspark.memory" not in size_als(small, cluster).spark_conf()
 
 
-def test_evaluate_adds_the_recommendations_to_trainings_jvm_sizing_and_python_room_for_the_item_factors():
+def test_evaluate_is_sized_by_what_it_holds_not_by_trainings_blocks():
     shape = MatrixShape(users=4_000_000, items=500_000, nnz=400_000_000, rank=40)
     local = ClusterResources(nodes=1, cores_per_node=8, memory_per_node_mb=262144, local=True)
-    # one JVM: 4M users x 50 recommendations x 32 bytes, twice (12.8 GB), bounded to the 2 GiB held
-    # in memory (the rest of the cache spills), over the 0.6 memory fraction, x1.5
-    extra_mb = 2048 / 0.6 * 1.5
+    # caches: 400M pairs x 10 B + 4M users x 50 recommendations x 32 B twice, held up to 1536 MiB
+    # (the rest spills); 8 running tasks x 3 partitions of 128 MiB; over the 0.6 fraction, x1.5,
+    # + 300 MiB reserved = 11820 MiB -> 12032
     sized = size_evaluate(shape, local)
-    assert sized.executor_memory_mb == -(-(size_als(shape, local).estimate["heap_bytes"] / 2**20 + extra_mb) // 256) * 256
+    assert sized.estimate["cached_in_memory_bytes"] == 1536 * 2**20
+    assert sized.executor_memory_mb == 12032 and sized.shuffle_partitions > 16  # partitions from the caches' size
     assert sized.driver_memory_mb == sized.executor_memory_mb + sized.executor_memory_overhead_mb
     assert sized.python_memory_mb == 0  # local mode does not limit Python workers
-    # below the bound the recommendations count in full, and grow the heap with the users
-    few = MatrixShape(users=100_000, items=50_000, nnz=5_000_000, rank=16)
-    assert (size_evaluate(few, local).executor_memory_mb
-            == -(-(size_als(few, local).estimate["heap_bytes"] / 2**20 + 2 * 100_000 * 50 * 32 / 0.6 * 1.5 / 2**20)
-                 // 256) * 256)
-    # on a smaller machine the JVM gets what local mode allows (3/4 of it) and the sorts spill
-    capped = size_evaluate(shape, ClusterResources(nodes=1, cores_per_node=8, memory_per_node_mb=65536))
-    assert 0.7 * 49152 < capped.driver_memory_mb <= 49152
-    # top_n=1 on a small matrix: training's sizing, the 1 GiB floor
+    # far less than training's MLlib sizing of the same matrix, which evaluation used to get
+    assert sized.executor_memory_mb < size_als(shape, local).executor_memory_mb / 2
+    # the 90-day window of issue #30 on this machine: 6 GiB, not 10.7
+    window = MatrixShape(users=967_460, items=192_795, nnz=39_905_318, rank=64)
+    machine = ClusterResources(nodes=1, cores_per_node=2, memory_per_node_mb=24576, local=True)
+    assert size_evaluate(window, machine).executor_memory_mb == 6144
+    # below the bound the caches count in full: a small matrix gets the 1 GiB floor
     small = MatrixShape(users=1000, items=500, nnz=20_000, rank=8)
-    assert size_evaluate(small, local, top_n=1).executor_memory_mb == size_als(small, local).executor_memory_mb
+    assert size_evaluate(small, ClusterResources(cores_per_node=1)).executor_memory_mb == 1024
     cluster = ClusterResources(nodes=10, cores_per_node=16, memory_per_node_mb=65536, local=False)
     sizing = size_evaluate(shape, cluster)
-    assert sizing.executor_memory_mb > size_als(shape, cluster).executor_memory_mb
-    assert sizing.driver_memory_mb == size_als(shape, cluster).driver_memory_mb
+    assert (sizing.num_executors, sizing.executor_cores) == (30, 5)
+    # 5 tasks x 384 MiB + the executor's 1/30 of the caches (534 MiB), / 0.6 x 1.5 + 300 -> 6656
+    assert sizing.executor_memory_mb == 6656
+    # the driver collects 4M users' paired scores (72 B) and the item factors twice (448 MB):
+    # / 0.4 x 1.5 + 300 = 1980 MiB -> its 2048 MiB floor, + 384 MiB overhead
+    assert sizing.driver_memory_mb == 2048 + 384
     # 5 cores x (768 MiB base + 2 copies of 500k x 40 floats (153 MiB) + a 64 MiB chunk) = 4.9 GiB
     assert sizing.python_memory_mb == 5120
     # item factors over the budget: MLlib's blocked top-k, no Python memory
     assert size_evaluate(shape, cluster, broadcast_budget_mb=50).python_memory_mb == 0
+    # 100M evaluated users: their paired scores (6.7 GiB) need a 29 GiB driver, more than a node gives
+    many = MatrixShape(users=100_000_000, items=500_000, nnz=400_000_000, rank=40)
+    with pytest.raises(DataTooLargeError, match=r"^evaluate: .* and 29312 MiB for the driver .* over the 21504 MiB"):
+        size_evaluate(many, cluster)
 
 
 def test_other_stages_get_heap_for_their_running_partitions_not_the_day():

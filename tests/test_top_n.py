@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spark_jobs.lib.top_n import chunk_rows, top_n_excluding
+from spark_jobs.lib.top_n import chunk_rows, norm_prefixes, top_n_excluding
 
 
 def brute_force(queries, excluded, targets, n):
@@ -102,7 +102,9 @@ def capped_cases(draw):
     groups = np.array(draw(st.lists(st.sampled_from(pool), min_size=t, max_size=t)), np.int64)
     cap = draw(st.sampled_from([1, 2, 3, 0]))
     chunk_bytes = 4 * t * draw(st.integers(1, 3))  # 1 to 3 queries per chunk: several chunks
-    return queries, excluded, targets, n, dict(blocked=blocked, groups=groups, cap=cap, chunk_bytes=chunk_bytes)
+    first_prefix = draw(st.integers(1, t))  # t: no pruning
+    return queries, excluded, targets, n, dict(blocked=blocked, groups=groups, cap=cap, chunk_bytes=chunk_bytes,
+                                               first_prefix=first_prefix)
 
 
 @settings(max_examples=200, deadline=None)
@@ -111,6 +113,7 @@ def test_blocked_and_capped_lists_match_the_greedy_walk_over_the_full_ranking(ca
     queries, excluded, targets, n, kwargs = case
     got = run(queries, excluded, targets, n, **kwargs)
     chunk_bytes = kwargs.pop("chunk_bytes")
+    kwargs.pop("first_prefix")
     assert got == sorted(capped_reference(queries, excluded, targets, n, **kwargs))
     if kwargs["blocked"] is None and kwargs["cap"] == 0:  # the new arguments' defaults change nothing
         assert got == run(queries, excluded, targets, n, chunk_bytes=chunk_bytes)
@@ -183,3 +186,28 @@ def test_bad_rule_arguments():
                             ({"groups": np.array([0, -2]), "cap": 1}, "groups must be >= -1")]:
         with pytest.raises(ValueError, match=message):
             list(top_n_excluding(queries, excluded, targets, 1, **kwargs))
+
+
+def test_norm_prefixes_grow_by_norm_and_end_with_every_target():
+    targets = np.array([[1.0], [5.0], [0.5], [3.0], [2.0], [4.0]], np.float32)
+    stages = norm_prefixes(targets, first=1, growth=2)
+    assert [(cols.tolist(), left) for cols, left in stages] == [
+        ([1], 4.0), ([1, 5], 3.0), ([1, 3, 4, 5], 1.0), ([0, 1, 2, 3, 4, 5], -1.0)]
+    assert len(norm_prefixes(targets, first=6)) == 1  # no pruning
+
+
+@pytest.mark.parametrize("cap", [0, 2])
+def test_pruned_scoring_is_exact_on_factors_with_a_long_tail_of_small_norms(cap):
+    """Factors shaped like ALS's: a few large item vectors, many small ones; a user near the items
+    they played. Most users are done on the first prefix, and every list equals the unpruned one."""
+    rng = np.random.default_rng(11)
+    targets = (rng.normal(size=(3000, 8)) * (rng.pareto(1.0, size=3000)[:, None] + 0.05)).astype(np.float32)
+    played = [rng.choice(3000, size=rng.integers(1, 40), replace=False) for _ in range(200)]
+    queries = np.stack([targets[p[:5]].sum(0) for p in played]) + rng.normal(size=(200, 8)).astype(np.float32)
+    groups = rng.integers(-1, 300, 3000)
+    kwargs = dict(n=10, groups=groups, cap=cap, chunk_bytes=4 * 3000 * 50)
+    pruned = run(queries, played, targets, first_prefix=100, **kwargs)
+    assert pruned == run(queries, played, targets, first_prefix=3000, **kwargs)
+    assert len(pruned) == 200 * 10
+    first = next(top_n_excluding(queries, played, targets, first_prefix=100, **kwargs))
+    assert len(set(first[0].tolist())) > 40  # of the first chunk's 50 users, most finished on 100 of 3000 items

@@ -74,9 +74,12 @@ MAX_CORES_PER_EXECUTOR = 5  # beyond ~5 concurrent tasks per JVM, GC and I/O con
 DEFAULT_BROADCAST_BUDGET_MB = 256
 PYTHON_BASE = 768 * MIB  # a Python worker's address space with numpy, numba, pyarrow loaded (~570 MiB)
 CSR_BYTES_PER_RATING = 16  # int32 index + int32 local index + float32 confidence + float32 of slack
-# What of the cached recommendations an evaluation executor's heap is sized to hold; the rest spills.
-RECOMMENDATIONS_IN_MEMORY = 2048 * MIB
-RECOMMENDATION_BYTES = 32  # one (user, item, score, rank) row in Spark's columnar cache, ~26 measured
+# Evaluation (``size_evaluate``): what of its caches an executor's heap is sized to hold (the rest
+# spills), and what one row of each takes in Spark's columnar cache.
+EVALUATE_CACHE_IN_MEMORY = 1536 * MIB
+RECOMMENDATION_BYTES = 32  # one (user, item, score, rank) row, ~26 measured
+PAIR_BYTES = 10  # one (user_idx, item_idx) training pair
+PAIRED_SCORE_BYTES = 72  # one evaluated user's id and 4 metrics x (model, baseline) as float64, on the driver
 # Scores one scoring worker holds at a time (``spark_jobs.lib.top_n``): chunk rows x targets float32.
 CHUNK_BYTES = 64 * MIB
 _MEMORY_UNITS_MB = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
@@ -170,6 +173,16 @@ def per_executor_limit_mb(cluster: ClusterResources) -> int:
     return int((cluster.memory_per_node_mb - 1024) / per_node)
 
 
+def executor_layout(cluster: ClusterResources) -> tuple[int, int]:
+    """(executors, cores each): one JVM with every core in local mode; on a cluster at most
+    ``MAX_CORES_PER_EXECUTOR`` cores each, as many as the nodes hold (``max_executors`` at most)."""
+    if cluster.local:
+        return 1, cluster.cores_per_node
+    cores = min(MAX_CORES_PER_EXECUTOR, cluster.cores_per_node)
+    executors = cluster.nodes * max(1, cluster.cores_per_node // cores)
+    return (min(executors, cluster.max_executors) if cluster.max_executors else executors), cores
+
+
 def _round_up(nbytes: float, step: int = 256 * MIB) -> int:
     return int(math.ceil(nbytes / step) * step)
 
@@ -212,13 +225,7 @@ def size_als(shape: MatrixShape, cluster: ClusterResources, checkpoint_interval:
     # Local mode: one JVM, 3/4 of the machine (the rest: OS, Python workers). A cluster: at most
     # MAX_CORES_PER_EXECUTOR cores each, 1 GiB of each node left to the OS.
     per_executor_limit = per_executor_limit_mb(cluster) * MIB
-    if cluster.local:
-        executors, cores = 1, cluster.cores_per_node
-    else:
-        cores = min(MAX_CORES_PER_EXECUTOR, cluster.cores_per_node)
-        executors = cluster.nodes * max(1, cluster.cores_per_node // cores)
-        if cluster.max_executors:
-            executors = min(executors, cluster.max_executors)
+    executors, cores = executor_layout(cluster)
     blocks = max(1, executors * cores)
     while True:
         est = estimate(shape, blocks, executors, cores)
@@ -259,32 +266,59 @@ def size_als(shape: MatrixShape, cluster: ClusterResources, checkpoint_interval:
 
 def size_evaluate(shape: MatrixShape, cluster: ClusterResources, top_n: int = 50,
                   broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB) -> ExecutorSizing:
-    """Settings for the evaluation job on the same matrix and rank.
+    """Settings for the evaluation job on the same matrix and rank, from what it holds (it trains
+    nothing: training's ALS blocks and shuffles are not there).
 
-    JVM: training's MLlib sizing (the training ratings cached, factors, per-task shuffles) plus
-    the recommendations, ``users x top_n`` rows held twice: cached, and sorted per user for the
-    metrics and the write (``RECOMMENDATION_BYTES`` each; measured: 201 MiB of storage for 7.7M
-    rows and 0.6M ratings). Python workers (on a cluster, limited per executor): each holds the
-    broadcast item factors twice (received and unpickled) and one chunk of scores
-    (``CHUNK_BYTES``).
+    JVM, per executor: its share of the caches, the training pairs (``PAIR_BYTES`` each) and the
+    recommendations (``users x top_n`` rows held twice, cached and sorted per user for the metrics
+    and the write, ``RECOMMENDATION_BYTES`` each), at most ``EVALUATE_CACHE_IN_MEMORY`` of them (the
+    caches are memory-and-disk: the rest spills to local disk instead of growing the heap with the
+    users), plus each running task's partitions (``TASK_BUFFERS + 1`` of at most ``TARGET_PARTITION_BYTES``),
+    over the memory fraction with the same 1.5x headroom; shuffle partitions as a row stage's, from
+    the caches' size. The driver holds what it collects, outside
+    Spark's memory fraction: every evaluated user's paired scores for the bootstrap
+    (``PAIRED_SCORE_BYTES``) and the item factors it broadcasts, which cannot spill; in local mode
+    it is the executor, and its heap is the larger of the two needs.
 
-    The recommendations' share is bounded (``RECOMMENDATIONS_IN_MEMORY``): their cache is
-    memory-and-disk, so past it they spill to local disk instead of growing the heap with the
-    users (measured: a 1M-user window asked for a 13.8 GiB heap without the bound).
+    Python workers (on a cluster, limited per executor): each holds the broadcast item factors
+    twice (received and unpickled) and one chunk of scores (``CHUNK_BYTES``).
+
+    ``DataTooLargeError`` (before anything is submitted) when the executor or the driver would need
+    more than one executor may use; its one line starts with ``evaluate: `` and gives both numbers.
     """
-    sizing = size_als(shape, cluster, strategy="mllib", stage="evaluate")
-    recs = min(2 * shape.users * top_n * RECOMMENDATION_BYTES / sizing.num_executors, RECOMMENDATIONS_IN_MEMORY)
+    if min(shape.users, shape.items, shape.nnz, shape.rank) <= 0:
+        raise InvalidInput(f"matrix shape must be positive, got {shape}")
+    executors, cores = executor_layout(cluster)
     limit = per_executor_limit_mb(cluster) * MIB
-    heap = min(max(_round_up(sizing.estimate["heap_bytes"] + recs / MEMORY_FRACTION * SAFETY), 1024 * MIB),
-               limit - max(MIN_OVERHEAD, _round_up(limit * OVERHEAD_FRACTION, 64 * MIB)))  # beyond: spills
+    cached = (shape.nnz * PAIR_BYTES + 2 * shape.users * top_n * RECOMMENDATION_BYTES) / executors
+    held = min(cached, EVALUATE_CACHE_IN_MEMORY)
+    task = (TASK_BUFFERS + 1) * min(cached * executors, TARGET_PARTITION_BYTES)
+    spark_memory = (held + cores * task) / MEMORY_FRACTION
+    collected = shape.users * PAIRED_SCORE_BYTES + 2 * shape.items * shape.rank * 4
+    user_memory = collected / (1 - MEMORY_FRACTION)
+    heap = max(_round_up(JVM_RESERVED + (max(spark_memory, user_memory) if cluster.local else spark_memory) * SAFETY),
+               1024 * MIB)
     overhead = max(MIN_OVERHEAD, _round_up(heap * OVERHEAD_FRACTION, 64 * MIB))
-    sizing = sizing.scaled(executor_memory_mb=heap // MIB, executor_memory_overhead_mb=overhead // MIB,
-                           driver_memory_mb=(heap + overhead) // MIB if cluster.local else sizing.driver_memory_mb,
-                           estimate={**sizing.estimate, "recommendations_bytes": int(recs)})
-    if cluster.local or factor_exchange(shape.users, shape.items, shape.rank, broadcast_budget_mb)["item"] != "broadcast":
-        return sizing
-    per_worker = PYTHON_BASE + 2 * shape.items * shape.rank * 4 + CHUNK_BYTES
-    return sizing.scaled(python_memory_mb=_round_up(sizing.executor_cores * per_worker) // MIB)
+    driver_heap = heap if cluster.local else max(_round_up(JVM_RESERVED + user_memory * SAFETY), 2048 * MIB)
+    driver = driver_heap + max(MIN_OVERHEAD, _round_up(driver_heap * OVERHEAD_FRACTION, 64 * MIB))
+    if max(heap + overhead, driver) > limit:
+        raise DataTooLargeError(
+            f"evaluate: {shape.users} users x {shape.items} items at rank {shape.rank} need about "
+            f"{(heap + overhead) / MIB:.0f} MiB per executor (cached share held {held / MIB:.0f} MiB, per task "
+            f"{task / MIB:.0f} MiB x {cores} cores) and {driver / MIB:.0f} MiB for the driver (every evaluated "
+            f"user's paired scores and the item factors: {collected / MIB:.0f} MiB), over the {limit / MIB:.0f} MiB "
+            f"an executor may use on this cluster; add memory, or evaluate on fewer users")
+    python = 0
+    if not cluster.local and factor_exchange(shape.users, shape.items, shape.rank, broadcast_budget_mb)["item"] == "broadcast":
+        python = _round_up(cores * (PYTHON_BASE + 2 * shape.items * shape.rank * 4 + CHUNK_BYTES)) // MIB
+    return ExecutorSizing(
+        executor_memory_mb=heap // MIB, executor_memory_overhead_mb=overhead // MIB, executor_cores=cores,
+        num_executors=executors, user_blocks=1, item_blocks=1,
+        shuffle_partitions=shuffle_partitions(int(cached * executors), cluster),
+        driver_memory_mb=driver // MIB, python_memory_mb=python,
+        estimate={"cached_bytes": int(cached), "cached_in_memory_bytes": int(held), "task_bytes": int(task),
+                  "driver_collected_bytes": int(collected), "heap_bytes": int(heap),
+                  "per_executor_limit_bytes": int(limit)})
 
 
 TARGET_PARTITION_BYTES = 128 * MIB
