@@ -96,15 +96,19 @@ def test_evaluate_is_sized_by_what_it_holds_not_by_trainings_blocks():
     # 5 tasks x 384 MiB + the executor's 1/30 of the caches (534 MiB), / 0.6 x 1.5 + 300 -> 6656
     assert sizing.executor_memory_mb == 6656
     # the driver collects 4M users' paired scores (72 B) and the item factors twice (448 MB):
-    # / 0.4 x 1.5 + 300 = 1980 MiB -> its 2048 MiB floor, + 384 MiB overhead
-    assert sizing.driver_memory_mb == 2048 + 384
+    # / 0.4 x 1.5 + 300 = 1980 MiB -> its 2048 MiB floor (a client-mode driver's heap, as training's)
+    assert sizing.driver_memory_mb == 2048 == size_als(shape, cluster).driver_memory_mb
     # 5 cores x (768 MiB base + 2 copies of 500k x 40 floats (153 MiB) + a 64 MiB chunk) = 4.9 GiB
     assert sizing.python_memory_mb == 5120
     # item factors over the budget: MLlib's blocked top-k, no Python memory
     assert size_evaluate(shape, cluster, broadcast_budget_mb=50).python_memory_mb == 0
-    # 100M evaluated users: their paired scores (6.7 GiB) need a 29 GiB driver, more than a node gives
+    # the standalone cluster of the suite (2 nodes of 1 core, 3 GiB): the driver's floor fits a node
+    tiny = size_evaluate(MatrixShape(users=311, items=399, nnz=3000, rank=32),
+                         ClusterResources(nodes=2, cores_per_node=1, memory_per_node_mb=3072, local=False))
+    assert (tiny.executor_memory_mb, tiny.driver_memory_mb) == (1024, 2048)
+    # 100M evaluated users: their paired scores (6.7 GiB) need a 26 GiB driver, more than a node gives
     many = MatrixShape(users=100_000_000, items=500_000, nnz=400_000_000, rank=40)
-    with pytest.raises(DataTooLargeError, match=r"^evaluate: .* and 29312 MiB for the driver .* over the 21504 MiB"):
+    with pytest.raises(DataTooLargeError, match=r"^evaluate: .* and 26624 MiB for the driver .* over the 21504 MiB"):
         size_evaluate(many, cluster)
 
 

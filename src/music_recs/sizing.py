@@ -299,8 +299,10 @@ def size_evaluate(shape: MatrixShape, cluster: ClusterResources, top_n: int = 50
     heap = max(_round_up(JVM_RESERVED + (max(spark_memory, user_memory) if cluster.local else spark_memory) * SAFETY),
                1024 * MIB)
     overhead = max(MIN_OVERHEAD, _round_up(heap * OVERHEAD_FRACTION, 64 * MIB))
-    driver_heap = heap if cluster.local else max(_round_up(JVM_RESERVED + user_memory * SAFETY), 2048 * MIB)
-    driver = driver_heap + max(MIN_OVERHEAD, _round_up(driver_heap * OVERHEAD_FRACTION, 64 * MIB))
+    # Local mode: the driver is the executor, the whole JVM. A cluster: the driver runs in client
+    # mode where spark-submit runs, so its setting is its heap (as training's) with no executor
+    # overhead; it must still fit in what one node gives.
+    driver = heap + overhead if cluster.local else max(_round_up(JVM_RESERVED + user_memory * SAFETY), 2048 * MIB)
     if max(heap + overhead, driver) > limit:
         raise DataTooLargeError(
             f"evaluate: {shape.users} users x {shape.items} items at rank {shape.rank} need about "
