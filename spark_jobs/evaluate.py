@@ -185,7 +185,7 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
         coverage = recs.filter(F.col(S.RANK) <= k).select(S.ITEM_IDX).distinct().count() / max(n_items, 1)
         eval_users = holdout.select(S.USER_IDX).distinct()
         popular_users = per_user_metrics(popularity_top_k(train, eval_users, k, min(n_items, k + extra), rules),
-                                         holdout, k)
+                                         holdout, k).cache()  # read twice: its mean and the paired lift
         baseline = mean_metrics(popular_users)
         lift = paired_lift(model_users, popular_users, spec.bootstrap_resamples, spec.seed)
         published = over_published = published_recs = None
@@ -196,6 +196,7 @@ def run(spark: SparkSession, spec: EvaluateSpec) -> EvaluateResult:
             published = mean_metrics(published_users)
             over_published = paired_lift(model_users, published_users, spec.bootstrap_resamples, spec.seed)
         model_users.unpersist()
+        popular_users.unpersist()
     checks = None
     if spec.output_suite_dir:
         with timer.phase("output_checks"):

@@ -2,7 +2,10 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from spark_jobs.lib.als_cg import build_block
 from spark_jobs.lib.cg_kernels import gram, initial_factors, rows_loss, solve_rows
 
 
@@ -84,3 +87,28 @@ def test_initial_factors_are_a_pure_function_of_seed_and_id():
     assert a.dtype == np.float32 and (a >= 0).all() and (a < 0.01).all()
     assert not np.array_equal(a, initial_factors(np.array([5, 7, 9]), 4, seed=43))
     assert len({tuple(r) for r in a}) == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 30), st.floats(0, 100, width=32)), max_size=120,
+                unique_by=lambda t: (t[0], t[1])),
+       st.integers(1, 4))
+def test_a_rating_block_holds_every_rating_once_in_csr_order(ratings, n_pieces):
+    """``build_block``: rows sorted and distinct, each row's entries sorted by the other side's id,
+    ``needed`` the sorted distinct ids used and ``local`` their positions in it, whatever pieces
+    the ratings arrive in."""
+    arr = np.array(ratings, dtype=np.float64).reshape(-1, 3)
+    pieces = [(arr[i::n_pieces, 0].astype(np.int32), arr[i::n_pieces, 1].astype(np.int32),
+               arr[i::n_pieces, 2].astype(np.float32)) for i in range(n_pieces)]
+    b = build_block(pieces, alpha=2.0)
+    assert np.all(np.diff(b.rows) > 0) and b.indptr[0] == 0 and b.indptr[-1] == len(ratings)
+    assert np.all(np.diff(b.indptr) > 0)  # no empty row
+    got = {(int(b.rows[r]), int(b.indices[j])): float(b.conf[j])
+           for r in range(len(b.rows)) for j in range(b.indptr[r], b.indptr[r + 1])}
+    assert got == pytest.approx({(int(u), int(i)): 1.0 + 2.0 * float(np.float32(s)) for u, i, s in ratings})
+    for r in range(len(b.rows)):
+        assert np.all(np.diff(b.indices[b.indptr[r]:b.indptr[r + 1]]) > 0)
+    assert b.needed.tolist() == sorted({i for _, i, _ in ratings})
+    assert np.array_equal(b.needed[b.local], b.indices)
+    assert b.rows.dtype == b.indptr.dtype == b.needed.dtype == np.int64
+    assert b.indices.dtype == b.local.dtype == np.int32 and b.conf.dtype == np.float32
