@@ -213,6 +213,10 @@ def python_memory_mb(shape: MatrixShape, blocks: int, cores: int, exchange: dict
     return _round_up(cores * (PYTHON_BASE + 2 * block + 2 * vectors)) // MIB
 
 
+# A cluster's driver (client mode, where spark-submit runs): its heap, at least this.
+CLUSTER_DRIVER_HEAP = 2048 * MIB
+
+
 def size_als(shape: MatrixShape, cluster: ClusterResources, checkpoint_interval: int = 5,
              strategy: str = "mllib", broadcast_budget_mb: int = DEFAULT_BROADCAST_BUDGET_MB,
              stage: str = "train_als") -> ExecutorSizing:
@@ -247,7 +251,7 @@ def size_als(shape: MatrixShape, cluster: ClusterResources, checkpoint_interval:
     if cluster.local:
         driver = heap + overhead
     else:
-        driver = 2048 * MIB
+        driver = CLUSTER_DRIVER_HEAP
     return ExecutorSizing(
         executor_memory_mb=heap // MIB,
         executor_memory_overhead_mb=overhead // MIB,
@@ -302,7 +306,8 @@ def size_evaluate(shape: MatrixShape, cluster: ClusterResources, top_n: int = 50
     # Local mode: the driver is the executor, the whole JVM. A cluster: the driver runs in client
     # mode where spark-submit runs, so its setting is its heap (as training's) with no executor
     # overhead; it must still fit in what one node gives.
-    driver = heap + overhead if cluster.local else max(_round_up(JVM_RESERVED + user_memory * SAFETY), 2048 * MIB)
+    driver = (heap + overhead if cluster.local
+              else max(_round_up(JVM_RESERVED + user_memory * SAFETY), CLUSTER_DRIVER_HEAP))
     if max(heap + overhead, driver) > limit:
         raise DataTooLargeError(
             f"evaluate: {shape.users} users x {shape.items} items at rank {shape.rank} need about "
