@@ -42,7 +42,7 @@ def test_the_benchmark_runs_every_stage_of_a_tiny_window_and_measures_it(tmp_pat
     assert row["window_plays"] == 30000 and row["generated"]["history_plays"] + row["generated"]["day_plays"] == 30000
     assert 0 < row["matrix"]["nnz"] <= 30000 and row["matrix"]["users"] <= 500
     assert row["train"]["searched"] and row["train"]["seconds_per_iteration"] > 0
-    # per iteration as implicit's is measured (median, set-up excluded): never above fit / iterations
+    # per iteration as implicit's is measured (median, set-up excluded): below fit / iterations, which adds the set-up
     assert 0 < row["train"]["median_iteration_seconds"] <= row["train"]["seconds_per_iteration"]
     assert row["implicit"]["seconds_per_iteration"] > 0 and row["implicit"]["nnz"] == row["matrix"]["nnz"]
     assert 0 < row["metrics"]["map"] <= 1
