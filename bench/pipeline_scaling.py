@@ -51,34 +51,59 @@ MIB = 1024 * 1024
 
 class PeakMemory:
     """Peak resident memory of this process and its descendants (but the S3 server, which holds
-    every object in memory and is not part of the pipeline), sampled in a thread."""
+    every object in memory and is not part of the pipeline), sampled in a thread; ``at_peak``: the
+    same sample by role (``role``: MiB and process count), to say which process made the peak."""
 
     exclude: set = set()
 
     def __init__(self, interval: float = 0.2):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.at_peak: dict[str, dict] = {}
         self._me = psutil.Process()
 
-    def _sample(self) -> int:
-        total = 0
+    def role(self, proc: psutil.Process) -> str:
+        """What a process of the tree is: the Spark JVM, the job's Python driver, a Python worker
+        (forked by ``pyspark.daemon``), this benchmark, or other."""
+        if proc.pid == self._me.pid:
+            return "benchmark"
+        cmd = " ".join(proc.cmdline())
+        if proc.name() == "java":
+            return "jvm"
+        if "pyspark.daemon" in cmd:
+            return "python_workers"
+        if "spark_jobs/" in cmd:
+            return "job_driver"
+        return "other"
+
+    def _sample(self) -> tuple[int, dict]:
+        total, roles = 0, {}
         for p in [self._me, *self._me.children(recursive=True)]:
             if p.pid in self.exclude:
                 continue
             try:
-                total += p.memory_info().rss
+                rss, role = p.memory_info().rss, self.role(p)
             except psutil.Error:  # a process that ended between listing and reading
-                pass
-        return total
+                continue
+            total += rss
+            mib, count = roles.get(role, (0, 0))
+            roles[role] = (mib + rss, count + 1)
+        return total, roles
+
+    def _take(self, sample: tuple[int, dict]) -> None:
+        total, roles = sample
+        if total >= self.peak:
+            self.peak = total
+            self.at_peak = {r: {"mb": round(b / MIB), "processes": n} for r, (b, n) in sorted(roles.items())}
 
     def __enter__(self):
-        self.peak = self._sample()
+        self._take(self._sample())
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def _run(self):
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self._sample())
+            self._take(self._sample())
 
     def __exit__(self, *exc):
         self._stop.set()

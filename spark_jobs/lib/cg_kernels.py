@@ -30,19 +30,14 @@ A block is CSR: ``indptr`` (rows + 1, int64), ``indices`` (int32 rows of ``Y``),
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-from numba import njit
 
-# numba caches compiled kernels next to this file; imported from spark-submit's --py-files
-# zip there is no such folder, and each Python worker compiles once (about a second).
-_CACHE = os.path.isfile(__file__)
+from spark_jobs.lib.jit import cached_njit  # compiled once per source, also from the --py-files zip
 
 DEFAULT_CG_STEPS = 3  # implicit's default: with a warm start, 3 steps are as good as an exact solve
 
 
-@njit(cache=_CACHE, fastmath=True, nogil=True)
+@cached_njit(fastmath=True, nogil=True)
 def cg_solve_block(indptr, indices, conf, Y, YtY, X, reg, cg_steps, scale_reg):  # pragma: no cover (JIT)
     """Update the rows of ``X`` in place: ``cg_steps`` CG steps from the current values."""
     n, k = X.shape
@@ -110,7 +105,7 @@ def cg_solve_block(indptr, indices, conf, Y, YtY, X, reg, cg_steps, scale_reg): 
             rs_old = rs_new
 
 
-@njit(cache=_CACHE, fastmath=True, nogil=True)
+@cached_njit(fastmath=True, nogil=True)
 def block_loss(indptr, indices, conf, Y, YtY, X, reg, scale_reg):  # pragma: no cover (JIT)
     """This block's share of the objective (the rows' data term and their regularization).
 

@@ -32,16 +32,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import os
-
 import numpy as np
-from numba import njit
 
 from music_recs.sizing import CHUNK_BYTES  # one chunk's score matrix: rows x items float32
-
-# numba caches compiled code next to this file; imported from spark-submit's --py-files zip
-# there is no such folder, and each Python worker compiles once (well under a second).
-_CACHE = os.path.isfile(__file__)
+from spark_jobs.lib.jit import cached_njit  # compiled once per source, also from the --py-files zip
 
 
 def chunk_rows(n_targets: int, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -172,12 +166,12 @@ def _dense_groups(groups: np.ndarray | None, cap: int, t: int) -> tuple[np.ndarr
     return np.where(groups == -1, -1, dense.reshape(-1) - ungrouped).astype(np.int64), len(ids) - ungrouped
 
 
-@njit(cache=_CACHE, nogil=True)
+@cached_njit(nogil=True)
 def _worse(va, ia, vb, ib) -> bool:
     return va < vb or (va == vb and ia > ib)
 
 
-@njit(cache=_CACHE, nogil=True)
+@cached_njit(nogil=True)
 def _sift_down(vals, idx, size, pos):
     while True:
         child = 2 * pos + 1
@@ -192,7 +186,7 @@ def _sift_down(vals, idx, size, pos):
         pos = child
 
 
-@njit(cache=_CACHE, nogil=True)
+@cached_njit(nogil=True)
 def _select(row, m, vals, idx, out_idx, out_vals):
     """The m best finite entries of ``row`` into ``out_idx``/``out_vals``, best first; returns how
     many there were (< m when the row has fewer). ``vals``/``idx``: heap space of at least m.
@@ -217,7 +211,7 @@ def _select(row, m, vals, idx, out_idx, out_vals):
     return _drain(vals, idx, size, m, out_idx, out_vals)
 
 
-@njit(cache=_CACHE, nogil=True)
+@cached_njit(nogil=True)
 def _select_after(row, m, after_v, after_j, groups, counts, cap, vals, idx, out_idx, out_vals):
     """As ``_select``, over the entries ranked after (``after_v``, ``after_j``) whose group is not
     full (an entry of a full group is skipped wherever it ranks)."""
@@ -244,13 +238,13 @@ def _select_after(row, m, after_v, after_j, groups, counts, cap, vals, idx, out_
     return _drain(vals, idx, size, m, out_idx, out_vals)
 
 
-@njit(cache=_CACHE, nogil=True)
+@cached_njit(nogil=True)
 def _heapify(vals, idx, size):
     for p in range(size // 2 - 1, -1, -1):
         _sift_down(vals, idx, size, p)
 
 
-@njit(cache=_CACHE, nogil=True)
+@cached_njit(nogil=True)
 def _drain(vals, idx, size, m, out_idx, out_vals):
     """Empty a heap of ``size`` entries, m when full, into ``out_*`` best first; returns ``size``."""
     if size < m:
@@ -266,7 +260,7 @@ def _drain(vals, idx, size, m, out_idx, out_vals):
     return found
 
 
-@njit(cache=_CACHE, nogil=True)
+@cached_njit(nogil=True)
 def _top_n_rows(scores, top, top_scores):
     """Per row of ``scores``: its n = top.shape[1] best finite entries into ``top``/``top_scores``,
     best first (unfilled places keep -inf)."""
@@ -277,7 +271,7 @@ def _top_n_rows(scores, top, top_scores):
         _select(scores[r], n, vals, idx, top[r], top_scores[r])
 
 
-@njit(cache=_CACHE, nogil=True)
+@cached_njit(nogil=True)
 def _top_n_capped_rows(scores, groups, n_groups, cap, top, top_scores):
     """As ``_top_n_rows``, at most ``cap`` entries of one group (``groups[j]`` >= 0) per row.
 
