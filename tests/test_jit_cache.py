@@ -6,6 +6,8 @@ import subprocess
 import sys
 import zipfile
 
+import numba.core.config
+
 from music_recs_airflow.spark_submit import package_zip
 from spark_jobs.lib import cg_kernels
 from spark_jobs.lib.jit import source_on_disk
@@ -60,7 +62,7 @@ def _zipped_kernel(tmp_path, name: str, body: str):
 
 
 def test_each_source_gets_its_own_copy_and_a_source_already_on_disk_is_used_as_it_is(tmp_path, monkeypatch):
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    monkeypatch.setattr(numba.core.config, "CACHE_DIR", str(tmp_path / "numba"))
     plus, times = _zipped_kernel(tmp_path, "k_plus", "x + 1"), _zipped_kernel(tmp_path, "k_times", "x * 3")
     assert (plus(2), times(2)) == (3, 6)  # each compiled from its own source: no stale kernel
     a, b = plus.py_func.__code__.co_filename, times.py_func.__code__.co_filename
@@ -71,7 +73,7 @@ def test_each_source_gets_its_own_copy_and_a_source_already_on_disk_is_used_as_i
 def test_a_cache_folder_that_cannot_be_written_compiles_uncached_instead_of_failing(tmp_path, monkeypatch):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("")
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocker / "numba"))
+    monkeypatch.setattr(numba.core.config, "CACHE_DIR", str(blocker / "numba"))
     f = _zipped_kernel(tmp_path, "k_uncached", "x - 1")
     assert f(5) == 4
     assert ".zip" in f.py_func.__code__.co_filename and not f.stats.cache_path  # no copy, no cache

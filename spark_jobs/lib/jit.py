@@ -21,12 +21,13 @@ import sys
 import tempfile
 
 from numba import njit
+from numba.core import config
 
 
 def cache_root() -> str:
-    """Where copies of zipped kernel sources (and their compiled code) are kept: numba's own
-    ``NUMBA_CACHE_DIR`` when set, else ``music_recs_numba`` in the temp folder."""
-    return os.environ.get("NUMBA_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "music_recs_numba")
+    """Where copies of zipped kernel sources (and their compiled code) are kept: numba's own cache
+    folder (``NUMBA_CACHE_DIR``, read by numba) when set, else ``music_recs_numba`` in the temp folder."""
+    return config.CACHE_DIR or os.path.join(tempfile.gettempdir(), "music_recs_numba")
 
 
 def source_on_disk(func) -> str | None:
