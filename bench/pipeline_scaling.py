@@ -52,12 +52,19 @@ MIB = 1024 * 1024
 class PeakMemory:
     """Peak resident memory of this process and its descendants (but the S3 server, which holds
     every object in memory and is not part of the pipeline), sampled in a thread; ``at_peak``: the
-    same sample by role (``role``: MiB and process count), to say which process made the peak."""
+    same sample by role (``role``: MiB and process count), to say which process made the peak.
+
+    A child still running its parent's program (same executable and command line: forked or
+    spawned, not yet replaced by its own program, e.g. the JVM starting a Python worker) and holding
+    no more than its parent is taken to share its parent's pages and counted once; one that grew
+    past its parent (a Python worker forked by ``pyspark.daemon``) counts in full; ``peak_raw`` is the plain sum of every
+    process's RSS, as the runs before 2026-12-06 measured it (a clone of the JVM caught by the
+    sampler then counted the whole JVM twice)."""
 
     exclude: set = set()
 
     def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.interval, self.peak, self.peak_raw, self._stop = interval, 0, 0, threading.Event()
         self.at_peak: dict[str, dict] = {}
         self._me = psutil.Process()
 
@@ -67,7 +74,7 @@ class PeakMemory:
         if proc.pid == self._me.pid:
             return "benchmark"
         cmd = " ".join(proc.cmdline())
-        if proc.name() == "java":
+        if os.path.basename(proc.exe()) == "java":
             return "jvm"
         if "pyspark.daemon" in cmd:
             return "python_workers"
@@ -75,22 +82,29 @@ class PeakMemory:
             return "job_driver"
         return "other"
 
-    def _sample(self) -> tuple[int, dict]:
-        total, roles = 0, {}
+    def _sample(self) -> tuple[int, int, dict]:
+        seen = {}
         for p in [self._me, *self._me.children(recursive=True)]:
             if p.pid in self.exclude:
                 continue
             try:
-                rss, role = p.memory_info().rss, self.role(p)
+                seen[p.pid] = (p.ppid(), p.exe(), p.cmdline(), p.memory_info().rss, self.role(p))
             except psutil.Error:  # a process that ended between listing and reading
                 continue
+        total, raw, roles = 0, 0, {}
+        for ppid, exe, cmd, rss, role in seen.values():
+            raw += rss
+            parent = seen.get(ppid)
+            if parent is not None and parent[1:3] == (exe, cmd) and rss <= parent[3]:
+                continue  # still its parent's program, holding no more than it: its parent's pages
             total += rss
             mib, count = roles.get(role, (0, 0))
             roles[role] = (mib + rss, count + 1)
-        return total, roles
+        return total, raw, roles
 
-    def _take(self, sample: tuple[int, dict]) -> None:
-        total, roles = sample
+    def _take(self, sample: tuple[int, int, dict]) -> None:
+        total, raw, roles = sample
+        self.peak_raw = max(self.peak_raw, raw)
         if total >= self.peak:
             self.peak = total
             self.at_peak = {r: {"mb": round(b / MIB), "processes": n} for r, (b, n) in sorted(roles.items())}

@@ -4,8 +4,10 @@ themselves are made by hand (bench/RESULTS.md); here every stage must run and be
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -14,7 +16,7 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import full_scale  # noqa: E402
 import seed_scale  # noqa: E402
-from pipeline_scaling import STAGES  # noqa: E402
+from pipeline_scaling import STAGES, PeakMemory  # noqa: E402
 
 
 def test_the_exponent_is_the_log_log_slope():
@@ -72,3 +74,33 @@ def test_the_seed_extrapolation_scales_each_stage_by_its_work_and_the_cores():
     assert bigger["train_als"] == pytest.approx(20.0 / 4 + 80.0)
     wider = seed_scale.extrapolate(row, {**same, "users": 2000, "items": 200}, 2, 2)["seconds"]
     assert wider["evaluate"] == pytest.approx(400.0)  # exact scoring: users x items
+
+
+def _forked(allocate_mb: int) -> int:
+    """A child of this process that keeps its parent's image; it first touches ``allocate_mb`` MiB of its own."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        own = bytearray(allocate_mb * 1024 * 1024)
+        for page in range(0, len(own), 4096):  # resident only once written
+            own[page] = 1
+        time.sleep(5)
+        os._exit(0)
+    time.sleep(0.5 + allocate_mb / 200)
+    return pid
+
+
+@pytest.mark.parametrize("allocate_mb, counted", [(0, False), (400, True)])
+def test_peak_memory_counts_a_clone_of_its_parent_once_and_a_child_with_memory_of_its_own(allocate_mb, counted):
+    mem = PeakMemory()
+    alone, _, _ = mem._sample()
+    pid = _forked(allocate_mb)
+    try:
+        total, raw, roles = mem._sample()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert raw > alone * 1.3  # the plain sum has the child's copy of this process's pages
+    if counted:  # memory of its own, more than its parent's: the child counts in full
+        assert total == raw and roles["other"][1] == 1
+    else:  # its parent's program and no more than its parent's pages: counted once
+        assert abs(total - alone) < 0.05 * alone and "other" not in roles
