@@ -57,9 +57,9 @@ class PeakMemory:
     A child still running its parent's program (same executable and command line: forked or
     spawned, not yet replaced by its own program, e.g. the JVM starting a Python worker) and holding
     no more than its parent is taken to share its parent's pages and counted once; one that grew
-    past its parent (a Python worker forked by ``pyspark.daemon``) counts in full; ``peak_raw`` is the plain sum of every
-    process's RSS, as the runs before 2026-12-06 measured it (a clone of the JVM caught by the
-    sampler then counted the whole JVM twice)."""
+    past its parent (a Python worker forked by ``pyspark.daemon``) counts in full. ``peak_raw`` is
+    the plain sum of every process's RSS, as the runs before 2026-12-06 measured it (a clone of the
+    JVM caught by the sampler then counted the whole JVM twice)."""
 
     exclude: set = set()
 
@@ -68,17 +68,17 @@ class PeakMemory:
         self.at_peak: dict[str, dict] = {}
         self._me = psutil.Process()
 
-    def role(self, proc: psutil.Process) -> str:
+    def role(self, pid: int, exe: str, cmd: list[str]) -> str:
         """What a process of the tree is: the Spark JVM, the job's Python driver, a Python worker
         (forked by ``pyspark.daemon``), this benchmark, or other."""
-        if proc.pid == self._me.pid:
+        line = " ".join(cmd)
+        if pid == self._me.pid:
             return "benchmark"
-        cmd = " ".join(proc.cmdline())
-        if os.path.basename(proc.exe()) == "java":
+        if os.path.basename(exe) == "java":
             return "jvm"
-        if "pyspark.daemon" in cmd:
+        if "pyspark.daemon" in line:
             return "python_workers"
-        if "spark_jobs/" in cmd:
+        if "spark_jobs/" in line:
             return "job_driver"
         return "other"
 
@@ -88,7 +88,8 @@ class PeakMemory:
             if p.pid in self.exclude:
                 continue
             try:
-                seen[p.pid] = (p.ppid(), p.exe(), p.cmdline(), p.memory_info().rss, self.role(p))
+                exe, cmd = p.exe(), p.cmdline()
+                seen[p.pid] = (p.ppid(), exe, cmd, p.memory_info().rss, self.role(p.pid, exe, cmd))
             except psutil.Error:  # a process that ended between listing and reading
                 continue
         total, raw, roles = 0, 0, {}

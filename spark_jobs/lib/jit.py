@@ -15,6 +15,7 @@ written (a read-only disk), the kernel compiles as before, uncached.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -36,7 +37,14 @@ def source_on_disk(func) -> str | None:
     path = func.__code__.co_filename
     if os.path.isfile(path):
         return path
-    loader = getattr(sys.modules.get(func.__module__), "__loader__", None)
+    return _copy_of(func.__module__, path)
+
+
+@functools.lru_cache(maxsize=None)
+def _copy_of(module: str, path: str) -> str | None:
+    """The content-addressed copy of ``module``'s zipped source ``path``, made once per process
+    (every kernel of a module shares it)."""
+    loader = getattr(sys.modules.get(module), "__loader__", None)
     try:
         source = loader.get_data(path)  # zipimporter: the member's bytes
         folder = os.path.join(cache_root(), hashlib.sha256(source).hexdigest()[:32])
